@@ -1,0 +1,409 @@
+//! Administrative requests on `rota.admin.{area}.{verb}` and their replies.
+//!
+//! Each request type names its subject through [`AdminRequest`], so that a client cannot send a
+//! request to the wrong subject or expect the wrong reply.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Lifecycle, Schedule};
+use crate::status::InstanceStatus;
+
+/// A request with a fixed admin subject and reply type.
+pub trait AdminRequest: Serialize {
+    const AREA: &'static str;
+    const VERB: &'static str;
+    type Reply: DeserializeOwned + Serialize;
+}
+
+macro_rules! admin_request {
+    ($ty:ty, $area:literal, $verb:literal, $reply:ty) => {
+        impl AdminRequest for $ty {
+            const AREA: &'static str = $area;
+            const VERB: &'static str = $verb;
+            type Reply = $reply;
+        }
+    };
+}
+
+/// An empty reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+// === Apps ===
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppCreate {
+    pub name: String,
+    /// The secret workers of this app present at discovery.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppList {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    pub id: i64,
+    pub name: String,
+    pub current_server: Option<String>,
+    pub epoch: i64,
+    pub created_at_ms: i64,
+}
+
+admin_request!(AppCreate, "app", "create", AppInfo);
+admin_request!(AppList, "app", "list", Vec<AppInfo>);
+
+// === Jobs ===
+
+/// What happens to a fire when the job already has `max_instances` live instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapPolicy {
+    /// The new instance ends CANCELED with a reason; nothing waits.
+    #[default]
+    Skip,
+    /// The new instance waits until a slot is free.
+    Queue,
+}
+
+/// How a worker is picked among the eligible ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchStrategy {
+    #[default]
+    HealthFirst,
+    Random,
+    RoundRobin,
+}
+
+impl DispatchStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HealthFirst => "health_first",
+            Self::Random => "random",
+            Self::RoundRobin => "round_robin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.replace('-', "_").to_ascii_lowercase().as_str() {
+            "health_first" => Some(Self::HealthFirst),
+            "random" => Some(Self::Random),
+            "round_robin" => Some(Self::RoundRobin),
+            _ => None,
+        }
+    }
+}
+
+impl OverlapPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skip => "skip",
+            Self::Queue => "queue",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "skip" => Some(Self::Skip),
+            "queue" => Some(Self::Queue),
+            _ => None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_retry_delay_ms() -> u64 {
+    10_000
+}
+
+/// Everything that defines a job. Used to create one, and returned by `job show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The app's name.
+    pub app: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// Name of the processor in the worker's registry (`shell`, `http`, or a user's).
+    pub processor: String,
+    /// The processor's configuration: a script for `shell`, a JSON request for `http`.
+    #[serde(default)]
+    pub config: String,
+    /// Parameters every instance of the job gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Live instances at most; `0` means no limit.
+    #[serde(default)]
+    pub max_instances: u32,
+    #[serde(default)]
+    pub overlap: OverlapPolicy,
+    /// Runs after the first that a failing instance gets.
+    #[serde(default)]
+    pub max_retries: u32,
+    #[serde(default = "default_retry_delay_ms")]
+    pub retry_delay_ms: u64,
+    /// Kill a run after this long; `0` means no limit.
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub dispatch: DispatchStrategy,
+    /// A worker must carry all of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// If not empty, only these workers may run the job.
+    #[serde(default)]
+    pub designated_workers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: i64,
+    pub app_id: i64,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    pub next_trigger_time_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// `job.create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCreate {
+    #[serde(flatten)]
+    pub spec: JobSpec,
+}
+
+/// `job.update`: every field that is set replaces the job's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUpdate {
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// `Some(None)` is not expressible in JSON; an empty string clears the parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<OverlapPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<DispatchStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub designated_workers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobList {
+    /// Only the jobs of this app (by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+}
+
+/// `job.show`, `job.enable`, `job.disable` and `job.delete` name one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobId {
+    pub id: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobShow(pub JobId);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEnable(pub JobId);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDisable(pub JobId);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDelete(pub JobId);
+
+/// `job.run`: start an instance now (or after a delay), with optional instance parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRun {
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStarted {
+    pub instance_id: i64,
+}
+
+admin_request!(JobCreate, "job", "create", JobInfo);
+admin_request!(JobUpdate, "job", "update", JobInfo);
+admin_request!(JobList, "job", "list", Vec<JobInfo>);
+admin_request!(JobShow, "job", "show", JobInfo);
+admin_request!(JobEnable, "job", "enable", JobInfo);
+admin_request!(JobDisable, "job", "disable", JobInfo);
+admin_request!(JobDelete, "job", "delete", Done);
+admin_request!(JobRun, "job", "run", RunStarted);
+
+// === Instances ===
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: i64,
+    pub job_id: i64,
+    pub app_id: i64,
+    pub job_name: String,
+    pub status: InstanceStatus,
+    /// How the instance came to be: `schedule`, `api`, `retry`.
+    pub trigger: String,
+    pub expected_trigger_time_ms: Option<i64>,
+    pub instance_params: Option<String>,
+    /// The current dispatch attempt (0 before the first dispatch).
+    pub attempt: i32,
+    /// How many times a worker started it.
+    pub runs: i64,
+    pub worker_id: Option<String>,
+    pub result: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// When the next dispatch is due (for WAITING_DISPATCH).
+    pub due_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceList {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<InstanceStatus>,
+    /// Newest first; at most this many (default 50, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceId {
+    pub id: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceShow(pub InstanceId);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStop(pub InstanceId);
+/// `instance.retry`: a new instance of the same job with the same parameters. The old one keeps
+/// its terminal status (a terminal instance never changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRetry(pub InstanceId);
+
+admin_request!(InstanceList, "instance", "list", Vec<InstanceInfo>);
+admin_request!(InstanceShow, "instance", "show", InstanceInfo);
+admin_request!(InstanceStop, "instance", "stop", InstanceInfo);
+admin_request!(InstanceRetry, "instance", "retry", RunStarted);
+
+// === Logs ===
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsGet {
+    pub instance_id: i64,
+    /// Only lines stored after this line id (for `--follow`).
+    #[serde(default)]
+    pub after_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub id: i64,
+    pub attempt: i32,
+    pub ts_ms: i64,
+    pub level: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub lines: Vec<LogEntry>,
+    /// Pass as `after_id` to get the lines stored after these.
+    pub last_id: i64,
+    /// Whether the instance is terminal (a follower may stop once it has read everything).
+    pub finished: bool,
+}
+
+admin_request!(LogsGet, "logs", "get", LogPage);
+
+// === Workers and servers ===
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerList {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerList {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: String,
+    pub version: String,
+    pub started_at_ms: i64,
+    pub last_seen_ms: i64,
+    pub alive: bool,
+}
+
+admin_request!(
+    WorkerList,
+    "worker",
+    "list",
+    Vec<crate::message::WorkerSummary>
+);
+admin_request!(ServerList, "server", "list", Vec<ServerInfo>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_spec_defaults_make_a_small_request_enough() {
+        let spec: JobSpec = serde_json::from_str(
+            r#"{"app":"a","name":"n","schedule":{"type":"api"},"processor":"shell"}"#,
+        )
+        .unwrap();
+        assert!(spec.enabled);
+        assert_eq!(spec.retry_delay_ms, 10_000);
+        assert_eq!(spec.dispatch, DispatchStrategy::HealthFirst);
+        assert_eq!(spec.overlap, OverlapPolicy::Skip);
+    }
+
+    #[test]
+    fn newtype_id_requests_are_plain_objects() {
+        let s = serde_json::to_string(&JobShow(JobId { id: 7 })).unwrap();
+        assert_eq!(s, r#"{"id":7}"#);
+        assert_eq!(<JobRun as AdminRequest>::VERB, "run");
+    }
+}

@@ -1,0 +1,309 @@
+//! Messages between workers and servers (and between servers).
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::InstanceStatus;
+
+/// `rota.discovery.acquire`: a worker asks which server owns its app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    pub app: String,
+    pub secret: String,
+    pub worker_id: String,
+    /// The server the worker talks to now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_server: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireReply {
+    pub server_id: String,
+    pub app_id: i64,
+    /// The app's ownership epoch: it rises every time another server takes the app over.
+    pub epoch: i64,
+}
+
+/// What a worker's machine looks like, sent with every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemMetrics {
+    pub cpu_cores: u32,
+    /// One-minute load average.
+    pub load1: f64,
+    pub memory_total_mb: u64,
+    pub memory_used_mb: u64,
+    pub disk_total_mb: u64,
+    pub disk_free_mb: u64,
+}
+
+impl SystemMetrics {
+    /// A score in `[0, 100]`, higher is healthier: free CPU, memory and disk in equal parts.
+    /// Unknown figures (zero totals) count as fully free.
+    pub fn health_score(&self) -> f64 {
+        let cpu_free = if self.cpu_cores == 0 {
+            1.0
+        } else {
+            (1.0 - self.load1 / f64::from(self.cpu_cores)).clamp(0.0, 1.0)
+        };
+        let mem_free = ratio_free(self.memory_total_mb, self.memory_used_mb);
+        let disk_free = if self.disk_total_mb == 0 {
+            1.0
+        } else {
+            (self.disk_free_mb as f64 / self.disk_total_mb as f64).clamp(0.0, 1.0)
+        };
+        100.0 * (cpu_free + mem_free + disk_free) / 3.0
+    }
+}
+
+fn ratio_free(total: u64, used: u64) -> f64 {
+    if total == 0 {
+        1.0
+    } else {
+        (1.0 - used as f64 / total as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// `rota.srv.{sid}.heartbeat`: published by every worker on its interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerHeartbeat {
+    pub worker_id: String,
+    pub app_id: i64,
+    pub app: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Names of the processors this worker can run.
+    #[serde(default)]
+    pub processors: Vec<String>,
+    /// How many instances it runs at once at most.
+    pub capacity: u32,
+    /// Instances it runs now.
+    #[serde(default)]
+    pub running: Vec<i64>,
+    #[serde(default)]
+    pub metrics: SystemMetrics,
+    /// The worker's software version.
+    #[serde(default)]
+    pub version: String,
+    /// Log lines it had to drop since it started (its buffer was full).
+    #[serde(default)]
+    pub dropped_log_lines: u64,
+}
+
+/// `rota.srv.{sid}.status`: a task tracker's report on an instance it runs.
+///
+/// Progress reports are published; terminal reports are requests that the tracker repeats until
+/// it gets a [`ReportAck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub instance_id: i64,
+    /// The dispatch attempt this report is about.
+    pub attempt: i32,
+    /// Rises with every report of one attempt, from 1.
+    pub seq: i64,
+    pub worker_id: String,
+    pub status: InstanceStatus,
+    /// The processor's result message, or the reason of a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// For frequent jobs: how many runs the tracker has made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<i64>,
+    /// Ask the server to raise an alert.
+    #[serde(default)]
+    pub alert: bool,
+    /// When the worker made the report (its clock).
+    pub reported_at_ms: i64,
+}
+
+/// What the worker should do after a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportAction {
+    /// Go on (or, after a terminal report, it is recorded: stop retrying it).
+    Continue,
+    /// Stop the work now: the server no longer wants this attempt to run.
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    pub action: ReportAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "DEBUG",
+            Self::Info => "INFO",
+            Self::Warn => "WARN",
+            Self::Error => "ERROR",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s.to_ascii_uppercase().as_str() {
+            "DEBUG" => Self::Debug,
+            "WARN" => Self::Warn,
+            "ERROR" => Self::Error,
+            _ => Self::Info,
+        }
+    }
+}
+
+/// One line of an instance's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub instance_id: i64,
+    pub attempt: i32,
+    pub ts_ms: i64,
+    pub level: LogLevel,
+    pub text: String,
+}
+
+/// `rota.srv.{sid}.logs`: a batch of log lines, acknowledged by [`LogAck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub worker_id: String,
+    pub lines: Vec<LogLine>,
+    /// Lines dropped since the last batch because the worker's buffer was full.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogAck {
+    pub stored: u64,
+}
+
+/// `rota.srv.{sid}.cluster`: which live workers may run a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterQuery {
+    pub app_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterReply {
+    pub workers: Vec<WorkerSummary>,
+}
+
+/// A live worker as a server sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSummary {
+    pub worker_id: String,
+    pub app_id: i64,
+    pub tags: Vec<String>,
+    pub processors: Vec<String>,
+    pub capacity: u32,
+    pub running: u32,
+    pub health: f64,
+    pub metrics: SystemMetrics,
+    pub version: String,
+    /// Milliseconds since the server last heard from it.
+    pub last_seen_ago_ms: u64,
+}
+
+/// `rota.wrk.{wid}.dispatch`: run this attempt of an instance. The worker answers
+/// [`DispatchAck`] or an error reply (`REJECTED`) with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchRequest {
+    pub server_id: String,
+    pub app_id: i64,
+    pub job_id: i64,
+    pub job_name: String,
+    pub instance_id: i64,
+    pub attempt: i32,
+    /// Name of the processor in the worker's registry (`shell`, `http`, or a user's).
+    pub processor: String,
+    /// The processor's configuration: a script for `shell`, a JSON request for `http`.
+    #[serde(default)]
+    pub config: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_params: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_params: Option<String>,
+    /// Kill the work after this long; `0` means no limit.
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_trigger_time_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchAck {
+    /// `false` when the worker had already accepted this attempt: a duplicate, ignored.
+    pub accepted: bool,
+}
+
+/// `rota.wrk.{wid}.stop`: stop an instance's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub instance_id: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopAck {
+    /// Whether the worker was running it.
+    pub was_running: bool,
+}
+
+/// `rota.wrk.{wid}.query`: what a worker knows about an instance it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryRequest {
+    pub instance_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRuntime {
+    pub instance_id: i64,
+    pub attempt: i32,
+    pub status: InstanceStatus,
+    pub started_at_ms: i64,
+    pub last_seq: i64,
+}
+
+/// `rota.srv.{sid}.ping` and its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Ping {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    pub server_id: String,
+    pub started_at_ms: i64,
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_prefers_idle_machines() {
+        let idle = SystemMetrics {
+            cpu_cores: 4,
+            load1: 0.0,
+            memory_total_mb: 1000,
+            memory_used_mb: 100,
+            disk_total_mb: 1000,
+            disk_free_mb: 900,
+        };
+        let busy = SystemMetrics {
+            load1: 4.0,
+            memory_used_mb: 900,
+            disk_free_mb: 100,
+            ..idle.clone()
+        };
+        assert!(idle.health_score() > busy.health_score());
+        assert!((0.0..=100.0).contains(&busy.health_score()));
+        assert_eq!(SystemMetrics::default().health_score(), 100.0);
+    }
+}
