@@ -1,1 +1,20 @@
+//! Rota's database schema, as sea-orm migrations. The server applies them at start.
+//!
+//! Every time is stored as milliseconds since the Unix epoch in a BIGINT column: the same on
+//! SQLite, PostgreSQL and MySQL, free of time-zone conversions, and cheap to compare.
+#![forbid(unsafe_code)]
+// `MigrationTrait` is an async-trait whose methods take `&SchemaManager` with its lifetime
+// elided; an impl must match that signature exactly.
+#![allow(elided_lifetimes_in_paths)]
 
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_initial;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_initial::Migration)]
+    }
+}

@@ -1,1 +1,23 @@
+//! The Rota scheduler server.
+//!
+//! A server owns apps, schedules their jobs, dispatches instances to the apps' workers over NATS,
+//! applies the workers' status reports by the rules in `rota_shared::rules`, stores logs, and
+//! answers administrators. Start one with [`Server::start`].
+#![forbid(unsafe_code)]
 
+mod admin;
+mod clock;
+mod config;
+mod core;
+mod dispatch;
+mod endpoint;
+mod ownership;
+mod registry;
+mod reports;
+mod scheduler;
+mod server;
+pub mod store;
+mod timer;
+
+pub use config::ServerConfig;
+pub use server::{Server, ServerError, ServerHandle, VERSION};

@@ -1,1 +1,54 @@
+//! The Rota worker: the SDK (the [`Processor`] trait and its [`ProcessorRegistry`]) and the
+//! agent that runs processors for a Rota server over NATS.
+//!
+//! A worker only ever opens an outbound NATS connection. It asks discovery which server owns its
+//! app, heartbeats to that server, takes dispatches on `{prefix}.wrk.{worker_id}.dispatch`, runs
+//! each accepted attempt under a task tracker that reports its status, and batches the
+//! instances' logs to the server.
+//!
+//! ```no_run
+//! use rota_worker::{ProcessResult, ProcessorRegistry, TaskContext, Worker, WorkerConfig};
+//!
+//! # async fn example() -> Result<(), rota_worker::WorkerError> {
+//! let mut registry = ProcessorRegistry::new();
+//! registry.register(
+//!     "hello",
+//!     rota_worker::processor_fn(|ctx: TaskContext| async move {
+//!         ctx.info("hello from a processor");
+//!         ProcessResult::ok("done")
+//!     }),
+//! );
+//! let config = WorkerConfig {
+//!     app: "demo".into(),
+//!     secret: "s3cret".into(),
+//!     ..WorkerConfig::default()
+//! };
+//! let worker = Worker::start(config, registry).await?;
+//! // … on SIGTERM:
+//! worker.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
+mod acks;
+mod agent;
+pub mod builtin;
+mod config;
+mod context;
+mod dedupe;
+mod endpoints;
+mod error;
+mod heartbeat;
+mod instances;
+mod link;
+mod logs;
+mod metrics;
+mod processor;
+mod tracker;
+mod worker;
+
+pub use config::WorkerConfig;
+pub use context::TaskContext;
+pub use error::WorkerError;
+pub use processor::{ProcessResult, Processor, ProcessorRegistry, processor_fn};
+pub use worker::{Worker, WorkerHandle};

@@ -1,0 +1,523 @@
+//! Administrative requests on `rota.admin.{area}.{verb}` (DESIGN §9).
+
+use std::collections::HashMap;
+
+use async_nats::Message;
+use rota_shared::admin::*;
+use rota_shared::message::WorkerSummary;
+use rota_shared::{ErrorBody, ErrorCode, InstanceStatus};
+
+use crate::clock::now_ms;
+use crate::core::Core;
+use crate::dispatch::send_stop;
+use crate::endpoint::{decode_message, respond};
+use crate::ownership::ensure_owner;
+use crate::store::entity::{app, instance};
+use crate::store::{InstanceFilter, Job, NewInstance};
+
+type AdminResult<T> = Result<T, ErrorBody>;
+
+macro_rules! route {
+    ($core:expr, $msg:expr, $handler:ident, $req:ty) => {{
+        let result = match decode_message::<$req>($msg) {
+            Ok(request) => $handler($core, request).await,
+            Err(e) => Err(e),
+        };
+        respond::<<$req as AdminRequest>::Reply>(&$core.client, $msg, result).await
+    }};
+}
+
+/// Answers one admin request.
+pub async fn handle(core: &Core, msg: &Message) {
+    let Some((area, verb)) = core.subjects.parse_admin(msg.subject.as_str()) else {
+        return respond::<()>(&core.client, msg, Err(unknown(msg.subject.as_str()))).await;
+    };
+    match (area, verb) {
+        ("app", "create") => route!(core, msg, app_create, AppCreate),
+        ("app", "list") => route!(core, msg, app_list, AppList),
+        ("job", "create") => route!(core, msg, job_create, JobCreate),
+        ("job", "update") => route!(core, msg, job_update, JobUpdate),
+        ("job", "list") => route!(core, msg, job_list, JobList),
+        ("job", "show") => route!(core, msg, job_show, JobShow),
+        ("job", "enable") => route!(core, msg, job_enable, JobEnable),
+        ("job", "disable") => route!(core, msg, job_disable, JobDisable),
+        ("job", "delete") => route!(core, msg, job_delete, JobDelete),
+        ("job", "run") => route!(core, msg, job_run, JobRun),
+        ("instance", "list") => route!(core, msg, instance_list, InstanceList),
+        ("instance", "show") => route!(core, msg, instance_show, InstanceShow),
+        ("instance", "stop") => route!(core, msg, instance_stop, InstanceStop),
+        ("instance", "retry") => route!(core, msg, instance_retry, InstanceRetry),
+        ("logs", "get") => route!(core, msg, logs_get, LogsGet),
+        ("worker", "list") => route!(core, msg, worker_list, WorkerList),
+        ("server", "list") => route!(core, msg, server_list, ServerList),
+        _ => respond::<()>(&core.client, msg, Err(unknown(msg.subject.as_str()))).await,
+    }
+}
+
+fn unknown(subject: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::NotFound,
+        format!("no admin request is served on {subject}"),
+    )
+}
+
+fn app_info(a: app::Model) -> AppInfo {
+    AppInfo {
+        id: a.id,
+        name: a.name,
+        current_server: a.current_server,
+        epoch: a.epoch,
+        created_at_ms: a.created_at_ms,
+    }
+}
+
+/// Names of apps are plain tokens so that they read well in tables and logs.
+fn validate_name(kind: &str, name: &str, max: usize) -> AdminResult<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= max
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorBody::invalid(format!(
+            "invalid {kind} name {name:?}: 1 to {max} letters, digits, spaces, '-', '_', '.' or ':'"
+        )))
+    }
+}
+
+async fn app_create(core: &Core, r: AppCreate) -> AdminResult<AppInfo> {
+    validate_name("app", &r.name, 128)?;
+    if r.name.contains(' ') {
+        return Err(ErrorBody::invalid("an app name may not contain spaces"));
+    }
+    if r.secret.is_empty() {
+        return Err(ErrorBody::invalid("an app needs a non-empty secret"));
+    }
+    Ok(app_info(
+        core.store.create_app(&r.name, &r.secret, now_ms()).await?,
+    ))
+}
+
+async fn app_list(core: &Core, _: AppList) -> AdminResult<Vec<AppInfo>> {
+    Ok(core
+        .store
+        .list_apps()
+        .await?
+        .into_iter()
+        .map(app_info)
+        .collect())
+}
+
+// === Jobs ===
+
+fn validate_job(job: &Job) -> AdminResult<()> {
+    validate_name("job", &job.name, 255)?;
+    job.schedule
+        .validate()
+        .map_err(|e| ErrorBody::invalid(e.to_string()))?;
+    if job.schedule.is_frequent() {
+        return Err(ErrorBody::new(
+            ErrorCode::Unsupported,
+            "fixed_rate and fixed_delay jobs are not served by this version yet",
+        ));
+    }
+    if job.processor.trim().is_empty() {
+        return Err(ErrorBody::invalid("a job needs a processor"));
+    }
+    if let (Some(start), Some(end)) = (job.lifecycle.start_ms, job.lifecycle.end_ms) {
+        if start > end {
+            return Err(ErrorBody::invalid("the lifecycle ends before it starts"));
+        }
+    }
+    for t in job.tags.iter().chain(&job.designated_workers) {
+        if t.is_empty() {
+            return Err(ErrorBody::invalid("tags and worker ids may not be empty"));
+        }
+    }
+    Ok(())
+}
+
+/// Sets the next fire from now, for a job that is new, changed or enabled.
+fn reschedule(job: &mut Job, now: i64) -> AdminResult<()> {
+    job.next_trigger_time_ms = if job.enabled {
+        job.schedule
+            .next_fire_after(now, job.lifecycle)
+            .map_err(|e| ErrorBody::invalid(e.to_string()))?
+    } else {
+        None
+    };
+    Ok(())
+}
+
+async fn job_create(core: &Core, r: JobCreate) -> AdminResult<JobInfo> {
+    let app = core.store.app_by_name(&r.spec.app).await?;
+    let now = now_ms();
+    let mut job = Job::from_spec(&r.spec, app.id, now);
+    validate_job(&job)?;
+    reschedule(&mut job, now)?;
+    let job = core.store.insert_job(&job).await?;
+    Ok(job.to_info(&app.name))
+}
+
+async fn job_update(core: &Core, r: JobUpdate) -> AdminResult<JobInfo> {
+    let mut job = core.store.job(r.id).await?;
+    let app = core.store.app_by_id(job.app_id).await?;
+    let timing_changed = r.schedule.is_some() || r.lifecycle.is_some();
+    if let Some(v) = r.name {
+        job.name = v;
+    }
+    if let Some(v) = r.description {
+        job.description = v;
+    }
+    if let Some(v) = r.schedule {
+        job.schedule = v;
+    }
+    if let Some(v) = r.lifecycle {
+        job.lifecycle = v;
+    }
+    if let Some(v) = r.processor {
+        job.processor = v;
+    }
+    if let Some(v) = r.config {
+        job.config = v;
+    }
+    if let Some(v) = r.params {
+        job.params = (!v.is_empty()).then_some(v);
+    }
+    if let Some(v) = r.max_instances {
+        job.max_instances = v;
+    }
+    if let Some(v) = r.overlap {
+        job.overlap = v;
+    }
+    if let Some(v) = r.max_retries {
+        job.max_retries = v;
+    }
+    if let Some(v) = r.retry_delay_ms {
+        job.retry_delay_ms = v;
+    }
+    if let Some(v) = r.timeout_ms {
+        job.timeout_ms = v;
+    }
+    if let Some(v) = r.dispatch {
+        job.dispatch = v;
+    }
+    if let Some(v) = r.tags {
+        job.tags = v;
+    }
+    if let Some(v) = r.designated_workers {
+        job.designated_workers = v;
+    }
+    validate_job(&job)?;
+    let now = now_ms();
+    if timing_changed {
+        reschedule(&mut job, now)?;
+    }
+    job.updated_at_ms = now;
+    Ok(core.store.save_job(&job).await?.to_info(&app.name))
+}
+
+async fn app_names(core: &Core) -> AdminResult<HashMap<i64, String>> {
+    Ok(core
+        .store
+        .list_apps()
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a.name))
+        .collect())
+}
+
+async fn job_list(core: &Core, r: JobList) -> AdminResult<Vec<JobInfo>> {
+    let app_id = match &r.app {
+        Some(name) => Some(core.store.app_by_name(name).await?.id),
+        None => None,
+    };
+    let names = app_names(core).await?;
+    Ok(core
+        .store
+        .list_jobs(app_id)
+        .await?
+        .iter()
+        .map(|j| j.to_info(names.get(&j.app_id).map_or("?", String::as_str)))
+        .collect())
+}
+
+async fn job_info(core: &Core, job: &Job) -> AdminResult<JobInfo> {
+    let app = core.store.app_by_id(job.app_id).await?;
+    Ok(job.to_info(&app.name))
+}
+
+async fn job_show(core: &Core, JobShow(r): JobShow) -> AdminResult<JobInfo> {
+    let job = core.store.job(r.id).await?;
+    job_info(core, &job).await
+}
+
+async fn set_enabled(core: &Core, id: i64, enabled: bool) -> AdminResult<JobInfo> {
+    let mut job = core.store.job(id).await?;
+    let now = now_ms();
+    job.enabled = enabled;
+    reschedule(&mut job, now)?;
+    job.updated_at_ms = now;
+    let job = core.store.save_job(&job).await?;
+    job_info(core, &job).await
+}
+
+async fn job_enable(core: &Core, JobEnable(r): JobEnable) -> AdminResult<JobInfo> {
+    set_enabled(core, r.id, true).await
+}
+
+async fn job_disable(core: &Core, JobDisable(r): JobDisable) -> AdminResult<JobInfo> {
+    set_enabled(core, r.id, false).await
+}
+
+/// Deleting a job cancels its instances that wait for a dispatch; running ones finish.
+async fn job_delete(core: &Core, JobDelete(r): JobDelete) -> AdminResult<Done> {
+    core.store.delete_job(r.id).await?;
+    let waiting = core
+        .store
+        .list_instances(&InstanceFilter {
+            job_id: Some(r.id),
+            status: Some(InstanceStatus::WaitingDispatch),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await?;
+    let now = now_ms();
+    for inst in waiting {
+        core.store
+            .cas_finish(inst.id, None, InstanceStatus::Canceled, "job was deleted", now)
+            .await?;
+    }
+    Ok(Done {})
+}
+
+/// Operations that act on the owner's in-memory state must run on the owner.
+async fn require_owner(core: &Core, app_id: i64) -> AdminResult<()> {
+    let owner = ensure_owner(core, app_id).await?;
+    if owner.server_id == core.id {
+        Ok(())
+    } else {
+        Err(ErrorBody::new(
+            ErrorCode::NotOwner,
+            format!("app {app_id} is owned by server {}", owner.server_id),
+        ))
+    }
+}
+
+async fn job_run(core: &Core, r: JobRun) -> AdminResult<RunStarted> {
+    let job = core.store.job(r.id).await?;
+    require_owner(core, job.app_id).await?;
+    let now = now_ms();
+    let due = now.saturating_add(i64::try_from(r.delay_ms).unwrap_or(i64::MAX / 2));
+    let inst = core
+        .store
+        .insert_instance(
+            NewInstance {
+                job_id: job.id,
+                app_id: job.app_id,
+                trigger: "api",
+                params: r.params,
+                due_at_ms: due,
+            },
+            now,
+        )
+        .await?;
+    core.timer.schedule(inst.id, due);
+    Ok(RunStarted {
+        instance_id: inst.id,
+    })
+}
+
+// === Instances ===
+
+fn status_of(m: &instance::Model) -> InstanceStatus {
+    InstanceStatus::from_code(m.status).unwrap_or(InstanceStatus::Failed)
+}
+
+fn instance_info(m: instance::Model, job_name: &str) -> InstanceInfo {
+    InstanceInfo {
+        status: status_of(&m),
+        id: m.id,
+        job_id: m.job_id,
+        app_id: m.app_id,
+        job_name: job_name.to_owned(),
+        trigger: m.trigger,
+        expected_trigger_time_ms: m.expected_trigger_time_ms,
+        instance_params: m.instance_params,
+        attempt: m.attempt,
+        runs: m.runs,
+        worker_id: m.worker_id,
+        result: m.result,
+        created_at_ms: m.created_at_ms,
+        started_at_ms: m.started_at_ms,
+        finished_at_ms: m.finished_at_ms,
+        due_at_ms: m.due_at_ms,
+    }
+}
+
+async fn with_job_names(
+    core: &Core,
+    models: Vec<instance::Model>,
+) -> AdminResult<Vec<InstanceInfo>> {
+    let mut job_ids: Vec<i64> = models.iter().map(|m| m.job_id).collect();
+    job_ids.sort_unstable();
+    job_ids.dedup();
+    let names: HashMap<i64, String> = core
+        .store
+        .jobs_by_ids(&job_ids)
+        .await?
+        .into_iter()
+        .map(|j| (j.id, j.name))
+        .collect();
+    Ok(models
+        .into_iter()
+        .map(|m| {
+            let name = names.get(&m.job_id).cloned().unwrap_or_else(|| "(deleted)".into());
+            instance_info(m, &name)
+        })
+        .collect())
+}
+
+async fn one_instance(core: &Core, id: i64) -> AdminResult<InstanceInfo> {
+    let m = core.store.instance(id).await?;
+    with_job_names(core, vec![m])
+        .await?
+        .pop()
+        .ok_or_else(|| ErrorBody::internal("instance vanished"))
+}
+
+async fn instance_list(core: &Core, r: InstanceList) -> AdminResult<Vec<InstanceInfo>> {
+    let app_id = match &r.app {
+        Some(name) => Some(core.store.app_by_name(name).await?.id),
+        None => None,
+    };
+    let filter = InstanceFilter {
+        app_id,
+        job_id: r.job_id,
+        status: r.status,
+        limit: r.limit.unwrap_or(50).clamp(1, 1000),
+    };
+    let models = core.store.list_instances(&filter).await?;
+    with_job_names(core, models).await
+}
+
+async fn instance_show(core: &Core, InstanceShow(r): InstanceShow) -> AdminResult<InstanceInfo> {
+    one_instance(core, r.id).await
+}
+
+async fn instance_stop(core: &Core, InstanceStop(r): InstanceStop) -> AdminResult<InstanceInfo> {
+    let inst = core.store.instance(r.id).await?;
+    let status = status_of(&inst);
+    if status.is_terminal() {
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("instance {} is already {status}", inst.id),
+        ));
+    }
+    require_owner(core, inst.app_id).await?;
+    let stopped = core
+        .store
+        .cas_finish(inst.id, None, InstanceStatus::Stopped, "stopped by an operator", now_ms())
+        .await?;
+    if !stopped {
+        let now = status_of(&core.store.instance(inst.id).await?);
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("instance {} became {now} before it could be stopped", inst.id),
+        ));
+    }
+    // The instance is STOPPED whatever the worker says; stopping its work is best effort, and
+    // a worker that missed this is told to stop by its next report.
+    if let Some(worker) = &inst.worker_id {
+        if let Err(e) = send_stop(core, worker, inst.id).await {
+            tracing::info!(instance = inst.id, worker = %worker, error = %e, "stop not delivered");
+        }
+    }
+    one_instance(core, inst.id).await
+}
+
+async fn instance_retry(core: &Core, InstanceRetry(r): InstanceRetry) -> AdminResult<RunStarted> {
+    let inst = core.store.instance(r.id).await?;
+    let status = status_of(&inst);
+    if !status.is_terminal() {
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("instance {} is {status}; only a finished instance can be retried", inst.id),
+        ));
+    }
+    let job = core.store.job(inst.job_id).await?;
+    require_owner(core, job.app_id).await?;
+    let now = now_ms();
+    let new = core
+        .store
+        .insert_instance(
+            NewInstance {
+                job_id: job.id,
+                app_id: job.app_id,
+                trigger: "retry",
+                params: inst.instance_params,
+                due_at_ms: now,
+            },
+            now,
+        )
+        .await?;
+    core.timer.schedule(new.id, now);
+    Ok(RunStarted {
+        instance_id: new.id,
+    })
+}
+
+// === Logs, workers, servers ===
+
+async fn logs_get(core: &Core, r: LogsGet) -> AdminResult<LogPage> {
+    // Read the status first: if it is terminal now, every line was stored before (workers
+    // flush an instance's logs before its terminal report).
+    let inst = core.store.instance(r.instance_id).await?;
+    let lines = core
+        .store
+        .logs_after(r.instance_id, r.after_id, r.limit.unwrap_or(1000).clamp(1, 10_000))
+        .await?;
+    let last_id = lines.last().map_or(r.after_id, |l| l.id);
+    Ok(LogPage {
+        lines: lines
+            .into_iter()
+            .map(|l| LogEntry {
+                id: l.id,
+                attempt: l.attempt,
+                ts_ms: l.ts_ms,
+                level: l.level,
+                text: l.text,
+            })
+            .collect(),
+        last_id,
+        finished: status_of(&inst).is_terminal(),
+    })
+}
+
+async fn worker_list(core: &Core, r: WorkerList) -> AdminResult<Vec<WorkerSummary>> {
+    let app_id = match &r.app {
+        Some(name) => Some(core.store.app_by_name(name).await?.id),
+        None => None,
+    };
+    Ok(core.workers.live(app_id))
+}
+
+async fn server_list(core: &Core, _: ServerList) -> AdminResult<Vec<ServerInfo>> {
+    let now = now_ms();
+    let window = 3 * i64::try_from(core.config.presence_interval.as_millis()).unwrap_or(0);
+    Ok(core
+        .store
+        .list_servers()
+        .await?
+        .into_iter()
+        .map(|s| ServerInfo {
+            alive: now - s.last_seen_ms <= window,
+            id: s.id,
+            version: s.version,
+            started_at_ms: s.started_at_ms,
+            last_seen_ms: s.last_seen_ms,
+        })
+        .collect())
+}

@@ -1,0 +1,50 @@
+//! Server configuration.
+
+use std::time::Duration;
+
+/// Everything a server needs to run. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// NATS server URL(s), comma-separated. Credentials may be given in the URL.
+    pub nats_url: String,
+    /// The subject prefix shared by a deployment's servers and workers.
+    pub prefix: String,
+    /// `sqlite://path`, `postgres://…` or `mysql://…`.
+    pub database_url: String,
+    /// A stable id for this server; generated when not set. Use a fixed one for servers that
+    /// restart, so they rejoin under the same name.
+    pub server_id: Option<String>,
+    /// A worker not heard from for this long is not live (three heartbeat intervals).
+    pub worker_timeout: Duration,
+    /// How often the schedule loop looks for due jobs.
+    pub schedule_interval: Duration,
+    /// How far ahead of their fire time instances are created and put on the timer.
+    pub schedule_lookahead: Duration,
+    /// A fire more than this late when the loop first sees it counts as missed: it fires once,
+    /// now, and the job's schedule resumes from the present.
+    pub misfire_threshold: Duration,
+    /// How long a worker has to acknowledge a dispatch.
+    pub dispatch_timeout: Duration,
+    /// How long an instance waits for a live worker before it fails.
+    pub no_worker_timeout: Duration,
+    /// How often the server refreshes its presence row.
+    pub presence_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            prefix: rota_shared::subject::DEFAULT_PREFIX.to_owned(),
+            database_url: "sqlite://rota.db".to_owned(),
+            server_id: None,
+            worker_timeout: Duration::from_secs(30),
+            schedule_interval: Duration::from_millis(500),
+            schedule_lookahead: Duration::from_secs(2),
+            misfire_threshold: Duration::from_secs(5),
+            dispatch_timeout: Duration::from_secs(3),
+            no_worker_timeout: Duration::from_secs(60),
+            presence_interval: Duration::from_secs(5),
+        }
+    }
+}

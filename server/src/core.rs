@@ -1,0 +1,47 @@
+//! The state every part of a running server shares.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use async_nats::Client;
+use rota_shared::Subjects;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::ownership::Ownership;
+use crate::registry::WorkerRegistry;
+use crate::store::Store;
+use crate::timer::TimerHandle;
+
+pub struct Core {
+    pub id: String,
+    pub started_at_ms: i64,
+    pub config: ServerConfig,
+    pub client: Client,
+    pub subjects: Subjects,
+    pub store: Store,
+    pub workers: WorkerRegistry,
+    pub ownership: Ownership,
+    pub timer: TimerHandle,
+    /// Instances a dispatch task is working on now, so that the timer and the waiting scan
+    /// never run two dispatches of one instance in this process.
+    pub dispatching: Mutex<HashSet<i64>>,
+    pub shutdown: CancellationToken,
+}
+
+impl Core {
+    /// Marks an instance as being dispatched; `false` if it already is.
+    pub fn begin_dispatch(&self, id: i64) -> bool {
+        self.dispatching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
+    }
+
+    pub fn end_dispatch(&self, id: i64) {
+        self.dispatching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}

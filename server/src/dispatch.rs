@@ -1,0 +1,200 @@
+//! Dispatch (DESIGN §5): hand a due instance to a live worker.
+//!
+//! Each attempt is a compare-and-set of the instance to WAITING_WORKER_RECEIVE with the chosen
+//! worker and a new attempt number, then a request to the worker. A worker that does not answer
+//! or refuses makes room for the next one; the attempt it may still run is fenced off, since
+//! reports for an old attempt change nothing.
+
+use std::sync::Arc;
+
+use rota_shared::admin::OverlapPolicy;
+use rota_shared::envelope::decode_reply;
+use rota_shared::message::{DispatchAck, DispatchRequest, StopAck, StopRequest};
+use rota_shared::{ErrorBody, InstanceStatus};
+use tokio::sync::mpsc;
+
+use crate::clock::now_ms;
+use crate::core::Core;
+use crate::endpoint::protocol_headers;
+use crate::store::entity::instance;
+use crate::store::{InstanceGuard, Job, StoreError};
+
+/// How long a waiting instance sleeps before it looks for a worker again.
+const RETRY_DISPATCH_MS: i64 = 1_000;
+
+/// Runs the dispatcher: every instance id the timer fires gets its own dispatch task.
+pub fn start(core: Arc<Core>, mut fired: mpsc::UnboundedReceiver<i64>) {
+    tokio::spawn(async move {
+        loop {
+            let id = tokio::select! {
+                _ = core.shutdown.cancelled() => break,
+                id = fired.recv() => match id { Some(id) => id, None => break },
+            };
+            if !core.begin_dispatch(id) {
+                continue;
+            }
+            let core = core.clone();
+            tokio::spawn(async move {
+                if let Err(e) = dispatch_one(&core, id).await {
+                    tracing::warn!(instance = id, error = %e, "dispatch failed; will retry");
+                    core.timer.schedule(id, now_ms() + RETRY_DISPATCH_MS);
+                }
+                core.end_dispatch(id);
+            });
+        }
+    });
+}
+
+async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
+    let inst = match core.store.instance(id).await {
+        Ok(inst) => inst,
+        Err(StoreError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if inst.status != InstanceStatus::WaitingDispatch.code() || !core.ownership.owns(inst.app_id) {
+        return Ok(());
+    }
+    let now = now_ms();
+    if let Some(due) = inst.due_at_ms.filter(|due| *due > now + 5) {
+        // Fired early (a stale timer entry after a requeue): wait for the real time.
+        core.timer.schedule(id, due);
+        return Ok(());
+    }
+    let guard = InstanceGuard::of(&inst);
+    let job = match core.store.job(inst.job_id).await {
+        Ok(job) => job,
+        Err(StoreError::NotFound(_)) => {
+            core.store
+                .cas_finish(id, Some(guard), InstanceStatus::Canceled, "job was deleted", now)
+                .await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+
+    if job.max_instances > 0 {
+        let live = core.store.count_live(job.id).await?;
+        if live >= u64::from(job.max_instances) {
+            match job.overlap {
+                OverlapPolicy::Skip => {
+                    let reason = format!(
+                        "skipped: {live} instance(s) of the job already run (max_instances {})",
+                        job.max_instances
+                    );
+                    core.store
+                        .cas_finish(id, Some(guard), InstanceStatus::Canceled, &reason, now)
+                        .await?;
+                }
+                OverlapPolicy::Queue => core.timer.schedule(id, now + RETRY_DISPATCH_MS),
+            }
+            return Ok(());
+        }
+    }
+
+    let candidates = core.workers.candidates(&job);
+    if candidates.is_empty() {
+        let waiting_since = inst.due_at_ms.unwrap_or(inst.created_at_ms);
+        let limit = i64::try_from(core.config.no_worker_timeout.as_millis()).unwrap_or(i64::MAX);
+        if now.saturating_sub(waiting_since) > limit {
+            let reason = format!(
+                "no live worker could run it for {} s (processor {:?}, tags {:?})",
+                limit / 1000,
+                job.processor,
+                job.tags
+            );
+            core.store
+                .cas_finish(id, Some(guard), InstanceStatus::Failed, &reason, now)
+                .await?;
+        } else {
+            core.timer.schedule(id, now + RETRY_DISPATCH_MS);
+        }
+        return Ok(());
+    }
+
+    let mut guard = guard;
+    for worker in candidates {
+        let Some(attempt) = core
+            .store
+            .cas_dispatch(id, guard, &worker.worker_id, now_ms())
+            .await?
+        else {
+            // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
+            return Ok(());
+        };
+        guard = InstanceGuard {
+            status: InstanceStatus::WaitingWorkerReceive,
+            attempt,
+            last_seq: 0,
+        };
+        let request = dispatch_request(core, &inst, &job, attempt);
+        match send_dispatch(core, &worker.worker_id, &request).await {
+            Ok(_) => {
+                tracing::debug!(instance = id, attempt, worker = %worker.worker_id, "dispatched");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::info!(instance = id, worker = %worker.worker_id, error = %e, "worker did not take the dispatch");
+            }
+        }
+    }
+    // Nobody took it: wait a moment and try again.
+    let due = now_ms() + RETRY_DISPATCH_MS;
+    if core.store.cas_requeue(id, guard, due).await? {
+        core.timer.schedule(id, due);
+    }
+    Ok(())
+}
+
+fn dispatch_request(
+    core: &Core,
+    inst: &instance::Model,
+    job: &Job,
+    attempt: i32,
+) -> DispatchRequest {
+    DispatchRequest {
+        server_id: core.id.clone(),
+        app_id: job.app_id,
+        job_id: job.id,
+        job_name: job.name.clone(),
+        instance_id: inst.id,
+        attempt,
+        processor: job.processor.clone(),
+        config: job.config.clone(),
+        job_params: job.params.clone(),
+        instance_params: inst.instance_params.clone(),
+        timeout_ms: job.timeout_ms,
+        expected_trigger_time_ms: inst.expected_trigger_time_ms,
+    }
+}
+
+async fn send_dispatch(
+    core: &Core,
+    worker_id: &str,
+    request: &DispatchRequest,
+) -> Result<DispatchAck, ErrorBody> {
+    request_worker(core, &core.subjects.worker_dispatch(worker_id), request).await
+}
+
+/// Asks a worker to stop an instance. Best effort: a worker that is gone has nothing to stop.
+pub async fn send_stop(core: &Core, worker_id: &str, instance_id: i64) -> Result<StopAck, ErrorBody> {
+    request_worker(core, &core.subjects.worker_stop(worker_id), &StopRequest { instance_id }).await
+}
+
+async fn request_worker<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    core: &Core,
+    subject: &str,
+    request: &Req,
+) -> Result<Resp, ErrorBody> {
+    let payload = serde_json::to_vec(request)
+        .map_err(|e| ErrorBody::internal(format!("encode request: {e}")))?;
+    let req = async_nats::Request::new()
+        .payload(payload.into())
+        .headers(protocol_headers())
+        .timeout(Some(core.config.dispatch_timeout));
+    let msg = core
+        .client
+        .send_request(subject.to_owned(), req)
+        .await
+        .map_err(|e| ErrorBody::new(rota_shared::ErrorCode::Unavailable, e.to_string()))?;
+    decode_reply(&msg.payload)
+}

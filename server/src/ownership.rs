@@ -1,0 +1,129 @@
+//! Which apps this server owns (DESIGN §3), and taking an app over.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use rota_shared::message::{Ping, Pong};
+use rota_shared::{ErrorBody, ErrorCode};
+
+use crate::core::Core;
+use crate::store::StoreError;
+
+/// The apps this server owns, with the epoch at which it took each.
+#[derive(Default)]
+pub struct Ownership {
+    apps: RwLock<HashMap<i64, i64>>,
+}
+
+impl Ownership {
+    pub fn owns(&self, app_id: i64) -> bool {
+        self.apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&app_id)
+    }
+
+    pub fn app_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn insert(&self, app_id: i64, epoch: i64) {
+        self.apps
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(app_id, epoch);
+    }
+
+    /// Replaces the set with what the database says; an app another server took is dropped here.
+    pub fn replace(&self, owned: HashMap<i64, i64>) {
+        *self.apps.write().unwrap_or_else(|e| e.into_inner()) = owned;
+    }
+}
+
+/// Who owns an app after [`ensure_owner`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub server_id: String,
+    pub epoch: i64,
+}
+
+/// How many compare-and-set rounds an ownership decision may take.
+const CLAIM_ROUNDS: usize = 5;
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Returns the app's live owner, taking the app over when it has none or its owner does not
+/// answer a ping (DESIGN §3).
+pub async fn ensure_owner(core: &Core, app_id: i64) -> Result<Owner, ErrorBody> {
+    for _ in 0..CLAIM_ROUNDS {
+        let app = core.store.app_by_id(app_id).await.map_err(ErrorBody::from)?;
+        match app.current_server.as_deref() {
+            Some(owner) if owner == core.id => {
+                core.ownership.insert(app.id, app.epoch);
+                return Ok(Owner {
+                    server_id: core.id.clone(),
+                    epoch: app.epoch,
+                });
+            }
+            Some(owner) if ping(core, owner).await => {
+                return Ok(Owner {
+                    server_id: owner.to_owned(),
+                    epoch: app.epoch,
+                });
+            }
+            _ => {}
+        }
+        if core
+            .store
+            .claim_app(app.id, app.epoch, &core.id)
+            .await
+            .map_err(ErrorBody::from)?
+        {
+            let epoch = app.epoch + 1;
+            tracing::info!(app = %app.name, epoch, "took ownership of the app");
+            core.ownership.insert(app.id, epoch);
+            return Ok(Owner {
+                server_id: core.id.clone(),
+                epoch,
+            });
+        }
+    }
+    Err(ErrorBody::new(
+        ErrorCode::Unavailable,
+        format!("no server could take ownership of app {app_id}: too much contention, try again"),
+    ))
+}
+
+/// Whether `server_id` answers a ping in time.
+pub async fn ping(core: &Core, server_id: &str) -> bool {
+    let Ok(payload) = serde_json::to_vec(&Ping::default()) else {
+        return false;
+    };
+    let request = async_nats::Request::new()
+        .payload(payload.into())
+        .timeout(Some(PING_TIMEOUT));
+    match core
+        .client
+        .send_request(core.subjects.server_ping(server_id), request)
+        .await
+    {
+        Ok(msg) => rota_shared::envelope::decode_reply::<Pong>(&msg.payload).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Re-reads this server's ownerships from the database.
+pub async fn refresh(core: &Core) -> Result<(), StoreError> {
+    let owned = core.store.owned_apps(&core.id).await?;
+    core.ownership
+        .replace(owned.into_iter().map(|a| (a.id, a.epoch)).collect());
+    Ok(())
+}

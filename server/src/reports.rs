@@ -1,0 +1,237 @@
+//! Applying workers' status reports (DESIGN §4), in batches.
+//!
+//! Reports are decoded as they arrive and queued; one task takes them in batches, reads the
+//! instances they name in one query, decides each with the pure [`apply_report`], writes all
+//! changes in one transaction (each a compare-and-set on the state it was decided from) and only
+//! then answers. A report whose compare-and-set lost a race is decided again on fresh state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::Message;
+use rota_shared::message::{ReportAck, ReportAction, StatusReport};
+use rota_shared::rules::{InstanceState, JobRules, Outcome, apply_report};
+use rota_shared::{ErrorBody, ErrorCode, InstanceStatus};
+use tokio::sync::mpsc;
+
+use crate::clock::now_ms;
+use crate::core::Core;
+use crate::dispatch::send_stop;
+use crate::endpoint::respond;
+use crate::store::entity::instance;
+use crate::store::{InstanceGuard, Job, StoreError};
+
+/// Reports taken in one batch.
+const BATCH: usize = 256;
+/// Rounds a report is decided again after losing a compare-and-set.
+const RETRIES: usize = 3;
+
+pub struct Pending {
+    pub report: StatusReport,
+    pub msg: Message,
+}
+
+pub fn start(core: Arc<Core>) -> mpsc::Sender<Pending> {
+    let (tx, mut rx) = mpsc::channel::<Pending>(16 * BATCH);
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            batch.clear();
+            let got = tokio::select! {
+                _ = core.shutdown.cancelled() => break,
+                n = rx.recv_many(&mut batch, BATCH) => n,
+            };
+            if got == 0 {
+                break;
+            }
+            apply_batch(&core, &mut batch).await;
+        }
+    });
+    tx
+}
+
+fn rules_of(job: Option<&Job>) -> JobRules {
+    match job {
+        Some(job) => JobRules {
+            frequent: job.schedule.is_frequent(),
+            max_retries: job.max_retries,
+            retry_delay_ms: job.retry_delay_ms,
+            lifecycle_end_ms: job.lifecycle.end_ms,
+        },
+        None => JobRules {
+            frequent: false,
+            max_retries: 0,
+            retry_delay_ms: 0,
+            lifecycle_end_ms: None,
+        },
+    }
+}
+
+fn state_of(m: &instance::Model) -> InstanceState {
+    InstanceState {
+        status: InstanceStatus::from_code(m.status).unwrap_or(InstanceStatus::Failed),
+        attempt: m.attempt,
+        worker_id: m.worker_id.clone(),
+        last_seq: m.last_seq,
+        runs: m.runs,
+    }
+}
+
+/// What one report came to.
+enum Verdict {
+    Answer(ReportAction),
+    Error(ErrorBody),
+}
+
+async fn apply_batch(core: &Core, batch: &mut [Pending]) {
+    let verdicts = match decide_and_write(core, batch).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not apply status reports; workers will resend");
+            let err = ErrorBody::new(ErrorCode::Unavailable, format!("reports not stored: {e}"));
+            batch.iter().map(|_| Verdict::Error(err.clone())).collect()
+        }
+    };
+    for (pending, verdict) in batch.iter().zip(verdicts) {
+        match verdict {
+            Verdict::Answer(action) => {
+                if pending.msg.reply.is_some() {
+                    respond(&core.client, &pending.msg, Ok(ReportAck { action })).await;
+                } else if action == ReportAction::Stop {
+                    // A published progress report has no reply to carry "stop": tell the
+                    // worker directly.
+                    let r = &pending.report;
+                    if let Err(e) = send_stop(core, &r.worker_id, r.instance_id).await {
+                        tracing::debug!(instance = r.instance_id, error = %e, "stop not delivered");
+                    }
+                }
+            }
+            Verdict::Error(e) => respond::<()>(&core.client, &pending.msg, Err(e)).await,
+        }
+    }
+}
+
+async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>, StoreError> {
+    let ids: Vec<i64> = batch.iter().map(|p| p.report.instance_id).collect();
+    let mut instances: HashMap<i64, instance::Model> = core
+        .store
+        .instances_by_ids(&ids)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+    let job_ids: Vec<i64> = instances.values().map(|m| m.job_id).collect();
+    let jobs: HashMap<i64, Job> = core
+        .store
+        .jobs_by_ids(&job_ids)
+        .await?
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect();
+
+    let now = now_ms();
+    let mut verdicts = Vec::with_capacity(batch.len());
+    let mut writes = Vec::new();
+    // Index into `batch` of each write, so a lost race can be decided again.
+    let mut written_by = Vec::new();
+    for (i, pending) in batch.iter().enumerate() {
+        let report = &pending.report;
+        let current = instances.get(&report.instance_id);
+        if let Some(m) = current.filter(|m| !core.ownership.owns(m.app_id)) {
+            verdicts.push(Verdict::Error(ErrorBody::new(
+                ErrorCode::NotOwner,
+                format!("server {} does not own app {}", core.id, m.app_id),
+            )));
+            continue;
+        }
+        let job = current.and_then(|m| jobs.get(&m.job_id));
+        let outcome = apply_report(current.map(state_of).as_ref(), &rules_of(job), report, now);
+        match outcome {
+            Outcome::Ignored { why, action } => {
+                tracing::debug!(instance = report.instance_id, reason = why.as_str(), "report changed nothing");
+                verdicts.push(Verdict::Answer(action));
+            }
+            Outcome::Applied { update, action } => {
+                let Some(m) = instances.get_mut(&report.instance_id) else {
+                    verdicts.push(Verdict::Answer(action));
+                    continue;
+                };
+                writes.push((m.id, InstanceGuard::of(m), update.clone()));
+                written_by.push(i);
+                // Later reports in this batch see the state this one leaves.
+                m.status = update.status.code();
+                m.last_seq = update.last_seq;
+                m.runs = update.runs;
+                if update.retry_at_ms.is_some() {
+                    m.worker_id = None;
+                }
+                verdicts.push(Verdict::Answer(action));
+            }
+        }
+    }
+
+    let applied = core.store.apply_updates(&writes, now).await?;
+    let mut lost = Vec::new();
+    for ((id, _, update), (ok, i)) in writes.iter().zip(applied.into_iter().zip(written_by)) {
+        if ok {
+            let job = instances.get(id).and_then(|m| jobs.get(&m.job_id));
+            after_update(core, *id, update, job);
+        } else {
+            lost.push(i);
+        }
+    }
+    for i in lost {
+        verdicts[i] = decide_alone(core, &batch[i].report).await?;
+    }
+    Ok(verdicts)
+}
+
+/// Decides one report on fresh state, for a report whose batched write lost a race.
+async fn decide_alone(core: &Core, report: &StatusReport) -> Result<Verdict, StoreError> {
+    for _ in 0..RETRIES {
+        let current = match core.store.instance(report.instance_id).await {
+            Ok(m) => Some(m),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let job = match &current {
+            Some(m) => core.store.jobs_by_ids(&[m.job_id]).await?.pop(),
+            None => None,
+        };
+        let now = now_ms();
+        let outcome = apply_report(
+            current.as_ref().map(state_of).as_ref(),
+            &rules_of(job.as_ref()),
+            report,
+            now,
+        );
+        let (Outcome::Applied { update, action }, Some(m)) = (&outcome, &current) else {
+            return Ok(Verdict::Answer(outcome.action()));
+        };
+        let write = [(m.id, InstanceGuard::of(m), update.clone())];
+        if core.store.apply_updates(&write, now).await?.first() == Some(&true) {
+            after_update(core, m.id, update, job.as_ref());
+            return Ok(Verdict::Answer(*action));
+        }
+    }
+    Ok(Verdict::Error(ErrorBody::new(
+        ErrorCode::Conflict,
+        "the instance kept changing; send the report again",
+    )))
+}
+
+/// What follows a stored change: a retry goes on the timer, a final failure raises an alert.
+fn after_update(core: &Core, id: i64, update: &rota_shared::rules::Update, job: Option<&Job>) {
+    if let Some(at) = update.retry_at_ms {
+        core.timer.schedule(id, at);
+    }
+    if update.alert {
+        tracing::warn!(
+            instance = id,
+            job = job.map(|j| j.name.as_str()).unwrap_or("?"),
+            status = %update.status,
+            result = update.result.as_deref().unwrap_or(""),
+            "alert: instance needs attention"
+        );
+    }
+}

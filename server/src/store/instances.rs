@@ -1,0 +1,398 @@
+//! Instances: the batched fire transaction and every compare-and-set on an instance's status.
+
+use std::collections::HashSet;
+
+use rota_shared::InstanceStatus;
+use rota_shared::rules::Update;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+
+use super::entity::{instance, job};
+use super::{Store, StoreError, StoreResult};
+
+/// One due job's fires for one scheduler pass.
+#[derive(Debug, Clone)]
+pub struct FirePlan {
+    pub job_id: i64,
+    pub app_id: i64,
+    /// The job's `next_trigger_time_ms` as read: the compare-and-set guard.
+    pub old_next: i64,
+    /// What it becomes (`None`: the job never fires again).
+    pub new_next: Option<i64>,
+    /// The fire times to create instances for.
+    pub fires: Vec<i64>,
+}
+
+/// An instance created for a fire time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledInstance {
+    pub id: i64,
+    pub job_id: i64,
+    pub expected_trigger_time_ms: i64,
+}
+
+/// An instance to create on demand (API run, operator retry).
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub job_id: i64,
+    pub app_id: i64,
+    pub trigger: &'static str,
+    pub params: Option<String>,
+    pub due_at_ms: i64,
+}
+
+/// The state a compare-and-set expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceGuard {
+    pub status: InstanceStatus,
+    pub attempt: i32,
+    pub last_seq: i64,
+}
+
+impl InstanceGuard {
+    pub fn of(m: &instance::Model) -> Self {
+        Self {
+            status: InstanceStatus::from_code(m.status).unwrap_or(InstanceStatus::Failed),
+            attempt: m.attempt,
+            last_seq: m.last_seq,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub app_id: Option<i64>,
+    pub job_id: Option<i64>,
+    pub status: Option<InstanceStatus>,
+    pub limit: u64,
+}
+
+const LIVE: [i32; 2] = [
+    InstanceStatus::WaitingWorkerReceive.code(),
+    InstanceStatus::Running.code(),
+];
+
+const NOT_TERMINAL: [i32; 3] = [
+    InstanceStatus::WaitingDispatch.code(),
+    InstanceStatus::WaitingWorkerReceive.code(),
+    InstanceStatus::Running.code(),
+];
+
+fn guarded(
+    q: sea_orm::UpdateMany<instance::Entity>,
+    id: i64,
+    g: InstanceGuard,
+) -> sea_orm::UpdateMany<instance::Entity> {
+    q.filter(instance::Column::Id.eq(id))
+        .filter(instance::Column::Status.eq(g.status.code()))
+        .filter(instance::Column::Attempt.eq(g.attempt))
+        .filter(instance::Column::LastSeq.eq(g.last_seq))
+}
+
+impl Store {
+    /// Creates the instances of a scheduler pass and advances each job's next fire, in one
+    /// transaction. A job whose `next_trigger_time_ms` moved since it was read (another server
+    /// got there first) is left alone, and a fire time that already has an instance gets no
+    /// second one: `(job_id, expected_trigger_time_ms)` is unique. Returns the instances of the
+    /// plans' fire times, whether this call created them or found them.
+    pub async fn fire(&self, plans: &[FirePlan], now_ms: i64) -> StoreResult<Vec<ScheduledInstance>> {
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.write_txn().await?;
+        let mut rows = Vec::new();
+        let mut wanted: HashSet<(i64, i64)> = HashSet::new();
+        for plan in plans {
+            let advanced = job::Entity::update_many()
+                .col_expr(job::Column::NextTriggerTimeMs, Expr::value(plan.new_next))
+                .filter(job::Column::Id.eq(plan.job_id))
+                .filter(job::Column::NextTriggerTimeMs.eq(plan.old_next))
+                .exec(&txn)
+                .await?;
+            if advanced.rows_affected != 1 {
+                continue;
+            }
+            for &fire in &plan.fires {
+                wanted.insert((plan.job_id, fire));
+                rows.push(instance::ActiveModel {
+                    job_id: Set(plan.job_id),
+                    app_id: Set(plan.app_id),
+                    status: Set(InstanceStatus::WaitingDispatch.code()),
+                    trigger: Set("schedule".to_owned()),
+                    expected_trigger_time_ms: Set(Some(fire)),
+                    instance_params: Set(None),
+                    attempt: Set(0),
+                    runs: Set(0),
+                    worker_id: Set(None),
+                    last_seq: Set(0),
+                    result: Set(None),
+                    created_at_ms: Set(now_ms),
+                    started_at_ms: Set(None),
+                    finished_at_ms: Set(None),
+                    due_at_ms: Set(Some(fire)),
+                    last_report_at_ms: Set(None),
+                    ..Default::default()
+                });
+            }
+        }
+        // 17 columns a row: 500 rows stay below every backend's bind-parameter limit.
+        for chunk in rows.chunks(500) {
+            instance::Entity::insert_many(chunk.to_vec())
+                .on_conflict(
+                    OnConflict::columns([
+                        instance::Column::JobId,
+                        instance::Column::ExpectedTriggerTimeMs,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        let mut created = Vec::with_capacity(wanted.len());
+        if !wanted.is_empty() {
+            let job_ids: HashSet<i64> = wanted.iter().map(|(j, _)| *j).collect();
+            let times: HashSet<i64> = wanted.iter().map(|(_, t)| *t).collect();
+            let found: Vec<(i64, i64, Option<i64>)> = instance::Entity::find()
+                .select_only()
+                .column(instance::Column::Id)
+                .column(instance::Column::JobId)
+                .column(instance::Column::ExpectedTriggerTimeMs)
+                .filter(instance::Column::JobId.is_in(job_ids))
+                .filter(instance::Column::ExpectedTriggerTimeMs.is_in(times))
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            for (id, job_id, ett) in found {
+                if let Some(ett) = ett.filter(|t| wanted.contains(&(job_id, *t))) {
+                    created.push(ScheduledInstance {
+                        id,
+                        job_id,
+                        expected_trigger_time_ms: ett,
+                    });
+                }
+            }
+        }
+        txn.commit().await?;
+        Ok(created)
+    }
+
+    /// Creates one instance outside the schedule (an API run or an operator's retry).
+    pub async fn insert_instance(&self, new: NewInstance, now_ms: i64) -> StoreResult<instance::Model> {
+        let model = instance::ActiveModel {
+            job_id: Set(new.job_id),
+            app_id: Set(new.app_id),
+            status: Set(InstanceStatus::WaitingDispatch.code()),
+            trigger: Set(new.trigger.to_owned()),
+            expected_trigger_time_ms: Set(None),
+            instance_params: Set(new.params),
+            attempt: Set(0),
+            runs: Set(0),
+            worker_id: Set(None),
+            last_seq: Set(0),
+            result: Set(None),
+            created_at_ms: Set(now_ms),
+            started_at_ms: Set(None),
+            finished_at_ms: Set(None),
+            due_at_ms: Set(Some(new.due_at_ms)),
+            last_report_at_ms: Set(None),
+            ..Default::default()
+        };
+        let res = instance::Entity::insert(model).exec(self.conn()).await?;
+        self.instance(res.last_insert_id).await
+    }
+
+    pub async fn instance(&self, id: i64) -> StoreResult<instance::Model> {
+        instance::Entity::find_by_id(id)
+            .one(self.conn())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("instance {id}")))
+    }
+
+    pub async fn instances_by_ids(&self, ids: &[i64]) -> StoreResult<Vec<instance::Model>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(instance::Entity::find()
+            .filter(instance::Column::Id.is_in(ids.iter().copied()))
+            .all(self.conn())
+            .await?)
+    }
+
+    /// Newest first.
+    pub async fn list_instances(&self, f: &InstanceFilter) -> StoreResult<Vec<instance::Model>> {
+        let mut q = instance::Entity::find().order_by_desc(instance::Column::Id);
+        if let Some(app_id) = f.app_id {
+            q = q.filter(instance::Column::AppId.eq(app_id));
+        }
+        if let Some(job_id) = f.job_id {
+            q = q.filter(instance::Column::JobId.eq(job_id));
+        }
+        if let Some(status) = f.status {
+            q = q.filter(instance::Column::Status.eq(status.code()));
+        }
+        Ok(q.limit(f.limit).all(self.conn()).await?)
+    }
+
+    /// Instances of a job that hold a concurrency slot: handed to a worker or running.
+    pub async fn count_live(&self, job_id: i64) -> StoreResult<u64> {
+        Ok(instance::Entity::find()
+            .filter(instance::Column::JobId.eq(job_id))
+            .filter(instance::Column::Status.is_in(LIVE))
+            .count(self.conn())
+            .await?)
+    }
+
+    /// WAITING_DISPATCH instances of `app_ids` due by `horizon_ms`: `(id, due_at_ms)`.
+    pub async fn waiting_instances(
+        &self,
+        app_ids: &[i64],
+        horizon_ms: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<(i64, i64)>> {
+        if app_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Option<i64>)> = instance::Entity::find()
+            .select_only()
+            .column(instance::Column::Id)
+            .column(instance::Column::DueAtMs)
+            .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
+            .filter(instance::Column::Status.eq(InstanceStatus::WaitingDispatch.code()))
+            .filter(
+                instance::Column::DueAtMs
+                    .lte(horizon_ms)
+                    .or(instance::Column::DueAtMs.is_null()),
+            )
+            .order_by_asc(instance::Column::DueAtMs)
+            .limit(limit)
+            .into_tuple()
+            .all(self.conn())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, due)| (id, due.unwrap_or(0)))
+            .collect())
+    }
+
+    /// Hands an instance to `worker_id` as a new attempt: WAITING_DISPATCH (or a previous
+    /// WAITING_WORKER_RECEIVE that was not acknowledged) → WAITING_WORKER_RECEIVE. Returns the
+    /// new attempt, or `None` when the guard did not match.
+    pub async fn cas_dispatch(
+        &self,
+        id: i64,
+        guard: InstanceGuard,
+        worker_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<i32>> {
+        let attempt = guard.attempt + 1;
+        let res = guarded(instance::Entity::update_many(), id, guard)
+            .col_expr(
+                instance::Column::Status,
+                Expr::value(InstanceStatus::WaitingWorkerReceive.code()),
+            )
+            .col_expr(instance::Column::Attempt, Expr::value(attempt))
+            .col_expr(instance::Column::WorkerId, Expr::value(worker_id))
+            .col_expr(instance::Column::LastSeq, Expr::value(0i64))
+            .col_expr(instance::Column::DueAtMs, Expr::value(Option::<i64>::None))
+            .col_expr(instance::Column::LastReportAtMs, Expr::value(now_ms))
+            .exec(self.conn())
+            .await?;
+        Ok((res.rows_affected == 1).then_some(attempt))
+    }
+
+    /// Puts an instance whose dispatch found no taker back to WAITING_DISPATCH, due at `due_at_ms`.
+    pub async fn cas_requeue(
+        &self,
+        id: i64,
+        guard: InstanceGuard,
+        due_at_ms: i64,
+    ) -> StoreResult<bool> {
+        let res = guarded(instance::Entity::update_many(), id, guard)
+            .col_expr(
+                instance::Column::Status,
+                Expr::value(InstanceStatus::WaitingDispatch.code()),
+            )
+            .col_expr(instance::Column::WorkerId, Expr::value(Option::<String>::None))
+            .col_expr(instance::Column::DueAtMs, Expr::value(due_at_ms))
+            .exec(self.conn())
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Ends a non-terminal instance with a terminal `status` (operator stop, cancellation, no
+    /// worker). `guard` narrows it to one observed state; `None` accepts any live state.
+    pub async fn cas_finish(
+        &self,
+        id: i64,
+        guard: Option<InstanceGuard>,
+        status: InstanceStatus,
+        result: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let q = instance::Entity::update_many()
+            .col_expr(instance::Column::Status, Expr::value(status.code()))
+            .col_expr(instance::Column::Result, Expr::value(result))
+            .col_expr(instance::Column::FinishedAtMs, Expr::value(now_ms))
+            .col_expr(instance::Column::DueAtMs, Expr::value(Option::<i64>::None));
+        let q = match guard {
+            Some(g) => guarded(q, id, g),
+            None => q
+                .filter(instance::Column::Id.eq(id))
+                .filter(instance::Column::Status.is_in(NOT_TERMINAL)),
+        };
+        Ok(q.exec(self.conn()).await?.rows_affected == 1)
+    }
+
+    /// Applies status-report updates in one transaction, each a compare-and-set on the state it
+    /// was computed from. Returns, per update, whether it applied.
+    pub async fn apply_updates(
+        &self,
+        updates: &[(i64, InstanceGuard, Update)],
+        now_ms: i64,
+    ) -> StoreResult<Vec<bool>> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.write_txn().await?;
+        let mut applied = Vec::with_capacity(updates.len());
+        for (id, guard, u) in updates {
+            applied.push(apply_one(&txn, *id, *guard, u, now_ms).await?);
+        }
+        txn.commit().await?;
+        Ok(applied)
+    }
+}
+
+async fn apply_one(
+    conn: &impl ConnectionTrait,
+    id: i64,
+    guard: InstanceGuard,
+    u: &Update,
+    now_ms: i64,
+) -> StoreResult<bool> {
+    let mut q = guarded(instance::Entity::update_many(), id, guard)
+        .col_expr(instance::Column::Status, Expr::value(u.status.code()))
+        .col_expr(instance::Column::LastSeq, Expr::value(u.last_seq))
+        .col_expr(instance::Column::Runs, Expr::value(u.runs))
+        .col_expr(instance::Column::LastReportAtMs, Expr::value(now_ms));
+    if let Some(result) = &u.result {
+        q = q.col_expr(instance::Column::Result, Expr::value(result.as_str()));
+    }
+    if let Some(t) = u.started_at_ms {
+        q = q.col_expr(instance::Column::StartedAtMs, Expr::value(t));
+    }
+    if let Some(t) = u.finished_at_ms {
+        q = q.col_expr(instance::Column::FinishedAtMs, Expr::value(t));
+    }
+    if let Some(t) = u.retry_at_ms {
+        // Back to WAITING_DISPATCH: no current tracker until the next dispatch.
+        q = q
+            .col_expr(instance::Column::DueAtMs, Expr::value(t))
+            .col_expr(instance::Column::WorkerId, Expr::value(Option::<String>::None));
+    }
+    Ok(q.exec(conn).await?.rows_affected == 1)
+}

@@ -1,0 +1,164 @@
+//! Storage: every SQL statement Rota runs lives behind [`Store`].
+//!
+//! **Architecture Invariant:** nothing outside this module builds a query. The rest of the server
+//! speaks in terms of apps, jobs, instances and log lines, so that batching and backend quirks stay
+//! in one place.
+
+pub mod entity;
+
+pub mod apps;
+mod instances;
+mod jobs;
+mod logs;
+mod servers;
+
+pub use jobs::Job;
+pub use instances::{FirePlan, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance};
+
+use std::time::Duration;
+
+use rota_migrations::{Migrator, MigratorTrait};
+use rota_shared::{ErrorBody, ErrorCode};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use thiserror::Error;
+
+/// What went wrong in a storage operation, so that callers can answer with the right code.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// A unique-constraint violation becomes `AlreadyExists(what)`.
+    fn from_insert(err: DbErr, what: impl Into<String>) -> Self {
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => Self::AlreadyExists(what.into()),
+            _ => Self::Db(err),
+        }
+    }
+}
+
+impl From<StoreError> for ErrorBody {
+    fn from(err: StoreError) -> Self {
+        let code = match &err {
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            StoreError::Db(_) => ErrorCode::Unavailable,
+            StoreError::Corrupt(_) => ErrorCode::Internal,
+        };
+        ErrorBody::new(code, err.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The database behind a server.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path?mode=rwc`, `postgres://…`, `mysql://…`) and applies the
+    /// migrations. A SQLite file is created when missing and runs in WAL mode with a busy timeout.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let url = normalize_sqlite_url(url);
+        let mut opts = ConnectOptions::new(url.clone());
+        opts.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(10));
+        if url.starts_with("sqlite:") {
+            // SQLite has one writer; a handful of connections serve concurrent reads in WAL mode.
+            opts.max_connections(4).min_connections(1).map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .create_if_missing(true)
+            });
+        } else {
+            opts.max_connections(16).min_connections(1);
+        }
+        let db = Database::connect(opts).await?;
+        Migrator::up(&db, None).await?;
+        Ok(Self { db })
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// A write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so a
+    /// read-then-write transaction waits for the busy timeout instead of failing with SQLITE_BUSY.
+    async fn write_txn(&self) -> StoreResult<DatabaseTransaction> {
+        let options = TransactionOptions {
+            isolation_level: None,
+            access_mode: None,
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        };
+        Ok(self.db.begin_with_options(options).await?)
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+
+    fn conn(&self) -> &impl ConnectionTrait {
+        &self.db
+    }
+}
+
+/// Accepts `sqlite:path` and `sqlite://path` and adds `mode=rwc` so the file is created.
+fn normalize_sqlite_url(url: &str) -> String {
+    if !url.starts_with("sqlite:") || url.contains("mode=") || url.contains(":memory:") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
+/// Encodes a list of strings for a JSON text column.
+fn encode_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn decode_list(text: &str) -> StoreResult<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("string list: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_the_file() {
+        assert_eq!(
+            normalize_sqlite_url("sqlite:///tmp/a.db"),
+            "sqlite:///tmp/a.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_sqlite_url("sqlite://a.db?mode=ro"),
+            "sqlite://a.db?mode=ro"
+        );
+        assert_eq!(
+            normalize_sqlite_url("postgres://x@h/db"),
+            "postgres://x@h/db"
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! The in-memory timer that fires each instance at its exact due time (tokio-util DelayQueue).
+//!
+//! The database is the source of truth: the timer only holds what this server will dispatch
+//! soon, and anything lost with it (a restart) is found again by the schedule loop's scan of
+//! waiting instances.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
+
+use crate::clock::{now_ms, until};
+
+#[derive(Clone)]
+pub struct TimerHandle {
+    tx: mpsc::UnboundedSender<(i64, i64)>,
+}
+
+impl TimerHandle {
+    /// Fires `instance_id` at `due_ms` (at once if that is past). An instance already on the
+    /// timer keeps its place.
+    pub fn schedule(&self, instance_id: i64, due_ms: i64) {
+        // The receiver only goes away at shutdown, when nothing needs firing any more.
+        let _ = self.tx.send((instance_id, due_ms));
+    }
+}
+
+/// Starts the timer task; due instance ids come out of `fired`.
+pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> TimerHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(i64, i64)>();
+    tokio::spawn(async move {
+        let mut queue: DelayQueue<i64> = DelayQueue::new();
+        let mut keys: HashMap<i64, Key> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = rx.recv() => {
+                    let Some((id, due)) = next else { break };
+                    if let Entry::Vacant(slot) = keys.entry(id) {
+                        slot.insert(queue.insert(id, until(due, now_ms())));
+                    }
+                }
+                Some(expired) = queue.next(), if !queue.is_empty() => {
+                    let id = expired.into_inner();
+                    keys.remove(&id);
+                    if fired.send(id).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    TimerHandle { tx }
+}

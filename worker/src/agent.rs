@@ -1,0 +1,69 @@
+//! The state one running worker shares between its tasks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::task::TaskTracker;
+
+use crate::config::WorkerConfig;
+use crate::instances::Instances;
+use crate::link::Link;
+use crate::logs::{FlushHandle, LogSink};
+use crate::processor::ProcessorRegistry;
+
+/// Everything the endpoints, the heartbeat and the task trackers of one worker need.
+pub(crate) struct Agent {
+    pub config: WorkerConfig,
+    pub worker_id: String,
+    pub link: Arc<Link>,
+    pub registry: ProcessorRegistry,
+    pub instances: Instances,
+    pub logs: LogSink,
+    pub flush: FlushHandle,
+    /// The subject prefix under which the owner answers progress reports (see `acks`).
+    pub ack_inbox: String,
+    /// The task trackers, so that shutdown can wait for them.
+    pub trackers: TaskTracker,
+    accepting: AtomicBool,
+}
+
+impl Agent {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: WorkerConfig,
+        worker_id: String,
+        link: Arc<Link>,
+        registry: ProcessorRegistry,
+        instances: Instances,
+        logs: LogSink,
+        flush: FlushHandle,
+        ack_inbox: String,
+    ) -> Self {
+        Self {
+            config,
+            worker_id,
+            link,
+            registry,
+            instances,
+            logs,
+            flush,
+            ack_inbox,
+            trackers: TaskTracker::new(),
+            accepting: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether new dispatches are accepted (false once shutdown has begun).
+    pub(crate) fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// The reply subject for progress reports of one attempt.
+    pub(crate) fn ack_subject(&self, instance_id: i64, attempt: i32) -> String {
+        format!("{}.{instance_id}.{attempt}", self.ack_inbox)
+    }
+}

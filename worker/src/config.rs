@@ -1,0 +1,186 @@
+//! The worker's configuration and its validation.
+
+use std::time::Duration;
+
+use rota_shared::Subjects;
+use rota_shared::subject::validate_token;
+
+use crate::error::WorkerError;
+
+/// Everything a worker needs to know to join a Rota deployment.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// NATS URL, e.g. `nats://127.0.0.1:4222`; several may be given separated by commas.
+    pub nats_url: String,
+    /// The subject prefix the servers use, `rota` by default.
+    pub prefix: String,
+    /// The app this worker serves.
+    pub app: String,
+    /// The app's secret, checked by the server on acquire.
+    pub secret: String,
+    /// A stable id; generated (`w-` and 12 hex digits) when absent.
+    pub worker_id: Option<String>,
+    pub tags: Vec<String>,
+    /// How many instances the worker runs at once at most.
+    pub capacity: u32,
+    /// Registers the built-in `shell` processor. Off by default: it lets whoever can dispatch
+    /// to this worker run any command on its machine.
+    pub allow_shell: bool,
+    /// Registers the built-in `http` processor.
+    pub allow_http: bool,
+    pub heartbeat_interval: Duration,
+    pub reacquire_interval: Duration,
+    /// How often a running instance reports RUNNING.
+    pub progress_interval: Duration,
+    pub log_flush_interval: Duration,
+    /// A log batch is sent once this many lines have accumulated.
+    pub log_batch_lines: usize,
+    /// The bounded log buffer; lines that do not fit are dropped and counted.
+    pub log_buffer_lines: usize,
+    /// How long a graceful shutdown waits for running instances before it stops them.
+    pub shutdown_grace: Duration,
+    /// How long a shell process group gets between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            prefix: rota_shared::subject::DEFAULT_PREFIX.to_owned(),
+            app: String::new(),
+            secret: String::new(),
+            worker_id: None,
+            tags: Vec::new(),
+            capacity: 16,
+            allow_shell: false,
+            allow_http: true,
+            heartbeat_interval: Duration::from_secs(10),
+            reacquire_interval: Duration::from_secs(10),
+            progress_interval: Duration::from_secs(5),
+            log_flush_interval: Duration::from_secs(1),
+            log_batch_lines: 500,
+            log_buffer_lines: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the configuration and returns the worker id to use (the configured one or a new
+    /// one) and the subject set, so that a bad value fails at start and never later.
+    pub(crate) fn validate(&self) -> Result<(String, Subjects), WorkerError> {
+        let invalid = |msg: String| Err(WorkerError::InvalidConfig(msg));
+        if self.nats_url.split(',').all(|u| u.trim().is_empty()) {
+            return invalid("nats_url is empty".to_owned());
+        }
+        if self.app.is_empty() {
+            return invalid("app is empty".to_owned());
+        }
+        if self.capacity == 0 {
+            return invalid("capacity must be at least 1".to_owned());
+        }
+        if self.log_batch_lines == 0 || self.log_buffer_lines == 0 {
+            return invalid("log_batch_lines and log_buffer_lines must be at least 1".to_owned());
+        }
+        let intervals = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("reacquire_interval", self.reacquire_interval),
+            ("progress_interval", self.progress_interval),
+            ("log_flush_interval", self.log_flush_interval),
+        ];
+        // A zero period would make `tokio::time::interval` panic, so it is refused here.
+        if let Some((name, _)) = intervals.iter().find(|(_, d)| d.is_zero()) {
+            return invalid(format!("{name} must be above zero"));
+        }
+        let subjects =
+            Subjects::new(&self.prefix).map_err(|e| WorkerError::InvalidConfig(e.to_string()))?;
+        let worker_id = match &self.worker_id {
+            Some(id) => {
+                validate_token(id).map_err(|e| WorkerError::InvalidConfig(e.to_string()))?;
+                id.clone()
+            }
+            None => generate_worker_id(),
+        };
+        Ok((worker_id, subjects))
+    }
+
+    /// The NATS server URLs, split on commas.
+    pub(crate) fn nats_urls(&self) -> Vec<String> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A fresh worker id: `w-` and the first 12 hex digits of a random uuid.
+pub(crate) fn generate_worker_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("w-{}", &hex[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> WorkerConfig {
+        WorkerConfig {
+            app: "demo".to_owned(),
+            ..WorkerConfig::default()
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_valid_tokens() {
+        let (id, subjects) = valid().validate().unwrap();
+        assert!(id.starts_with("w-") && id.len() == 14, "{id}");
+        assert_eq!(subjects.prefix(), "rota");
+        assert_ne!(generate_worker_id(), generate_worker_id());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let bad = [
+            WorkerConfig::default(),
+            WorkerConfig {
+                worker_id: Some("a.b".to_owned()),
+                ..valid()
+            },
+            WorkerConfig {
+                capacity: 0,
+                ..valid()
+            },
+            WorkerConfig {
+                prefix: "a b".to_owned(),
+                ..valid()
+            },
+            WorkerConfig {
+                heartbeat_interval: Duration::ZERO,
+                ..valid()
+            },
+            WorkerConfig {
+                nats_url: " , ".to_owned(),
+                ..valid()
+            },
+        ];
+        for config in bad {
+            assert!(
+                matches!(config.validate(), Err(WorkerError::InvalidConfig(_))),
+                "{config:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_are_split_on_commas() {
+        let config = WorkerConfig {
+            nats_url: "nats://a:4222, nats://b:4222,".to_owned(),
+            ..valid()
+        };
+        assert_eq!(config.nats_urls(), vec!["nats://a:4222", "nats://b:4222"]);
+    }
+}

@@ -1,0 +1,119 @@
+//! `TaskContext`: what a processor gets to know about the instance it runs, and its log.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rota_shared::message::{DispatchRequest, LogLevel, LogLine};
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::{LogSink, truncate_line};
+
+/// The instance a processor runs, its log, and the token that tells it to stop.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub instance_id: i64,
+    pub attempt: i32,
+    pub job_id: i64,
+    pub job_name: String,
+    /// The processor's configuration: a script for `shell`, a JSON request for `http`.
+    pub config: String,
+    pub job_params: Option<String>,
+    pub instance_params: Option<String>,
+    logs: LogSink,
+    cancel: CancellationToken,
+}
+
+impl TaskContext {
+    pub(crate) fn new(req: &DispatchRequest, logs: LogSink, cancel: CancellationToken) -> Self {
+        Self {
+            instance_id: req.instance_id,
+            attempt: req.attempt,
+            job_id: req.job_id,
+            job_name: req.job_name.clone(),
+            config: req.config.clone(),
+            job_params: req.job_params.clone(),
+            instance_params: req.instance_params.clone(),
+            logs,
+            cancel,
+        }
+    }
+
+    /// Adds a line to the instance's log. It never blocks: when the worker's log buffer is
+    /// full the line is dropped and counted, so that a chatty processor cannot stall.
+    pub fn log(&self, level: LogLevel, text: impl Into<String>) {
+        self.logs.push(LogLine {
+            instance_id: self.instance_id,
+            attempt: self.attempt,
+            ts_ms: now_ms(),
+            level,
+            text: truncate_line(text.into()),
+        });
+    }
+
+    pub fn debug(&self, text: impl Into<String>) {
+        self.log(LogLevel::Debug, text);
+    }
+
+    pub fn info(&self, text: impl Into<String>) {
+        self.log(LogLevel::Info, text);
+    }
+
+    pub fn warn(&self, text: impl Into<String>) {
+        self.log(LogLevel::Warn, text);
+    }
+
+    pub fn error(&self, text: impl Into<String>) {
+        self.log(LogLevel::Error, text);
+    }
+
+    /// The token cancelled when the instance times out or is stopped.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("instance_id", &self.instance_id)
+            .field("attempt", &self.attempt)
+            .field("job_id", &self.job_id)
+            .field("job_name", &self.job_name)
+            .field("cancelled", &self.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch by the wall clock, which is what reports and log lines
+/// carry; zero if the clock is before 1970.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A context for unit tests, with the receiving end of its log.
+#[cfg(test)]
+pub(crate) fn test_context(config: &str) -> (TaskContext, tokio::sync::mpsc::Receiver<LogLine>) {
+    let (sink, rx) = LogSink::new(1000);
+    let req = DispatchRequest {
+        server_id: "s1".to_owned(),
+        app_id: 1,
+        job_id: 7,
+        job_name: "job".to_owned(),
+        instance_id: 42,
+        attempt: 1,
+        processor: "test".to_owned(),
+        config: config.to_owned(),
+        job_params: Some("jp".to_owned()),
+        instance_params: None,
+        timeout_ms: 0,
+        expected_trigger_time_ms: None,
+    };
+    (TaskContext::new(&req, sink, CancellationToken::new()), rx)
+}

@@ -1,0 +1,57 @@
+//! The heartbeat: how the owning server learns that this worker lives and what it can take.
+
+use std::sync::Arc;
+
+use rota_shared::message::WorkerHeartbeat;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::debug;
+
+use crate::agent::Agent;
+use crate::link::Endpoint;
+use crate::metrics;
+
+/// Publishes one heartbeat to the current owner.
+pub(crate) async fn send(agent: &Agent) {
+    let owner = agent.link.owner();
+    let heartbeat = WorkerHeartbeat {
+        worker_id: agent.worker_id.clone(),
+        app_id: owner.app_id,
+        app: agent.config.app.clone(),
+        tags: agent.config.tags.clone(),
+        processors: agent.registry.names(),
+        capacity: agent.config.capacity,
+        running: agent.instances.running_ids(),
+        metrics: metrics::collect().await,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        dropped_log_lines: agent.logs.dropped(),
+    };
+    if let Err(e) = agent
+        .link
+        .publish(Endpoint::Heartbeat, &heartbeat, None)
+        .await
+    {
+        debug!("heartbeat not sent: {e}");
+    }
+}
+
+/// Sends a heartbeat every interval, and at once when the owner changes, so that a new owner
+/// knows the worker before its first dispatch.
+pub(crate) async fn run(agent: Arc<Agent>) {
+    let every = agent.config.heartbeat_interval;
+    let mut owner = agent.link.watch_owner();
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = owner.changed() => {
+                if changed.is_err() {
+                    // The link is gone, so the worker is going down.
+                    return;
+                }
+                ticker.reset();
+            }
+        }
+        send(&agent).await;
+    }
+}

@@ -1,0 +1,350 @@
+//! The table of instances this worker runs, and the admission of new dispatches into it.
+//!
+//! Admission (duplicate check, capacity check, insert) happens under one lock, so that two
+//! dispatches arriving together can neither both take the last slot nor both run one attempt.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rota_shared::InstanceStatus;
+use rota_shared::message::{DispatchRequest, InstanceRuntime};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::dedupe::SeenAttempts;
+
+/// Why an instance's work was cancelled before it ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopCause {
+    /// A stop request from the server (`rota instance stop`).
+    Stop,
+    /// The answer to a report said the server no longer wants this attempt.
+    ServerStop,
+    /// The job's `timeout_ms` passed.
+    Timeout(u64),
+    /// The worker shut down before the work ended.
+    Shutdown,
+}
+
+/// One attempt of an instance that this worker runs (or is still reporting on).
+#[derive(Debug)]
+pub(crate) struct InstanceState {
+    pub instance_id: i64,
+    pub attempt: i32,
+    pub started_at_ms: i64,
+    cancel: CancellationToken,
+    inner: Mutex<Inner>,
+    seq: AtomicI64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    status: InstanceStatus,
+    cause: Option<StopCause>,
+    tracker: Option<AbortHandle>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves the data consistent (every update
+    // is a single assignment), so a poisoned lock is used as it is.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl InstanceState {
+    fn new(instance_id: i64, attempt: i32, started_at_ms: i64) -> Self {
+        Self {
+            instance_id,
+            attempt,
+            started_at_ms,
+            cancel: CancellationToken::new(),
+            inner: Mutex::new(Inner {
+                status: InstanceStatus::Running,
+                cause: None,
+                tracker: None,
+            }),
+            seq: AtomicI64::new(0),
+        }
+    }
+
+    /// The token the processor watches.
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Cancels the work for `cause`, unless it has already ended or been cancelled (the first
+    /// cause is the one reported). Returns whether the work was still running.
+    pub(crate) fn stop(&self, cause: StopCause) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner.status != InstanceStatus::Running {
+            return false;
+        }
+        if inner.cause.is_none() {
+            inner.cause = Some(cause);
+        }
+        drop(inner);
+        self.cancel.cancel();
+        true
+    }
+
+    pub(crate) fn cause(&self) -> Option<StopCause> {
+        lock(&self.inner).cause
+    }
+
+    /// Records the terminal status once the work has ended, before it is reported.
+    pub(crate) fn finish(&self, status: InstanceStatus) {
+        lock(&self.inner).status = status;
+    }
+
+    /// The next report's sequence number: 1, 2, 3, … per attempt.
+    pub(crate) fn next_seq(&self) -> i64 {
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub(crate) fn set_tracker(&self, handle: AbortHandle) {
+        lock(&self.inner).tracker = Some(handle);
+    }
+
+    /// Ends the tracker task at once, without a report (for crashes and the shutdown deadline).
+    pub(crate) fn abort_tracker(&self) {
+        if let Some(handle) = lock(&self.inner).tracker.take() {
+            handle.abort();
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> InstanceRuntime {
+        InstanceRuntime {
+            instance_id: self.instance_id,
+            attempt: self.attempt,
+            status: lock(&self.inner).status,
+            started_at_ms: self.started_at_ms,
+            last_seq: self.seq.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// What admission decided about a dispatch.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// This attempt was accepted before; the repeat is ignored.
+    Duplicate,
+    /// Refused, with the reason for the `REJECTED` reply.
+    Rejected(String),
+    Accepted(Arc<InstanceState>),
+}
+
+/// Why a dispatch may be refused regardless of the table, as the caller sees it.
+pub(crate) struct Gate {
+    pub accepting: bool,
+    pub processor_known: bool,
+    pub capacity: u32,
+}
+
+/// The instances this worker runs, keyed by `(instance_id, attempt)`.
+#[derive(Debug)]
+pub(crate) struct Instances {
+    table: Mutex<Table>,
+}
+
+#[derive(Debug)]
+struct Table {
+    running: HashMap<(i64, i32), Arc<InstanceState>>,
+    seen: SeenAttempts,
+}
+
+impl Instances {
+    pub(crate) fn new(memory: usize) -> Self {
+        Self {
+            table: Mutex::new(Table {
+                running: HashMap::new(),
+                seen: SeenAttempts::new(memory),
+            }),
+        }
+    }
+
+    /// Decides about a dispatch and, if it is accepted, enters it into the table.
+    pub(crate) fn admit(&self, req: &DispatchRequest, gate: &Gate, now_ms: i64) -> Admission {
+        let mut table = lock(&self.table);
+        if table.seen.contains(req.instance_id, req.attempt) {
+            return Admission::Duplicate;
+        }
+        if !gate.accepting {
+            return Admission::Rejected("shutting down".to_owned());
+        }
+        if !gate.processor_known {
+            return Admission::Rejected(format!("unknown processor {}", req.processor));
+        }
+        if table.running.len() >= gate.capacity as usize {
+            return Admission::Rejected("overloaded".to_owned());
+        }
+        table.seen.insert(req.instance_id, req.attempt);
+        let state = Arc::new(InstanceState::new(req.instance_id, req.attempt, now_ms));
+        table
+            .running
+            .insert((req.instance_id, req.attempt), Arc::clone(&state));
+        Admission::Accepted(state)
+    }
+
+    pub(crate) fn remove(&self, instance_id: i64, attempt: i32) {
+        lock(&self.table).running.remove(&(instance_id, attempt));
+    }
+
+    pub(crate) fn get(&self, instance_id: i64, attempt: i32) -> Option<Arc<InstanceState>> {
+        lock(&self.table)
+            .running
+            .get(&(instance_id, attempt))
+            .cloned()
+    }
+
+    /// Every attempt of `instance_id` the worker holds.
+    fn attempts_of(&self, instance_id: i64) -> Vec<Arc<InstanceState>> {
+        lock(&self.table)
+            .running
+            .values()
+            .filter(|s| s.instance_id == instance_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Stops every attempt of an instance; returns whether any was running.
+    pub(crate) fn stop(&self, instance_id: i64, cause: StopCause) -> bool {
+        // Every attempt is stopped, so this must not short-circuit.
+        let mut any = false;
+        for state in self.attempts_of(instance_id) {
+            any |= state.stop(cause);
+        }
+        any
+    }
+
+    /// What the worker knows about the latest attempt of an instance.
+    pub(crate) fn query(&self, instance_id: i64) -> Option<InstanceRuntime> {
+        self.attempts_of(instance_id)
+            .iter()
+            .max_by_key(|s| s.attempt)
+            .map(|s| s.runtime())
+    }
+
+    /// The ids of the instances held now, for the heartbeat.
+    pub(crate) fn running_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = lock(&self.table)
+            .running
+            .keys()
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<InstanceState>> {
+        lock(&self.table).running.values().cloned().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.table).running.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(instance_id: i64, attempt: i32) -> DispatchRequest {
+        DispatchRequest {
+            server_id: "s1".to_owned(),
+            app_id: 1,
+            job_id: 1,
+            job_name: "j".to_owned(),
+            instance_id,
+            attempt,
+            processor: "p".to_owned(),
+            config: String::new(),
+            job_params: None,
+            instance_params: None,
+            timeout_ms: 0,
+            expected_trigger_time_ms: None,
+        }
+    }
+
+    const OPEN: Gate = Gate {
+        accepting: true,
+        processor_known: true,
+        capacity: 2,
+    };
+
+    #[test]
+    fn admission_checks_duplicates_capacity_and_gate() {
+        let table = Instances::new(100);
+        assert!(matches!(
+            table.admit(&req(1, 1), &OPEN, 0),
+            Admission::Accepted(_)
+        ));
+        assert!(matches!(
+            table.admit(&req(1, 1), &OPEN, 0),
+            Admission::Duplicate
+        ));
+        assert!(matches!(
+            table.admit(&req(2, 1), &OPEN, 0),
+            Admission::Accepted(_)
+        ));
+        match table.admit(&req(3, 1), &OPEN, 0) {
+            Admission::Rejected(reason) => assert_eq!(reason, "overloaded"),
+            other => panic!("{other:?}"),
+        }
+        let unknown = Gate {
+            processor_known: false,
+            ..OPEN
+        };
+        match table.admit(&req(4, 1), &unknown, 0) {
+            Admission::Rejected(reason) => assert_eq!(reason, "unknown processor p"),
+            other => panic!("{other:?}"),
+        }
+        let closed = Gate {
+            accepting: false,
+            ..OPEN
+        };
+        match table.admit(&req(5, 1), &closed, 0) {
+            Admission::Rejected(reason) => assert_eq!(reason, "shutting down"),
+            other => panic!("{other:?}"),
+        }
+        // A finished attempt frees its slot but is still remembered as seen.
+        table.remove(1, 1);
+        assert!(matches!(
+            table.admit(&req(1, 1), &OPEN, 0),
+            Admission::Duplicate
+        ));
+        assert!(matches!(
+            table.admit(&req(3, 1), &OPEN, 0),
+            Admission::Accepted(_)
+        ));
+        assert_eq!(table.running_ids(), vec![2, 3]);
+    }
+
+    #[test]
+    fn stop_and_query_follow_the_instance() {
+        let table = Instances::new(100);
+        let Admission::Accepted(state) = table.admit(&req(7, 1), &OPEN, 1000) else {
+            panic!("not accepted");
+        };
+        assert_eq!(state.next_seq(), 1);
+        assert_eq!(state.next_seq(), 2);
+        let rt = table.query(7).unwrap();
+        assert_eq!(
+            (rt.attempt, rt.status, rt.last_seq),
+            (1, InstanceStatus::Running, 2)
+        );
+        assert!(table.query(8).is_none());
+
+        assert!(table.stop(7, StopCause::Stop));
+        assert!(state.token().is_cancelled());
+        // The first cause stays.
+        assert!(table.stop(7, StopCause::Shutdown));
+        assert_eq!(state.cause(), Some(StopCause::Stop));
+        state.finish(InstanceStatus::Stopped);
+        assert!(
+            !table.stop(7, StopCause::Stop),
+            "an ended attempt is not running"
+        );
+        assert!(!table.stop(99, StopCause::Stop));
+    }
+}

@@ -1,0 +1,409 @@
+//! The task tracker: runs one attempt of an instance and reports on it.
+//!
+//! It reports RUNNING at once and then every `progress_interval` (published, with a reply
+//! subject so that the server may answer "stop"), runs the processor in a task of its own so that
+//! a panic cannot take the worker down, enforces the timeout, and finally sends the terminal
+//! report as a request, repeated with backoff (and re-acquire) until the owner acknowledges it.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rota_shared::message::{DispatchRequest, LogLevel, LogLine, ReportAck, StatusReport};
+use rota_shared::{ErrorCode, InstanceStatus};
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use crate::agent::Agent;
+use crate::context::{TaskContext, now_ms};
+use crate::instances::{InstanceState, StopCause};
+use crate::link::{CallError, Endpoint, REQUEST_TIMEOUT};
+use crate::processor::{ProcessResult, Processor};
+
+/// How long a cancelled processor gets to end, beyond the shell's kill grace, before its task
+/// is dropped.
+const CANCEL_SLACK: Duration = Duration::from_secs(2);
+
+/// How long the tracker waits for the instance's log to be sent before its terminal report.
+const LOG_FLUSH_WAIT: Duration = Duration::from_secs(10);
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The longest result message sent, so that a processor's huge message cannot make the terminal
+/// report too large to be accepted.
+const MAX_RESULT_BYTES: usize = 16 * 1024;
+
+/// Aborts the processor's task when the tracker is dropped (the worker was aborted, or the
+/// shutdown deadline passed), which in turn lets the shell processor kill its process group.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How the processor's task ended.
+enum Outcome {
+    Finished(ProcessResult),
+    Panicked(String),
+    /// It did not end in time after cancellation and was dropped.
+    Abandoned,
+}
+
+impl From<Result<ProcessResult, JoinError>> for Outcome {
+    fn from(joined: Result<ProcessResult, JoinError>) -> Self {
+        match joined {
+            Ok(result) => Self::Finished(result),
+            Err(e) if e.is_panic() => Self::Panicked(panic_message(e.into_panic())),
+            Err(_) => Self::Abandoned,
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// The terminal status and result message for an attempt. A cancellation the tracker acted on
+/// decides, whatever the processor returned while winding down.
+fn verdict(cause: Option<StopCause>, outcome: Outcome) -> (InstanceStatus, String) {
+    match (cause, outcome) {
+        (Some(StopCause::Timeout(ms)), _) => {
+            (InstanceStatus::Failed, format!("timeout: exceeded {ms} ms"))
+        }
+        (Some(StopCause::Stop), _) => (InstanceStatus::Stopped, "stopped".to_owned()),
+        (Some(StopCause::ServerStop), _) => {
+            (InstanceStatus::Stopped, "stopped by server".to_owned())
+        }
+        (Some(StopCause::Shutdown), _) => {
+            (InstanceStatus::Failed, "worker shutting down".to_owned())
+        }
+        (None, Outcome::Finished(r)) if r.success => (InstanceStatus::Succeeded, r.message),
+        (None, Outcome::Finished(r)) => (InstanceStatus::Failed, r.message),
+        (None, Outcome::Panicked(_)) => (InstanceStatus::Failed, "processor panicked".to_owned()),
+        (None, Outcome::Abandoned) => (
+            InstanceStatus::Failed,
+            "processor did not end after cancellation".to_owned(),
+        ),
+    }
+}
+
+/// Cuts a result message to [`MAX_RESULT_BYTES`] on a character boundary.
+fn cap_result(mut text: String) -> String {
+    if text.len() > MAX_RESULT_BYTES {
+        let mut end = MAX_RESULT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// Whether a terminal report refused with this error can never be accepted as it is.
+fn hopeless(error: &CallError) -> bool {
+    matches!(
+        error,
+        CallError::Remote(body) if matches!(
+            body.code,
+            ErrorCode::BadRequest
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::InvalidArgument
+                | ErrorCode::UnsupportedVersion
+        )
+    )
+}
+
+struct Tracker {
+    agent: Arc<Agent>,
+    state: Arc<InstanceState>,
+    req: DispatchRequest,
+}
+
+/// Runs one accepted attempt to its acknowledged end, then frees its slot.
+pub(crate) async fn run(
+    agent: Arc<Agent>,
+    req: DispatchRequest,
+    state: Arc<InstanceState>,
+    processor: Arc<dyn Processor>,
+) {
+    let tracker = Tracker { agent, state, req };
+    tracker.execute(processor).await;
+    tracker
+        .agent
+        .instances
+        .remove(tracker.req.instance_id, tracker.req.attempt);
+}
+
+impl Tracker {
+    async fn execute(&self, processor: Arc<dyn Processor>) {
+        let config = &self.agent.config;
+        info!(
+            instance = self.req.instance_id,
+            attempt = self.req.attempt,
+            processor = %self.req.processor,
+            "running"
+        );
+        self.send_progress().await;
+
+        let ctx = TaskContext::new(
+            &self.req,
+            self.agent.logs.clone(),
+            self.state.token().clone(),
+        );
+        // The processor is called inside its task, so that even a panic in `process` itself
+        // (before it returns a future) is caught as a JoinError.
+        let mut work = AbortOnDrop(tokio::spawn(async move { processor.process(ctx).await }));
+
+        let every = config.progress_interval;
+        let mut progress = tokio::time::interval_at(Instant::now() + every, every);
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let deadline = (self.req.timeout_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(self.req.timeout_ms));
+        let timeout = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timeout);
+        let mut timed_out = false;
+
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                joined = &mut work.0 => break Some(Outcome::from(joined)),
+                () = self.state.token().cancelled() => break None,
+                () = &mut timeout, if !timed_out => {
+                    timed_out = true;
+                    self.state.stop(StopCause::Timeout(self.req.timeout_ms));
+                }
+                _ = progress.tick() => self.send_progress().await,
+            }
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => self.wind_down(&mut work).await,
+        };
+
+        let cause = self.state.cause();
+        if let Outcome::Panicked(message) = &outcome {
+            warn!(
+                instance = self.req.instance_id,
+                "processor panicked: {message}"
+            );
+            self.log(LogLevel::Error, format!("processor panicked: {message}"));
+        }
+        let (status, result) = verdict(cause, outcome);
+        self.state.finish(status);
+        info!(
+            instance = self.req.instance_id,
+            attempt = self.req.attempt,
+            %status,
+            "finished: {result}"
+        );
+
+        // The log goes first, so that whoever sees the instance terminal also sees all of its
+        // output.
+        if !self.agent.flush.flush(LOG_FLUSH_WAIT).await {
+            warn!(
+                instance = self.req.instance_id,
+                "the instance's log could not be flushed in time"
+            );
+        }
+        self.send_terminal(status, cap_result(result)).await;
+    }
+
+    /// After cancellation: gives the processor time to end, then drops it.
+    async fn wind_down(&self, work: &mut AbortOnDrop<ProcessResult>) -> Outcome {
+        match self.state.cause() {
+            Some(StopCause::Timeout(ms)) => {
+                self.log(
+                    LogLevel::Error,
+                    format!("timeout: exceeded {ms} ms; stopping"),
+                );
+            }
+            Some(StopCause::Stop | StopCause::ServerStop) => {
+                self.log(LogLevel::Warn, "stop requested; stopping");
+            }
+            Some(StopCause::Shutdown) => {
+                self.log(LogLevel::Warn, "worker shutting down; stopping");
+            }
+            None => {}
+        }
+        let grace = self.agent.config.kill_grace + CANCEL_SLACK;
+        match tokio::time::timeout(grace, &mut work.0).await {
+            Ok(joined) => Outcome::from(joined),
+            Err(_) => {
+                warn!(
+                    instance = self.req.instance_id,
+                    "processor ignored cancellation for {grace:?}; dropping it"
+                );
+                work.0.abort();
+                Outcome::Abandoned
+            }
+        }
+    }
+
+    /// Writes a line of the worker's own to the instance's log.
+    fn log(&self, level: LogLevel, text: impl Into<String>) {
+        self.agent.logs.push(LogLine {
+            instance_id: self.req.instance_id,
+            attempt: self.req.attempt,
+            ts_ms: now_ms(),
+            level,
+            text: text.into(),
+        });
+    }
+
+    fn report(&self, status: InstanceStatus, result: Option<String>) -> StatusReport {
+        StatusReport {
+            instance_id: self.req.instance_id,
+            attempt: self.req.attempt,
+            seq: self.state.next_seq(),
+            worker_id: self.agent.worker_id.clone(),
+            status,
+            result,
+            runs: None,
+            alert: false,
+            reported_at_ms: now_ms(),
+        }
+    }
+
+    /// Publishes a RUNNING report. Its answer, if the server sends one, arrives at the ack
+    /// inbox; a lost progress report is repaired by the next one.
+    async fn send_progress(&self) {
+        let report = self.report(InstanceStatus::Running, None);
+        let reply = self
+            .agent
+            .ack_subject(self.req.instance_id, self.req.attempt);
+        if let Err(e) = self
+            .agent
+            .link
+            .publish(Endpoint::Status, &report, Some(reply))
+            .await
+        {
+            debug!(
+                instance = self.req.instance_id,
+                "progress report not sent: {e}"
+            );
+        }
+    }
+
+    /// Sends the terminal report until the owner acknowledges it.
+    async fn send_terminal(&self, status: InstanceStatus, result: String) {
+        // Every try carries the same report: it is one report, and a server that applied it but
+        // whose answer was lost recognises the repeat by its sequence number.
+        let report = self.report(status, Some(result));
+        let mut backoff = FIRST_BACKOFF;
+        let mut tries: u32 = 0;
+        loop {
+            tries += 1;
+            match self
+                .agent
+                .link
+                .call::<_, ReportAck>(Endpoint::Status, &report, REQUEST_TIMEOUT)
+                .await
+            {
+                Ok(_) => {
+                    debug!(
+                        instance = self.req.instance_id,
+                        tries, "terminal report acknowledged"
+                    );
+                    return;
+                }
+                Err(e) if hopeless(&e) => {
+                    warn!(
+                        instance = self.req.instance_id,
+                        "terminal report refused, giving up: {e}"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    if tries == 1 || tries.is_multiple_of(10) {
+                        warn!(
+                            instance = self.req.instance_id,
+                            tries, "terminal report not acknowledged: {e}; retrying"
+                        );
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rota_shared::ErrorBody;
+
+    #[test]
+    fn verdicts() {
+        let ok = || Outcome::Finished(ProcessResult::ok("done"));
+        assert_eq!(
+            verdict(None, ok()),
+            (InstanceStatus::Succeeded, "done".to_owned())
+        );
+        assert_eq!(
+            verdict(None, Outcome::Finished(ProcessResult::failed("bad"))),
+            (InstanceStatus::Failed, "bad".to_owned())
+        );
+        assert_eq!(
+            verdict(None, Outcome::Panicked("boom".to_owned())),
+            (InstanceStatus::Failed, "processor panicked".to_owned())
+        );
+        assert_eq!(
+            verdict(Some(StopCause::Timeout(250)), ok()),
+            (
+                InstanceStatus::Failed,
+                "timeout: exceeded 250 ms".to_owned()
+            )
+        );
+        assert_eq!(
+            verdict(Some(StopCause::Stop), Outcome::Abandoned),
+            (InstanceStatus::Stopped, "stopped".to_owned())
+        );
+        assert_eq!(
+            verdict(Some(StopCause::Shutdown), ok()).0,
+            InstanceStatus::Failed
+        );
+    }
+
+    async fn explode() -> ProcessResult {
+        panic!("kaboom")
+    }
+
+    #[tokio::test]
+    async fn panics_are_caught_as_outcomes() {
+        let joined = tokio::spawn(explode()).await;
+        match Outcome::from(joined) {
+            Outcome::Panicked(message) => assert_eq!(message, "kaboom"),
+            _ => panic!("expected a panic outcome"),
+        }
+    }
+
+    #[test]
+    fn results_are_capped_and_bad_requests_are_not_retried() {
+        let long = "ü".repeat(MAX_RESULT_BYTES);
+        let capped = cap_result(long);
+        assert!(capped.len() <= MAX_RESULT_BYTES);
+        assert_eq!(cap_result("short".to_owned()), "short");
+        assert!(hopeless(&CallError::Remote(ErrorBody::bad_request("x"))));
+        assert!(!hopeless(&CallError::Remote(ErrorBody::new(
+            ErrorCode::NotOwner,
+            "x"
+        ))));
+        assert!(!hopeless(&CallError::TimedOut("s".to_owned())));
+    }
+}

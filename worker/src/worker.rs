@@ -1,0 +1,247 @@
+//! Starting a worker, and the handle that shuts it down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::agent::Agent;
+use crate::builtin::{HttpProcessor, ShellProcessor};
+use crate::config::WorkerConfig;
+use crate::error::WorkerError;
+use crate::instances::{Instances, StopCause};
+use crate::link::{self, Link};
+use crate::logs::{LogFlusher, LogSink};
+use crate::processor::ProcessorRegistry;
+use crate::{acks, dedupe, endpoints, heartbeat};
+
+/// After the shutdown grace, how long stopped instances get to end and report.
+const STOP_REPORT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the last log batches.
+const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for NATS to take the last messages and close.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// The worker agent.
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// Connects to NATS, acquires the server that owns the app, subscribes to the worker's
+    /// subjects and sends a first heartbeat. When this returns the worker can take work.
+    pub async fn start(
+        config: WorkerConfig,
+        registry: ProcessorRegistry,
+    ) -> Result<WorkerHandle, WorkerError> {
+        let (worker_id, subjects) = config.validate()?;
+        let mut registry = registry;
+        // A user's processor of the same name wins over a built-in.
+        if config.allow_shell && !registry.contains("shell") {
+            registry.register("shell", ShellProcessor::new(config.kill_grace));
+        }
+        if config.allow_http && !registry.contains("http") {
+            registry.register("http", HttpProcessor::new());
+        }
+
+        let reacquire = Arc::new(Notify::new());
+        let client = link::connect(&config, &worker_id, Arc::clone(&reacquire)).await?;
+        let subscribe = |subject: String| {
+            let client = client.clone();
+            async move {
+                client.subscribe(subject.clone()).await.map_err(|e| {
+                    WorkerError::Connect(format!("cannot subscribe to {subject}: {e}"))
+                })
+            }
+        };
+        // The worker listens before it announces itself, so that no dispatch finds it deaf.
+        let requests = vec![
+            subscribe(subjects.worker_dispatch(&worker_id)).await?,
+            subscribe(subjects.worker_stop(&worker_id)).await?,
+            subscribe(subjects.worker_query(&worker_id)).await?,
+        ];
+        let ack_inbox = client.new_inbox();
+        let acks_sub = subscribe(format!("{ack_inbox}.>")).await?;
+
+        let link = Arc::new(
+            Link::establish(
+                client.clone(),
+                subjects,
+                &config,
+                worker_id.clone(),
+                reacquire,
+            )
+            .await?,
+        );
+        let (logs, lines) = LogSink::new(config.log_buffer_lines);
+        let (flusher, flush) = LogFlusher::new(
+            Arc::clone(&link),
+            worker_id.clone(),
+            &logs,
+            lines,
+            config.log_buffer_lines,
+            config.log_batch_lines,
+            config.log_flush_interval,
+        );
+        let reacquire_every = config.reacquire_interval;
+        let agent = Arc::new(Agent::new(
+            config,
+            worker_id,
+            Arc::clone(&link),
+            registry,
+            Instances::new(dedupe::DEFAULT_MEMORY),
+            logs,
+            flush,
+            ack_inbox,
+        ));
+
+        heartbeat::send(&agent).await;
+        // The subscriptions and the first heartbeat are on the server once the flush returns.
+        if let Err(e) = client.flush().await {
+            return Err(WorkerError::Connect(format!("cannot flush: {e}")));
+        }
+
+        let serve = tokio::spawn(endpoints::serve(Arc::clone(&agent), requests));
+        let background = vec![
+            tokio::spawn(heartbeat::run(Arc::clone(&agent))),
+            tokio::spawn(Arc::clone(&link).run_reacquire(reacquire_every)),
+            tokio::spawn(acks::run(Arc::clone(&agent), acks_sub)),
+            tokio::spawn(flusher.run()),
+        ];
+        info!(
+            worker = %agent.worker_id,
+            server = %link.owner().server_id,
+            app = %agent.config.app,
+            processors = ?agent.registry.names(),
+            "worker started"
+        );
+        Ok(WorkerHandle {
+            agent,
+            client,
+            serve: Some(serve),
+            background,
+        })
+    }
+}
+
+/// A running worker. Dropping it aborts the worker like [`WorkerHandle::abort`].
+pub struct WorkerHandle {
+    agent: Arc<Agent>,
+    client: Client,
+    serve: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("worker_id", &self.agent.worker_id)
+            .field("server_id", &self.server_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerHandle {
+    pub fn worker_id(&self) -> &str {
+        &self.agent.worker_id
+    }
+
+    /// The server the worker currently talks to.
+    pub fn server_id(&self) -> String {
+        self.agent.link.owner().server_id
+    }
+
+    /// Shuts down gracefully: rejects new dispatches, waits up to `shutdown_grace` for the
+    /// running instances, stops (and reports) those still running, flushes the logs and drains
+    /// the NATS connection.
+    pub async fn shutdown(mut self) {
+        let agent = Arc::clone(&self.agent);
+        let config = &agent.config;
+        agent.stop_accepting();
+        agent.trackers.close();
+        let running = agent.instances.len();
+        if running > 0 {
+            info!(
+                running,
+                grace = ?config.shutdown_grace,
+                "shutting down; waiting for running instances"
+            );
+        }
+        if tokio::time::timeout(config.shutdown_grace, agent.trackers.wait())
+            .await
+            .is_err()
+        {
+            let left = agent.instances.all();
+            warn!(
+                left = left.len(),
+                "shutdown grace over; stopping the instances still running"
+            );
+            for state in &left {
+                state.stop(StopCause::Shutdown);
+            }
+            let wait = config.kill_grace + STOP_REPORT_WAIT;
+            if tokio::time::timeout(wait, agent.trackers.wait())
+                .await
+                .is_err()
+            {
+                warn!("instances still unreported after {wait:?}; abandoning them");
+                for state in agent.instances.all() {
+                    state.abort_tracker();
+                }
+            }
+        }
+        if !agent.flush.flush(FINAL_FLUSH_WAIT).await {
+            warn!("the last log lines could not be sent");
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        // Draining unsubscribes, lets the dispatches already delivered be answered ("shutting
+        // down"), sends what is buffered and closes the connection; the serve loop ends with
+        // its subscriptions.
+        let drained = async {
+            if let Err(e) = self.client.flush().await {
+                warn!("cannot flush NATS: {e}");
+            }
+            if let Err(e) = self.client.drain().await {
+                warn!("cannot drain NATS: {e}");
+            }
+            if let Some(serve) = self.serve.as_mut() {
+                let _ = serve.await;
+            }
+        };
+        if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
+            warn!("NATS did not drain in {DRAIN_WAIT:?}");
+        }
+        info!(worker = %agent.worker_id, "worker stopped");
+    }
+
+    /// Ends the worker at once, as a crash would: every task is aborted, the shell processes
+    /// are killed, nothing is reported and the connection is dropped.
+    pub fn abort(self) {
+        // Dropping does it; see `Drop`.
+    }
+
+    fn abort_all(&mut self) {
+        self.agent.stop_accepting();
+        for state in self.agent.instances.all() {
+            state.abort_tracker();
+        }
+        if let Some(serve) = self.serve.take() {
+            serve.abort();
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.abort_all();
+    }
+}
