@@ -1,1 +1,98 @@
-fn main() {}
+//! `rota`: the one binary users run.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod args;
+mod config;
+mod duration;
+mod run;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+
+use crate::args::{Cli, Command, ServerCommand, WorkerCommand};
+use crate::config::{FileConfig, Settings};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // One line: clap's first line names the problem; usage is one `--help` away.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see rota --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let long_running = matches!(
+        &cli.command,
+        Command::Dev(_)
+            | Command::Server(args::ServerArgs { list: None, .. })
+            | Command::Worker(args::WorkerArgs { list: None, .. })
+    );
+    init_tracing(long_running);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(long_running: bool) {
+    let default = if long_running {
+        "info,sea_orm_migration=warn,async_nats=warn"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.global.config {
+        Some(path) => config::load_file(path)?,
+        None => FileConfig::default(),
+    };
+    let settings = Settings::resolve(&cli.global, &file);
+    let explicit_nats = cli.global.nats_url.is_some() || file.nats_url.is_some();
+    match cli.command {
+        Command::Server(args) => match args.list {
+            Some(ServerCommand::List) => admin::servers(&settings).await,
+            None => run::server(&settings, &file, args).await,
+        },
+        Command::Worker(args) => match args.list {
+            Some(WorkerCommand::List { app }) => admin::workers(&settings, app).await,
+            None => run::worker(&settings, &file, args).await,
+        },
+        Command::Dev(args) => run::dev(&settings, explicit_nats, args).await,
+        Command::App(cmd) => admin::app(&settings, cmd).await,
+        Command::Job(cmd) => admin::job(&settings, cmd).await,
+        Command::Instance(cmd) => admin::instance(&settings, cmd).await,
+        Command::Logs(args) => admin::logs(&settings, args).await,
+    }
+}

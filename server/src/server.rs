@@ -123,6 +123,11 @@ impl Server {
         let discovery = client
             .queue_subscribe(subjects.discovery_acquire(), SERVER_QUEUE_GROUP.to_owned())
             .await?;
+        // The subscriptions must have reached NATS before anyone is told this server is up.
+        client
+            .flush()
+            .await
+            .map_err(|e| ServerError::Config(format!("NATS flush failed: {e}")))?;
 
         let reports_tx = reports::start(core.clone());
         dispatch::start(core.clone(), fired_rx);

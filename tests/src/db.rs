@@ -234,7 +234,9 @@ fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
     };
     // A `/` cannot occur in the authority (a password must percent-encode it), so the first one
     // starts the path.
-    let authority = before_query.split_once('/').map_or(before_query, |(authority, _)| authority);
+    let authority = before_query
+        .split_once('/')
+        .map_or(before_query, |(authority, _)| authority);
     if authority.is_empty() {
         bail!("{POSTGRES_URL_ENV}={url:?} names no host");
     }

@@ -98,7 +98,10 @@ impl NatsServer {
         self.stop();
         let (process, port) = Process::spawn(&self.binary, self.dir.path(), Some(self.port))
             .with_context(|| format!("cannot restart nats-server on port {}", self.port))?;
-        debug_assert_eq!(port, self.port, "a restarted nats-server listens on its old port");
+        debug_assert_eq!(
+            port, self.port,
+            "a restarted nats-server listens on its old port"
+        );
         self.process = Some(process);
         Ok(())
     }
@@ -391,7 +394,11 @@ mod tests {
         client.flush().await.unwrap();
     }
 
-    async fn request(client: &async_nats::Client, subject: &str, body: &str) -> anyhow::Result<String> {
+    async fn request(
+        client: &async_nats::Client,
+        subject: &str,
+        body: &str,
+    ) -> anyhow::Result<String> {
         let reply = tokio::time::timeout(
             Duration::from_secs(1),
             client.request(subject.to_owned(), body.to_owned().into()),
@@ -402,7 +409,11 @@ mod tests {
 
     /// A JetStream API call over plain NATS: the workspace does not enable async-nats' jetstream
     /// feature, and the raw API is all this check needs.
-    async fn jetstream_api(client: &async_nats::Client, subject: &str, body: &str) -> serde_json::Value {
+    async fn jetstream_api(
+        client: &async_nats::Client,
+        subject: &str,
+        body: &str,
+    ) -> serde_json::Value {
         let reply = client
             .request(subject.to_owned(), body.to_owned().into())
             .await
@@ -415,11 +426,18 @@ mod tests {
         crate::init_tracing();
         let mut nats = NatsServer::start().unwrap();
         assert_eq!(nats.url(), format!("nats://127.0.0.1:{}", nats.port()));
-        assert_ne!(nats.port(), 4222, "the test must not use the machine's NATS");
+        assert_ne!(
+            nats.port(),
+            4222,
+            "the test must not use the machine's NATS"
+        );
 
         let client = async_nats::connect(nats.url()).await.unwrap();
         echo(&client, "smoke.echo").await;
-        assert_eq!(request(&client, "smoke.echo", "hello").await.unwrap(), "hello");
+        assert_eq!(
+            request(&client, "smoke.echo", "hello").await.unwrap(),
+            "hello"
+        );
 
         // A file-backed stream, to show that JetStream runs and that a restart keeps the store.
         let created = jetstream_api(
@@ -428,7 +446,10 @@ mod tests {
             r#"{"name":"SMOKE","subjects":["smoke.stream.>"],"storage":"file"}"#,
         )
         .await;
-        assert!(created.get("error").is_none(), "stream not created: {created}");
+        assert!(
+            created.get("error").is_none(),
+            "stream not created: {created}"
+        );
 
         let (port, pid) = (nats.port(), nats.pid());
         nats.restart().unwrap();
@@ -437,16 +458,24 @@ mod tests {
         assert_ne!(nats.pid(), pid);
 
         // The old client reconnects by itself and re-subscribes, so the echo answers again.
-        let answer = wait::until_ok("the old client to reconnect", Duration::from_secs(10), || {
-            request(&client, "smoke.echo", "again")
-        })
+        let answer = wait::until_ok(
+            "the old client to reconnect",
+            Duration::from_secs(10),
+            || request(&client, "smoke.echo", "again"),
+        )
         .await;
         assert_eq!(answer, "again");
 
         let fresh = async_nats::connect(nats.url()).await.unwrap();
-        assert_eq!(request(&fresh, "smoke.echo", "fresh").await.unwrap(), "fresh");
+        assert_eq!(
+            request(&fresh, "smoke.echo", "fresh").await.unwrap(),
+            "fresh"
+        );
         let info = jetstream_api(&fresh, "$JS.API.STREAM.INFO.SMOKE", "").await;
-        assert!(info.get("error").is_none(), "stream lost in the restart: {info}");
+        assert!(
+            info.get("error").is_none(),
+            "stream lost in the restart: {info}"
+        );
     }
 
     #[tokio::test]

@@ -52,3 +52,7 @@ pub use context::TaskContext;
 pub use error::WorkerError;
 pub use processor::{ProcessResult, Processor, ProcessorRegistry, processor_fn};
 pub use worker::{Worker, WorkerHandle};
+
+/// The level of a [`TaskContext::log`] line, re-exported so that processors need not name the
+/// protocol crate.
+pub use rota_shared::message::LogLevel;

@@ -177,7 +177,7 @@ impl LogFlusher {
                 }
                 line = self.lines.recv() => match line {
                     Some(line) => {
-                        self.pending.push_back(line);
+                        self.enqueue(line);
                         if self.pending.len() >= self.batch_lines {
                             self.send_pending().await;
                         }
@@ -200,16 +200,30 @@ impl LogFlusher {
     fn drain_buffer(&mut self) {
         for _ in 0..self.buffer_lines {
             match self.lines.try_recv() {
-                Ok(line) => self.pending.push_back(line),
+                Ok(line) => self.enqueue(line),
                 Err(_) => break,
             }
+        }
+    }
+
+    /// Queues a line for sending. The queue is bounded like the buffer, so that lines pile up
+    /// nowhere while the server is unreachable: what does not fit is dropped and counted.
+    fn enqueue(&mut self, line: LogLine) {
+        if self.pending.len() >= self.buffer_lines {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.pending.push_back(line);
         }
     }
 
     async fn send_pending(&mut self) {
         while !self.pending.is_empty() {
             let lines = take_batch(&mut self.pending, self.batch_lines, MAX_BATCH_BYTES);
-            self.send_batch(lines).await;
+            if !self.send_batch(lines).await {
+                // The server is not taking logs now; the rest waits for the next round rather
+                // than holding up those who asked for a flush.
+                return;
+            }
         }
         // Lines dropped while nothing else was to be sent still have to be told.
         if self.dropped.load(Ordering::Relaxed) > self.reported_dropped {
@@ -217,7 +231,9 @@ impl LogFlusher {
         }
     }
 
-    async fn send_batch(&mut self, lines: Vec<LogLine>) {
+    /// Sends one batch, trying a few times. Returns whether it was stored; if not, its lines
+    /// are counted as dropped.
+    async fn send_batch(&mut self, lines: Vec<LogLine>) -> bool {
         let dropped_total = self.dropped.load(Ordering::Relaxed);
         let batch = LogBatch {
             worker_id: self.worker_id.clone(),
@@ -233,7 +249,7 @@ impl LogFlusher {
             {
                 Ok(_) => {
                     self.reported_dropped = dropped_total;
-                    return;
+                    return true;
                 }
                 Err(e) if attempt < SEND_ATTEMPTS && worth_retrying(&e) => {
                     debug!(attempt, "log batch not stored: {e}; retrying");
@@ -248,6 +264,7 @@ impl LogFlusher {
         let lost = batch.lines.len() as u64;
         self.dropped.fetch_add(lost, Ordering::Relaxed);
         warn!(lines = lost, "dropped a log batch: {error}");
+        false
     }
 }
 

@@ -1,0 +1,414 @@
+//! The admin commands: one request each on `rota.admin.*`, printed as a table or as JSON.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use rota_client::AdminClient;
+use rota_shared::InstanceStatus;
+use rota_shared::admin::*;
+use rota_shared::message::WorkerSummary;
+use rota_shared::schedule::Schedule;
+use serde::Serialize;
+
+use crate::args::{AppCommand, InstanceCommand, JobCommand, JobFields, LogsArgs};
+use crate::config::Settings;
+use crate::table::{opt, render, time};
+
+pub async fn client(settings: &Settings) -> anyhow::Result<AdminClient> {
+    Ok(AdminClient::connect(&settings.nats_url, &settings.prefix).await?)
+}
+
+fn print_json<T: Serialize>(data: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(data)?);
+    Ok(())
+}
+
+pub async fn app(settings: &Settings, cmd: AppCommand) -> anyhow::Result<()> {
+    let c = client(settings).await?;
+    let apps = match cmd {
+        AppCommand::Create { name, secret } => vec![c.call(&AppCreate { name, secret }).await?],
+        AppCommand::List => c.call(&AppList {}).await?,
+    };
+    if settings.json {
+        return print_json(&apps);
+    }
+    let rows = apps
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.to_string(),
+                a.name.clone(),
+                opt(a.current_server.as_deref()),
+                a.epoch.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    println!("{}", render(&["ID", "NAME", "OWNER", "EPOCH"], &rows));
+    Ok(())
+}
+
+fn schedule_of(fields: &JobFields) -> anyhow::Result<Option<Schedule>> {
+    if let Some(expression) = &fields.cron {
+        return Ok(Some(Schedule::Cron {
+            expression: expression.clone(),
+            time_zone: fields.tz.clone(),
+        }));
+    }
+    if let Some(at) = &fields.at {
+        let t = chrono::DateTime::parse_from_rfc3339(at)
+            .map_err(|e| anyhow!("invalid --at {at:?}: {e} (use RFC 3339, e.g. 2026-12-01T09:00:00Z)"))?;
+        return Ok(Some(Schedule::At {
+            at_ms: t.timestamp_millis(),
+        }));
+    }
+    Ok(fields.api.then_some(Schedule::Api))
+}
+
+fn overlap_of(s: &Option<String>) -> anyhow::Result<Option<OverlapPolicy>> {
+    s.as_deref()
+        .map(|v| OverlapPolicy::parse(v).ok_or_else(|| anyhow!("invalid --overlap {v:?}: use skip or queue")))
+        .transpose()
+}
+
+fn dispatch_of(s: &Option<String>) -> anyhow::Result<Option<DispatchStrategy>> {
+    s.as_deref()
+        .map(|v| {
+            DispatchStrategy::parse(v)
+                .ok_or_else(|| anyhow!("invalid --dispatch {v:?}: use health-first, random or round-robin"))
+        })
+        .transpose()
+}
+
+pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
+    let c = client(settings).await?;
+    let jobs = match cmd {
+        JobCommand::Create {
+            app,
+            name,
+            fields,
+            disabled,
+        } => {
+            let schedule = schedule_of(&fields)?
+                .context("say when the job runs: --cron EXPR, --at TIME or --api")?;
+            let processor = fields
+                .processor
+                .clone()
+                .context("say what runs: --processor shell|http|NAME")?;
+            let spec = JobSpec {
+                app,
+                name,
+                description: fields.description.clone().unwrap_or_default(),
+                schedule,
+                lifecycle: Default::default(),
+                processor,
+                config: fields.config.clone().unwrap_or_default(),
+                params: fields.params.clone(),
+                enabled: !disabled,
+                max_instances: fields.max_instances.unwrap_or(0),
+                overlap: overlap_of(&fields.overlap)?.unwrap_or_default(),
+                max_retries: fields.max_retries.unwrap_or(0),
+                retry_delay_ms: fields.retry_delay.unwrap_or(10_000),
+                timeout_ms: fields.timeout.unwrap_or(0),
+                dispatch: dispatch_of(&fields.dispatch)?.unwrap_or_default(),
+                tags: fields.tags.clone(),
+                designated_workers: fields.workers.clone(),
+            };
+            vec![c.call(&JobCreate { spec }).await?]
+        }
+        JobCommand::Update { id, name, fields } => {
+            let update = JobUpdate {
+                id,
+                name,
+                description: fields.description.clone(),
+                schedule: schedule_of(&fields)?,
+                lifecycle: None,
+                processor: fields.processor.clone(),
+                config: fields.config.clone(),
+                params: fields.params.clone(),
+                max_instances: fields.max_instances,
+                overlap: overlap_of(&fields.overlap)?,
+                max_retries: fields.max_retries,
+                retry_delay_ms: fields.retry_delay,
+                timeout_ms: fields.timeout,
+                dispatch: dispatch_of(&fields.dispatch)?,
+                tags: (!fields.tags.is_empty()).then(|| fields.tags.clone()),
+                designated_workers: (!fields.workers.is_empty()).then(|| fields.workers.clone()),
+            };
+            vec![c.call(&update).await?]
+        }
+        JobCommand::List { app } => c.call(&JobList { app }).await?,
+        JobCommand::Show { id } => {
+            let job = c.call(&JobShow(JobId { id })).await?;
+            return if settings.json {
+                print_json(&job)
+            } else {
+                print_job_detail(&job)
+            };
+        }
+        JobCommand::Run { id, params, delay } => {
+            let started = c
+                .call(&JobRun {
+                    id,
+                    params,
+                    delay_ms: delay.unwrap_or(0),
+                })
+                .await?;
+            return if settings.json {
+                print_json(&started)
+            } else {
+                println!("started instance {}", started.instance_id);
+                Ok(())
+            };
+        }
+        JobCommand::Enable { id } => vec![c.call(&JobEnable(JobId { id })).await?],
+        JobCommand::Disable { id } => vec![c.call(&JobDisable(JobId { id })).await?],
+        JobCommand::Delete { id } => {
+            let done = c.call(&JobDelete(JobId { id })).await?;
+            return if settings.json {
+                print_json(&done)
+            } else {
+                println!("deleted job {id}");
+                Ok(())
+            };
+        }
+    };
+    if settings.json {
+        return print_json(&jobs);
+    }
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.spec.app.clone(),
+                j.spec.name.clone(),
+                schedule_text(&j.spec.schedule),
+                j.spec.processor.clone(),
+                if j.spec.enabled { "yes" } else { "no" }.to_owned(),
+                time(j.next_trigger_time_ms),
+            ]
+        })
+        .collect::<Vec<_>>();
+    println!(
+        "{}",
+        render(
+            &["ID", "APP", "NAME", "SCHEDULE", "PROCESSOR", "ENABLED", "NEXT FIRE"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn schedule_text(s: &Schedule) -> String {
+    match s {
+        Schedule::Api => "api".to_owned(),
+        Schedule::Cron {
+            expression,
+            time_zone,
+        } => format!(
+            "cron {expression}{}",
+            time_zone.as_deref().map(|z| format!(" ({z})")).unwrap_or_default()
+        ),
+        Schedule::At { at_ms } => format!("at {}", time(Some(*at_ms))),
+        Schedule::FixedRate { interval_ms } => format!("every {interval_ms} ms"),
+        Schedule::FixedDelay { interval_ms } => format!("{interval_ms} ms after each run"),
+    }
+}
+
+fn print_job_detail(j: &JobInfo) -> anyhow::Result<()> {
+    let s = &j.spec;
+    let rows = vec![
+        vec!["id".into(), j.id.to_string()],
+        vec!["app".into(), s.app.clone()],
+        vec!["name".into(), s.name.clone()],
+        vec!["description".into(), opt(Some(&s.description))],
+        vec!["schedule".into(), schedule_text(&s.schedule)],
+        vec!["processor".into(), s.processor.clone()],
+        vec!["config".into(), opt(Some(&s.config))],
+        vec!["params".into(), opt(s.params.as_deref())],
+        vec!["enabled".into(), s.enabled.to_string()],
+        vec!["next fire".into(), time(j.next_trigger_time_ms)],
+        vec!["max instances".into(), s.max_instances.to_string()],
+        vec!["overlap".into(), s.overlap.as_str().into()],
+        vec!["max retries".into(), s.max_retries.to_string()],
+        vec!["retry delay".into(), format!("{} ms", s.retry_delay_ms)],
+        vec!["timeout".into(), format!("{} ms", s.timeout_ms)],
+        vec!["dispatch".into(), s.dispatch.as_str().into()],
+        vec!["tags".into(), s.tags.join(",")],
+        vec!["workers".into(), s.designated_workers.join(",")],
+    ];
+    println!("{}", render(&["FIELD", "VALUE"], &rows));
+    Ok(())
+}
+
+pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Result<()> {
+    let c = client(settings).await?;
+    match cmd {
+        InstanceCommand::List {
+            app,
+            job,
+            status,
+            limit,
+        } => {
+            let status = status
+                .as_deref()
+                .map(|s| InstanceStatus::parse(s).ok_or_else(|| anyhow!("unknown status {s:?}")))
+                .transpose()?;
+            let list = c
+                .call(&InstanceList {
+                    app,
+                    job_id: job,
+                    status,
+                    limit,
+                })
+                .await?;
+            if settings.json {
+                return print_json(&list);
+            }
+            let rows = list
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.id.to_string(),
+                        i.job_id.to_string(),
+                        i.job_name.clone(),
+                        i.status.to_string(),
+                        i.trigger.clone(),
+                        i.runs.to_string(),
+                        opt(i.worker_id.as_deref()),
+                        time(i.started_at_ms),
+                        time(i.finished_at_ms),
+                        opt(i.result.as_deref()),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            println!(
+                "{}",
+                render(
+                    &["ID", "JOB", "NAME", "STATUS", "TRIGGER", "RUNS", "WORKER", "STARTED", "FINISHED", "RESULT"],
+                    &rows
+                )
+            );
+            Ok(())
+        }
+        InstanceCommand::Show { id } => {
+            let i = c.call(&InstanceShow(InstanceId { id })).await?;
+            show_instance(settings, &i)
+        }
+        InstanceCommand::Stop { id } => {
+            let i = c.call(&InstanceStop(InstanceId { id })).await?;
+            show_instance(settings, &i)
+        }
+        InstanceCommand::Retry { id } => {
+            let started = c.call(&InstanceRetry(InstanceId { id })).await?;
+            if settings.json {
+                return print_json(&started);
+            }
+            println!("started instance {}", started.instance_id);
+            Ok(())
+        }
+    }
+}
+
+fn show_instance(settings: &Settings, i: &InstanceInfo) -> anyhow::Result<()> {
+    if settings.json {
+        return print_json(i);
+    }
+    let rows = vec![
+        vec!["id".into(), i.id.to_string()],
+        vec!["job".into(), format!("{} ({})", i.job_id, i.job_name)],
+        vec!["status".into(), i.status.to_string()],
+        vec!["trigger".into(), i.trigger.clone()],
+        vec!["expected fire".into(), time(i.expected_trigger_time_ms)],
+        vec!["params".into(), opt(i.instance_params.as_deref())],
+        vec!["attempt".into(), i.attempt.to_string()],
+        vec!["runs".into(), i.runs.to_string()],
+        vec!["worker".into(), opt(i.worker_id.as_deref())],
+        vec!["result".into(), opt(i.result.as_deref())],
+        vec!["created".into(), time(Some(i.created_at_ms))],
+        vec!["started".into(), time(i.started_at_ms)],
+        vec!["finished".into(), time(i.finished_at_ms)],
+        vec!["due".into(), time(i.due_at_ms)],
+    ];
+    println!("{}", render(&["FIELD", "VALUE"], &rows));
+    Ok(())
+}
+
+pub async fn logs(settings: &Settings, args: LogsArgs) -> anyhow::Result<()> {
+    let c = client(settings).await?;
+    let mut after_id = 0;
+    loop {
+        let page = c
+            .call(&LogsGet {
+                instance_id: args.instance,
+                after_id,
+                limit: Some(1000),
+            })
+            .await?;
+        let got = page.lines.len();
+        for l in &page.lines {
+            if settings.json {
+                println!("{}", serde_json::to_string(l)?);
+            } else {
+                println!("{} {:<5} {}", time(Some(l.ts_ms)), l.level, l.text);
+            }
+        }
+        after_id = page.last_id;
+        if got == 1000 {
+            continue;
+        }
+        if !args.follow || page.finished {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn workers(settings: &Settings, app: Option<String>) -> anyhow::Result<()> {
+    let c = client(settings).await?;
+    let list: Vec<WorkerSummary> = c.call(&WorkerList { app }).await?;
+    if settings.json {
+        return print_json(&list);
+    }
+    let rows = list
+        .iter()
+        .map(|w| {
+            vec![
+                w.worker_id.clone(),
+                w.app_id.to_string(),
+                w.tags.join(","),
+                w.processors.join(","),
+                format!("{}/{}", w.running, w.capacity),
+                format!("{:.0}", w.health),
+                format!("{} ms", w.last_seen_ago_ms),
+            ]
+        })
+        .collect::<Vec<_>>();
+    println!(
+        "{}",
+        render(&["WORKER", "APP", "TAGS", "PROCESSORS", "RUNNING", "HEALTH", "LAST SEEN"], &rows)
+    );
+    Ok(())
+}
+
+pub async fn servers(settings: &Settings) -> anyhow::Result<()> {
+    let c = client(settings).await?;
+    let list = c.call(&ServerList {}).await?;
+    if settings.json {
+        return print_json(&list);
+    }
+    let rows = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.version.clone(),
+                if s.alive { "yes" } else { "no" }.to_owned(),
+                time(Some(s.started_at_ms)),
+                time(Some(s.last_seen_ms)),
+            ]
+        })
+        .collect::<Vec<_>>();
+    println!("{}", render(&["SERVER", "VERSION", "ALIVE", "STARTED", "LAST SEEN"], &rows));
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! The command line.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rota",
+    version,
+    about = "Rota: a distributed job scheduler over NATS",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes. Precedence: flag, then environment, then the TOML file.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Global {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, global = true, env = "ROTA_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Subject prefix shared by a deployment (default "rota").
+    #[arg(long, global = true, env = "ROTA_PREFIX")]
+    pub prefix: Option<String>,
+    /// Database URL: sqlite://file.db, postgres://…, mysql://…
+    #[arg(long, global = true, env = "ROTA_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// A TOML configuration file.
+    #[arg(long, global = true, env = "ROTA_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the reply's data as JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scheduler server (`rota server list`: list the servers).
+    Server(ServerArgs),
+    /// Run a worker agent with the built-in processors (`rota worker list`: list workers).
+    Worker(WorkerArgs),
+    /// Try Rota: a private NATS server, a server, a worker and a demo job on SQLite.
+    Dev(DevArgs),
+    /// Apps: create, list.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Jobs: create, update, list, show, run, enable, disable, delete.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Instances: list, show, stop, retry.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Show an instance's log.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    /// A stable server id (default: generated). Servers that restart should keep theirs.
+    #[arg(long, env = "ROTA_SERVER_ID")]
+    pub server_id: Option<String>,
+    /// Subcommand-style use: `rota server list`.
+    #[command(subcommand)]
+    pub list: Option<ServerCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// List the servers and whether they are alive.
+    List,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerArgs {
+    /// The app this worker serves.
+    #[arg(long, env = "ROTA_APP")]
+    pub app: Option<String>,
+    /// The app's secret.
+    #[arg(long, env = "ROTA_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// A stable worker id (default: generated).
+    #[arg(long, env = "ROTA_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Tags jobs can require, comma-separated.
+    #[arg(long, env = "ROTA_TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Instances run at once at most.
+    #[arg(long, env = "ROTA_CAPACITY")]
+    pub capacity: Option<u32>,
+    /// Allow the `shell` processor: jobs can then run any command on this machine.
+    #[arg(long, env = "ROTA_ALLOW_SHELL")]
+    pub allow_shell: bool,
+    /// Disable the `http` processor.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Subcommand-style use: `rota worker list`.
+    #[command(subcommand)]
+    pub list: Option<WorkerCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// List live workers.
+    List {
+        #[arg(long)]
+        app: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the SQLite database lives (default: .rota-dev/rota.db).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Stop after this many finished demo runs (default: run until Ctrl-C).
+    #[arg(long)]
+    pub runs: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create an app.
+    Create {
+        name: String,
+        /// The secret its workers present.
+        #[arg(long, env = "ROTA_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+    /// List apps with their owner and epoch.
+    List,
+}
+
+/// The job settings shared by `job create` and `job update`.
+#[derive(Debug, Args, Default)]
+pub struct JobFields {
+    /// CRON expression (seconds field optional): "*/5 * * * * *".
+    #[arg(long, conflicts_with_all = ["at", "api"])]
+    pub cron: Option<String>,
+    /// IANA time zone of the CRON expression (default UTC).
+    #[arg(long, requires = "cron")]
+    pub tz: Option<String>,
+    /// Run once at this RFC 3339 time.
+    #[arg(long, conflicts_with = "api")]
+    pub at: Option<String>,
+    /// Run only when asked (`rota job run`).
+    #[arg(long)]
+    pub api: bool,
+    /// Processor name: shell, http, or one registered in an SDK worker.
+    #[arg(long)]
+    pub processor: Option<String>,
+    /// The processor's configuration: a script for shell, a JSON request for http.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Parameters every instance gets.
+    #[arg(long)]
+    pub params: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Runs after the first that a failing instance gets.
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Delay before a retry, e.g. 10s, 500ms.
+    #[arg(long, value_parser = crate::duration::parse_ms)]
+    pub retry_delay: Option<u64>,
+    /// Kill a run after this long, e.g. 30s (0: no limit).
+    #[arg(long, value_parser = crate::duration::parse_ms)]
+    pub timeout: Option<u64>,
+    /// Live instances at most (0: no limit).
+    #[arg(long)]
+    pub max_instances: Option<u32>,
+    /// At the limit: skip (cancel the new one) or queue (wait).
+    #[arg(long)]
+    pub overlap: Option<String>,
+    /// Worker choice: health-first, random, round-robin.
+    #[arg(long)]
+    pub dispatch: Option<String>,
+    /// A tag the worker must carry (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// A worker allowed to run it (repeatable; default: any).
+    #[arg(long = "worker")]
+    pub workers: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Create a job.
+    Create {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: JobFields,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Change a job; only the given settings change.
+    Update {
+        id: i64,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        fields: JobFields,
+    },
+    /// List jobs.
+    List {
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Show one job.
+    Show { id: i64 },
+    /// Run a job now.
+    Run {
+        id: i64,
+        /// Parameters for this instance.
+        #[arg(long)]
+        params: Option<String>,
+        /// Start after this delay, e.g. 30s.
+        #[arg(long, value_parser = crate::duration::parse_ms)]
+        delay: Option<u64>,
+    },
+    Enable { id: i64 },
+    Disable { id: i64 },
+    Delete { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// List instances, newest first.
+    List {
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        job: Option<i64>,
+        /// A status name or code: RUNNING, failed, 5 …
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    Show { id: i64 },
+    /// Stop a live instance (its worker kills the work).
+    Stop { id: i64 },
+    /// Run a finished instance again, as a new instance.
+    Retry { id: i64 },
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub instance: i64,
+    /// Keep printing new lines until the instance finishes.
+    #[arg(long, short)]
+    pub follow: bool,
+}

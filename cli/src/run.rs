@@ -1,0 +1,300 @@
+//! The long-running commands: `rota server`, `rota worker` and `rota dev`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use rota_client::{AdminClient, ClientError};
+use rota_server::{Server, ServerConfig};
+use rota_shared::ErrorCode;
+use rota_shared::admin::*;
+use rota_shared::schedule::Schedule;
+use rota_worker::{ProcessorRegistry, Worker, WorkerConfig};
+use tokio::process::{Child, Command};
+
+use crate::args::{DevArgs, ServerArgs, WorkerArgs};
+use crate::config::{FileConfig, Settings};
+use crate::table::time;
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn server_config(settings: &Settings, server_id: Option<String>) -> ServerConfig {
+    ServerConfig {
+        nats_url: settings.nats_url.clone(),
+        prefix: settings.prefix.clone(),
+        database_url: settings.database_url.clone(),
+        server_id,
+        ..ServerConfig::default()
+    }
+}
+
+pub async fn server(settings: &Settings, file: &FileConfig, args: ServerArgs) -> anyhow::Result<()> {
+    let server_id = args.server_id.or_else(|| file.server_id.clone());
+    let handle = Server::start(server_config(settings, server_id)).await?;
+    eprintln!("rota server {} is running (Ctrl-C to stop)", handle.id());
+    stop_signal().await;
+    eprintln!("stopping server {}", handle.id());
+    handle.shutdown().await;
+    Ok(())
+}
+
+pub async fn worker(settings: &Settings, file: &FileConfig, args: WorkerArgs) -> anyhow::Result<()> {
+    let fw = &file.worker;
+    let config = WorkerConfig {
+        nats_url: settings.nats_url.clone(),
+        prefix: settings.prefix.clone(),
+        app: args
+            .app
+            .or_else(|| fw.app.clone())
+            .context("say which app this worker serves: --app NAME (or ROTA_APP)")?,
+        secret: args
+            .secret
+            .or_else(|| fw.secret.clone())
+            .context("give the app's secret: --secret S (or ROTA_SECRET)")?,
+        worker_id: args.worker_id.or_else(|| fw.worker_id.clone()),
+        tags: if args.tags.is_empty() {
+            fw.tags.clone().unwrap_or_default()
+        } else {
+            args.tags
+        },
+        capacity: args.capacity.or(fw.capacity).unwrap_or(16),
+        allow_shell: args.allow_shell || fw.allow_shell.unwrap_or(false),
+        allow_http: !args.no_http,
+        ..WorkerConfig::default()
+    };
+    let handle = Worker::start(config, ProcessorRegistry::new()).await?;
+    eprintln!(
+        "rota worker {} is running for server {} (Ctrl-C to stop)",
+        handle.worker_id(),
+        handle.server_id()
+    );
+    stop_signal().await;
+    eprintln!("stopping worker {}: finishing running work", handle.worker_id());
+    handle.shutdown().await;
+    Ok(())
+}
+
+// === rota dev ===
+
+const DEMO_APP: &str = "demo";
+const DEMO_SECRET: &str = "demo-secret";
+const DEMO_JOB: &str = "hello";
+const DEMO_SCRIPT: &str = r#"echo "hello from Rota: instance $ROTA_INSTANCE_ID, attempt $ROTA_ATTEMPT"
+echo "running on $(uname -n) at $(date -u +%H:%M:%S)"
+echo "done""#;
+
+/// A private nats-server for `rota dev`, killed when dropped.
+struct DevNats {
+    _child: Child,
+    url: String,
+}
+
+fn nats_server_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ROTA_NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let local = Path::new(".tools/bin/nats-server");
+    if local.exists() {
+        return Ok(local.to_path_buf());
+    }
+    Ok(PathBuf::from("nats-server"))
+}
+
+async fn start_dev_nats(dir: &Path) -> anyhow::Result<DevNats> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let bin = nats_server_binary()?;
+    let child = Command::new(&bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-l")
+        .arg(dir.join("nats.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {}: run scripts/install-nats.sh, or pass --nats-url",
+                bin.display()
+            )
+        })?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if tokio::time::Instant::now() > deadline {
+            bail!("nats-server did not start on port {port} within 10 s (see {})", dir.join("nats.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(DevNats {
+        _child: child,
+        url: format!("nats://127.0.0.1:{port}"),
+    })
+}
+
+async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
+    match admin
+        .call(&AppCreate {
+            name: DEMO_APP.into(),
+            secret: DEMO_SECRET.into(),
+        })
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let jobs = admin
+        .call(&JobList {
+            app: Some(DEMO_APP.into()),
+        })
+        .await?;
+    if let Some(job) = jobs.iter().find(|j| j.spec.name == DEMO_JOB) {
+        return Ok(job.id);
+    }
+    let spec = JobSpec {
+        app: DEMO_APP.into(),
+        name: DEMO_JOB.into(),
+        description: "The rota dev demo: a shell job every 5 seconds".into(),
+        schedule: Schedule::Cron {
+            expression: "*/5 * * * * *".into(),
+            time_zone: None,
+        },
+        lifecycle: Default::default(),
+        processor: "shell".into(),
+        config: DEMO_SCRIPT.into(),
+        params: None,
+        enabled: true,
+        max_instances: 0,
+        overlap: OverlapPolicy::Skip,
+        max_retries: 1,
+        retry_delay_ms: 2_000,
+        timeout_ms: 30_000,
+        dispatch: DispatchStrategy::HealthFirst,
+        tags: vec![],
+        designated_workers: vec![],
+    };
+    Ok(admin.call(&JobCreate { spec }).await?.id)
+}
+
+pub async fn dev(settings: &Settings, explicit_nats: bool, args: DevArgs) -> anyhow::Result<()> {
+    let dir = args.data_dir.unwrap_or_else(|| PathBuf::from(".rota-dev"));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let (nats_url, _nats) = if explicit_nats {
+        (settings.nats_url.clone(), None)
+    } else {
+        let nats = start_dev_nats(&dir).await?;
+        (nats.url.clone(), Some(nats))
+    };
+    let db_path = dir.join("rota.db");
+    let server = Server::start(ServerConfig {
+        nats_url: nats_url.clone(),
+        prefix: settings.prefix.clone(),
+        database_url: format!("sqlite://{}", db_path.display()),
+        server_id: Some("dev-server".into()),
+        ..ServerConfig::default()
+    })
+    .await?;
+    let admin = AdminClient::connect(&nats_url, &settings.prefix).await?;
+    let job_id = ensure_demo(&admin).await?;
+    let worker = Worker::start(
+        WorkerConfig {
+            nats_url: nats_url.clone(),
+            prefix: settings.prefix.clone(),
+            app: DEMO_APP.into(),
+            secret: DEMO_SECRET.into(),
+            worker_id: Some("dev-worker".into()),
+            allow_shell: true,
+            ..WorkerConfig::default()
+        },
+        ProcessorRegistry::new(),
+    )
+    .await?;
+
+    println!("Rota dev is running: server {}, worker {}, SQLite at {}", server.id(), worker.worker_id(), db_path.display());
+    println!("The demo job {DEMO_JOB:?} (id {job_id}) runs a shell script every 5 seconds.");
+    println!("In another terminal:");
+    println!("  export ROTA_NATS_URL={nats_url}");
+    println!("  rota job list; rota instance list; rota logs <instance>");
+    println!("Ctrl-C stops everything.\n");
+
+    let result = tokio::select! {
+        r = follow_demo(&admin, job_id, args.runs) => r,
+        _ = stop_signal() => Ok(()),
+    };
+    worker.shutdown().await;
+    server.shutdown().await;
+    result
+}
+
+/// Prints each demo run as it finishes, with its log.
+async fn follow_demo(admin: &AdminClient, job_id: i64, runs: Option<u32>) -> anyhow::Result<()> {
+    let started = chrono::Utc::now().timestamp_millis();
+    let mut shown: HashSet<i64> = HashSet::new();
+    loop {
+        let list = admin
+            .call(&InstanceList {
+                app: Some(DEMO_APP.into()),
+                job_id: Some(job_id),
+                status: None,
+                limit: Some(20),
+            })
+            .await
+            .map_err(|e: ClientError| anyhow!(e))?;
+        let mut done: Vec<&InstanceInfo> = list
+            .iter()
+            .filter(|i| i.status.is_terminal() && i.created_at_ms >= started && !shown.contains(&i.id))
+            .collect();
+        done.sort_by_key(|i| i.id);
+        for i in done {
+            shown.insert(i.id);
+            println!(
+                "instance {} {} (fire {}, result: {})",
+                i.id,
+                i.status,
+                time(i.expected_trigger_time_ms),
+                i.result.as_deref().unwrap_or("-")
+            );
+            let page = admin
+                .call(&LogsGet {
+                    instance_id: i.id,
+                    after_id: 0,
+                    limit: Some(100),
+                })
+                .await?;
+            for l in page.lines {
+                println!("    {} {}", l.level, l.text);
+            }
+            if runs.is_some_and(|n| shown.len() >= n as usize) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
