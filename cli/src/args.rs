@@ -154,8 +154,8 @@ pub struct JobFields {
     #[arg(long)]
     pub processor: Option<String>,
     /// The processor's configuration: a script for shell, a JSON request for http.
-    #[arg(long)]
-    pub config: Option<String>,
+    #[arg(long, visible_alias = "script")]
+    pub processor_config: Option<String>,
     /// Parameters every instance gets.
     #[arg(long)]
     pub params: Option<String>,

@@ -6,6 +6,7 @@
 //! the connection or the work that runs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, RequestErrorKind, Subject};
@@ -98,19 +99,23 @@ pub(crate) async fn connect(
     reacquire: Arc<Notify>,
 ) -> Result<Client, WorkerError> {
     let urls = config.nats_urls();
+    // The callback also sees the first connection, which is not a reconnect.
+    let connected_before = Arc::new(AtomicBool::new(false));
     ConnectOptions::new()
         .name(format!("rota-worker {worker_id}"))
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let reacquire = Arc::clone(&reacquire);
+            let connected_before = Arc::clone(&connected_before);
             async move {
                 match event {
-                    Event::Connected => {
+                    Event::Connected if connected_before.swap(true, Ordering::SeqCst) => {
                         info!("reconnected to NATS");
                         // The servers may have changed while the connection was down.
                         reacquire.notify_one();
                     }
+                    Event::Connected => debug!("connected to NATS"),
                     Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
                     other => debug!("NATS event: {other}"),
                 }

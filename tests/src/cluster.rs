@@ -1,0 +1,218 @@
+//! A whole Rota deployment in one test: a private nats-server, a fresh database, servers and
+//! workers started in-process, and an admin client.
+//!
+//! Timings are shortened (heartbeats every 500 ms, a schedule pass every 200 ms) so that tests
+//! wait on events in fractions of a second; the behaviour is the production code's.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rota_client::AdminClient;
+use rota_server::{Server, ServerConfig, ServerHandle};
+use rota_shared::Subjects;
+use rota_shared::admin::*;
+use rota_worker::{ProcessorRegistry, Worker, WorkerConfig, WorkerHandle};
+
+use crate::db::TestDatabase;
+use crate::nats::NatsServer;
+use crate::wait;
+
+/// The secret of every app a [`Deployment`] creates.
+pub const SECRET: &str = "test-secret";
+
+pub struct Deployment {
+    pub nats: NatsServer,
+    pub db: TestDatabase,
+    pub admin: AdminClient,
+    servers: Vec<ServerHandle>,
+    workers: Vec<WorkerHandle>,
+}
+
+impl Deployment {
+    /// NATS, a database and one server.
+    pub async fn start() -> anyhow::Result<Self> {
+        crate::init_tracing();
+        let nats = NatsServer::start()?;
+        let db = TestDatabase::create().await?;
+        let admin = AdminClient::connect(&nats.url(), "rota").await?;
+        let mut d = Self {
+            nats,
+            db,
+            admin,
+            servers: Vec::new(),
+            workers: Vec::new(),
+        };
+        d.start_server("s1").await?;
+        Ok(d)
+    }
+
+    /// The configuration tests run servers with.
+    pub fn server_config(&self, id: &str) -> ServerConfig {
+        ServerConfig {
+            nats_url: self.nats.url(),
+            database_url: self.db.url().to_owned(),
+            server_id: Some(id.to_owned()),
+            worker_timeout: Duration::from_secs(3),
+            schedule_interval: Duration::from_millis(200),
+            schedule_lookahead: Duration::from_millis(1500),
+            dispatch_timeout: Duration::from_secs(2),
+            presence_interval: Duration::from_secs(1),
+            ..ServerConfig::default()
+        }
+    }
+
+    pub async fn start_server(&mut self, id: &str) -> anyhow::Result<String> {
+        let handle = Server::start(self.server_config(id))
+            .await
+            .with_context(|| format!("start server {id}"))?;
+        let id = handle.id().to_owned();
+        self.servers.push(handle);
+        Ok(id)
+    }
+
+    /// The id of the first server.
+    pub fn server_id(&self) -> &str {
+        self.servers.first().map_or("", |s| s.id())
+    }
+
+    pub fn subjects(&self) -> Subjects {
+        Subjects::default()
+    }
+
+    /// The configuration tests run workers with.
+    pub fn worker_config(&self, app: &str, worker_id: &str) -> WorkerConfig {
+        WorkerConfig {
+            nats_url: self.nats.url(),
+            app: app.to_owned(),
+            secret: SECRET.to_owned(),
+            worker_id: Some(worker_id.to_owned()),
+            allow_shell: true,
+            heartbeat_interval: Duration::from_millis(500),
+            reacquire_interval: Duration::from_secs(2),
+            progress_interval: Duration::from_millis(500),
+            log_flush_interval: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(5),
+            kill_grace: Duration::from_millis(500),
+            ..WorkerConfig::default()
+        }
+    }
+
+    pub async fn create_app(&self, name: &str) -> anyhow::Result<AppInfo> {
+        Ok(self
+            .admin
+            .call(&AppCreate {
+                name: name.to_owned(),
+                secret: SECRET.to_owned(),
+            })
+            .await?)
+    }
+
+    /// Starts a worker and waits until a server lists it as live.
+    pub async fn start_worker(
+        &mut self,
+        config: WorkerConfig,
+        registry: ProcessorRegistry,
+    ) -> anyhow::Result<String> {
+        let app = config.app.clone();
+        let handle = Worker::start(config, registry).await?;
+        let id = handle.worker_id().to_owned();
+        self.workers.push(handle);
+        let admin = &self.admin;
+        wait::until(
+            &format!("worker {id} to be live"),
+            Duration::from_secs(10),
+            || async {
+                let list = admin.call(&WorkerList { app: Some(app.clone()) }).await.ok()?;
+                list.iter().any(|w| w.worker_id == id).then_some(())
+            },
+        )
+        .await;
+        Ok(id)
+    }
+
+    /// Stops a worker abruptly, as a crash would.
+    pub fn abort_worker(&mut self, worker_id: &str) {
+        if let Some(pos) = self.workers.iter().position(|w| w.worker_id() == worker_id) {
+            self.workers.remove(pos).abort();
+        }
+    }
+
+    pub async fn create_job(&self, spec: JobSpec) -> anyhow::Result<JobInfo> {
+        Ok(self.admin.call(&JobCreate { spec }).await?)
+    }
+
+    pub async fn instance(&self, id: i64) -> anyhow::Result<InstanceInfo> {
+        Ok(self.admin.call(&InstanceShow(InstanceId { id })).await?)
+    }
+
+    /// Waits until an instance is terminal and returns it.
+    pub async fn wait_terminal(&self, id: i64, timeout: Duration) -> InstanceInfo {
+        wait::until(
+            &format!("instance {id} to finish"),
+            timeout,
+            || async { self.instance(id).await.ok().filter(|i| i.status.is_terminal()) },
+        )
+        .await
+    }
+
+    /// Waits until an instance has `status`.
+    pub async fn wait_status(
+        &self,
+        id: i64,
+        status: rota_shared::InstanceStatus,
+        timeout: Duration,
+    ) -> InstanceInfo {
+        wait::until(
+            &format!("instance {id} to be {status}"),
+            timeout,
+            || async { self.instance(id).await.ok().filter(|i| i.status == status) },
+        )
+        .await
+    }
+
+    /// Every stored log line of an instance.
+    pub async fn logs(&self, id: i64) -> anyhow::Result<Vec<LogEntry>> {
+        Ok(self
+            .admin
+            .call(&LogsGet {
+                instance_id: id,
+                after_id: 0,
+                limit: Some(10_000),
+            })
+            .await?
+            .lines)
+    }
+
+    /// Stops every worker and server cleanly.
+    pub async fn shutdown(mut self) {
+        for w in self.workers.drain(..) {
+            w.shutdown().await;
+        }
+        for s in self.servers.drain(..) {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// A job spec with the defaults tests start from: API-triggered, the shell processor.
+pub fn shell_job(app: &str, name: &str, script: &str) -> JobSpec {
+    JobSpec {
+        app: app.to_owned(),
+        name: name.to_owned(),
+        description: String::new(),
+        schedule: rota_shared::schedule::Schedule::Api,
+        lifecycle: Default::default(),
+        processor: "shell".to_owned(),
+        config: script.to_owned(),
+        params: None,
+        enabled: true,
+        max_instances: 0,
+        overlap: OverlapPolicy::Skip,
+        max_retries: 0,
+        retry_delay_ms: 1_000,
+        timeout_ms: 0,
+        dispatch: DispatchStrategy::HealthFirst,
+        tags: Vec::new(),
+        designated_workers: Vec::new(),
+    }
+}
