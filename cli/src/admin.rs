@@ -242,6 +242,14 @@ fn print_job_detail(j: &JobInfo) -> anyhow::Result<()> {
 }
 
 pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Result<()> {
+    if let InstanceCommand::List {
+        status: Some(s), ..
+    } = &cmd
+    {
+        if InstanceStatus::parse(s).is_none() {
+            anyhow::bail!("unknown status {s:?}: use a name such as RUNNING or a code such as 3");
+        }
+    }
     let c = client(settings).await?;
     match cmd {
         InstanceCommand::List {
@@ -250,10 +258,7 @@ pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Resu
             status,
             limit,
         } => {
-            let status = status
-                .as_deref()
-                .map(|s| InstanceStatus::parse(s).ok_or_else(|| anyhow!("unknown status {s:?}")))
-                .transpose()?;
+            let status = status.as_deref().and_then(InstanceStatus::parse);
             let list = c
                 .call(&InstanceList {
                     app,

@@ -30,8 +30,12 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: clap's first line names the problem; usage is one `--help` away.
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see rota --help)");
+            let message: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            eprintln!("{} (see rota --help)", message.join(" "));
             return ExitCode::from(2);
         }
     };

@@ -167,6 +167,16 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ErrorBody> {
     } else {
         payload
     };
+    // Every Rota message is a JSON object. serde would also read a struct from an array of its
+    // fields in order, which no sender of ours produces: refuse it rather than guess.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
+                Ok(_) => ErrorBody::bad_request("invalid message: expected a JSON object"),
+                Err(e) => ErrorBody::bad_request(format!("malformed JSON: {e}")),
+            },
+        );
+    }
     serde_json::from_slice(payload).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -220,6 +230,10 @@ mod tests {
         let e = decode::<Msg>(br#"{"id":"one"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(e.message.starts_with("invalid message"), "{}", e.message);
+        let e = decode::<Msg>(b"[1]").unwrap_err();
+        assert_eq!(e.message, "invalid message: expected a JSON object");
+        let e = decode::<Msg>(b"[1").unwrap_err();
+        assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
         let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
         assert_eq!(
             decode::<Msg>(&big).unwrap_err().code,

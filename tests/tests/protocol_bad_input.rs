@@ -1,0 +1,132 @@
+//! DESIGN §10 invariant 4: a malformed, mistyped or oversized message on any subject gets an
+//! error reply with a stable code, changes nothing, and the process keeps serving.
+
+use std::time::Duration;
+
+use rota_shared::admin::{AppList, InstanceList, JobList, JobRun};
+use rota_shared::envelope::decode_reply;
+use rota_shared::message::{Ping, Pong};
+use rota_shared::{ErrorCode, InstanceStatus, MAX_PAYLOAD_BYTES, Subjects};
+use rota_tests::cluster::{Deployment, shell_job};
+use rota_worker::ProcessorRegistry;
+
+/// Sends `payload` as a request and returns the error code of the reply.
+async fn error_code(nats: &async_nats::Client, subject: &str, payload: Vec<u8>) -> ErrorCode {
+    let msg = nats
+        .request(subject.to_owned(), payload.into())
+        .await
+        .unwrap_or_else(|e| panic!("no reply on {subject}: {e}"));
+    match decode_reply::<serde_json::Value>(&msg.payload) {
+        Ok(v) => panic!("{subject} accepted a bad message and answered {v}"),
+        Err(e) => e.code,
+    }
+}
+
+/// Everything an operator can see, to check that nothing changed.
+async fn state(d: &Deployment) -> anyhow::Result<String> {
+    let apps = d.admin.call(&AppList {}).await?;
+    let jobs = d.admin.call(&JobList { app: None }).await?;
+    let instances = d.admin.call(&InstanceList::default()).await?;
+    Ok(serde_json::to_string(&(apps, jobs, instances))?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    let worker = d
+        .start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    let job = d.create_job(shell_job("app", "echo", "echo ok")).await?;
+    let before = state(&d).await?;
+
+    let s = Subjects::default();
+    let sid = d.server_id().to_owned();
+    let subjects = [
+        s.discovery_acquire(),
+        s.server_heartbeat(&sid),
+        s.server_status(&sid),
+        s.server_logs(&sid),
+        s.server_cluster(&sid),
+        s.server_ping(&sid),
+        s.admin("app", "create"),
+        s.admin("job", "create"),
+        s.admin("job", "update"),
+        s.admin("job", "run"),
+        s.admin("instance", "stop"),
+        s.admin("logs", "get"),
+        s.worker_dispatch(&worker),
+        s.worker_stop(&worker),
+        s.worker_query(&worker),
+    ];
+    let oversized = {
+        let mut v = br#"{"pad":""#.to_vec();
+        v.resize(MAX_PAYLOAD_BYTES + 64 * 1024, b'x');
+        v.extend_from_slice(br#""}"#);
+        v
+    };
+    let nats = async_nats::connect(d.nats.url()).await?;
+    for subject in &subjects {
+        assert_eq!(
+            error_code(&nats, subject, b"{not json".to_vec()).await,
+            ErrorCode::BadRequest,
+            "malformed JSON on {subject}"
+        );
+        // An array where every subject expects an object.
+        assert_eq!(
+            error_code(&nats, subject, b"[1,2,3]".to_vec()).await,
+            ErrorCode::BadRequest,
+            "wrong type on {subject}"
+        );
+        assert_eq!(
+            error_code(&nats, subject, oversized.clone()).await,
+            ErrorCode::PayloadTooLarge,
+            "oversized payload on {subject}"
+        );
+    }
+    // Fields of the wrong type inside the right shape.
+    for (subject, payload) in [
+        (s.admin("job", "run"), r#"{"id":"seven"}"#),
+        (s.admin("app", "create"), r#"{"name":5,"secret":true}"#),
+        (s.server_status(&sid), r#"{"instance_id":"x","attempt":1,"seq":1,"worker_id":"w1","status":"RUNNING","reported_at_ms":0}"#),
+        (s.server_status(&sid), r#"{"instance_id":1,"attempt":1,"seq":1,"worker_id":"w1","status":"DANCING","reported_at_ms":0}"#),
+        (s.discovery_acquire(), r#"{"app":["a"],"secret":"s","worker_id":"w"}"#),
+    ] {
+        assert_eq!(
+            error_code(&nats, &subject, payload.as_bytes().to_vec()).await,
+            ErrorCode::BadRequest,
+            "wrong field type on {subject}: {payload}"
+        );
+    }
+    // A message of a protocol version this server does not speak.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(rota_shared::PROTOCOL_HEADER, "99");
+    let reply = nats
+        .request_with_headers(s.server_ping(&sid), headers, b"{}".to_vec().into())
+        .await?;
+    assert_eq!(
+        decode_reply::<Pong>(&reply.payload).map_err(|e| e.code),
+        Err(ErrorCode::UnsupportedVersion)
+    );
+
+    assert_eq!(state(&d).await?, before, "a bad message changed the stored state");
+
+    // The server and the worker still serve: a ping answers, and a job runs end to end.
+    let pong = nats
+        .request(s.server_ping(&sid), serde_json::to_vec(&Ping::default())?.into())
+        .await?;
+    assert_eq!(decode_reply::<Pong>(&pong.payload)?.server_id, sid);
+    let id = d
+        .admin
+        .call(&JobRun {
+            id: job.id,
+            params: None,
+            delay_ms: 0,
+        })
+        .await?
+        .instance_id;
+    let done = d.wait_terminal(id, Duration::from_secs(15)).await;
+    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    d.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! DESIGN §4 end to end: status reports sent as raw NATS messages, as a confused or malicious
+//! worker would send them, change nothing unless they come from the instance's current tracker,
+//! for its current attempt, in sequence, before the instance is terminal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rota_shared::admin::{InstanceInfo, JobRun};
+use rota_shared::envelope::decode_reply;
+use rota_shared::message::{ReportAck, ReportAction, StatusReport};
+use rota_shared::{ErrorBody, InstanceStatus};
+use rota_tests::cluster::{Deployment, shell_job};
+use rota_worker::{ProcessResult, ProcessorRegistry, processor_fn};
+use tokio::sync::Notify;
+
+/// What an unchanged instance must keep. `last_seq` is not exposed and moves with the real
+/// worker's progress reports, which is fine: those come from the current tracker.
+fn essence(i: &InstanceInfo) -> (InstanceStatus, i32, i64, Option<String>, Option<String>, Option<i64>) {
+    (
+        i.status,
+        i.attempt,
+        i.runs,
+        i.worker_id.clone(),
+        i.result.clone(),
+        i.finished_at_ms,
+    )
+}
+
+async fn send(
+    nats: &async_nats::Client,
+    subject: &str,
+    report: &StatusReport,
+) -> anyhow::Result<Result<ReportAck, ErrorBody>> {
+    let msg = nats
+        .request(subject.to_owned(), serde_json::to_vec(report)?.into())
+        .await?;
+    Ok(decode_reply::<ReportAck>(&msg.payload))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    // A processor that runs until the test releases it, so the instance stays RUNNING while
+    // the forged reports arrive.
+    let release = Arc::new(Notify::new());
+    let mut registry = ProcessorRegistry::new();
+    let gate = release.clone();
+    registry.register(
+        "hold",
+        processor_fn(move |_ctx| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                ProcessResult::ok("released")
+            }
+        }),
+    );
+    let worker = d.start_worker(d.worker_config("app", "w1"), registry).await?;
+    let mut spec = shell_job("app", "hold", "");
+    spec.processor = "hold".into();
+    let job = d.create_job(spec).await?;
+    let id = d
+        .admin
+        .call(&JobRun {
+            id: job.id,
+            params: None,
+            delay_ms: 0,
+        })
+        .await?
+        .instance_id;
+    let running = d
+        .wait_status(id, InstanceStatus::Running, Duration::from_secs(10))
+        .await;
+    assert_eq!(running.worker_id.as_deref(), Some(worker.as_str()));
+    let attempt = running.attempt;
+    let before = essence(&running);
+
+    let nats = async_nats::connect(d.nats.url()).await?;
+    let subject = d.subjects().server_status(d.server_id());
+    let forged = |attempt: i32, seq: i64, worker_id: &str, status: InstanceStatus| StatusReport {
+        instance_id: id,
+        attempt,
+        seq,
+        worker_id: worker_id.to_owned(),
+        status,
+        result: Some("forged".into()),
+        runs: None,
+        alert: false,
+        reported_at_ms: 0,
+    };
+
+    // Stale: the tracker's first report (seq 1) was applied when the instance became RUNNING.
+    let ack = send(&nats, &subject, &forged(attempt, 1, &worker, InstanceStatus::Succeeded)).await??;
+    assert_eq!(ack.action, ReportAction::Continue);
+    assert_eq!(essence(&d.instance(id).await?), before, "a stale report changed the instance");
+
+    // Another worker, with a sequence number far ahead.
+    let ack = send(&nats, &subject, &forged(attempt, 1_000_000, "w-impostor", InstanceStatus::Succeeded)).await??;
+    assert_eq!(ack.action, ReportAction::Continue);
+    let ack = send(&nats, &subject, &forged(attempt, 1_000_001, "w-impostor", InstanceStatus::Running)).await??;
+    assert_eq!(ack.action, ReportAction::Stop, "a stray tracker is told to stop");
+    assert_eq!(essence(&d.instance(id).await?), before, "a report from another worker changed the instance");
+
+    // The right worker, but another attempt (an older and a future one).
+    for other in [attempt - 1, attempt + 1] {
+        let ack = send(&nats, &subject, &forged(other, 1_000_000, &worker, InstanceStatus::Failed)).await??;
+        assert_eq!(ack.action, ReportAction::Continue);
+        assert_eq!(essence(&d.instance(id).await?), before, "a report for attempt {other} changed the instance");
+    }
+
+    // The instance is unaffected by all of that: released, it ends as its real tracker says.
+    release.notify_one();
+    let done = d.wait_terminal(id, Duration::from_secs(10)).await;
+    assert_eq!(done.status, InstanceStatus::Succeeded);
+    assert_eq!(done.result.as_deref(), Some("released"));
+    assert_eq!(done.runs, 1);
+    let after = essence(&done);
+
+    // Terminal is final, even for the right tracker and attempt.
+    let ack = send(&nats, &subject, &forged(attempt, 2_000_000, &worker, InstanceStatus::Failed)).await??;
+    assert_eq!(ack.action, ReportAction::Continue);
+    let ack = send(&nats, &subject, &forged(attempt, 2_000_001, &worker, InstanceStatus::Running)).await??;
+    assert_eq!(ack.action, ReportAction::Stop, "a RUNNING report for a terminal instance is told to stop");
+    assert_eq!(essence(&d.instance(id).await?), after, "a report after terminal changed the instance");
+
+    // A report about an instance that does not exist is acknowledged and changes nothing.
+    let mut unknown = forged(1, 1, &worker, InstanceStatus::Succeeded);
+    unknown.instance_id = id + 1_000_000;
+    let ack = send(&nats, &subject, &unknown).await??;
+    assert_eq!(ack.action, ReportAction::Continue);
+
+    d.shutdown().await;
+    Ok(())
+}
