@@ -1,0 +1,187 @@
+//! The `rota` binary as an operator uses it, against a real deployment: NATS, a database, a
+//! server and a worker. Every command runs as a separate process with `ROTA_NATS_URL` set.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rota_shared::InstanceStatus;
+use rota_shared::admin::{InstanceInfo, JobInfo};
+use rota_tests::cluster::{Deployment, SECRET};
+use rota_tests::wait;
+use rota_worker::ProcessorRegistry;
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn rota(d: &Deployment, args: &[&str]) -> Output {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(args)
+        .env("ROTA_NATS_URL", d.nats.url())
+        .env_remove("ROTA_CONFIG")
+        .env_remove("ROTA_PREFIX")
+        .output()
+        .await
+        .expect("the rota binary runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a command that must succeed and returns its standard output.
+async fn ok(d: &Deployment, args: &[&str]) -> String {
+    let out = rota(d, args).await;
+    assert_eq!(out.code, 0, "rota {args:?} failed: {}", out.stderr);
+    out.stdout
+}
+
+async fn show(d: &Deployment, id: i64) -> InstanceInfo {
+    let json = ok(d, &["--json", "instance", "show", &id.to_string()]).await;
+    serde_json::from_str(&json).expect("instance show --json prints an instance")
+}
+
+/// A deployment with app `app` created through the CLI and one worker.
+async fn deployment() -> anyhow::Result<Deployment> {
+    let mut d = Deployment::start().await?;
+    ok(&d, &["app", "create", "app", "--secret", SECRET]).await;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    Ok(d)
+}
+
+async fn create_job(d: &Deployment, extra: &[&str]) -> JobInfo {
+    let mut args = vec!["--json", "job", "create", "--app", "app", "--processor", "shell"];
+    args.extend_from_slice(extra);
+    let json = ok(d, &args).await;
+    let mut jobs: Vec<JobInfo> = serde_json::from_str(&json).expect("job create --json prints the job");
+    jobs.pop().expect("one job")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_job_output_shows_in_rota_logs() -> anyhow::Result<()> {
+    let d = deployment().await?;
+    let job = create_job(
+        &d,
+        &["--name", "tick", "--cron", "* * * * * *", "--script", r#"echo "tick $ROTA_INSTANCE_ID""#],
+    )
+    .await;
+    let id = job.id.to_string();
+    let done = wait::until("four succeeded runs", Duration::from_secs(20), || async {
+        let json = ok(&d, &["--json", "instance", "list", "--job", &id, "--status", "succeeded"]).await;
+        let list: Vec<InstanceInfo> = serde_json::from_str(&json).ok()?;
+        (list.len() >= 4).then_some(list)
+    })
+    .await;
+    ok(&d, &["job", "disable", &id]).await;
+    for i in &done {
+        let logs = ok(&d, &["logs", &i.id.to_string()]).await;
+        assert!(
+            logs.contains(&format!("tick {}", i.id)),
+            "rota logs {} does not show the run's output: {logs}",
+            i.id
+        );
+    }
+    // The human table lists the job with its schedule.
+    let table = ok(&d, &["job", "list", "--app", "app"]).await;
+    assert!(table.contains("cron * * * * * *") && table.contains("tick"), "{table}");
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_run_parameters_reach_the_processor_and_the_result_shows() -> anyhow::Result<()> {
+    let d = deployment().await?;
+    let job = create_job(&d, &["--name", "echo", "--api", "--script", r#"echo "got $ROTA_INSTANCE_PARAMS""#]).await;
+    let out = ok(&d, &["job", "run", &job.id.to_string(), "--params", "color=blue"]).await;
+    let id: i64 = out
+        .trim()
+        .strip_prefix("started instance ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output of job run: {out:?}"));
+    wait::until("the run to finish", Duration::from_secs(15), || async {
+        show(&d, id).await.status.is_terminal().then_some(())
+    })
+    .await;
+    let inst = show(&d, id).await;
+    assert_eq!(inst.status, InstanceStatus::Succeeded);
+    assert_eq!(inst.instance_params.as_deref(), Some("color=blue"));
+    assert_eq!(inst.result.as_deref(), Some("got color=blue"));
+    let table = ok(&d, &["instance", "show", &id.to_string()]).await;
+    assert!(table.contains("got color=blue") && table.contains("SUCCEEDED"), "{table}");
+    d.shutdown().await;
+    Ok(())
+}
+
+fn group_alive(pgid: i32) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_stop_kills_the_process_group() -> anyhow::Result<()> {
+    let d = deployment().await?;
+    let dir = tempfile::tempdir()?;
+    let pid_file = dir.path().join("pid");
+    let script = format!("echo $$ > {}; sleep 600 & sleep 600", pid_file.display());
+    let job = create_job(&d, &["--name", "sleeper", "--api", "--script", &script]).await;
+    let out = ok(&d, &["job", "run", &job.id.to_string()]).await;
+    let id = out.trim().trim_start_matches("started instance ").to_owned();
+    let pgid = wait::until("the job to write its pid", Duration::from_secs(15), || async {
+        read_pid(&pid_file)
+    })
+    .await;
+    wait::until("the instance to be RUNNING", Duration::from_secs(10), || async {
+        (show(&d, id.parse().ok()?).await.status == InstanceStatus::Running).then_some(())
+    })
+    .await;
+    assert!(group_alive(pgid));
+
+    let stopped = ok(&d, &["--json", "instance", "stop", &id]).await;
+    let stopped: InstanceInfo = serde_json::from_str(&stopped)?;
+    assert_eq!(stopped.status, InstanceStatus::Stopped);
+    wait::until("the process group to be gone", Duration::from_secs(10), || async {
+        (!group_alive(pgid)).then_some(())
+    })
+    .await;
+    // The worker's own report of the stop came later and changed nothing.
+    assert_eq!(show(&d, stopped.id).await.status, InstanceStatus::Stopped);
+    let again = rota(&d, &["instance", "stop", &id]).await;
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("CONFLICT"), "{}", again.stderr);
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_one_clear_line_and_a_nonzero_exit() -> anyhow::Result<()> {
+    let d = Deployment::start().await?;
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["job", "show", "424242"], 1, "NOT_FOUND"),
+        (&["job", "create", "--app", "nope", "--name", "x", "--api", "--processor", "shell"], 1, "NOT_FOUND"),
+        (&["app", "create", "bad name", "--secret", "s"], 1, "INVALID_ARGUMENT"),
+        (&["instance", "list", "--status", "dancing"], 1, "unknown status"),
+        (&["job", "run", "seven"], 2, "invalid value"),
+        (&["job", "create", "--app", "a"], 2, "--name"),
+        (&["--config", "/nonexistent/rota.toml", "app", "list"], 1, "cannot read config file"),
+        (&["--nats-url", "nats://127.0.0.1:1", "app", "list"], 1, "cannot connect to NATS"),
+    ];
+    ok(&d, &["app", "create", "a", "--secret", "s"]).await;
+    let bad_cron = rota(&d, &["job", "create", "--app", "a", "--name", "x", "--cron", "61 * * * * *", "--processor", "shell"]).await;
+    assert_eq!(bad_cron.code, 1);
+    assert!(bad_cron.stderr.contains("INVALID_ARGUMENT") && bad_cron.stderr.contains("CRON"), "{}", bad_cron.stderr);
+    for (args, code, needle) in cases {
+        let out = rota(&d, args).await;
+        assert_eq!(out.code, *code, "rota {args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "rota {args:?} printed more than one line: {}", out.stderr);
+        assert!(out.stderr.contains(needle), "rota {args:?}: {:?} lacks {needle:?}", out.stderr);
+    }
+    d.shutdown().await;
+    Ok(())
+}

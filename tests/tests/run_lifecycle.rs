@@ -1,0 +1,490 @@
+//! DESIGN §4 end to end: what happens to one instance from the moment it is run until it is
+//! final. Parameters reach the processor, a failing job is retried at its delay and then fails
+//! for good, a timeout and an operator's stop kill the whole shell process group, and
+//! `max_instances` either cancels or queues the extra instance, as the job's overlap policy says.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::killpg;
+use nix::unistd::Pid;
+use rota_shared::InstanceStatus;
+use rota_shared::admin::{InstanceId, InstanceStop, JobRun, OverlapPolicy, WorkerList};
+use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::wait::{self, POLL_INTERVAL};
+use rota_worker::{ProcessResult, ProcessorRegistry, TaskContext, processor_fn};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Runs a job now and returns the new instance's id.
+async fn run(d: &Deployment, job_id: i64, params: Option<&str>) -> anyhow::Result<i64> {
+    Ok(d.admin
+        .call(&JobRun {
+            id: job_id,
+            params: params.map(str::to_owned),
+            delay_ms: 0,
+        })
+        .await?
+        .instance_id)
+}
+
+/// The live (not zombie) processes of a process group, found by scanning `/proc`.
+///
+/// A process whose parent has died is re-parented to PID 1, which in this environment may never
+/// reap it, so a killed process can linger as a zombie. A zombie runs nothing, so it counts as
+/// gone; that is why the group's members are read from `/proc` rather than only probed with a
+/// signal (a signal to a group of zombies still succeeds).
+fn live_group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut members = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // The process may have ended since the directory was listed; it is then not a member.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may itself hold spaces or parentheses, so the
+        // fields are read after the last ')': state, ppid, pgrp, …
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(state), Some(pgrp)) = (fields.first(), fields.get(2)) else {
+            continue;
+        };
+        if pgrp.parse::<i32>().ok() == Some(pgid) && !matches!(*state, "Z" | "X") {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+/// Whether no process of the group runs any more.
+fn group_is_gone(pgid: i32) -> bool {
+    match killpg(Pid::from_raw(pgid), None) {
+        Err(Errno::ESRCH) => true,
+        // Only zombies may be left, which run nothing.
+        _ => live_group_members(pgid).is_empty(),
+    }
+}
+
+/// Waits until the shell script has written its process id (`$$`, the group leader's id, which
+/// is the process group id) to `path`, and returns it.
+async fn read_pid_file(path: &Path) -> i32 {
+    wait::until(
+        &format!("the shell to write its pid to {}", path.display()),
+        Duration::from_secs(10),
+        || async {
+            let text = tokio::fs::read_to_string(path).await.ok()?;
+            text.trim().parse::<i32>().ok()
+        },
+    )
+    .await
+}
+
+/// Waits until every process of the group has ended.
+async fn wait_group_gone(pgid: i32, timeout: Duration) {
+    wait::until(
+        &format!("process group {pgid} to be gone"),
+        timeout,
+        || async move { group_is_gone(pgid).then_some(()) },
+    )
+    .await;
+}
+
+/// Checks `probe` every [`POLL_INTERVAL`] for the whole of `window` and panics with its message
+/// the first time it fails. This observes that something does *not* happen for a while (an
+/// instance that must not be dispatched); the window is chosen to span several of the server's
+/// dispatch retries, so a wrong dispatch would be seen.
+async fn holds_for<F, Fut>(what: &str, window: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let end = Instant::now() + window;
+    loop {
+        if let Err(why) = probe().await {
+            panic!("{what} stopped holding: {why}");
+        }
+        if Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Waits until the worker reports that it runs nothing. A tracker only leaves the worker's
+/// list once its terminal report has been acknowledged, so afterwards every report about the
+/// instances the worker ran has reached the server.
+async fn wait_worker_idle(d: &Deployment, app: &str, worker_id: &str) {
+    wait::until(
+        &format!("worker {worker_id} to run nothing"),
+        Duration::from_secs(15),
+        || async {
+            let list = d
+                .admin
+                .call(&WorkerList {
+                    app: Some(app.to_owned()),
+                })
+                .await
+                .ok()?;
+            list.iter()
+                .any(|w| w.worker_id == worker_id && w.running == 0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_run_parameters_reach_the_processor() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    // The processor logs the parameters verbatim (not Debug-escaped) and returns them, so both
+    // the result and the log show exactly what it received.
+    let mut registry = ProcessorRegistry::new();
+    registry.register(
+        "echo",
+        processor_fn(|ctx: TaskContext| async move {
+            let params = ctx.instance_params.clone().unwrap_or_default();
+            ctx.info(format!("params {params}"));
+            ProcessResult::ok(params)
+        }),
+    );
+    d.start_worker(d.worker_config("app", "w1"), registry).await?;
+    let mut spec = shell_job("app", "echo", "");
+    spec.processor = "echo".into();
+    let job = d.create_job(spec).await?;
+
+    let id = run(&d, job.id, Some(r#"{"n":42}"#)).await?;
+    let done = d.wait_terminal(id, Duration::from_secs(15)).await;
+    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result.as_deref(), Some(r#"{"n":42}"#), "{done:?}");
+    assert_eq!(done.instance_params.as_deref(), Some(r#"{"n":42}"#));
+    assert_eq!(done.worker_id.as_deref(), Some("w1"));
+    assert_eq!(done.runs, 1);
+
+    // The tracker flushes the log before its terminal report, so the line is stored by now.
+    let logs = d.logs(id).await?;
+    assert!(
+        logs.iter().any(|l| l.text.contains(r#"params {"n":42}"#)),
+        "no log line shows the parameters: {logs:?}"
+    );
+
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_job_retries_at_its_delay_and_ends_failed_after_three_runs() -> anyhow::Result<()>
+{
+    const DELAY_MS: i64 = 1_500;
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    let mut spec = shell_job("app", "fails", r#"echo "run $ROTA_ATTEMPT"; exit 3"#);
+    spec.max_retries = 2;
+    spec.retry_delay_ms = DELAY_MS as u64;
+    let job = d.create_job(spec).await?;
+
+    let id = run(&d, job.id, None).await?;
+    let done = d.wait_terminal(id, Duration::from_secs(30)).await;
+    assert_eq!(done.status, InstanceStatus::Failed, "{done:?}");
+    assert_eq!(done.runs, 3, "one run and two retries: {done:?}");
+    let result = done.result.clone().unwrap_or_default();
+    assert!(
+        result.starts_with("exit status 3"),
+        "unexpected result {result:?}"
+    );
+
+    // Each run logged one "run N" line, tagged with its own attempt; the script printed the
+    // attempt it was given, which must agree with the attempt the log line is stored under.
+    let mut runs: Vec<_> = d
+        .logs(id)
+        .await?
+        .into_iter()
+        .filter(|l| l.text.starts_with("run "))
+        .collect();
+    assert_eq!(runs.len(), 3, "expected three runs in the log: {runs:?}");
+    runs.sort_by_key(|l| l.ts_ms);
+    for line in &runs {
+        assert_eq!(
+            line.text,
+            format!("run {}", line.attempt),
+            "the script saw another attempt than the log line records"
+        );
+    }
+    let mut attempts: Vec<i32> = runs.iter().map(|l| l.attempt).collect();
+    attempts.dedup();
+    assert_eq!(attempts.len(), 3, "three distinct attempts: {runs:?}");
+    assert!(
+        attempts.windows(2).all(|w| w[0] < w[1]),
+        "attempts rise run by run: {runs:?}"
+    );
+    assert_eq!(done.attempt, attempts[2], "the final attempt is the last run's");
+
+    // A retry fires its delay after the failure was reported, and the failure is reported after
+    // the run's line was written, so consecutive runs are at least the delay apart; the upper
+    // bound allows for a loaded machine but would catch a retry that waited for anything else
+    // (a reconcile pass, a second delay).
+    for pair in runs.windows(2) {
+        let gap = pair[1].ts_ms - pair[0].ts_ms;
+        assert!(
+            (DELAY_MS..=DELAY_MS + 2_500).contains(&gap),
+            "runs {} ms apart, expected {DELAY_MS}..={} ms: {runs:?}",
+            gap,
+            DELAY_MS + 2_500
+        );
+    }
+
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let pid_file = dir.path().join("pid");
+    // The background sleep is a grandchild the shell does not wait for: only killing the whole
+    // group ends it.
+    let script = format!(
+        "echo $$ > '{}'; sleep 600 & sleep 600",
+        pid_file.display()
+    );
+    let mut spec = shell_job("app", "slow", &script);
+    spec.timeout_ms = 1_000;
+    let job = d.create_job(spec).await?;
+
+    let id = run(&d, job.id, None).await?;
+    let pgid = read_pid_file(&pid_file).await;
+    // The background sleep runs in the group besides the shell (or the foreground sleep, should
+    // the shell exec it), so the check below that the group is gone is about more than the one
+    // process the worker waits for.
+    let members = wait::until(
+        &format!("process group {pgid} to hold the shell's processes"),
+        Duration::from_secs(5),
+        || async move {
+            let members = live_group_members(pgid);
+            (members.len() >= 2).then_some(members)
+        },
+    )
+    .await;
+
+    let done = d.wait_terminal(id, Duration::from_secs(15)).await;
+    assert_eq!(done.status, InstanceStatus::Failed, "{done:?}");
+    assert_eq!(
+        done.result.as_deref(),
+        Some("timeout: exceeded 1000 ms"),
+        "{done:?}"
+    );
+    let started = done.started_at_ms.expect("a run that started has a start time");
+    let finished = done.finished_at_ms.expect("a final instance has a finish time");
+    assert!(
+        finished - started <= 3_000,
+        "a 1 s timeout took {} ms to end the instance",
+        finished - started
+    );
+
+    wait_group_gone(pgid, Duration::from_secs(5)).await;
+    assert!(
+        members.iter().all(|pid| !live_group_members(pgid).contains(pid)),
+        "a member of {members:?} is still alive"
+    );
+
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_a_running_shell_job() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > '{}'; echo started; sleep 600",
+        pid_file.display()
+    );
+    let job = d.create_job(shell_job("app", "forever", &script)).await?;
+
+    let id = run(&d, job.id, None).await?;
+    d.wait_status(id, InstanceStatus::Running, Duration::from_secs(15))
+        .await;
+    let pgid = read_pid_file(&pid_file).await;
+    assert!(!group_is_gone(pgid), "the script's group runs before the stop");
+
+    let stopped = d.admin.call(&InstanceStop(InstanceId { id })).await?;
+    assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
+    assert!(stopped.finished_at_ms.is_some(), "{stopped:?}");
+
+    wait_group_gone(pgid, Duration::from_secs(10)).await;
+    // The worker sends its own terminal report after killing the group; once it runs nothing,
+    // that report has been acknowledged, so the re-read below sees whatever it did.
+    wait_worker_idle(&d, "app", "w1").await;
+    let after = d.instance(id).await?;
+    assert_eq!(after.status, InstanceStatus::Stopped, "{after:?}");
+    assert_eq!(
+        (&after.result, after.finished_at_ms, after.attempt, after.runs),
+        (
+            &stopped.result,
+            stopped.finished_at_ms,
+            stopped.attempt,
+            stopped.runs
+        ),
+        "the worker's later report changed a stopped instance"
+    );
+
+    d.shutdown().await;
+    Ok(())
+}
+
+/// A registry with the processor "wait": it runs until the instance is cancelled (by a stop or
+/// a timeout), so that the instance stays RUNNING as long as a test needs.
+fn registry_waiting_for_cancellation() -> ProcessorRegistry {
+    let mut registry = ProcessorRegistry::new();
+    registry.register(
+        "wait",
+        processor_fn(|ctx: TaskContext| async move {
+            ctx.cancellation().cancelled().await;
+            ProcessResult::failed("cancelled")
+        }),
+    );
+    registry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_instances_skip_cancels_the_extra_fire() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), registry_waiting_for_cancellation())
+        .await?;
+    let mut spec = shell_job("app", "single", "");
+    spec.processor = "wait".into();
+    spec.max_instances = 1;
+    spec.overlap = OverlapPolicy::Skip;
+    let job = d.create_job(spec).await?;
+
+    let first = run(&d, job.id, None).await?;
+    d.wait_status(first, InstanceStatus::Running, Duration::from_secs(15))
+        .await;
+    let second = run(&d, job.id, None).await?;
+    let skipped = d.wait_terminal(second, Duration::from_secs(15)).await;
+    assert_eq!(skipped.status, InstanceStatus::Canceled, "{skipped:?}");
+    let reason = skipped.result.clone().unwrap_or_default();
+    assert!(
+        reason.contains("max_instances"),
+        "the reason should name max_instances: {reason:?}"
+    );
+    assert_eq!(
+        (skipped.attempt, skipped.runs, skipped.worker_id.as_deref()),
+        (0, 0, None),
+        "the skipped instance was never dispatched: {skipped:?}"
+    );
+    let still = d.instance(first).await?;
+    assert_eq!(
+        still.status,
+        InstanceStatus::Running,
+        "the first instance is untouched by the skip: {still:?}"
+    );
+
+    let stopped = d.admin.call(&InstanceStop(InstanceId { id: first })).await?;
+    assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
+    wait_worker_idle(&d, "app", "w1").await;
+
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_instances_queue_waits_for_a_free_slot() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    // The gate is a watch rather than a Notify, so that it stays open once released: the
+    // queued instance, which starts only after the release, must pass it too.
+    let (release, gate) = watch::channel(false);
+    let mut registry = ProcessorRegistry::new();
+    registry.register(
+        "gate",
+        processor_fn(move |ctx: TaskContext| {
+            let mut gate = gate.clone();
+            async move {
+                let cancel = ctx.cancellation();
+                tokio::select! {
+                    open = gate.wait_for(|open| *open) => match open {
+                        Ok(_) => ProcessResult::ok("released"),
+                        Err(_) => ProcessResult::failed("the test dropped the gate"),
+                    },
+                    () = cancel.cancelled() => ProcessResult::failed("cancelled"),
+                }
+            }
+        }),
+    );
+    d.start_worker(d.worker_config("app", "w1"), registry).await?;
+    let mut spec = shell_job("app", "queued", "");
+    spec.processor = "gate".into();
+    spec.max_instances = 1;
+    spec.overlap = OverlapPolicy::Queue;
+    let job = d.create_job(spec).await?;
+
+    let first = run(&d, job.id, None).await?;
+    let second = run(&d, job.id, None).await?;
+    let running = d
+        .wait_status(first, InstanceStatus::Running, Duration::from_secs(15))
+        .await;
+    assert_eq!(running.worker_id.as_deref(), Some("w1"));
+
+    // The server looks at a queued instance again every second; over three seconds it has
+    // several chances to dispatch the second instance wrongly, and must not.
+    holds_for(
+        "the second instance waiting while the first runs",
+        Duration::from_secs(3),
+        || async {
+            let s = d.instance(second).await.map_err(|e| e.to_string())?;
+            let f = d.instance(first).await.map_err(|e| e.to_string())?;
+            if f.status != InstanceStatus::Running {
+                return Err(format!("the first is not RUNNING: {f:?}"));
+            }
+            if s.status != InstanceStatus::WaitingDispatch || s.attempt != 0 {
+                return Err(format!("the second left WAITING_DISPATCH: {s:?}"));
+            }
+            Ok(())
+        },
+    )
+    .await;
+
+    release.send(true)?;
+    let first_done = d.wait_terminal(first, Duration::from_secs(15)).await;
+    let second_done = d.wait_terminal(second, Duration::from_secs(15)).await;
+    for done in [&first_done, &second_done] {
+        assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+        assert_eq!(done.result.as_deref(), Some("released"), "{done:?}");
+        assert_eq!(done.runs, 1, "{done:?}");
+    }
+    let first_finished = first_done.finished_at_ms.expect("finished");
+    let second_started = second_done.started_at_ms.expect("started");
+    assert!(
+        second_started >= first_finished,
+        "the queued instance started at {second_started}, before the first finished at \
+         {first_finished}"
+    );
+
+    d.shutdown().await;
+    Ok(())
+}

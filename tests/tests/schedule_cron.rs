@@ -1,0 +1,110 @@
+//! Scheduling end to end: CRON jobs with a seconds field and one-shot jobs fire on time, once
+//! per fire time, and their runs succeed with their output stored.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rota_shared::InstanceStatus;
+use rota_shared::admin::{InstanceInfo, InstanceList, JobDisable, JobId, JobShow};
+use rota_shared::schedule::Schedule;
+use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::wait;
+use rota_worker::ProcessorRegistry;
+
+async fn instances_of(d: &Deployment, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
+    Ok(d
+        .admin
+        .call(&InstanceList {
+            job_id: Some(job_id),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    let mut spec = shell_job("app", "tick", r#"echo "tick $ROTA_INSTANCE_ID""#);
+    spec.schedule = Schedule::Cron {
+        expression: "* * * * * *".into(),
+        time_zone: Some("Europe/Berlin".into()),
+    };
+    let job = d.create_job(spec).await?;
+
+    // Five fires in a row must have finished; the first four lie within five seconds.
+    let finished = wait::until("five finished fires", Duration::from_secs(20), || async {
+        let mut list = instances_of(&d, job.id).await.ok()?;
+        list.retain(|i| i.status.is_terminal());
+        (list.len() >= 5).then_some(list)
+    })
+    .await;
+    d.admin.call(&JobDisable(JobId { id: job.id })).await?;
+
+    let mut fires: Vec<&InstanceInfo> = finished.iter().collect();
+    fires.sort_by_key(|i| i.expected_trigger_time_ms);
+    let first = fires[0].expected_trigger_time_ms.expect("a scheduled fire has a fire time");
+    let in_window: Vec<&&InstanceInfo> = fires
+        .iter()
+        .filter(|i| i.expected_trigger_time_ms.is_some_and(|t| t < first + 5_000))
+        .collect();
+    assert!(in_window.len() >= 4, "only {} runs in the first 5 s: {fires:#?}", in_window.len());
+    for i in &in_window {
+        assert_eq!(i.status, InstanceStatus::Succeeded, "{i:?}");
+        let fire = i.expected_trigger_time_ms.unwrap_or_default();
+        assert_eq!(fire % 1000, 0, "CRON fires on whole seconds: {i:?}");
+        let started = i.started_at_ms.expect("a succeeded instance has started");
+        // Runs start at their fire time; the bound only has to absorb a loaded 2-core machine.
+        assert!(
+            (fire..fire + 2_000).contains(&started),
+            "instance {} started {} ms after its fire time",
+            i.id,
+            started - fire
+        );
+        let logs = d.logs(i.id).await?;
+        assert!(
+            logs.iter().any(|l| l.text == format!("tick {}", i.id)),
+            "output of instance {} missing from its log: {logs:?}",
+            i.id
+        );
+    }
+    // A fire time never has two instances.
+    let all = instances_of(&d, job.id).await?;
+    let distinct: HashSet<Option<i64>> = all.iter().map(|i| i.expected_trigger_time_ms).collect();
+    assert_eq!(distinct.len(), all.len(), "a fire time has two instances");
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_job_fires_once_at_its_time() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    // A whole second at least 2 s ahead, so the instance is created before it is due.
+    let at_ms = (chrono::Utc::now().timestamp_millis() / 1000 + 3) * 1000;
+    let mut spec = shell_job("app", "once", "echo once");
+    spec.schedule = Schedule::At { at_ms };
+    let job = d.create_job(spec).await?;
+    assert_eq!(job.next_trigger_time_ms, Some(at_ms));
+
+    let done = wait::until("the one-shot run", Duration::from_secs(15), || async {
+        let list = instances_of(&d, job.id).await.ok()?;
+        list.into_iter().find(|i| i.status.is_terminal())
+    })
+    .await;
+    assert_eq!(done.status, InstanceStatus::Succeeded);
+    assert_eq!(done.expected_trigger_time_ms, Some(at_ms));
+    let started = done.started_at_ms.unwrap_or_default();
+    assert!((at_ms..at_ms + 2_000).contains(&started), "started {} ms after its time", started - at_ms);
+    // Its schedule is used up: no next fire is stored and the fire made one instance.
+    let job = d.admin.call(&JobShow(JobId { id: job.id })).await?;
+    assert_eq!(job.next_trigger_time_ms, None);
+    assert_eq!(instances_of(&d, job.id).await?.len(), 1);
+    d.shutdown().await;
+    Ok(())
+}
