@@ -55,8 +55,9 @@ fn schedule_of(fields: &JobFields) -> anyhow::Result<Option<Schedule>> {
         }));
     }
     if let Some(at) = &fields.at {
-        let t = chrono::DateTime::parse_from_rfc3339(at)
-            .map_err(|e| anyhow!("invalid --at {at:?}: {e} (use RFC 3339, e.g. 2026-12-01T09:00:00Z)"))?;
+        let t = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
+            anyhow!("invalid --at {at:?}: {e} (use RFC 3339, e.g. 2026-12-01T09:00:00Z)")
+        })?;
         return Ok(Some(Schedule::At {
             at_ms: t.timestamp_millis(),
         }));
@@ -66,15 +67,19 @@ fn schedule_of(fields: &JobFields) -> anyhow::Result<Option<Schedule>> {
 
 fn overlap_of(s: &Option<String>) -> anyhow::Result<Option<OverlapPolicy>> {
     s.as_deref()
-        .map(|v| OverlapPolicy::parse(v).ok_or_else(|| anyhow!("invalid --overlap {v:?}: use skip or queue")))
+        .map(|v| {
+            OverlapPolicy::parse(v)
+                .ok_or_else(|| anyhow!("invalid --overlap {v:?}: use skip or queue"))
+        })
         .transpose()
 }
 
 fn dispatch_of(s: &Option<String>) -> anyhow::Result<Option<DispatchStrategy>> {
     s.as_deref()
         .map(|v| {
-            DispatchStrategy::parse(v)
-                .ok_or_else(|| anyhow!("invalid --dispatch {v:?}: use health-first, random or round-robin"))
+            DispatchStrategy::parse(v).ok_or_else(|| {
+                anyhow!("invalid --dispatch {v:?}: use health-first, random or round-robin")
+            })
         })
         .transpose()
 }
@@ -192,7 +197,15 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
     println!(
         "{}",
         render(
-            &["ID", "APP", "NAME", "SCHEDULE", "PROCESSOR", "ENABLED", "NEXT FIRE"],
+            &[
+                "ID",
+                "APP",
+                "NAME",
+                "SCHEDULE",
+                "PROCESSOR",
+                "ENABLED",
+                "NEXT FIRE"
+            ],
             &rows
         )
     );
@@ -207,7 +220,10 @@ fn schedule_text(s: &Schedule) -> String {
             time_zone,
         } => format!(
             "cron {expression}{}",
-            time_zone.as_deref().map(|z| format!(" ({z})")).unwrap_or_default()
+            time_zone
+                .as_deref()
+                .map(|z| format!(" ({z})"))
+                .unwrap_or_default()
         ),
         Schedule::At { at_ms } => format!("at {}", time(Some(*at_ms))),
         Schedule::FixedRate { interval_ms } => format!("every {interval_ms} ms"),
@@ -245,10 +261,9 @@ pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Resu
     if let InstanceCommand::List {
         status: Some(s), ..
     } = &cmd
+        && InstanceStatus::parse(s).is_none()
     {
-        if InstanceStatus::parse(s).is_none() {
-            anyhow::bail!("unknown status {s:?}: use a name such as RUNNING or a code such as 3");
-        }
+        anyhow::bail!("unknown status {s:?}: use a name such as RUNNING or a code such as 3");
     }
     let c = client(settings).await?;
     match cmd {
@@ -290,7 +305,10 @@ pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Resu
             println!(
                 "{}",
                 render(
-                    &["ID", "JOB", "NAME", "STATUS", "TRIGGER", "RUNS", "WORKER", "STARTED", "FINISHED", "RESULT"],
+                    &[
+                        "ID", "JOB", "NAME", "STATUS", "TRIGGER", "RUNS", "WORKER", "STARTED",
+                        "FINISHED", "RESULT"
+                    ],
                     &rows
                 )
             );
@@ -391,7 +409,18 @@ pub async fn workers(settings: &Settings, app: Option<String>) -> anyhow::Result
         .collect::<Vec<_>>();
     println!(
         "{}",
-        render(&["WORKER", "APP", "TAGS", "PROCESSORS", "RUNNING", "HEALTH", "LAST SEEN"], &rows)
+        render(
+            &[
+                "WORKER",
+                "APP",
+                "TAGS",
+                "PROCESSORS",
+                "RUNNING",
+                "HEALTH",
+                "LAST SEEN"
+            ],
+            &rows
+        )
     );
     Ok(())
 }
@@ -414,6 +443,12 @@ pub async fn servers(settings: &Settings) -> anyhow::Result<()> {
             ]
         })
         .collect::<Vec<_>>();
-    println!("{}", render(&["SERVER", "VERSION", "ALIVE", "STARTED", "LAST SEEN"], &rows));
+    println!(
+        "{}",
+        render(
+            &["SERVER", "VERSION", "ALIVE", "STARTED", "LAST SEEN"],
+            &rows
+        )
+    );
     Ok(())
 }

@@ -49,7 +49,7 @@ pub enum Command {
     App(AppCommand),
     /// Jobs: create, update, list, show, run, enable, disable, delete.
     #[command(subcommand)]
-    Job(JobCommand),
+    Job(Box<JobCommand>),
     /// Instances: list, show, stop, retry.
     #[command(subcommand)]
     Instance(InstanceCommand),
@@ -215,7 +215,9 @@ pub enum JobCommand {
         app: Option<String>,
     },
     /// Show one job.
-    Show { id: i64 },
+    Show {
+        id: i64,
+    },
     /// Run a job now.
     Run {
         id: i64,
@@ -226,9 +228,15 @@ pub enum JobCommand {
         #[arg(long, value_parser = crate::duration::parse_ms)]
         delay: Option<u64>,
     },
-    Enable { id: i64 },
-    Disable { id: i64 },
-    Delete { id: i64 },
+    Enable {
+        id: i64,
+    },
+    Disable {
+        id: i64,
+    },
+    Delete {
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,11 +253,17 @@ pub enum InstanceCommand {
         #[arg(long)]
         limit: Option<u64>,
     },
-    Show { id: i64 },
+    Show {
+        id: i64,
+    },
     /// Stop a live instance (its worker kills the work).
-    Stop { id: i64 },
+    Stop {
+        id: i64,
+    },
     /// Run a finished instance again, as a new instance.
-    Retry { id: i64 },
+    Retry {
+        id: i64,
+    },
 }
 
 #[derive(Debug, Args)]

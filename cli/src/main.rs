@@ -46,7 +46,10 @@ fn main() -> ExitCode {
             | Command::Worker(args::WorkerArgs { list: None, .. })
     );
     init_tracing(long_running);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -95,7 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Dev(args) => run::dev(&settings, explicit_nats, args).await,
         Command::App(cmd) => admin::app(&settings, cmd).await,
-        Command::Job(cmd) => admin::job(&settings, cmd).await,
+        Command::Job(cmd) => admin::job(&settings, *cmd).await,
         Command::Instance(cmd) => admin::instance(&settings, cmd).await,
         Command::Logs(args) => admin::logs(&settings, args).await,
     }

@@ -51,7 +51,11 @@ fn server_config(settings: &Settings, server_id: Option<String>) -> ServerConfig
     }
 }
 
-pub async fn server(settings: &Settings, file: &FileConfig, args: ServerArgs) -> anyhow::Result<()> {
+pub async fn server(
+    settings: &Settings,
+    file: &FileConfig,
+    args: ServerArgs,
+) -> anyhow::Result<()> {
     let server_id = args.server_id.or_else(|| file.server_id.clone());
     let handle = Server::start(server_config(settings, server_id)).await?;
     eprintln!("rota server {} is running (Ctrl-C to stop)", handle.id());
@@ -61,7 +65,11 @@ pub async fn server(settings: &Settings, file: &FileConfig, args: ServerArgs) ->
     Ok(())
 }
 
-pub async fn worker(settings: &Settings, file: &FileConfig, args: WorkerArgs) -> anyhow::Result<()> {
+pub async fn worker(
+    settings: &Settings,
+    file: &FileConfig,
+    args: WorkerArgs,
+) -> anyhow::Result<()> {
     let fw = &file.worker;
     let config = WorkerConfig {
         nats_url: settings.nats_url.clone(),
@@ -92,7 +100,10 @@ pub async fn worker(settings: &Settings, file: &FileConfig, args: WorkerArgs) ->
         handle.server_id()
     );
     stop_signal().await;
-    eprintln!("stopping worker {}: finishing running work", handle.worker_id());
+    eprintln!(
+        "stopping worker {}: finishing running work",
+        handle.worker_id()
+    );
     handle.shutdown().await;
     Ok(())
 }
@@ -124,7 +135,9 @@ fn nats_server_binary() -> anyhow::Result<PathBuf> {
 }
 
 async fn start_dev_nats(dir: &Path) -> anyhow::Result<DevNats> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let bin = nats_server_binary()?;
     let child = Command::new(&bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
@@ -147,7 +160,10 @@ async fn start_dev_nats(dir: &Path) -> anyhow::Result<DevNats> {
         .is_err()
     {
         if tokio::time::Instant::now() > deadline {
-            bail!("nats-server did not start on port {port} within 10 s (see {})", dir.join("nats.log").display());
+            bail!(
+                "nats-server did not start on port {port} within 10 s (see {})",
+                dir.join("nats.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -204,8 +220,7 @@ async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
 
 pub async fn dev(settings: &Settings, explicit_nats: bool, args: DevArgs) -> anyhow::Result<()> {
     let dir = args.data_dir.unwrap_or_else(|| PathBuf::from(".rota-dev"));
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (nats_url, _nats) = if explicit_nats {
         (settings.nats_url.clone(), None)
     } else {
@@ -237,7 +252,12 @@ pub async fn dev(settings: &Settings, explicit_nats: bool, args: DevArgs) -> any
     )
     .await?;
 
-    println!("Rota dev is running: server {}, worker {}, SQLite at {}", server.id(), worker.worker_id(), db_path.display());
+    println!(
+        "Rota dev is running: server {}, worker {}, SQLite at {}",
+        server.id(),
+        worker.worker_id(),
+        db_path.display()
+    );
     println!("The demo job {DEMO_JOB:?} (id {job_id}) runs a shell script every 5 seconds.");
     println!("In another terminal:");
     println!("  export ROTA_NATS_URL={nats_url}");
@@ -269,7 +289,9 @@ async fn follow_demo(admin: &AdminClient, job_id: i64, runs: Option<u32>) -> any
             .map_err(|e: ClientError| anyhow!(e))?;
         let mut done: Vec<&InstanceInfo> = list
             .iter()
-            .filter(|i| i.status.is_terminal() && i.created_at_ms >= started && !shown.contains(&i.id))
+            .filter(|i| {
+                i.status.is_terminal() && i.created_at_ms >= started && !shown.contains(&i.id)
+            })
             .collect();
         done.sort_by_key(|i| i.id);
         for i in done {

@@ -46,7 +46,10 @@ mod tests {
     fn columns_align() {
         let t = render(
             &["ID", "NAME"],
-            &[vec!["1".into(), "a".into()], vec!["100".into(), "bb".into()]],
+            &[
+                vec!["1".into(), "a".into()],
+                vec!["100".into(), "bb".into()],
+            ],
         );
         assert_eq!(t, "ID   NAME\n1    a\n100  bb");
         assert_eq!(time(Some(0)), "1970-01-01 00:00:00.000Z");

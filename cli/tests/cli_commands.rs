@@ -54,10 +54,19 @@ async fn deployment() -> anyhow::Result<Deployment> {
 }
 
 async fn create_job(d: &Deployment, extra: &[&str]) -> JobInfo {
-    let mut args = vec!["--json", "job", "create", "--app", "app", "--processor", "shell"];
+    let mut args = vec![
+        "--json",
+        "job",
+        "create",
+        "--app",
+        "app",
+        "--processor",
+        "shell",
+    ];
     args.extend_from_slice(extra);
     let json = ok(d, &args).await;
-    let mut jobs: Vec<JobInfo> = serde_json::from_str(&json).expect("job create --json prints the job");
+    let mut jobs: Vec<JobInfo> =
+        serde_json::from_str(&json).expect("job create --json prints the job");
     jobs.pop().expect("one job")
 }
 
@@ -66,12 +75,31 @@ async fn cron_job_output_shows_in_rota_logs() -> anyhow::Result<()> {
     let d = deployment().await?;
     let job = create_job(
         &d,
-        &["--name", "tick", "--cron", "* * * * * *", "--script", r#"echo "tick $ROTA_INSTANCE_ID""#],
+        &[
+            "--name",
+            "tick",
+            "--cron",
+            "* * * * * *",
+            "--script",
+            r#"echo "tick $ROTA_INSTANCE_ID""#,
+        ],
     )
     .await;
     let id = job.id.to_string();
     let done = wait::until("four succeeded runs", Duration::from_secs(20), || async {
-        let json = ok(&d, &["--json", "instance", "list", "--job", &id, "--status", "succeeded"]).await;
+        let json = ok(
+            &d,
+            &[
+                "--json",
+                "instance",
+                "list",
+                "--job",
+                &id,
+                "--status",
+                "succeeded",
+            ],
+        )
+        .await;
         let list: Vec<InstanceInfo> = serde_json::from_str(&json).ok()?;
         (list.len() >= 4).then_some(list)
     })
@@ -87,7 +115,10 @@ async fn cron_job_output_shows_in_rota_logs() -> anyhow::Result<()> {
     }
     // The human table lists the job with its schedule.
     let table = ok(&d, &["job", "list", "--app", "app"]).await;
-    assert!(table.contains("cron * * * * * *") && table.contains("tick"), "{table}");
+    assert!(
+        table.contains("cron * * * * * *") && table.contains("tick"),
+        "{table}"
+    );
     d.shutdown().await;
     Ok(())
 }
@@ -95,8 +126,22 @@ async fn cron_job_output_shows_in_rota_logs() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_run_parameters_reach_the_processor_and_the_result_shows() -> anyhow::Result<()> {
     let d = deployment().await?;
-    let job = create_job(&d, &["--name", "echo", "--api", "--script", r#"echo "got $ROTA_INSTANCE_PARAMS""#]).await;
-    let out = ok(&d, &["job", "run", &job.id.to_string(), "--params", "color=blue"]).await;
+    let job = create_job(
+        &d,
+        &[
+            "--name",
+            "echo",
+            "--api",
+            "--script",
+            r#"echo "got $ROTA_INSTANCE_PARAMS""#,
+        ],
+    )
+    .await;
+    let out = ok(
+        &d,
+        &["job", "run", &job.id.to_string(), "--params", "color=blue"],
+    )
+    .await;
     let id: i64 = out
         .trim()
         .strip_prefix("started instance ")
@@ -111,7 +156,10 @@ async fn job_run_parameters_reach_the_processor_and_the_result_shows() -> anyhow
     assert_eq!(inst.instance_params.as_deref(), Some("color=blue"));
     assert_eq!(inst.result.as_deref(), Some("got color=blue"));
     let table = ok(&d, &["instance", "show", &id.to_string()]).await;
-    assert!(table.contains("got color=blue") && table.contains("SUCCEEDED"), "{table}");
+    assert!(
+        table.contains("got color=blue") && table.contains("SUCCEEDED"),
+        "{table}"
+    );
     d.shutdown().await;
     Ok(())
 }
@@ -132,23 +180,34 @@ async fn instance_stop_kills_the_process_group() -> anyhow::Result<()> {
     let script = format!("echo $$ > {}; sleep 600 & sleep 600", pid_file.display());
     let job = create_job(&d, &["--name", "sleeper", "--api", "--script", &script]).await;
     let out = ok(&d, &["job", "run", &job.id.to_string()]).await;
-    let id = out.trim().trim_start_matches("started instance ").to_owned();
-    let pgid = wait::until("the job to write its pid", Duration::from_secs(15), || async {
-        read_pid(&pid_file)
-    })
+    let id = out
+        .trim()
+        .trim_start_matches("started instance ")
+        .to_owned();
+    let pgid = wait::until(
+        "the job to write its pid",
+        Duration::from_secs(15),
+        || async { read_pid(&pid_file) },
+    )
     .await;
-    wait::until("the instance to be RUNNING", Duration::from_secs(10), || async {
-        (show(&d, id.parse().ok()?).await.status == InstanceStatus::Running).then_some(())
-    })
+    wait::until(
+        "the instance to be RUNNING",
+        Duration::from_secs(10),
+        || async {
+            (show(&d, id.parse().ok()?).await.status == InstanceStatus::Running).then_some(())
+        },
+    )
     .await;
     assert!(group_alive(pgid));
 
     let stopped = ok(&d, &["--json", "instance", "stop", &id]).await;
     let stopped: InstanceInfo = serde_json::from_str(&stopped)?;
     assert_eq!(stopped.status, InstanceStatus::Stopped);
-    wait::until("the process group to be gone", Duration::from_secs(10), || async {
-        (!group_alive(pgid)).then_some(())
-    })
+    wait::until(
+        "the process group to be gone",
+        Duration::from_secs(10),
+        || async { (!group_alive(pgid)).then_some(()) },
+    )
     .await;
     // The worker's own report of the stop came later and changed nothing.
     assert_eq!(show(&d, stopped.id).await.status, InstanceStatus::Stopped);
@@ -164,23 +223,81 @@ async fn bad_input_is_one_clear_line_and_a_nonzero_exit() -> anyhow::Result<()> 
     let d = Deployment::start().await?;
     let cases: &[(&[&str], i32, &str)] = &[
         (&["job", "show", "424242"], 1, "NOT_FOUND"),
-        (&["job", "create", "--app", "nope", "--name", "x", "--api", "--processor", "shell"], 1, "NOT_FOUND"),
-        (&["app", "create", "bad name", "--secret", "s"], 1, "INVALID_ARGUMENT"),
-        (&["instance", "list", "--status", "dancing"], 1, "unknown status"),
+        (
+            &[
+                "job",
+                "create",
+                "--app",
+                "nope",
+                "--name",
+                "x",
+                "--api",
+                "--processor",
+                "shell",
+            ],
+            1,
+            "NOT_FOUND",
+        ),
+        (
+            &["app", "create", "bad name", "--secret", "s"],
+            1,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            &["instance", "list", "--status", "dancing"],
+            1,
+            "unknown status",
+        ),
         (&["job", "run", "seven"], 2, "invalid value"),
         (&["job", "create", "--app", "a"], 2, "--name"),
-        (&["--config", "/nonexistent/rota.toml", "app", "list"], 1, "cannot read config file"),
-        (&["--nats-url", "nats://127.0.0.1:1", "app", "list"], 1, "cannot connect to NATS"),
+        (
+            &["--config", "/nonexistent/rota.toml", "app", "list"],
+            1,
+            "cannot read config file",
+        ),
+        (
+            &["--nats-url", "nats://127.0.0.1:1", "app", "list"],
+            1,
+            "cannot connect to NATS",
+        ),
     ];
     ok(&d, &["app", "create", "a", "--secret", "s"]).await;
-    let bad_cron = rota(&d, &["job", "create", "--app", "a", "--name", "x", "--cron", "61 * * * * *", "--processor", "shell"]).await;
+    let bad_cron = rota(
+        &d,
+        &[
+            "job",
+            "create",
+            "--app",
+            "a",
+            "--name",
+            "x",
+            "--cron",
+            "61 * * * * *",
+            "--processor",
+            "shell",
+        ],
+    )
+    .await;
     assert_eq!(bad_cron.code, 1);
-    assert!(bad_cron.stderr.contains("INVALID_ARGUMENT") && bad_cron.stderr.contains("CRON"), "{}", bad_cron.stderr);
+    assert!(
+        bad_cron.stderr.contains("INVALID_ARGUMENT") && bad_cron.stderr.contains("CRON"),
+        "{}",
+        bad_cron.stderr
+    );
     for (args, code, needle) in cases {
         let out = rota(&d, args).await;
         assert_eq!(out.code, *code, "rota {args:?}: {}", out.stderr);
-        assert_eq!(out.stderr.trim_end().lines().count(), 1, "rota {args:?} printed more than one line: {}", out.stderr);
-        assert!(out.stderr.contains(needle), "rota {args:?}: {:?} lacks {needle:?}", out.stderr);
+        assert_eq!(
+            out.stderr.trim_end().lines().count(),
+            1,
+            "rota {args:?} printed more than one line: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(needle),
+            "rota {args:?}: {:?} lacks {needle:?}",
+            out.stderr
+        );
     }
     d.shutdown().await;
     Ok(())

@@ -76,8 +76,7 @@ impl AdminClient {
     /// Sends one admin request and decodes its reply.
     pub async fn call<R: AdminRequest>(&self, request: &R) -> Result<R::Reply, ClientError> {
         let subject = self.subjects.admin(R::AREA, R::VERB);
-        let payload =
-            serde_json::to_vec(request).map_err(|e| ClientError::Other(e.to_string()))?;
+        let payload = serde_json::to_vec(request).map_err(|e| ClientError::Other(e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string().as_str());
         let req = async_nats::Request::new()

@@ -53,6 +53,8 @@ enum Job {
     UpdatedAtMs,
 }
 
+// Column names mirror the entity fields, so `Instance::InstanceParams` is meant.
+#[allow(clippy::enum_variant_names)]
 #[derive(DeriveIden)]
 enum Instance {
     Table,

@@ -126,10 +126,10 @@ fn validate_job(job: &Job) -> AdminResult<()> {
     if job.processor.trim().is_empty() {
         return Err(ErrorBody::invalid("a job needs a processor"));
     }
-    if let (Some(start), Some(end)) = (job.lifecycle.start_ms, job.lifecycle.end_ms) {
-        if start > end {
-            return Err(ErrorBody::invalid("the lifecycle ends before it starts"));
-        }
+    if let (Some(start), Some(end)) = (job.lifecycle.start_ms, job.lifecycle.end_ms)
+        && start > end
+    {
+        return Err(ErrorBody::invalid("the lifecycle ends before it starts"));
     }
     for t in job.tags.iter().chain(&job.designated_workers) {
         if t.is_empty() {
@@ -287,7 +287,13 @@ async fn job_delete(core: &Core, JobDelete(r): JobDelete) -> AdminResult<Done> {
     let now = now_ms();
     for inst in waiting {
         core.store
-            .cas_finish(inst.id, None, InstanceStatus::Canceled, "job was deleted", now)
+            .cas_finish(
+                inst.id,
+                None,
+                InstanceStatus::Canceled,
+                "job was deleted",
+                now,
+            )
             .await?;
     }
     Ok(Done {})
@@ -374,7 +380,10 @@ async fn with_job_names(
     Ok(models
         .into_iter()
         .map(|m| {
-            let name = names.get(&m.job_id).cloned().unwrap_or_else(|| "(deleted)".into());
+            let name = names
+                .get(&m.job_id)
+                .cloned()
+                .unwrap_or_else(|| "(deleted)".into());
             instance_info(m, &name)
         })
         .collect())
@@ -419,21 +428,30 @@ async fn instance_stop(core: &Core, InstanceStop(r): InstanceStop) -> AdminResul
     require_owner(core, inst.app_id).await?;
     let stopped = core
         .store
-        .cas_finish(inst.id, None, InstanceStatus::Stopped, "stopped by an operator", now_ms())
+        .cas_finish(
+            inst.id,
+            None,
+            InstanceStatus::Stopped,
+            "stopped by an operator",
+            now_ms(),
+        )
         .await?;
     if !stopped {
         let now = status_of(&core.store.instance(inst.id).await?);
         return Err(ErrorBody::new(
             ErrorCode::Conflict,
-            format!("instance {} became {now} before it could be stopped", inst.id),
+            format!(
+                "instance {} became {now} before it could be stopped",
+                inst.id
+            ),
         ));
     }
     // The instance is STOPPED whatever the worker says; stopping its work is best effort, and
     // a worker that missed this is told to stop by its next report.
-    if let Some(worker) = &inst.worker_id {
-        if let Err(e) = send_stop(core, worker, inst.id).await {
-            tracing::info!(instance = inst.id, worker = %worker, error = %e, "stop not delivered");
-        }
+    if let Some(worker) = &inst.worker_id
+        && let Err(e) = send_stop(core, worker, inst.id).await
+    {
+        tracing::info!(instance = inst.id, worker = %worker, error = %e, "stop not delivered");
     }
     one_instance(core, inst.id).await
 }
@@ -444,7 +462,10 @@ async fn instance_retry(core: &Core, InstanceRetry(r): InstanceRetry) -> AdminRe
     if !status.is_terminal() {
         return Err(ErrorBody::new(
             ErrorCode::Conflict,
-            format!("instance {} is {status}; only a finished instance can be retried", inst.id),
+            format!(
+                "instance {} is {status}; only a finished instance can be retried",
+                inst.id
+            ),
         ));
     }
     let job = core.store.job(inst.job_id).await?;
@@ -477,7 +498,11 @@ async fn logs_get(core: &Core, r: LogsGet) -> AdminResult<LogPage> {
     let inst = core.store.instance(r.instance_id).await?;
     let lines = core
         .store
-        .logs_after(r.instance_id, r.after_id, r.limit.unwrap_or(1000).clamp(1, 10_000))
+        .logs_after(
+            r.instance_id,
+            r.after_id,
+            r.limit.unwrap_or(1000).clamp(1, 10_000),
+        )
         .await?;
     let last_id = lines.last().map_or(r.after_id, |l| l.id);
     Ok(LogPage {

@@ -65,7 +65,13 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         Ok(job) => job,
         Err(StoreError::NotFound(_)) => {
             core.store
-                .cas_finish(id, Some(guard), InstanceStatus::Canceled, "job was deleted", now)
+                .cas_finish(
+                    id,
+                    Some(guard),
+                    InstanceStatus::Canceled,
+                    "job was deleted",
+                    now,
+                )
                 .await?;
             return Ok(());
         }
@@ -176,8 +182,17 @@ async fn send_dispatch(
 }
 
 /// Asks a worker to stop an instance. Best effort: a worker that is gone has nothing to stop.
-pub async fn send_stop(core: &Core, worker_id: &str, instance_id: i64) -> Result<StopAck, ErrorBody> {
-    request_worker(core, &core.subjects.worker_stop(worker_id), &StopRequest { instance_id }).await
+pub async fn send_stop(
+    core: &Core,
+    worker_id: &str,
+    instance_id: i64,
+) -> Result<StopAck, ErrorBody> {
+    request_worker(
+        core,
+        &core.subjects.worker_stop(worker_id),
+        &StopRequest { instance_id },
+    )
+    .await
 }
 
 async fn request_worker<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(

@@ -15,16 +15,16 @@ pub fn protocol_headers() -> HeaderMap {
 
 /// Checks the protocol version (absent means current) and decodes the payload.
 pub fn decode_message<T: DeserializeOwned>(msg: &Message) -> Result<T, ErrorBody> {
-    if let Some(v) = msg.headers.as_ref().and_then(|h| h.get(PROTOCOL_HEADER)) {
-        if v.as_str() != PROTOCOL_VERSION.to_string() {
-            return Err(ErrorBody::new(
-                ErrorCode::UnsupportedVersion,
-                format!(
-                    "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
-                    v.as_str()
-                ),
-            ));
-        }
+    if let Some(v) = msg.headers.as_ref().and_then(|h| h.get(PROTOCOL_HEADER))
+        && v.as_str() != PROTOCOL_VERSION.to_string()
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                v.as_str()
+            ),
+        ));
     }
     decode(&msg.payload)
 }

@@ -64,7 +64,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// answer a ping (DESIGN §3).
 pub async fn ensure_owner(core: &Core, app_id: i64) -> Result<Owner, ErrorBody> {
     for _ in 0..CLAIM_ROUNDS {
-        let app = core.store.app_by_id(app_id).await.map_err(ErrorBody::from)?;
+        let app = core
+            .store
+            .app_by_id(app_id)
+            .await
+            .map_err(ErrorBody::from)?;
         match app.current_server.as_deref() {
             Some(owner) if owner == core.id => {
                 core.ownership.insert(app.id, app.epoch);

@@ -88,7 +88,7 @@ impl WorkerRegistry {
 /// A worker may run a job when it has the processor, all the job's tags, is designated (if the
 /// job names workers) and has a free slot by its last heartbeat.
 fn may_run(w: &WorkerSummary, job: &Job) -> bool {
-    w.processors.iter().any(|p| *p == job.processor)
+    w.processors.contains(&job.processor)
         && job.tags.iter().all(|t| w.tags.contains(t))
         && (job.designated_workers.is_empty() || job.designated_workers.contains(&w.worker_id))
         && w.running < w.capacity

@@ -148,7 +148,11 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
         let outcome = apply_report(current.map(state_of).as_ref(), &rules_of(job), report, now);
         match outcome {
             Outcome::Ignored { why, action } => {
-                tracing::debug!(instance = report.instance_id, reason = why.as_str(), "report changed nothing");
+                tracing::debug!(
+                    instance = report.instance_id,
+                    reason = why.as_str(),
+                    "report changed nothing"
+                );
                 verdicts.push(Verdict::Answer(action));
             }
             Outcome::Applied { update, action } => {

@@ -85,7 +85,8 @@ pub struct Server;
 
 impl Server {
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
-        let subjects = Subjects::new(&config.prefix).map_err(|e| ServerError::Config(e.to_string()))?;
+        let subjects =
+            Subjects::new(&config.prefix).map_err(|e| ServerError::Config(e.to_string()))?;
         let id = match &config.server_id {
             Some(id) => {
                 validate_token(id).map_err(|e| ServerError::Config(e.to_string()))?;
@@ -135,7 +136,11 @@ impl Server {
         let tasks = vec![
             tokio::spawn(serve_own(core.clone(), own, reports_tx)),
             tokio::spawn(serve_concurrently(core.clone(), admin, Endpoint::Admin)),
-            tokio::spawn(serve_concurrently(core.clone(), discovery, Endpoint::Discovery)),
+            tokio::spawn(serve_concurrently(
+                core.clone(),
+                discovery,
+                Endpoint::Discovery,
+            )),
             tokio::spawn(presence(core.clone())),
         ];
         tracing::info!(server = %id, "server started");
@@ -193,7 +198,9 @@ async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: mpsc::Sender<P
         match Subjects::endpoint_of(msg.subject.as_str()) {
             "heartbeat" => match decode_message::<WorkerHeartbeat>(&msg) {
                 Ok(hb) if validate_token(&hb.worker_id).is_ok() => core.workers.record(hb),
-                Ok(hb) => tracing::debug!(worker = %hb.worker_id, "heartbeat with an invalid worker id"),
+                Ok(hb) => {
+                    tracing::debug!(worker = %hb.worker_id, "heartbeat with an invalid worker id")
+                }
                 Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
             },
             "status" => match decode_message::<StatusReport>(&msg) {

@@ -312,7 +312,11 @@ mod tests {
         old_attempt.attempt = 1;
         let o = apply_report(Some(&cur), &job(0), &old_attempt, NOW);
         assert_eq!(ignored(&o), Ignored::WrongAttempt);
-        assert_eq!(o.action(), ReportAction::Stop, "a stray run is told to stop");
+        assert_eq!(
+            o.action(),
+            ReportAction::Stop,
+            "a stray run is told to stop"
+        );
 
         // Waiting for a retry there is no current tracker at all.
         let waiting = InstanceState {

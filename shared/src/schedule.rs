@@ -197,12 +197,16 @@ mod tests {
         let every_second = cron("* * * * * *", "UTC");
         let t = ms("2026-01-01T00:00:00.250Z");
         assert_eq!(
-            every_second.next_fire_after(t, Lifecycle::default()).unwrap(),
+            every_second
+                .next_fire_after(t, Lifecycle::default())
+                .unwrap(),
             Some(ms("2026-01-01T00:00:01Z"))
         );
         let every_minute = cron("* * * * *", "UTC");
         assert_eq!(
-            every_minute.next_fire_after(t, Lifecycle::default()).unwrap(),
+            every_minute
+                .next_fire_after(t, Lifecycle::default())
+                .unwrap(),
             Some(ms("2026-01-01T00:01:00Z"))
         );
     }
@@ -262,7 +266,10 @@ mod tests {
             s.next_fire_after(ms("2026-01-01T06:00:00Z"), l).unwrap(),
             Some(ms("2026-01-01T07:00:00Z"))
         );
-        assert_eq!(s.next_fire_after(ms("2026-01-01T07:00:00Z"), l).unwrap(), None);
+        assert_eq!(
+            s.next_fire_after(ms("2026-01-01T07:00:00Z"), l).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(s.server_status("s1"), "acme.rota.srv.s1.status");
         assert_eq!(s.worker_dispatch("w-1"), "acme.rota.wrk.w-1.dispatch");
         assert_eq!(s.admin("job", "run"), "acme.rota.admin.job.run");
-        assert_eq!(s.parse_admin("acme.rota.admin.job.run"), Some(("job", "run")));
+        assert_eq!(
+            s.parse_admin("acme.rota.admin.job.run"),
+            Some(("job", "run"))
+        );
         assert_eq!(s.parse_admin("acme.rota.admin.job"), None);
         assert_eq!(s.parse_admin("other.admin.job.run"), None);
     }

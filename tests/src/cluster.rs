@@ -122,7 +122,12 @@ impl Deployment {
             &format!("worker {id} to be live"),
             Duration::from_secs(10),
             || async {
-                let list = admin.call(&WorkerList { app: Some(app.clone()) }).await.ok()?;
+                let list = admin
+                    .call(&WorkerList {
+                        app: Some(app.clone()),
+                    })
+                    .await
+                    .ok()?;
                 list.iter().any(|w| w.worker_id == id).then_some(())
             },
         )
@@ -147,11 +152,12 @@ impl Deployment {
 
     /// Waits until an instance is terminal and returns it.
     pub async fn wait_terminal(&self, id: i64, timeout: Duration) -> InstanceInfo {
-        wait::until(
-            &format!("instance {id} to finish"),
-            timeout,
-            || async { self.instance(id).await.ok().filter(|i| i.status.is_terminal()) },
-        )
+        wait::until(&format!("instance {id} to finish"), timeout, || async {
+            self.instance(id)
+                .await
+                .ok()
+                .filter(|i| i.status.is_terminal())
+        })
         .await
     }
 

@@ -88,9 +88,18 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
     for (subject, payload) in [
         (s.admin("job", "run"), r#"{"id":"seven"}"#),
         (s.admin("app", "create"), r#"{"name":5,"secret":true}"#),
-        (s.server_status(&sid), r#"{"instance_id":"x","attempt":1,"seq":1,"worker_id":"w1","status":"RUNNING","reported_at_ms":0}"#),
-        (s.server_status(&sid), r#"{"instance_id":1,"attempt":1,"seq":1,"worker_id":"w1","status":"DANCING","reported_at_ms":0}"#),
-        (s.discovery_acquire(), r#"{"app":["a"],"secret":"s","worker_id":"w"}"#),
+        (
+            s.server_status(&sid),
+            r#"{"instance_id":"x","attempt":1,"seq":1,"worker_id":"w1","status":"RUNNING","reported_at_ms":0}"#,
+        ),
+        (
+            s.server_status(&sid),
+            r#"{"instance_id":1,"attempt":1,"seq":1,"worker_id":"w1","status":"DANCING","reported_at_ms":0}"#,
+        ),
+        (
+            s.discovery_acquire(),
+            r#"{"app":["a"],"secret":"s","worker_id":"w"}"#,
+        ),
     ] {
         assert_eq!(
             error_code(&nats, &subject, payload.as_bytes().to_vec()).await,
@@ -109,11 +118,18 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         Err(ErrorCode::UnsupportedVersion)
     );
 
-    assert_eq!(state(&d).await?, before, "a bad message changed the stored state");
+    assert_eq!(
+        state(&d).await?,
+        before,
+        "a bad message changed the stored state"
+    );
 
     // The server and the worker still serve: a ping answers, and a job runs end to end.
     let pong = nats
-        .request(s.server_ping(&sid), serde_json::to_vec(&Ping::default())?.into())
+        .request(
+            s.server_ping(&sid),
+            serde_json::to_vec(&Ping::default())?.into(),
+        )
         .await?;
     assert_eq!(decode_reply::<Pong>(&pong.payload)?.server_id, sid);
     let id = d

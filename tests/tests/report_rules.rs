@@ -15,7 +15,16 @@ use tokio::sync::Notify;
 
 /// What an unchanged instance must keep. `last_seq` is not exposed and moves with the real
 /// worker's progress reports, which is fine: those come from the current tracker.
-fn essence(i: &InstanceInfo) -> (InstanceStatus, i32, i64, Option<String>, Option<String>, Option<i64>) {
+fn essence(
+    i: &InstanceInfo,
+) -> (
+    InstanceStatus,
+    i32,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+) {
     (
         i.status,
         i.attempt,
@@ -56,7 +65,9 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
             }
         }),
     );
-    let worker = d.start_worker(d.worker_config("app", "w1"), registry).await?;
+    let worker = d
+        .start_worker(d.worker_config("app", "w1"), registry)
+        .await?;
     let mut spec = shell_job("app", "hold", "");
     spec.processor = "hold".into();
     let job = d.create_job(spec).await?;
@@ -91,22 +102,58 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
     };
 
     // Stale: the tracker's first report (seq 1) was applied when the instance became RUNNING.
-    let ack = send(&nats, &subject, &forged(attempt, 1, &worker, InstanceStatus::Succeeded)).await??;
+    let ack = send(
+        &nats,
+        &subject,
+        &forged(attempt, 1, &worker, InstanceStatus::Succeeded),
+    )
+    .await??;
     assert_eq!(ack.action, ReportAction::Continue);
-    assert_eq!(essence(&d.instance(id).await?), before, "a stale report changed the instance");
+    assert_eq!(
+        essence(&d.instance(id).await?),
+        before,
+        "a stale report changed the instance"
+    );
 
     // Another worker, with a sequence number far ahead.
-    let ack = send(&nats, &subject, &forged(attempt, 1_000_000, "w-impostor", InstanceStatus::Succeeded)).await??;
+    let ack = send(
+        &nats,
+        &subject,
+        &forged(attempt, 1_000_000, "w-impostor", InstanceStatus::Succeeded),
+    )
+    .await??;
     assert_eq!(ack.action, ReportAction::Continue);
-    let ack = send(&nats, &subject, &forged(attempt, 1_000_001, "w-impostor", InstanceStatus::Running)).await??;
-    assert_eq!(ack.action, ReportAction::Stop, "a stray tracker is told to stop");
-    assert_eq!(essence(&d.instance(id).await?), before, "a report from another worker changed the instance");
+    let ack = send(
+        &nats,
+        &subject,
+        &forged(attempt, 1_000_001, "w-impostor", InstanceStatus::Running),
+    )
+    .await??;
+    assert_eq!(
+        ack.action,
+        ReportAction::Stop,
+        "a stray tracker is told to stop"
+    );
+    assert_eq!(
+        essence(&d.instance(id).await?),
+        before,
+        "a report from another worker changed the instance"
+    );
 
     // The right worker, but another attempt (an older and a future one).
     for other in [attempt - 1, attempt + 1] {
-        let ack = send(&nats, &subject, &forged(other, 1_000_000, &worker, InstanceStatus::Failed)).await??;
+        let ack = send(
+            &nats,
+            &subject,
+            &forged(other, 1_000_000, &worker, InstanceStatus::Failed),
+        )
+        .await??;
         assert_eq!(ack.action, ReportAction::Continue);
-        assert_eq!(essence(&d.instance(id).await?), before, "a report for attempt {other} changed the instance");
+        assert_eq!(
+            essence(&d.instance(id).await?),
+            before,
+            "a report for attempt {other} changed the instance"
+        );
     }
 
     // The instance is unaffected by all of that: released, it ends as its real tracker says.
@@ -118,11 +165,29 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
     let after = essence(&done);
 
     // Terminal is final, even for the right tracker and attempt.
-    let ack = send(&nats, &subject, &forged(attempt, 2_000_000, &worker, InstanceStatus::Failed)).await??;
+    let ack = send(
+        &nats,
+        &subject,
+        &forged(attempt, 2_000_000, &worker, InstanceStatus::Failed),
+    )
+    .await??;
     assert_eq!(ack.action, ReportAction::Continue);
-    let ack = send(&nats, &subject, &forged(attempt, 2_000_001, &worker, InstanceStatus::Running)).await??;
-    assert_eq!(ack.action, ReportAction::Stop, "a RUNNING report for a terminal instance is told to stop");
-    assert_eq!(essence(&d.instance(id).await?), after, "a report after terminal changed the instance");
+    let ack = send(
+        &nats,
+        &subject,
+        &forged(attempt, 2_000_001, &worker, InstanceStatus::Running),
+    )
+    .await??;
+    assert_eq!(
+        ack.action,
+        ReportAction::Stop,
+        "a RUNNING report for a terminal instance is told to stop"
+    );
+    assert_eq!(
+        essence(&d.instance(id).await?),
+        after,
+        "a report after terminal changed the instance"
+    );
 
     // A report about an instance that does not exist is acknowledged and changes nothing.
     let mut unknown = forged(1, 1, &worker, InstanceStatus::Succeeded);

@@ -161,7 +161,8 @@ async fn api_run_parameters_reach_the_processor() -> anyhow::Result<()> {
             ProcessResult::ok(params)
         }),
     );
-    d.start_worker(d.worker_config("app", "w1"), registry).await?;
+    d.start_worker(d.worker_config("app", "w1"), registry)
+        .await?;
     let mut spec = shell_job("app", "echo", "");
     spec.processor = "echo".into();
     let job = d.create_job(spec).await?;
@@ -186,8 +187,7 @@ async fn api_run_parameters_reach_the_processor() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_job_retries_at_its_delay_and_ends_failed_after_three_runs() -> anyhow::Result<()>
-{
+async fn failing_job_retries_at_its_delay_and_ends_failed_after_three_runs() -> anyhow::Result<()> {
     const DELAY_MS: i64 = 1_500;
     let mut d = Deployment::start().await?;
     d.create_app("app").await?;
@@ -232,7 +232,10 @@ async fn failing_job_retries_at_its_delay_and_ends_failed_after_three_runs() -> 
         attempts.windows(2).all(|w| w[0] < w[1]),
         "attempts rise run by run: {runs:?}"
     );
-    assert_eq!(done.attempt, attempts[2], "the final attempt is the last run's");
+    assert_eq!(
+        done.attempt, attempts[2],
+        "the final attempt is the last run's"
+    );
 
     // A retry fires its delay after the failure was reported, and the failure is reported after
     // the run's line was written, so consecutive runs are at least the delay apart; the upper
@@ -262,10 +265,7 @@ async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
     let pid_file = dir.path().join("pid");
     // The background sleep is a grandchild the shell does not wait for: only killing the whole
     // group ends it.
-    let script = format!(
-        "echo $$ > '{}'; sleep 600 & sleep 600",
-        pid_file.display()
-    );
+    let script = format!("echo $$ > '{}'; sleep 600 & sleep 600", pid_file.display());
     let mut spec = shell_job("app", "slow", &script);
     spec.timeout_ms = 1_000;
     let job = d.create_job(spec).await?;
@@ -292,8 +292,12 @@ async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
         Some("timeout: exceeded 1000 ms"),
         "{done:?}"
     );
-    let started = done.started_at_ms.expect("a run that started has a start time");
-    let finished = done.finished_at_ms.expect("a final instance has a finish time");
+    let started = done
+        .started_at_ms
+        .expect("a run that started has a start time");
+    let finished = done
+        .finished_at_ms
+        .expect("a final instance has a finish time");
     assert!(
         finished - started <= 3_000,
         "a 1 s timeout took {} ms to end the instance",
@@ -302,7 +306,9 @@ async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
 
     wait_group_gone(pgid, Duration::from_secs(5)).await;
     assert!(
-        members.iter().all(|pid| !live_group_members(pgid).contains(pid)),
+        members
+            .iter()
+            .all(|pid| !live_group_members(pgid).contains(pid)),
         "a member of {members:?} is still alive"
     );
 
@@ -328,7 +334,10 @@ async fn stop_kills_a_running_shell_job() -> anyhow::Result<()> {
     d.wait_status(id, InstanceStatus::Running, Duration::from_secs(15))
         .await;
     let pgid = read_pid_file(&pid_file).await;
-    assert!(!group_is_gone(pgid), "the script's group runs before the stop");
+    assert!(
+        !group_is_gone(pgid),
+        "the script's group runs before the stop"
+    );
 
     let stopped = d.admin.call(&InstanceStop(InstanceId { id })).await?;
     assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
@@ -341,7 +350,12 @@ async fn stop_kills_a_running_shell_job() -> anyhow::Result<()> {
     let after = d.instance(id).await?;
     assert_eq!(after.status, InstanceStatus::Stopped, "{after:?}");
     assert_eq!(
-        (&after.result, after.finished_at_ms, after.attempt, after.runs),
+        (
+            &after.result,
+            after.finished_at_ms,
+            after.attempt,
+            after.runs
+        ),
         (
             &stopped.result,
             stopped.finished_at_ms,
@@ -373,8 +387,11 @@ fn registry_waiting_for_cancellation() -> ProcessorRegistry {
 async fn max_instances_skip_cancels_the_extra_fire() -> anyhow::Result<()> {
     let mut d = Deployment::start().await?;
     d.create_app("app").await?;
-    d.start_worker(d.worker_config("app", "w1"), registry_waiting_for_cancellation())
-        .await?;
+    d.start_worker(
+        d.worker_config("app", "w1"),
+        registry_waiting_for_cancellation(),
+    )
+    .await?;
     let mut spec = shell_job("app", "single", "");
     spec.processor = "wait".into();
     spec.max_instances = 1;
@@ -404,7 +421,10 @@ async fn max_instances_skip_cancels_the_extra_fire() -> anyhow::Result<()> {
         "the first instance is untouched by the skip: {still:?}"
     );
 
-    let stopped = d.admin.call(&InstanceStop(InstanceId { id: first })).await?;
+    let stopped = d
+        .admin
+        .call(&InstanceStop(InstanceId { id: first }))
+        .await?;
     assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
     wait_worker_idle(&d, "app", "w1").await;
 
@@ -436,7 +456,8 @@ async fn max_instances_queue_waits_for_a_free_slot() -> anyhow::Result<()> {
             }
         }),
     );
-    d.start_worker(d.worker_config("app", "w1"), registry).await?;
+    d.start_worker(d.worker_config("app", "w1"), registry)
+        .await?;
     let mut spec = shell_job("app", "queued", "");
     spec.processor = "gate".into();
     spec.max_instances = 1;
@@ -487,4 +508,57 @@ async fn max_instances_queue_waits_for_a_free_slot() -> anyhow::Result<()> {
 
     d.shutdown().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_probe_race() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.start_worker(
+        d.worker_config("app", "w1"),
+        registry_waiting_for_cancellation(),
+    )
+    .await?;
+    let mut both = 0;
+    for i in 0..30 {
+        let mut spec = shell_job("app", &format!("j{i}"), "");
+        spec.processor = "wait".into();
+        spec.max_instances = 1;
+        spec.overlap = if i % 2 == 0 {
+            OverlapPolicy::Queue
+        } else {
+            OverlapPolicy::Skip
+        };
+        let job = d.create_job(spec).await?;
+        let (a, b) = tokio::join!(run(&d, job.id, None), run(&d, job.id, None));
+        let (a, b) = (a?, b?);
+        d.wait_status(a.min(b), InstanceStatus::Running, Duration::from_secs(15))
+            .await;
+        let mut n = 0;
+        for _ in 0..20 {
+            let ia = d.instance(a).await?;
+            let ib = d.instance(b).await?;
+            n = [ia.status, ib.status]
+                .iter()
+                .filter(|s| **s == InstanceStatus::Running)
+                .count();
+            if n == 2 || ib.status.is_terminal() || ia.status.is_terminal() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if n == 2 {
+            both += 1;
+            eprintln!("iteration {i}: both RUNNING ({:?})", spec_policy(i));
+        }
+        for id in [a, b] {
+            let _ = d.admin.call(&InstanceStop(InstanceId { id })).await;
+        }
+    }
+    eprintln!("both running in {both}/30");
+    d.shutdown().await;
+    Ok(())
+}
+fn spec_policy(i: i32) -> &'static str {
+    if i % 2 == 0 { "queue" } else { "skip" }
 }

@@ -12,8 +12,7 @@ use rota_tests::wait;
 use rota_worker::ProcessorRegistry;
 
 async fn instances_of(d: &Deployment, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
-    Ok(d
-        .admin
+    Ok(d.admin
         .call(&InstanceList {
             job_id: Some(job_id),
             limit: Some(1000),
@@ -46,12 +45,21 @@ async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<(
 
     let mut fires: Vec<&InstanceInfo> = finished.iter().collect();
     fires.sort_by_key(|i| i.expected_trigger_time_ms);
-    let first = fires[0].expected_trigger_time_ms.expect("a scheduled fire has a fire time");
+    let first = fires[0]
+        .expected_trigger_time_ms
+        .expect("a scheduled fire has a fire time");
     let in_window: Vec<&&InstanceInfo> = fires
         .iter()
-        .filter(|i| i.expected_trigger_time_ms.is_some_and(|t| t < first + 5_000))
+        .filter(|i| {
+            i.expected_trigger_time_ms
+                .is_some_and(|t| t < first + 5_000)
+        })
         .collect();
-    assert!(in_window.len() >= 4, "only {} runs in the first 5 s: {fires:#?}", in_window.len());
+    assert!(
+        in_window.len() >= 4,
+        "only {} runs in the first 5 s: {fires:#?}",
+        in_window.len()
+    );
     for i in &in_window {
         assert_eq!(i.status, InstanceStatus::Succeeded, "{i:?}");
         let fire = i.expected_trigger_time_ms.unwrap_or_default();
@@ -100,7 +108,11 @@ async fn one_shot_job_fires_once_at_its_time() -> anyhow::Result<()> {
     assert_eq!(done.status, InstanceStatus::Succeeded);
     assert_eq!(done.expected_trigger_time_ms, Some(at_ms));
     let started = done.started_at_ms.unwrap_or_default();
-    assert!((at_ms..at_ms + 2_000).contains(&started), "started {} ms after its time", started - at_ms);
+    assert!(
+        (at_ms..at_ms + 2_000).contains(&started),
+        "started {} ms after its time",
+        started - at_ms
+    );
     // Its schedule is used up: no next fire is stored and the fire made one instance.
     let job = d.admin.call(&JobShow(JobId { id: job.id })).await?;
     assert_eq!(job.next_trigger_time_ms, None);

@@ -17,7 +17,12 @@ pub fn hash_secret(app: &str, secret: &str) -> String {
 }
 
 impl Store {
-    pub async fn create_app(&self, name: &str, secret: &str, now_ms: i64) -> StoreResult<app::Model> {
+    pub async fn create_app(
+        &self,
+        name: &str,
+        secret: &str,
+        now_ms: i64,
+    ) -> StoreResult<app::Model> {
         let model = app::ActiveModel {
             name: Set(name.to_owned()),
             secret_hash: Set(hash_secret(name, secret)),

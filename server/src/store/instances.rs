@@ -98,7 +98,11 @@ impl Store {
     /// got there first) is left alone, and a fire time that already has an instance gets no
     /// second one: `(job_id, expected_trigger_time_ms)` is unique. Returns the instances of the
     /// plans' fire times, whether this call created them or found them.
-    pub async fn fire(&self, plans: &[FirePlan], now_ms: i64) -> StoreResult<Vec<ScheduledInstance>> {
+    pub async fn fire(
+        &self,
+        plans: &[FirePlan],
+        now_ms: i64,
+    ) -> StoreResult<Vec<ScheduledInstance>> {
         if plans.is_empty() {
             return Ok(Vec::new());
         }
@@ -181,7 +185,11 @@ impl Store {
     }
 
     /// Creates one instance outside the schedule (an API run or an operator's retry).
-    pub async fn insert_instance(&self, new: NewInstance, now_ms: i64) -> StoreResult<instance::Model> {
+    pub async fn insert_instance(
+        &self,
+        new: NewInstance,
+        now_ms: i64,
+    ) -> StoreResult<instance::Model> {
         let model = instance::ActiveModel {
             job_id: Set(new.job_id),
             app_id: Set(new.app_id),
@@ -316,7 +324,10 @@ impl Store {
                 instance::Column::Status,
                 Expr::value(InstanceStatus::WaitingDispatch.code()),
             )
-            .col_expr(instance::Column::WorkerId, Expr::value(Option::<String>::None))
+            .col_expr(
+                instance::Column::WorkerId,
+                Expr::value(Option::<String>::None),
+            )
             .col_expr(instance::Column::DueAtMs, Expr::value(due_at_ms))
             .exec(self.conn())
             .await?;
@@ -392,7 +403,10 @@ async fn apply_one(
         // Back to WAITING_DISPATCH: no current tracker until the next dispatch.
         q = q
             .col_expr(instance::Column::DueAtMs, Expr::value(t))
-            .col_expr(instance::Column::WorkerId, Expr::value(Option::<String>::None));
+            .col_expr(
+                instance::Column::WorkerId,
+                Expr::value(Option::<String>::None),
+            );
     }
     Ok(q.exec(conn).await?.rows_affected == 1)
 }

@@ -259,4 +259,3 @@ impl Store {
         Ok(())
     }
 }
-

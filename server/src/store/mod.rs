@@ -12,8 +12,8 @@ mod jobs;
 mod logs;
 mod servers;
 
-pub use jobs::Job;
 pub use instances::{FirePlan, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance};
+pub use jobs::Job;
 
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use rota_migrations::{Migrator, MigratorTrait};
 use rota_shared::{ErrorBody, ErrorCode};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use thiserror::Error;
 
@@ -80,12 +80,14 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10));
         if url.starts_with("sqlite:") {
             // SQLite has one writer; a handful of connections serve concurrent reads in WAL mode.
-            opts.max_connections(4).min_connections(1).map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-                    .create_if_missing(true)
-            });
+            opts.max_connections(4)
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(10))
+                        .create_if_missing(true)
+                });
         } else {
             opts.max_connections(16).min_connections(1);
         }
