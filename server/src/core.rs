@@ -1,7 +1,7 @@
 //! The state every part of a running server shares.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use async_nats::Client;
 use rota_shared::Subjects;
@@ -26,6 +26,9 @@ pub struct Core {
     /// Instances a dispatch task is working on now, so that the timer and the waiting scan
     /// never run two dispatches of one instance in this process.
     pub dispatching: Mutex<HashSet<i64>>,
+    /// One lock per job with a concurrency limit: counting a job's live instances and handing
+    /// one more to a worker must not interleave with another dispatch of the same job.
+    pub job_slots: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     pub shutdown: CancellationToken,
 }
 
@@ -36,6 +39,16 @@ impl Core {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id)
+    }
+
+    /// The lock that serializes the dispatches of one job.
+    pub fn job_slot(&self, job_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.job_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id)
+            .or_default()
+            .clone()
     }
 
     pub fn end_dispatch(&self, id: i64) {

@@ -78,7 +78,18 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         Err(e) => return Err(e),
     };
 
+    // Held until the instance is handed over (or not), so that no other dispatch of this job
+    // counts the live instances in between.
+    let _slot = match job.max_instances {
+        0 => None,
+        _ => Some(core.job_slot(job.id).lock_owned().await),
+    };
     if job.max_instances > 0 {
+        // The state may have moved while this task waited for the slot.
+        let fresh = core.store.instance(id).await?;
+        if InstanceGuard::of(&fresh) != guard {
+            return Ok(());
+        }
         let live = core.store.count_live(job.id).await?;
         if live >= u64::from(job.max_instances) {
             match job.overlap {

@@ -113,6 +113,7 @@ impl Server {
             ownership: Ownership::default(),
             timer,
             dispatching: Default::default(),
+            job_slots: Default::default(),
             shutdown,
         });
 
