@@ -77,6 +77,14 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         }
         Err(e) => return Err(e),
     };
+    // Fires are created ahead of time; one of a job disabled since then does not run. Runs
+    // asked for by hand (API, retry) still do.
+    if !job.enabled && inst.trigger == "schedule" {
+        core.store
+            .cas_finish(id, Some(guard), InstanceStatus::Canceled, "job was disabled", now)
+            .await?;
+        return Ok(());
+    }
 
     // Held until the instance is handed over (or not), so that no other dispatch of this job
     // counts the live instances in between.

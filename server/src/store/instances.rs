@@ -150,7 +150,9 @@ impl Store {
                         instance::Column::JobId,
                         instance::Column::ExpectedTriggerTimeMs,
                     ])
-                    .do_nothing()
+                    // Naming a column keeps MySQL's rendering valid (`ON DUPLICATE KEY UPDATE
+                    // id = id`); a bare DO NOTHING becomes a misplaced `IGNORE` there.
+                    .do_nothing_on([instance::Column::Id])
                     .to_owned(),
                 )
                 .exec_without_returning(&txn)
