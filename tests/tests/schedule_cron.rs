@@ -79,8 +79,23 @@ async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<(
             i.id
         );
     }
+    // Disabled, the job stops: fires already created ahead of time are canceled, not run, and
+    // every instance comes to rest.
+    let all = wait::until(
+        "every instance to finish",
+        Duration::from_secs(10),
+        || async {
+            let list = instances_of(&d, job.id).await.ok()?;
+            list.iter().all(|i| i.status.is_terminal()).then_some(list)
+        },
+    )
+    .await;
+    for i in &all {
+        let disabled =
+            i.status == InstanceStatus::Canceled && i.result.as_deref() == Some("job was disabled");
+        assert!(i.status == InstanceStatus::Succeeded || disabled, "{i:?}");
+    }
     // A fire time never has two instances.
-    let all = instances_of(&d, job.id).await?;
     let distinct: HashSet<Option<i64>> = all.iter().map(|i| i.expected_trigger_time_ms).collect();
     assert_eq!(distinct.len(), all.len(), "a fire time has two instances");
     d.shutdown().await;
