@@ -81,7 +81,13 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
     // asked for by hand (API, retry) still do.
     if !job.enabled && inst.trigger == "schedule" {
         core.store
-            .cas_finish(id, Some(guard), InstanceStatus::Canceled, "job was disabled", now)
+            .cas_finish(
+                id,
+                Some(guard),
+                InstanceStatus::Canceled,
+                "job was disabled",
+                now,
+            )
             .await?;
         return Ok(());
     }
