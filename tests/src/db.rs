@@ -1,12 +1,14 @@
 //! A fresh, empty database per test, on the backend the run asks for.
 //!
-//! `ROTA_TEST_DB` picks the backend (`sqlite`, the default, or `postgres`), so one test body
+//! `ROTA_TEST_DB` picks the backend (`sqlite`, the default, `postgres` or `mysql`), so one test body
 //! covers every backend and `scripts/test.sh` simply runs the suite once per backend.
 //!
 //! - SQLite: a file in a new temporary directory, removed with the [`TestDatabase`].
 //! - PostgreSQL: a new database `rota_test_<random hex>` created through the server named by
 //!   `ROTA_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped
 //!   with the [`TestDatabase`] even if connections to it are still open.
+//! - MySQL/MariaDB: the same, through `ROTA_TEST_MYSQL_URL` (default
+//!   `mysql://root@127.0.0.1:3306/mysql`).
 
 use std::time::Duration;
 
@@ -24,6 +26,12 @@ pub const POSTGRES_URL_ENV: &str = "ROTA_TEST_POSTGRES_URL";
 /// Where PostgreSQL runs on developer machines and in CI.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// The environment variable naming the MySQL/MariaDB server the test databases are created in.
+pub const MYSQL_URL_ENV: &str = "ROTA_TEST_MYSQL_URL";
+
+/// Where MariaDB runs on developer machines and in CI.
+pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/mysql";
+
 /// How long dropping a PostgreSQL test database may take before it is given up (and leaked).
 const DROP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -32,6 +40,7 @@ const DROP_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum Backend {
     Sqlite,
     Postgres,
+    Mysql,
 }
 
 impl Backend {
@@ -46,13 +55,14 @@ impl Backend {
             Ok(value) => value,
             Err(std::env::VarError::NotPresent) => return Backend::Sqlite,
             Err(std::env::VarError::NotUnicode(value)) => {
-                panic!("{BACKEND_ENV}={value:?} is not valid: use sqlite or postgres")
+                panic!("{BACKEND_ENV}={value:?} is not valid: use sqlite, postgres or mysql")
             }
         };
         match value.trim().to_ascii_lowercase().as_str() {
             "" | "sqlite" => Backend::Sqlite,
             "postgres" | "postgresql" => Backend::Postgres,
-            _ => panic!("{BACKEND_ENV}={value:?} is not valid: use sqlite or postgres"),
+            "mysql" | "mariadb" => Backend::Mysql,
+            _ => panic!("{BACKEND_ENV}={value:?} is not valid: use sqlite, postgres or mysql"),
         }
     }
 }
@@ -62,6 +72,7 @@ impl std::fmt::Display for Backend {
         f.write_str(match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
+            Backend::Mysql => "mysql",
         })
     }
 }
@@ -101,12 +112,16 @@ impl TestDatabase {
                     _postgres: None,
                 })
             }
-            Backend::Postgres => {
-                let server_url = std::env::var(POSTGRES_URL_ENV)
+            Backend::Postgres | Backend::Mysql => {
+                let (env, default) = match backend {
+                    Backend::Mysql => (MYSQL_URL_ENV, DEFAULT_MYSQL_URL),
+                    _ => (POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL),
+                };
+                let server_url = std::env::var(env)
                     .ok()
                     .filter(|url| !url.is_empty())
-                    .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_owned());
-                let database = PostgresDatabase::create(server_url).await?;
+                    .unwrap_or_else(|| default.to_owned());
+                let database = PostgresDatabase::create(backend, server_url).await?;
                 let url = with_database(&database.server_url, &database.name)?;
                 Ok(TestDatabase {
                     backend,
@@ -129,26 +144,31 @@ impl TestDatabase {
     }
 }
 
-/// A PostgreSQL database created for one test, dropped again when this value is.
+/// A PostgreSQL or MySQL database created for one test, dropped again when this value is.
 #[derive(Debug)]
 struct PostgresDatabase {
+    backend: Backend,
     /// The URL the database was created through, used again to drop it.
     server_url: String,
     name: String,
 }
 
 impl PostgresDatabase {
-    async fn create(server_url: String) -> anyhow::Result<PostgresDatabase> {
+    async fn create(backend: Backend, server_url: String) -> anyhow::Result<PostgresDatabase> {
         // A random name lets any number of tests, and test runs, share one PostgreSQL server.
         let name = format!("rota_test_{}", uuid::Uuid::new_v4().simple());
         let server = connect_to_server(&server_url).await?;
         let created = server
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .execute_unprepared(&format!("CREATE DATABASE {}", quoted(backend, &name)))
             .await
             .with_context(|| format!("cannot create the test database {name}"));
         drop(server.close().await);
         created?;
-        Ok(PostgresDatabase { server_url, name })
+        Ok(PostgresDatabase {
+            backend,
+            server_url,
+            name,
+        })
     }
 }
 
@@ -160,6 +180,7 @@ impl Drop for PostgresDatabase {
         // binary that ends right after does not leak it. Nothing here may panic.
         let server_url = self.server_url.clone();
         let name = self.name.clone();
+        let backend = self.backend;
         let dropper = std::thread::Builder::new()
             .name("rota-test-dropdb".to_owned())
             .spawn(move || {
@@ -174,8 +195,11 @@ impl Drop for PostgresDatabase {
                     }
                 };
                 runtime.block_on(async {
-                    match tokio::time::timeout(DROP_TIMEOUT, drop_database(&server_url, &name))
-                        .await
+                    match tokio::time::timeout(
+                        DROP_TIMEOUT,
+                        drop_database(backend, &server_url, &name),
+                    )
+                    .await
                     {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => {
@@ -194,12 +218,26 @@ impl Drop for PostgresDatabase {
     }
 }
 
-async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
+/// The database name quoted as the backend quotes identifiers.
+fn quoted(backend: Backend, name: &str) -> String {
+    match backend {
+        Backend::Mysql => format!("`{name}`"),
+        _ => format!("\"{name}\""),
+    }
+}
+
+async fn drop_database(backend: Backend, server_url: &str, name: &str) -> anyhow::Result<()> {
     let server = connect_to_server(server_url).await?;
-    // FORCE ends the connections the code under test may still hold (PostgreSQL 13 or newer).
-    let dropped = server
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await;
+    // On PostgreSQL (13 or newer) FORCE ends the connections the code under test may still
+    // hold; MySQL drops a database whatever idle connections it has.
+    let statement = match backend {
+        Backend::Mysql => format!("DROP DATABASE IF EXISTS {}", quoted(backend, name)),
+        _ => format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quoted(backend, name)
+        ),
+    };
+    let dropped = server.execute_unprepared(&statement).await;
     drop(server.close().await);
     dropped?;
     Ok(())
@@ -216,8 +254,8 @@ async fn connect_to_server(server_url: &str) -> anyhow::Result<DatabaseConnectio
         .sqlx_logging(false);
     Database::connect(options).await.with_context(|| {
         format!(
-            "cannot connect to PostgreSQL at {server_url} (set {POSTGRES_URL_ENV}, or start it: \
-             pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)"
+            "cannot connect to the database server at {server_url} (set {POSTGRES_URL_ENV} or \
+             {MYSQL_URL_ENV}, or start it)"
         )
     })
 }
