@@ -11,4 +11,6 @@ cd "$repo"
 bash scripts/install-nats.sh
 export ROTA_NATS_SERVER_BIN="$repo/.tools/bin/nats-server"
 
-exec cargo run --release -p rota -- dev "$@"
+# The dev profile (dependencies at opt-level 1) is quick to build and shares its artifacts with
+# scripts/test.sh; the demo needs no more speed than that.
+exec cargo run -p rota -- dev "$@"
