@@ -125,11 +125,8 @@ impl Server {
         let discovery = client
             .queue_subscribe(subjects.discovery_acquire(), SERVER_QUEUE_GROUP.to_owned())
             .await?;
-        // The subscriptions must have reached NATS before anyone is told this server is up.
-        client
-            .flush()
-            .await
-            .map_err(|e| ServerError::Config(format!("NATS flush failed: {e}")))?;
+        // The subscriptions must be in force before anyone is told this server is up.
+        round_trip(&client).await?;
 
         let reports_tx = reports::start(core.clone());
         dispatch::start(core.clone(), fired_rx);
@@ -160,6 +157,24 @@ async fn connect(url: &str, id: &str) -> Result<Client, ServerError> {
             url: url.to_owned(),
             source,
         })
+}
+
+/// Waits until NATS has processed everything this connection sent so far. `flush` only empties
+/// the client's buffer into the socket; a message to our own inbox coming back proves that the
+/// NATS server has handled the subscriptions sent before it.
+async fn round_trip(client: &Client) -> Result<(), ServerError> {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| ServerError::Config(format!("NATS publish failed: {e}")))?;
+    match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(ServerError::Config(
+            "NATS did not confirm the server's subscriptions within 10 s".to_owned(),
+        )),
+    }
 }
 
 #[derive(Clone, Copy)]
