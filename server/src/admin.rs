@@ -4,13 +4,14 @@ use std::collections::HashMap;
 
 use async_nats::Message;
 use rota_shared::admin::*;
-use rota_shared::message::WorkerSummary;
+use rota_shared::envelope::decode_reply;
+use rota_shared::message::{RemoteCall, WorkerSummary};
 use rota_shared::{ErrorBody, ErrorCode, InstanceStatus};
 
 use crate::clock::now_ms;
 use crate::core::Core;
 use crate::dispatch::send_stop;
-use crate::endpoint::{decode_message, respond};
+use crate::endpoint::{decode_message, protocol_headers, respond};
 use crate::ownership::ensure_owner;
 use crate::store::entity::{app, instance};
 use crate::store::{InstanceFilter, Job, NewInstance};
@@ -299,22 +300,94 @@ async fn job_delete(core: &Core, JobDelete(r): JobDelete) -> AdminResult<Done> {
     Ok(Done {})
 }
 
-/// Operations that act on the owner's in-memory state must run on the owner.
-async fn require_owner(core: &Core, app_id: i64) -> AdminResult<()> {
+/// Where an operation on an app's in-memory state runs.
+enum Route {
+    Here,
+    /// On the owner, over `rota.srv.{owner}.rpc`.
+    Owner(String),
+}
+
+/// Operations that act on the owner's in-memory state run on the owner: here, or forwarded to
+/// it. A call that was itself forwarded is never forwarded again, so ownership moving during a
+/// call ends in `NOT_OWNER` rather than a loop.
+async fn route(core: &Core, app_id: i64, via: Via) -> AdminResult<Route> {
     let owner = ensure_owner(core, app_id).await?;
     if owner.server_id == core.id {
-        Ok(())
-    } else {
+        Ok(Route::Here)
+    } else if via == Via::Forwarded {
         Err(ErrorBody::new(
             ErrorCode::NotOwner,
             format!("app {app_id} is owned by server {}", owner.server_id),
         ))
+    } else {
+        Ok(Route::Owner(owner.server_id))
+    }
+}
+
+/// How a request reached this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// From an administrator, on `rota.admin.*`.
+    Admin,
+    /// From another server, on `rota.srv.{me}.rpc`.
+    Forwarded,
+}
+
+/// Sends a call to the owner and returns its answer.
+async fn forward<T: serde::de::DeserializeOwned>(
+    core: &Core,
+    server_id: &str,
+    call: &RemoteCall,
+) -> AdminResult<T> {
+    let payload = serde_json::to_vec(call)
+        .map_err(|e| ErrorBody::internal(format!("encode call: {e}")))?;
+    let request = async_nats::Request::new()
+        .payload(payload.into())
+        .headers(protocol_headers())
+        .timeout(Some(core.config.rpc_timeout));
+    let msg = core
+        .client
+        .send_request(core.subjects.server_rpc(server_id), request)
+        .await
+        .map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("the owning server {server_id} could not be reached: {e}"),
+            )
+        })?;
+    decode_reply(&msg.payload)
+}
+
+/// Answers a call forwarded by another server.
+pub async fn handle_remote(core: &Core, msg: &Message) {
+    let call = match decode_message::<RemoteCall>(msg) {
+        Ok(call) => call,
+        Err(e) => return respond::<()>(&core.client, msg, Err(e)).await,
+    };
+    let via = Via::Forwarded;
+    match call {
+        RemoteCall::JobRun(r) => respond(&core.client, msg, job_run_via(core, r, via).await).await,
+        RemoteCall::InstanceStop(r) => {
+            respond(&core.client, msg, instance_stop_via(core, r, via).await).await
+        }
+        RemoteCall::InstanceRetry(r) => {
+            respond(&core.client, msg, instance_retry_via(core, r, via).await).await
+        }
+        RemoteCall::WorkerList { app_id } => {
+            respond(&core.client, msg, Ok(local_workers(core, app_id))).await
+        }
     }
 }
 
 async fn job_run(core: &Core, r: JobRun) -> AdminResult<RunStarted> {
+    job_run_via(core, r, Via::Admin).await
+}
+
+async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted> {
     let job = core.store.job(r.id).await?;
-    require_owner(core, job.app_id).await?;
+    if let Route::Owner(owner) = route(core, job.app_id, via).await? {
+        return forward(core, &owner, &RemoteCall::JobRun(r)).await;
+    }
     let now = now_ms();
     let due = now.saturating_add(i64::try_from(r.delay_ms).unwrap_or(i64::MAX / 2));
     let inst = core
@@ -417,6 +490,10 @@ async fn instance_show(core: &Core, InstanceShow(r): InstanceShow) -> AdminResul
 }
 
 async fn instance_stop(core: &Core, InstanceStop(r): InstanceStop) -> AdminResult<InstanceInfo> {
+    instance_stop_via(core, r, Via::Admin).await
+}
+
+async fn instance_stop_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<InstanceInfo> {
     let inst = core.store.instance(r.id).await?;
     let status = status_of(&inst);
     if status.is_terminal() {
@@ -425,7 +502,9 @@ async fn instance_stop(core: &Core, InstanceStop(r): InstanceStop) -> AdminResul
             format!("instance {} is already {status}", inst.id),
         ));
     }
-    require_owner(core, inst.app_id).await?;
+    if let Route::Owner(owner) = route(core, inst.app_id, via).await? {
+        return forward(core, &owner, &RemoteCall::InstanceStop(r)).await;
+    }
     let stopped = core
         .store
         .cas_finish(
@@ -457,6 +536,10 @@ async fn instance_stop(core: &Core, InstanceStop(r): InstanceStop) -> AdminResul
 }
 
 async fn instance_retry(core: &Core, InstanceRetry(r): InstanceRetry) -> AdminResult<RunStarted> {
+    instance_retry_via(core, r, Via::Admin).await
+}
+
+async fn instance_retry_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<RunStarted> {
     let inst = core.store.instance(r.id).await?;
     let status = status_of(&inst);
     if !status.is_terminal() {
@@ -469,7 +552,9 @@ async fn instance_retry(core: &Core, InstanceRetry(r): InstanceRetry) -> AdminRe
         ));
     }
     let job = core.store.job(inst.job_id).await?;
-    require_owner(core, job.app_id).await?;
+    if let Route::Owner(owner) = route(core, job.app_id, via).await? {
+        return forward(core, &owner, &RemoteCall::InstanceRetry(r)).await;
+    }
     let now = now_ms();
     let new = core
         .store
@@ -521,12 +606,52 @@ async fn logs_get(core: &Core, r: LogsGet) -> AdminResult<LogPage> {
     })
 }
 
+/// Live workers are in their owner's memory: one app's come from its owner; without an app,
+/// every server that owns an app is asked for the workers of the apps it owns.
 async fn worker_list(core: &Core, r: WorkerList) -> AdminResult<Vec<WorkerSummary>> {
-    let app_id = match &r.app {
-        Some(name) => Some(core.store.app_by_name(name).await?.id),
-        None => None,
-    };
-    Ok(core.workers.live(app_id))
+    if let Some(name) = &r.app {
+        let app = core.store.app_by_name(name).await?;
+        return match route(core, app.id, Via::Admin).await? {
+            Route::Here => Ok(local_workers(core, Some(app.id))),
+            Route::Owner(owner) => {
+                let call = RemoteCall::WorkerList {
+                    app_id: Some(app.id),
+                };
+                forward(core, &owner, &call).await
+            }
+        };
+    }
+    let mut owners: Vec<String> = core
+        .store
+        .list_apps()
+        .await?
+        .into_iter()
+        .filter_map(|a| a.current_server)
+        .filter(|s| *s != core.id)
+        .collect();
+    owners.sort();
+    owners.dedup();
+    let mut workers = local_workers(core, None);
+    for owner in owners {
+        let call = RemoteCall::WorkerList { app_id: None };
+        match forward::<Vec<WorkerSummary>>(core, &owner, &call).await {
+            Ok(list) => workers.extend(list),
+            // A server that does not answer has no workers anyone can reach through it.
+            Err(e) => tracing::info!(server = %owner, error = %e, "no worker list from server"),
+        }
+    }
+    workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    workers.dedup_by(|a, b| a.worker_id == b.worker_id);
+    Ok(workers)
+}
+
+/// The live workers this server holds for the apps it owns.
+fn local_workers(core: &Core, app_id: Option<i64>) -> Vec<WorkerSummary> {
+    core.workers
+        .live(app_id)
+        .into_iter()
+        .filter(|w| core.ownership.owns(w.app_id))
+        .collect()
 }
 
 async fn server_list(core: &Core, _: ServerList) -> AdminResult<Vec<ServerInfo>> {

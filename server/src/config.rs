@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub no_worker_timeout: Duration,
     /// How often the server refreshes its presence row.
     pub presence_interval: Duration,
+    /// How long a call forwarded to an app's owner may take.
+    pub rpc_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +47,7 @@ impl Default for ServerConfig {
             dispatch_timeout: Duration::from_secs(3),
             no_worker_timeout: Duration::from_secs(60),
             presence_interval: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -246,7 +246,13 @@ async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: mpsc::Sender<P
                 });
                 respond(&core.client, &msg, result).await;
             }
-            "rpc" | "container" => {
+            "rpc" => {
+                // Forwarded calls touch the database and may wait on a worker: answer them
+                // without holding up heartbeats and reports.
+                let core = core.clone();
+                tokio::spawn(async move { admin::handle_remote(&core, &msg).await });
+            }
+            "container" => {
                 let err = ErrorBody::new(
                     ErrorCode::Unsupported,
                     format!("{} is not served by this version yet", msg.subject),

@@ -307,3 +307,31 @@ mod tests {
         assert_eq!(SystemMetrics::default().health_score(), 100.0);
     }
 }
+
+/// `rota.srv.{sid}.rpc`: an admin operation that needs the owning server's memory, forwarded
+/// to it by the server that received it. The owner answers with the operation's own reply type;
+/// a server that does not own the app answers `NOT_OWNER` and never forwards again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum RemoteCall {
+    JobRun(crate::admin::JobRun),
+    InstanceStop(crate::admin::InstanceId),
+    InstanceRetry(crate::admin::InstanceId),
+    /// The live workers the owner knows, of one app or of every app it owns.
+    WorkerList { app_id: Option<i64> },
+}
+
+#[cfg(test)]
+mod remote_call_tests {
+    use super::*;
+
+    #[test]
+    fn remote_calls_are_tagged_objects() {
+        let call = RemoteCall::InstanceStop(crate::admin::InstanceId { id: 4 });
+        let json = serde_json::to_string(&call).unwrap();
+        assert_eq!(json, r#"{"call":"instance_stop","id":4}"#);
+        assert_eq!(serde_json::from_str::<RemoteCall>(&json).unwrap(), call);
+        let list: RemoteCall = serde_json::from_str(r#"{"call":"worker_list"}"#).unwrap();
+        assert_eq!(list, RemoteCall::WorkerList { app_id: None });
+    }
+}
