@@ -15,7 +15,11 @@ use crate::config::Settings;
 use crate::table::{opt, render, time};
 
 pub async fn client(settings: &Settings) -> anyhow::Result<AdminClient> {
-    Ok(AdminClient::connect(&settings.nats_url, &settings.prefix).await?)
+    let client = AdminClient::connect(&settings.nats_url, &settings.prefix).await?;
+    Ok(match &settings.server {
+        Some(server) => client.at_server(server),
+        None => client,
+    })
 }
 
 fn print_json<T: Serialize>(data: &T) -> anyhow::Result<()> {

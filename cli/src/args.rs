@@ -31,6 +31,9 @@ pub struct Global {
     /// A TOML configuration file.
     #[arg(long, global = true, env = "ROTA_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// Send admin requests to this server rather than to any server.
+    #[arg(long, global = true, env = "ROTA_SERVER")]
+    pub server: Option<String>,
     /// Print the reply's data as JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

@@ -48,6 +48,8 @@ pub struct Settings {
     pub prefix: String,
     pub database_url: String,
     pub json: bool,
+    /// Admin requests go to this server when set.
+    pub server: Option<String>,
 }
 
 impl Settings {
@@ -69,6 +71,7 @@ impl Settings {
                 .or_else(|| file.database_url.clone())
                 .unwrap_or_else(|| "sqlite://rota.db".to_owned()),
             json: global.json,
+            server: global.server.clone(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct AdminClient {
     client: async_nats::Client,
     subjects: Subjects,
     timeout: Duration,
+    /// Ask this server rather than whichever server answers first.
+    server: Option<String>,
 }
 
 impl AdminClient {
@@ -65,6 +67,16 @@ impl AdminClient {
             client,
             subjects,
             timeout: Duration::from_secs(15),
+            server: None,
+        }
+    }
+
+    /// A client whose requests go to one server (`rota.srv.{sid}.admin.*`) instead of the
+    /// servers' queue group. Operations that need an app's owner are still forwarded to it.
+    pub fn at_server(&self, server_id: &str) -> Self {
+        Self {
+            server: Some(server_id.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -75,7 +87,10 @@ impl AdminClient {
 
     /// Sends one admin request and decodes its reply.
     pub async fn call<R: AdminRequest>(&self, request: &R) -> Result<R::Reply, ClientError> {
-        let subject = self.subjects.admin(R::AREA, R::VERB);
+        let subject = match &self.server {
+            Some(sid) => self.subjects.server_admin(sid, R::AREA, R::VERB),
+            None => self.subjects.admin(R::AREA, R::VERB),
+        };
         let payload = serde_json::to_vec(request).map_err(|e| ClientError::Other(e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string().as_str());

@@ -28,10 +28,16 @@ macro_rules! route {
     }};
 }
 
-/// Answers one admin request.
+/// Answers one admin request, received on `rota.admin.*` or on this server's own
+/// `rota.srv.{sid}.admin.*`.
 pub async fn handle(core: &Core, msg: &Message) {
-    let Some((area, verb)) = core.subjects.parse_admin(msg.subject.as_str()) else {
-        return respond::<()>(&core.client, msg, Err(unknown(msg.subject.as_str()))).await;
+    let subject = msg.subject.as_str();
+    let Some((area, verb)) = core
+        .subjects
+        .parse_admin(subject)
+        .or_else(|| core.subjects.parse_server_admin(&core.id, subject))
+    else {
+        return respond::<()>(&core.client, msg, Err(unknown(subject))).await;
     };
     match (area, verb) {
         ("app", "create") => route!(core, msg, app_create, AppCreate),
@@ -339,8 +345,8 @@ async fn forward<T: serde::de::DeserializeOwned>(
     server_id: &str,
     call: &RemoteCall,
 ) -> AdminResult<T> {
-    let payload = serde_json::to_vec(call)
-        .map_err(|e| ErrorBody::internal(format!("encode call: {e}")))?;
+    let payload =
+        serde_json::to_vec(call).map_err(|e| ErrorBody::internal(format!("encode call: {e}")))?;
     let request = async_nats::Request::new()
         .payload(payload.into())
         .headers(protocol_headers())

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub dispatch_timeout: Duration,
     /// How long an instance waits for a live worker before it fails.
     pub no_worker_timeout: Duration,
+    /// How often the server re-reads which apps it owns. An app another server took over stops
+    /// being scheduled here at the next re-read.
+    pub ownership_refresh: Duration,
     /// How often the server refreshes its presence row.
     pub presence_interval: Duration,
     /// How long a call forwarded to an app's owner may take.
@@ -46,6 +49,7 @@ impl Default for ServerConfig {
             misfire_threshold: Duration::from_secs(5),
             dispatch_timeout: Duration::from_secs(3),
             no_worker_timeout: Duration::from_secs(60),
+            ownership_refresh: Duration::from_secs(1),
             presence_interval: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(10),
         }

@@ -22,10 +22,17 @@ pub fn start(core: Arc<Core>) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(core.config.schedule_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refreshed: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = core.shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
+            }
+            if refreshed.is_none_or(|t| t.elapsed() >= core.config.ownership_refresh) {
+                match ownership::refresh(&core).await {
+                    Ok(()) => refreshed = Some(tokio::time::Instant::now()),
+                    Err(e) => tracing::warn!(error = %e, "could not re-read ownerships"),
+                }
             }
             if let Err(e) = pass(&core).await {
                 tracing::warn!(error = %e, "schedule pass failed; the next one will retry");
@@ -36,7 +43,6 @@ pub fn start(core: Arc<Core>) {
 
 /// One pass of the loop.
 pub async fn pass(core: &Core) -> Result<(), StoreError> {
-    ownership::refresh(core).await?;
     let owned = core.ownership.app_ids();
     if owned.is_empty() {
         return Ok(());

@@ -211,6 +211,16 @@ async fn serve_concurrently(core: Arc<Core>, mut sub: Subscriber, endpoint: Endp
 /// once; reports and logs go to their batching writers.
 async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: mpsc::Sender<Pending>) {
     while let Some(msg) = sub.next().await {
+        if core
+            .subjects
+            .parse_server_admin(&core.id, msg.subject.as_str())
+            .is_some()
+        {
+            // An admin request for this server in particular.
+            let core = core.clone();
+            tokio::spawn(async move { admin::handle(&core, &msg).await });
+            continue;
+        }
         match Subjects::endpoint_of(msg.subject.as_str()) {
             "heartbeat" => match decode_message::<WorkerHeartbeat>(&msg) {
                 Ok(hb) if validate_token(&hb.worker_id).is_ok() => core.workers.record(hb),

@@ -318,7 +318,9 @@ pub enum RemoteCall {
     InstanceStop(crate::admin::InstanceId),
     InstanceRetry(crate::admin::InstanceId),
     /// The live workers the owner knows, of one app or of every app it owns.
-    WorkerList { app_id: Option<i64> },
+    WorkerList {
+        app_id: Option<i64>,
+    },
 }
 
 #[cfg(test)]

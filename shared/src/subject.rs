@@ -96,6 +96,25 @@ impl Subjects {
         format!("{}.srv.{server_id}.rpc", self.prefix)
     }
 
+    /// An admin request addressed to one server: `rota.srv.{sid}.admin.{area}.{verb}`.
+    pub fn server_admin(&self, server_id: &str, area: &str, verb: &str) -> String {
+        format!("{}.srv.{server_id}.admin.{area}.{verb}", self.prefix)
+    }
+
+    /// Splits a server-addressed admin subject into `(area, verb)`.
+    pub fn parse_server_admin<'a>(
+        &self,
+        server_id: &str,
+        subject: &'a str,
+    ) -> Option<(&'a str, &'a str)> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?;
+        let rest = rest.strip_prefix(".srv.")?;
+        let rest = rest.strip_prefix(server_id)?;
+        let rest = rest.strip_prefix(".admin.")?;
+        let (area, verb) = rest.split_once('.')?;
+        (!verb.contains('.')).then_some((area, verb))
+    }
+
     /// Every subject addressed to one worker.
     pub fn worker_all(&self, worker_id: &str) -> String {
         format!("{}.wrk.{worker_id}.>", self.prefix)
@@ -154,6 +173,19 @@ mod tests {
         );
         assert_eq!(s.parse_admin("acme.rota.admin.job"), None);
         assert_eq!(s.parse_admin("other.admin.job.run"), None);
+        assert_eq!(
+            s.server_admin("s1", "job", "run"),
+            "acme.rota.srv.s1.admin.job.run"
+        );
+        assert_eq!(
+            s.parse_server_admin("s1", "acme.rota.srv.s1.admin.job.run"),
+            Some(("job", "run"))
+        );
+        assert_eq!(
+            s.parse_server_admin("s1", "acme.rota.srv.s2.admin.job.run"),
+            None
+        );
+        assert_eq!(s.parse_server_admin("s1", "acme.rota.srv.s1.status"), None);
     }
 
     #[test]

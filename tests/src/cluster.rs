@@ -29,21 +29,26 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// NATS, a database and one server.
+    /// NATS, a database and one server (`s1`).
     pub async fn start() -> anyhow::Result<Self> {
+        let mut d = Self::start_without_servers().await?;
+        d.start_server("s1").await?;
+        Ok(d)
+    }
+
+    /// NATS and a database; servers are started by the test.
+    pub async fn start_without_servers() -> anyhow::Result<Self> {
         crate::init_tracing();
         let nats = NatsServer::start()?;
         let db = TestDatabase::create().await?;
         let admin = AdminClient::connect(&nats.url(), "rota").await?;
-        let mut d = Self {
+        Ok(Self {
             nats,
             db,
             admin,
             servers: Vec::new(),
             workers: Vec::new(),
-        };
-        d.start_server("s1").await?;
-        Ok(d)
+        })
     }
 
     /// The configuration tests run servers with.
@@ -57,12 +62,18 @@ impl Deployment {
             schedule_lookahead: Duration::from_millis(1500),
             dispatch_timeout: Duration::from_secs(2),
             presence_interval: Duration::from_secs(1),
+            ownership_refresh: Duration::from_millis(500),
             ..ServerConfig::default()
         }
     }
 
     pub async fn start_server(&mut self, id: &str) -> anyhow::Result<String> {
-        let handle = Server::start(self.server_config(id))
+        self.start_server_with(self.server_config(id)).await
+    }
+
+    pub async fn start_server_with(&mut self, config: ServerConfig) -> anyhow::Result<String> {
+        let id = config.server_id.clone().unwrap_or_default();
+        let handle = Server::start(config)
             .await
             .with_context(|| format!("start server {id}"))?;
         let id = handle.id().to_owned();

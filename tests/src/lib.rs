@@ -29,6 +29,7 @@
 pub mod cluster;
 pub mod db;
 pub mod nats;
+pub mod process;
 pub mod wait;
 
 /// Sends `tracing` output to the test harness's captured output, filtered by `RUST_LOG` (default

@@ -1,0 +1,143 @@
+//! `rota server` as a real process, for tests that kill servers (SIGKILL) and restart them.
+//!
+//! The binary's path comes from the caller: only the `rota` package's own tests can name it
+//! (`env!("CARGO_BIN_EXE_rota")`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use rota_shared::Subjects;
+use rota_shared::envelope::decode_reply;
+use rota_shared::message::{Ping, Pong};
+use tokio::process::{Child, Command};
+
+/// A running `rota server`; killed when dropped.
+pub struct ServerProcess {
+    id: String,
+    bin: PathBuf,
+    nats_url: String,
+    database_url: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    /// Starts `rota server --server-id {id}` and waits until it answers pings.
+    pub async fn start(
+        bin: &Path,
+        id: &str,
+        nats_url: &str,
+        database_url: &str,
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut server = Self {
+            id: id.to_owned(),
+            bin: bin.to_owned(),
+            nats_url: nats_url.to_owned(),
+            database_url: database_url.to_owned(),
+            log: log_dir.join(format!("{id}.log")),
+            child: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let child = Command::new(&self.bin)
+            .args(["server", "--server-id", &self.id])
+            .env("ROTA_NATS_URL", &self.nats_url)
+            .env("ROTA_DATABASE_URL", &self.database_url)
+            .env("RUST_LOG", "info")
+            .env_remove("ROTA_CONFIG")
+            .env_remove("ROTA_PREFIX")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", self.bin.display()))?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let nats = async_nats::connect(&self.nats_url).await?;
+        let subject = Subjects::default().server_ping(&self.id);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ping = serde_json::to_vec(&Ping::default())?;
+            let request = async_nats::Request::new()
+                .payload(ping.into())
+                .timeout(Some(Duration::from_millis(500)));
+            if let Ok(msg) = nats.send_request(subject.clone(), request).await
+                && decode_reply::<Pong>(&msg.payload).is_ok()
+            {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                anyhow::bail!(
+                    "server {} exited with {status}: {}",
+                    self.id,
+                    self.log_tail()
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "server {} did not answer pings within 30 s: {}",
+                    self.id,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The last lines the server logged.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and reaps it.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub async fn terminate(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+            }
+            tokio::time::timeout(Duration::from_secs(20), child.wait())
+                .await
+                .context("server did not exit within 20 s of SIGTERM")??;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again with the same id and configuration.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        self.spawn().await
+    }
+}

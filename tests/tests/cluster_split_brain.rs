@@ -1,0 +1,154 @@
+//! DESIGN §3 fencing under a forced split brain: two servers both believe they own one app for
+//! several seconds, both schedule its CRON job and both dispatch. Still no fire time has two
+//! instances, no instance runs twice, and reports from anything but an instance's current
+//! tracker change nothing, on either server.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rota_shared::InstanceStatus;
+use rota_shared::admin::{InstanceInfo, InstanceList, JobDisable, JobId, JobRun};
+use rota_shared::envelope::decode_reply;
+use rota_shared::message::{ReportAck, StatusReport};
+use rota_shared::schedule::Schedule;
+use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::wait;
+use rota_worker::ProcessorRegistry;
+use sea_orm::{ConnectionTrait, Database};
+
+async fn instances(d: &Deployment, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
+    Ok(d.admin
+        .call(&InstanceList {
+            job_id: Some(job_id),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result<()> {
+    let mut d = Deployment::start_without_servers().await?;
+    // s1 never re-reads its ownerships: once it owns the app it keeps believing so.
+    let mut stubborn = d.server_config("s1");
+    stubborn.ownership_refresh = Duration::from_secs(3600);
+    d.start_server_with(stubborn).await?;
+    let app = d.create_app("app").await?;
+    // w1 stays with the server it found first.
+    let mut w1 = d.worker_config("app", "w1");
+    w1.reacquire_interval = Duration::from_secs(3600);
+    d.start_worker(w1, ProcessorRegistry::new()).await?;
+
+    // s2 joins, and the database is changed under s1's feet: s2 now owns the app, s1 still
+    // believes it does.
+    d.start_server("s2").await?;
+    let db = Database::connect(d.db.url()).await?;
+    let moved = db
+        .execute_unprepared(&format!(
+            "UPDATE app SET current_server = 's2', epoch = epoch + 1 WHERE id = {}",
+            app.id
+        ))
+        .await?;
+    assert_eq!(moved.rows_affected(), 1);
+    // A worker that starts now is sent to s2.
+    d.start_worker(d.worker_config("app", "w2"), ProcessorRegistry::new())
+        .await?;
+
+    let mut spec = shell_job("app", "tick", "echo tick");
+    spec.schedule = Schedule::Cron {
+        expression: "* * * * * *".into(),
+        time_zone: None,
+    };
+    let job = d.create_job(spec).await?;
+    // Both servers dispatch: each to the worker that heartbeats to it.
+    let seen = wait::until(
+        "both servers to dispatch fires",
+        Duration::from_secs(20),
+        || async {
+            let list = instances(&d, job.id).await.ok()?;
+            let workers: HashSet<String> = list
+                .iter()
+                .filter(|i| i.status == InstanceStatus::Succeeded)
+                .filter_map(|i| i.worker_id.clone())
+                .collect();
+            (workers.len() == 2 && list.len() >= 6).then_some(list)
+        },
+    )
+    .await;
+    assert!(seen.len() >= 6);
+
+    // A long run, and forged reports about it sent to both servers while it runs.
+    let long = d
+        .create_job(shell_job("app", "long", "sleep 2; echo long-done"))
+        .await?;
+    let id = d
+        .admin
+        .call(&JobRun {
+            id: long.id,
+            params: None,
+            delay_ms: 0,
+        })
+        .await?
+        .instance_id;
+    let running = d
+        .wait_status(id, InstanceStatus::Running, Duration::from_secs(10))
+        .await;
+    let tracker = running
+        .worker_id
+        .clone()
+        .expect("a running instance has a tracker");
+    let other = if tracker == "w1" { "w2" } else { "w1" };
+    let nats = async_nats::connect(d.nats.url()).await?;
+    for server in ["s1", "s2"] {
+        let subject = d.subjects().server_status(server);
+        for (attempt, worker) in [
+            (running.attempt, other),
+            (running.attempt + 1, tracker.as_str()),
+        ] {
+            let forged = StatusReport {
+                instance_id: id,
+                attempt,
+                seq: 1_000_000,
+                worker_id: worker.to_owned(),
+                status: InstanceStatus::Failed,
+                result: Some("forged".into()),
+                runs: None,
+                alert: false,
+                reported_at_ms: 0,
+            };
+            let reply = nats
+                .request(subject.clone(), serde_json::to_vec(&forged)?.into())
+                .await?;
+            decode_reply::<ReportAck>(&reply.payload)?;
+        }
+    }
+    let done = d.wait_terminal(id, Duration::from_secs(15)).await;
+    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result.as_deref(), Some("long-done"));
+    assert_eq!((done.attempt, done.runs), (running.attempt, 1));
+
+    d.admin.call(&JobDisable(JobId { id: job.id })).await?;
+    let all = wait::until("every fire to finish", Duration::from_secs(15), || async {
+        let list = instances(&d, job.id).await.ok()?;
+        list.iter().all(|i| i.status.is_terminal()).then_some(list)
+    })
+    .await;
+    let fires: HashSet<Option<i64>> = all.iter().map(|i| i.expected_trigger_time_ms).collect();
+    assert_eq!(
+        fires.len(),
+        all.len(),
+        "a fire time has two instances: {all:#?}"
+    );
+    for i in &all {
+        // Ran at most once, and only one attempt was ever made.
+        assert!(i.runs <= 1 && i.attempt <= 1, "{i:?}");
+        assert!(
+            i.status == InstanceStatus::Succeeded
+                || (i.status == InstanceStatus::Canceled
+                    && i.result.as_deref() == Some("job was disabled")),
+            "{i:?}"
+        );
+    }
+    d.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The fences of DESIGN §3, raced head-on against the real database: whatever number of
+//! servers act at once, a fire time yields one instance, an instance is handed to one worker per
+//! attempt, and a report's change applies once.
+
+use std::collections::HashSet;
+
+use rota_server::store::{FirePlan, InstanceGuard, Job, Store};
+use rota_shared::InstanceStatus;
+use rota_shared::rules::Update;
+use rota_tests::cluster::shell_job;
+use rota_tests::db::TestDatabase;
+
+/// How many "servers" race in each round.
+const RACERS: usize = 4;
+
+async fn setup() -> anyhow::Result<(TestDatabase, Store, Job)> {
+    rota_tests::init_tracing();
+    let db = TestDatabase::create().await?;
+    let store = Store::connect(db.url()).await?;
+    let app = store.create_app("app", "secret", 0).await?;
+    let job = store
+        .insert_job(&Job::from_spec(&shell_job("app", "j", "true"), app.id, 0))
+        .await?;
+    Ok((db, store, job))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_fire_passes_create_each_fire_once() -> anyhow::Result<()> {
+    let (_db, store, job) = setup().await?;
+    // The job's next fire is at 1000; every racer read that and plans fires 1000..=3000.
+    store.set_next_trigger(job.id, Some(1000), 0).await?;
+    let plan = FirePlan {
+        job_id: job.id,
+        app_id: job.app_id,
+        old_next: 1000,
+        new_next: Some(4000),
+        fires: vec![1000, 2000, 3000],
+    };
+    let mut racers = Vec::new();
+    for _ in 0..RACERS {
+        let (store, plan) = (store.clone(), plan.clone());
+        racers.push(tokio::spawn(async move { store.fire(&[plan], 0).await }));
+    }
+    let mut ids = HashSet::new();
+    for racer in racers {
+        // A racer that lost the next-fire compare-and-set creates and returns nothing.
+        for inst in racer.await?? {
+            ids.insert((inst.id, inst.expected_trigger_time_ms));
+        }
+    }
+    let stored = store
+        .list_instances(&rota_server::store::InstanceFilter {
+            job_id: Some(job.id),
+            limit: 100,
+            ..Default::default()
+        })
+        .await?;
+    let fires: Vec<Option<i64>> = stored.iter().map(|i| i.expected_trigger_time_ms).collect();
+    assert_eq!(stored.len(), 3, "fires: {fires:?}");
+    assert_eq!(ids.len(), 3);
+    assert_eq!(store.job(job.id).await?.next_trigger_time_ms, Some(4000));
+
+    // A second round that read the old next fire finds it moved and creates nothing.
+    assert!(store.fire(&[plan], 0).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_dispatches_hand_an_attempt_to_one_worker() -> anyhow::Result<()> {
+    let (_db, store, job) = setup().await?;
+    for round in 0..5 {
+        store
+            .set_next_trigger(job.id, Some(round * 10 + 1), 0)
+            .await?;
+        let plan = FirePlan {
+            job_id: job.id,
+            app_id: job.app_id,
+            old_next: round * 10 + 1,
+            new_next: None,
+            fires: vec![round * 10 + 1],
+        };
+        let inst = store.fire(&[plan], 0).await?.pop().expect("one instance");
+        let guard = InstanceGuard::of(&store.instance(inst.id).await?);
+        let mut racers = Vec::new();
+        for n in 0..RACERS {
+            let store = store.clone();
+            racers.push(tokio::spawn(async move {
+                store
+                    .cas_dispatch(inst.id, guard, &format!("w{n}"), 0)
+                    .await
+            }));
+        }
+        let mut won = Vec::new();
+        for racer in racers {
+            if let Some(attempt) = racer.await?? {
+                won.push(attempt);
+            }
+        }
+        assert_eq!(won, vec![1], "round {round}: attempts handed out: {won:?}");
+        let after = store.instance(inst.id).await?;
+        assert_eq!(after.status, InstanceStatus::WaitingWorkerReceive.code());
+        assert_eq!(after.attempt, 1);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_change_applies_once() -> anyhow::Result<()> {
+    let (_db, store, job) = setup().await?;
+    store.set_next_trigger(job.id, Some(5), 0).await?;
+    let plan = FirePlan {
+        job_id: job.id,
+        app_id: job.app_id,
+        old_next: 5,
+        new_next: None,
+        fires: vec![5],
+    };
+    let inst = store.fire(&[plan], 0).await?.pop().expect("one instance");
+    let guard = InstanceGuard::of(&store.instance(inst.id).await?);
+    store.cas_dispatch(inst.id, guard, "w1", 0).await?;
+    let guard = InstanceGuard::of(&store.instance(inst.id).await?);
+    let update = Update {
+        status: InstanceStatus::Running,
+        last_seq: 1,
+        runs: 1,
+        result: None,
+        started_at_ms: Some(1),
+        finished_at_ms: None,
+        retry_at_ms: None,
+        alert: false,
+    };
+    let mut racers = Vec::new();
+    for _ in 0..RACERS {
+        let (store, update) = (store.clone(), update.clone());
+        racers.push(tokio::spawn(async move {
+            store.apply_updates(&[(inst.id, guard, update)], 1).await
+        }));
+    }
+    let mut applied = 0;
+    for racer in racers {
+        applied += racer.await??.into_iter().filter(|ok| *ok).count();
+    }
+    assert_eq!(applied, 1, "the same change applied {applied} times");
+    Ok(())
+}
