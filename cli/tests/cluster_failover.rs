@@ -1,0 +1,305 @@
+//! Several `rota server` processes on one database (DESIGN §3): any server answers for the
+//! owner, a SIGKILLed owner is replaced without a duplicate fire or a lost report, and a
+//! restarted server rejoins and can own apps again. Workers run throughout and never restart.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use rota_client::AdminClient;
+use rota_shared::InstanceStatus;
+use rota_shared::admin::*;
+use rota_shared::schedule::Schedule;
+use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::process::ServerProcess;
+use rota_tests::wait;
+use rota_worker::{ProcessResult, ProcessorRegistry, processor_fn};
+use tokio::time::Instant;
+
+const SERVERS: [&str; 3] = ["s1", "s2", "s3"];
+
+async fn start_servers(d: &Deployment, dir: &Path) -> anyhow::Result<Vec<ServerProcess>> {
+    let bin = Path::new(env!("CARGO_BIN_EXE_rota"));
+    let mut servers = Vec::new();
+    for id in SERVERS {
+        servers.push(ServerProcess::start(bin, id, &d.nats.url(), d.db.url(), dir).await?);
+    }
+    Ok(servers)
+}
+
+async fn owner_of(admin: &AdminClient, app: &str) -> anyhow::Result<Option<String>> {
+    let apps = admin.call(&AppList {}).await?;
+    Ok(apps
+        .into_iter()
+        .find(|a| a.name == app)
+        .and_then(|a| a.current_server))
+}
+
+async fn run(admin: &AdminClient, job_id: i64, params: Option<&str>) -> anyhow::Result<i64> {
+    Ok(admin
+        .call(&JobRun {
+            id: job_id,
+            params: params.map(str::to_owned),
+            delay_ms: 0,
+        })
+        .await?
+        .instance_id)
+}
+
+fn worker_ids(list: Vec<rota_shared::message::WorkerSummary>) -> Vec<String> {
+    let mut ids: Vec<String> = list.into_iter().map(|w| w.worker_id).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_to_a_non_owner_give_the_owners_result() -> anyhow::Result<()> {
+    let mut d = Deployment::start_without_servers().await?;
+    let dir = tempfile::tempdir()?;
+    let _servers = start_servers(&d, dir.path()).await?;
+    d.create_app("app").await?;
+    let mut registry = ProcessorRegistry::new();
+    registry.register(
+        "echo",
+        processor_fn(|ctx| async move {
+            ProcessResult::ok(ctx.instance_params.clone().unwrap_or_default())
+        }),
+    );
+    d.start_worker(d.worker_config("app", "w1"), registry.clone())
+        .await?;
+    d.start_worker(d.worker_config("app", "w2"), registry)
+        .await?;
+    let owner = owner_of(&d.admin, "app")
+        .await?
+        .expect("the workers made a server own the app");
+    let mut echo = shell_job("app", "echo", "");
+    echo.processor = "echo".into();
+    let echo = d.create_job(echo).await?;
+    let sleeper = d
+        .create_job(shell_job("app", "sleeper", "sleep 600"))
+        .await?;
+
+    let at_owner = d.admin.at_server(&owner);
+    let expected_workers = worker_ids(
+        at_owner
+            .call(&WorkerList {
+                app: Some("app".into()),
+            })
+            .await?,
+    );
+    assert_eq!(expected_workers, ["w1", "w2"]);
+    let expected_apps = at_owner.call(&AppList {}).await?;
+    let expected_job = at_owner.call(&JobShow(JobId { id: echo.id })).await?;
+    for other in SERVERS.iter().filter(|s| **s != owner) {
+        let at = d.admin.at_server(other);
+        // Owner-bound calls: forwarded to the owner, same answer.
+        let workers = worker_ids(
+            at.call(&WorkerList {
+                app: Some("app".into()),
+            })
+            .await?,
+        );
+        assert_eq!(workers, expected_workers, "worker list via {other}");
+        let all_workers = worker_ids(at.call(&WorkerList { app: None }).await?);
+        assert_eq!(
+            all_workers, expected_workers,
+            "worker list of every app via {other}"
+        );
+        let id = run(&at, echo.id, Some(other)).await?;
+        let done = d.wait_terminal(id, Duration::from_secs(15)).await;
+        assert_eq!(
+            done.status,
+            InstanceStatus::Succeeded,
+            "run via {other}: {done:?}"
+        );
+        assert_eq!(done.result.as_deref(), Some(*other));
+        let retried = at
+            .call(&InstanceRetry(InstanceId { id }))
+            .await?
+            .instance_id;
+        let again = d.wait_terminal(retried, Duration::from_secs(15)).await;
+        assert_eq!(
+            (again.status, again.result.as_deref()),
+            (InstanceStatus::Succeeded, Some(*other))
+        );
+        let long = run(&at, sleeper.id, None).await?;
+        d.wait_status(long, InstanceStatus::Running, Duration::from_secs(15))
+            .await;
+        let stopped = at.call(&InstanceStop(InstanceId { id: long })).await?;
+        assert_eq!(stopped.status, InstanceStatus::Stopped, "stop via {other}");
+        // Database-backed calls: the same data from any server.
+        assert_eq!(at.call(&AppList {}).await?, expected_apps);
+        assert_eq!(
+            at.call(&JobShow(JobId { id: echo.id })).await?,
+            expected_job
+        );
+    }
+    d.shutdown().await;
+    Ok(())
+}
+
+async fn succeeded_fires_after(
+    d: &Deployment,
+    job_id: i64,
+    after_ms: i64,
+) -> anyhow::Result<usize> {
+    let list = d
+        .admin
+        .call(&InstanceList {
+            job_id: Some(job_id),
+            status: Some(InstanceStatus::Succeeded),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await?;
+    Ok(list
+        .iter()
+        .filter(|i| i.expected_trigger_time_ms.is_some_and(|t| t >= after_ms))
+        .count())
+}
+
+/// Waits until the app has an owner other than `not`, and returns it with the time it took.
+async fn new_owner(d: &Deployment, not: &str, since: Instant) -> (String, Duration) {
+    let owner = wait::until(
+        &format!("a server other than {not} to own the app"),
+        Duration::from_secs(15),
+        || async {
+            owner_of(&d.admin, "app")
+                .await
+                .ok()
+                .flatten()
+                .filter(|o| o != not)
+        },
+    )
+    .await;
+    (owner, since.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::Result<()> {
+    let mut d = Deployment::start_without_servers().await?;
+    let dir = tempfile::tempdir()?;
+    let mut servers = start_servers(&d, dir.path()).await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    d.start_worker(d.worker_config("app", "w2"), ProcessorRegistry::new())
+        .await?;
+    let mut tick = shell_job("app", "tick", "echo tick");
+    tick.schedule = Schedule::Cron {
+        expression: "* * * * * *".into(),
+        time_zone: None,
+    };
+    let tick = d.create_job(tick).await?;
+    let long = d
+        .create_job(shell_job("app", "long", "sleep 5; echo long-done"))
+        .await?;
+    wait::until("the CRON job to run", Duration::from_secs(15), || async {
+        (succeeded_fires_after(&d, tick.id, 0).await.ok()? >= 2).then_some(())
+    })
+    .await;
+    let long_id = run(&d.admin, long.id, None).await?;
+    let running = d
+        .wait_status(long_id, InstanceStatus::Running, Duration::from_secs(15))
+        .await;
+
+    // Kill the owner mid-run.
+    let owner = owner_of(&d.admin, "app").await?.expect("an owner");
+    let killed = servers
+        .iter_mut()
+        .find(|s| s.id() == owner)
+        .expect("the owner is ours");
+    let t0 = Instant::now();
+    killed.kill().await;
+    let (successor, took) = new_owner(&d, &owner, t0).await;
+    eprintln!(
+        "failover: {successor} owns the app {} ms after {owner} was SIGKILLed",
+        took.as_millis()
+    );
+    let taken_at = chrono::Utc::now().timestamp_millis();
+
+    // The CRON job goes on firing under the new owner.
+    wait::until(
+        "three fires under the new owner",
+        Duration::from_secs(20),
+        || async { (succeeded_fires_after(&d, tick.id, taken_at).await.ok()? >= 3).then_some(()) },
+    )
+    .await;
+    // The long run's terminal report reached the new owner: it ends as it really ended.
+    let done = d.wait_terminal(long_id, Duration::from_secs(20)).await;
+    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result.as_deref(), Some("long-done"));
+    assert_eq!(
+        (done.attempt, done.runs, done.worker_id.as_deref()),
+        (running.attempt, 1, running.worker_id.as_deref())
+    );
+
+    // The killed server comes back with the same configuration and rejoins.
+    let restarted = servers.iter_mut().find(|s| s.id() == owner).expect("ours");
+    restarted.restart().await?;
+    let listed = d.admin.call(&ServerList {}).await?;
+    assert!(
+        listed.iter().any(|s| s.id == owner && s.alive),
+        "{listed:?}"
+    );
+    // It can own apps again: with the other two gone, it takes this one over.
+    let t1 = Instant::now();
+    for s in servers.iter_mut().filter(|s| s.id() != owner) {
+        s.kill().await;
+    }
+    wait::until(
+        "the restarted server to own the app",
+        Duration::from_secs(15),
+        || async {
+            owner_of(&d.admin, "app")
+                .await
+                .ok()
+                .flatten()
+                .filter(|o| *o == owner)
+        },
+    )
+    .await;
+    eprintln!(
+        "failover: restarted {owner} owns the app {} ms after the others were SIGKILLed",
+        t1.elapsed().as_millis()
+    );
+    let back_at = chrono::Utc::now().timestamp_millis();
+    wait::until(
+        "two fires under the restarted server",
+        Duration::from_secs(20),
+        || async { (succeeded_fires_after(&d, tick.id, back_at).await.ok()? >= 2).then_some(()) },
+    )
+    .await;
+
+    // No fire time ever had two instances.
+    let all = d
+        .admin
+        .call(&InstanceList {
+            job_id: Some(tick.id),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await?;
+    let fires: HashSet<Option<i64>> = all.iter().map(|i| i.expected_trigger_time_ms).collect();
+    assert_eq!(fires.len(), all.len(), "a fire time has two instances");
+    assert!(all.iter().all(|i| i.runs <= 1), "an instance ran twice");
+    // The same two workers, never restarted, find the new owner (an idle one at its next
+    // periodic re-acquire).
+    wait::until(
+        "both workers to serve the new owner",
+        Duration::from_secs(10),
+        || async {
+            let list = d
+                .admin
+                .call(&WorkerList {
+                    app: Some("app".into()),
+                })
+                .await
+                .ok()?;
+            (worker_ids(list) == ["w1", "w2"]).then_some(())
+        },
+    )
+    .await;
+    d.shutdown().await;
+    Ok(())
+}
