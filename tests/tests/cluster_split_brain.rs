@@ -152,3 +152,91 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
     d.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lost_an_app_answers_not_owner() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    let app = d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    d.start_server("s2").await?;
+    let nats = async_nats::connect(d.nats.url()).await?;
+    let cluster = |server: &str| {
+        let (nats, subject) = (nats.clone(), d.subjects().server_cluster(server));
+        async move {
+            let query = rota_shared::message::ClusterQuery {
+                app_id: app.id,
+                job_id: None,
+            };
+            let reply = nats
+                .request(
+                    subject,
+                    serde_json::to_vec(&query).unwrap_or_default().into(),
+                )
+                .await
+                .ok()?;
+            Some(
+                decode_reply::<rota_shared::message::ClusterReply>(&reply.payload)
+                    .map_err(|e| e.code),
+            )
+        }
+    };
+    // s1 owns the app: it answers with its workers.
+    let workers = cluster("s1")
+        .await
+        .expect("s1 answers")
+        .map_err(|code| anyhow::anyhow!("s1 refused: {code}"))?;
+    assert_eq!(workers.workers.len(), 1);
+
+    let db = Database::connect(d.db.url()).await?;
+    db.execute_unprepared(&format!(
+        "UPDATE app SET current_server = 's2', epoch = epoch + 1 WHERE id = {}",
+        app.id
+    ))
+    .await?;
+    // Within its ownership re-read interval, s1 lets go of the app.
+    wait::until("s1 to answer NOT_OWNER", Duration::from_secs(5), || async {
+        matches!(
+            cluster("s1").await,
+            Some(Err(rota_shared::ErrorCode::NotOwner))
+        )
+        .then_some(())
+    })
+    .await;
+    // A report about one of the app's instances sent to s1 is refused the same way, so the
+    // worker re-acquires and sends it to s2.
+    let job = d.create_job(shell_job("app", "j", "true")).await?;
+    let id = d
+        .admin
+        .call(&JobRun {
+            id: job.id,
+            params: None,
+            delay_ms: 0,
+        })
+        .await?
+        .instance_id;
+    d.wait_terminal(id, Duration::from_secs(15)).await;
+    let report = StatusReport {
+        instance_id: id,
+        attempt: 1,
+        seq: 99,
+        worker_id: "w1".into(),
+        status: InstanceStatus::Failed,
+        result: None,
+        runs: None,
+        alert: false,
+        reported_at_ms: 0,
+    };
+    let reply = nats
+        .request(
+            d.subjects().server_status("s1"),
+            serde_json::to_vec(&report)?.into(),
+        )
+        .await?;
+    assert_eq!(
+        decode_reply::<ReportAck>(&reply.payload).map_err(|e| e.code),
+        Err(rota_shared::ErrorCode::NotOwner)
+    );
+    d.shutdown().await;
+    Ok(())
+}
