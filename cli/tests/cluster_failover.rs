@@ -56,7 +56,7 @@ fn worker_ids(list: Vec<rota_shared::message::WorkerSummary>) -> Vec<String> {
 async fn admin_calls_to_a_non_owner_give_the_owners_result() -> anyhow::Result<()> {
     let mut d = Deployment::start_without_servers().await?;
     let dir = tempfile::tempdir()?;
-    let _servers = start_servers(&d, dir.path()).await?;
+    let mut servers = start_servers(&d, dir.path()).await?;
     d.create_app("app").await?;
     let mut registry = ProcessorRegistry::new();
     registry.register(
@@ -134,6 +134,26 @@ async fn admin_calls_to_a_non_owner_give_the_owners_result() -> anyhow::Result<(
             expected_job
         );
     }
+    // Every server is registered and alive; one stopped cleanly (SIGTERM) leaves the registry.
+    let listed: Vec<(String, bool)> = d
+        .admin
+        .call(&ServerList {})
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.alive))
+        .collect();
+    assert_eq!(listed, SERVERS.map(|s| (s.to_owned(), true)));
+    let leaving = servers
+        .iter_mut()
+        .find(|s| s.id() != owner)
+        .expect("a non-owner");
+    let left = leaving.id().to_owned();
+    leaving.terminate().await?;
+    let listed = d.admin.call(&ServerList {}).await?;
+    assert!(
+        listed.iter().all(|s| s.id != left),
+        "{left} is still registered: {listed:?}"
+    );
     d.shutdown().await;
     Ok(())
 }
