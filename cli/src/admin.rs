@@ -7,7 +7,7 @@ use rota_client::AdminClient;
 use rota_shared::InstanceStatus;
 use rota_shared::admin::*;
 use rota_shared::message::WorkerSummary;
-use rota_shared::schedule::Schedule;
+use rota_shared::schedule::{Lifecycle, Schedule};
 use serde::Serialize;
 
 use crate::args::{AppCommand, InstanceCommand, JobCommand, JobFields, LogsArgs};
@@ -51,7 +51,42 @@ pub async fn app(settings: &Settings, cmd: AppCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn time_of(flag: &str, value: &Option<String>) -> anyhow::Result<Option<i64>> {
+    value
+        .as_deref()
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| anyhow!("invalid {flag} {v:?}: {e} (use RFC 3339)"))
+        })
+        .transpose()
+}
+
+fn lifecycle_of(fields: &JobFields) -> anyhow::Result<Option<Lifecycle>> {
+    let start_ms = time_of("--starts-at", &fields.starts_at)?;
+    let end_ms = time_of("--ends-at", &fields.ends_at)?;
+    Ok((start_ms.is_some() || end_ms.is_some()).then_some(Lifecycle { start_ms, end_ms }))
+}
+
+fn misfire_of(fields: &JobFields) -> anyhow::Result<Option<MisfirePolicy>> {
+    fields
+        .misfire
+        .as_deref()
+        .map(|v| {
+            MisfirePolicy::parse(v).ok_or_else(|| {
+                anyhow!("invalid --misfire {v:?}: use fire_once, skip or catch_up:N")
+            })
+        })
+        .transpose()
+}
+
 fn schedule_of(fields: &JobFields) -> anyhow::Result<Option<Schedule>> {
+    if let Some(interval_ms) = fields.fixed_rate {
+        return Ok(Some(Schedule::FixedRate { interval_ms }));
+    }
+    if let Some(interval_ms) = fields.fixed_delay {
+        return Ok(Some(Schedule::FixedDelay { interval_ms }));
+    }
     if let Some(expression) = &fields.cron {
         return Ok(Some(Schedule::Cron {
             expression: expression.clone(),
@@ -98,7 +133,7 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
             disabled,
         } => {
             let schedule = schedule_of(&fields)?
-                .context("say when the job runs: --cron EXPR, --at TIME or --api")?;
+                .context("say when the job runs: --cron EXPR, --at TIME, --fixed-rate D, --fixed-delay D or --api")?;
             let processor = fields
                 .processor
                 .clone()
@@ -108,7 +143,7 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
                 name,
                 description: fields.description.clone().unwrap_or_default(),
                 schedule,
-                lifecycle: Default::default(),
+                lifecycle: lifecycle_of(&fields)?.unwrap_or_default(),
                 processor,
                 config: fields.processor_config.clone().unwrap_or_default(),
                 params: fields.params.clone(),
@@ -121,6 +156,7 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
                 dispatch: dispatch_of(&fields.dispatch)?.unwrap_or_default(),
                 tags: fields.tags.clone(),
                 designated_workers: fields.workers.clone(),
+                misfire: misfire_of(&fields)?.unwrap_or_default(),
             };
             vec![c.call(&JobCreate { spec }).await?]
         }
@@ -130,7 +166,7 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
                 name,
                 description: fields.description.clone(),
                 schedule: schedule_of(&fields)?,
-                lifecycle: None,
+                lifecycle: lifecycle_of(&fields)?,
                 processor: fields.processor.clone(),
                 config: fields.processor_config.clone(),
                 params: fields.params.clone(),
@@ -142,6 +178,7 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
                 dispatch: dispatch_of(&fields.dispatch)?,
                 tags: (!fields.tags.is_empty()).then(|| fields.tags.clone()),
                 designated_workers: (!fields.workers.is_empty()).then(|| fields.workers.clone()),
+                misfire: misfire_of(&fields)?,
             };
             vec![c.call(&update).await?]
         }
@@ -426,6 +463,59 @@ pub async fn workers(settings: &Settings, app: Option<String>) -> anyhow::Result
             &rows
         )
     );
+    Ok(())
+}
+
+/// Asks every live server (or the one `--server` names) for its stats.
+pub async fn server_stats(settings: &Settings) -> anyhow::Result<()> {
+    let c = client(settings).await?;
+    let ids: Vec<String> = match &settings.server {
+        Some(id) => vec![id.clone()],
+        None => c
+            .call(&ServerList {})
+            .await?
+            .into_iter()
+            .filter(|s| s.alive)
+            .map(|s| s.id)
+            .collect(),
+    };
+    let mut all = Vec::new();
+    for id in ids {
+        all.push(c.at_server(&id).call(&ServerStats {}).await?);
+    }
+    if settings.json {
+        return print_json(&all);
+    }
+    for s in &all {
+        println!(
+            "server {}: {} (owns apps {:?})",
+            s.server_id,
+            if s.ready { "ready" } else { "NOT READY" },
+            s.owned_apps
+        );
+        let repairs: Vec<Vec<String>> = s
+            .repairs
+            .iter()
+            .map(|(reason, n)| vec![reason.clone(), n.to_string()])
+            .collect();
+        println!("{}", render(&["REPAIR", "COUNT"], &repairs));
+        let services: Vec<Vec<String>> = s
+            .services
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    v.state.clone(),
+                    v.iterations.to_string(),
+                    v.failed_iterations.to_string(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}\n",
+            render(&["SERVICE", "STATE", "ITERATIONS", "FAILED"], &services)
+        );
+    }
     Ok(())
 }
 

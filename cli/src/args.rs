@@ -75,6 +75,8 @@ pub struct ServerArgs {
 pub enum ServerCommand {
     /// List the servers and whether they are alive.
     List,
+    /// Each live server's readiness, repairs by reason and background services.
+    Stats,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +103,12 @@ pub struct WorkerArgs {
     /// Disable the `http` processor.
     #[arg(long)]
     pub no_http: bool,
+    /// How often the worker heartbeats (a server counts it lost after three missed).
+    #[arg(long, value_parser = crate::duration::parse_ms, env = "ROTA_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+    /// How often the worker asks which server owns its app.
+    #[arg(long, value_parser = crate::duration::parse_ms, env = "ROTA_REACQUIRE_INTERVAL")]
+    pub reacquire_interval: Option<u64>,
     /// Subcommand-style use: `rota worker list`.
     #[command(subcommand)]
     pub list: Option<WorkerCommand>,
@@ -142,8 +150,23 @@ pub enum AppCommand {
 #[derive(Debug, Args, Default)]
 pub struct JobFields {
     /// CRON expression (seconds field optional): "*/5 * * * * *".
-    #[arg(long, conflicts_with_all = ["at", "api"])]
+    #[arg(long, conflicts_with_all = ["at", "api", "fixed_rate", "fixed_delay"])]
     pub cron: Option<String>,
+    /// A frequent job started every interval (start to start), e.g. 100ms, on one worker.
+    #[arg(long, value_parser = crate::duration::parse_ms, conflicts_with_all = ["at", "api", "fixed_delay"])]
+    pub fixed_rate: Option<u64>,
+    /// A frequent job started this long after each run ends, on one worker.
+    #[arg(long, value_parser = crate::duration::parse_ms, conflicts_with_all = ["at", "api"])]
+    pub fixed_delay: Option<u64>,
+    /// The job fires only from this RFC 3339 time on.
+    #[arg(long)]
+    pub starts_at: Option<String>,
+    /// The job fires only until this RFC 3339 time (a frequent job stops then).
+    #[arg(long)]
+    pub ends_at: Option<String>,
+    /// Fires missed while no server ran: fire_once (default), skip or catch_up:N.
+    #[arg(long)]
+    pub misfire: Option<String>,
     /// IANA time zone of the CRON expression (default UTC).
     #[arg(long, requires = "cron")]
     pub tz: Option<String>,

@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => match args.list {
             Some(ServerCommand::List) => admin::servers(&settings).await,
+            Some(ServerCommand::Stats) => admin::server_stats(&settings).await,
             None => run::server(&settings, &file, args).await,
         },
         Command::Worker(args) => match args.list {

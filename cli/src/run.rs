@@ -91,6 +91,14 @@ pub async fn worker(
         capacity: args.capacity.or(fw.capacity).unwrap_or(16),
         allow_shell: args.allow_shell || fw.allow_shell.unwrap_or(false),
         allow_http: !args.no_http,
+        heartbeat_interval: args.heartbeat_interval.map_or(
+            WorkerConfig::default().heartbeat_interval,
+            Duration::from_millis,
+        ),
+        reacquire_interval: args.reacquire_interval.map_or(
+            WorkerConfig::default().reacquire_interval,
+            Duration::from_millis,
+        ),
         ..WorkerConfig::default()
     };
     let handle = Worker::start(config, ProcessorRegistry::new()).await?;
@@ -214,6 +222,7 @@ async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
         dispatch: DispatchStrategy::HealthFirst,
         tags: vec![],
         designated_workers: vec![],
+        misfire: MisfirePolicy::FireOnce,
     };
     Ok(admin.call(&JobCreate { spec }).await?.id)
 }

@@ -57,6 +57,7 @@ pub async fn handle(core: &Core, msg: &Message) {
         ("logs", "get") => route!(core, msg, logs_get, LogsGet),
         ("worker", "list") => route!(core, msg, worker_list, WorkerList),
         ("server", "list") => route!(core, msg, server_list, ServerList),
+        ("server", "stats") => route!(core, msg, server_stats, ServerStats),
         _ => respond::<()>(&core.client, msg, Err(unknown(msg.subject.as_str()))).await,
     }
 }
@@ -124,12 +125,6 @@ fn validate_job(job: &Job) -> AdminResult<()> {
     job.schedule
         .validate()
         .map_err(|e| ErrorBody::invalid(e.to_string()))?;
-    if job.schedule.is_frequent() {
-        return Err(ErrorBody::new(
-            ErrorCode::Unsupported,
-            "fixed_rate and fixed_delay jobs are not served by this version yet",
-        ));
-    }
     if job.processor.trim().is_empty() {
         return Err(ErrorBody::invalid("a job needs a processor"));
     }
@@ -216,6 +211,9 @@ async fn job_update(core: &Core, r: JobUpdate) -> AdminResult<JobInfo> {
     }
     if let Some(v) = r.designated_workers {
         job.designated_workers = v;
+    }
+    if let Some(v) = r.misfire {
+        job.misfire = v;
     }
     validate_job(&job)?;
     let now = now_ms();
@@ -676,4 +674,34 @@ async fn server_list(core: &Core, _: ServerList) -> AdminResult<Vec<ServerInfo>>
             last_seen_ms: s.last_seen_ms,
         })
         .collect())
+}
+
+/// Answered from memory: it must work while the database does not.
+async fn server_stats(core: &Core, _: ServerStats) -> AdminResult<ServerStatsInfo> {
+    let services = core
+        .services
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|p| {
+            let (iterations, failed_iterations) = p.iterations();
+            ServiceInfo {
+                name: p.name.to_owned(),
+                state: p.state().to_string(),
+                iterations,
+                failed_iterations,
+            }
+        })
+        .collect();
+    Ok(ServerStatsInfo {
+        server_id: core.id.clone(),
+        ready: core.is_ready(),
+        owned_apps: core.ownership.app_ids(),
+        repairs: core
+            .repairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        services,
+    })
 }

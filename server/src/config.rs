@@ -34,6 +34,21 @@ pub struct ServerConfig {
     pub presence_interval: Duration,
     /// How long a call forwarded to an app's owner may take.
     pub rpc_timeout: Duration,
+    /// How often the server checks that the database answers (its readiness).
+    pub health_interval: Duration,
+    /// How often reconcile looks for what events missed (DESIGN §7).
+    pub reconcile_interval: Duration,
+    /// A WAITING_DISPATCH instance this late is put back on the timer.
+    pub waiting_overdue: Duration,
+    /// A dispatch not acknowledged (no first report) for this long has failed; the instance is
+    /// dispatched again.
+    pub unacknowledged_timeout: Duration,
+    /// A RUNNING instance with no report for this long has lost its worker.
+    pub report_timeout: Duration,
+    /// How often finished instances older than `retention` are deleted.
+    pub clean_up_interval: Duration,
+    /// How long finished instances and their logs are kept.
+    pub retention: Duration,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +67,13 @@ impl Default for ServerConfig {
             ownership_refresh: Duration::from_secs(1),
             presence_interval: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(10),
+            health_interval: Duration::from_secs(1),
+            reconcile_interval: Duration::from_secs(10),
+            waiting_overdue: Duration::from_secs(30),
+            unacknowledged_timeout: Duration::from_secs(60),
+            report_timeout: Duration::from_secs(60),
+            clean_up_interval: Duration::from_secs(3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The state every part of a running server shares.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::Client;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServerConfig;
 use crate::ownership::Ownership;
 use crate::registry::WorkerRegistry;
+use crate::service::ServiceProbe;
 use crate::store::Store;
 use crate::timer::TimerHandle;
 
@@ -29,6 +31,12 @@ pub struct Core {
     /// One lock per job with a concurrency limit: counting a job's live instances and handing
     /// one more to a worker must not interleave with another dispatch of the same job.
     pub job_slots: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Repairs and clean-ups done, by reason, for operators (`rota server stats`).
+    pub repairs: Mutex<BTreeMap<String, u64>>,
+    /// Whether the database answered the last health check.
+    pub ready: AtomicBool,
+    /// The background services, for their states in `rota server stats`.
+    pub services: Mutex<Vec<ServiceProbe>>,
     pub shutdown: CancellationToken,
 }
 
@@ -39,6 +47,24 @@ impl Core {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id)
+    }
+
+    /// Counts `n` repairs of `reason`.
+    pub fn repaired(&self, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        tracing::info!(reason, n, "repaired");
+        *self
+            .repairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason.to_owned())
+            .or_default() += n;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// The lock that serializes the dispatches of one job.

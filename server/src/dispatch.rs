@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use rota_shared::admin::OverlapPolicy;
 use rota_shared::envelope::decode_reply;
-use rota_shared::message::{DispatchAck, DispatchRequest, StopAck, StopRequest};
+use rota_shared::message::{
+    DispatchAck, DispatchRequest, Frequent, FrequentMode, StopAck, StopRequest,
+};
+use rota_shared::schedule::Schedule;
 use rota_shared::{ErrorBody, InstanceStatus};
 use tokio::sync::mpsc;
 
@@ -94,29 +97,36 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
 
     // Held until the instance is handed over (or not), so that no other dispatch of this job
     // counts the live instances in between.
-    let _slot = match job.max_instances {
+    // A frequent job runs as one long-lived instance: a second one is skipped.
+    let (max_instances, overlap) = if job.schedule.is_frequent() {
+        (1, OverlapPolicy::Skip)
+    } else {
+        (job.max_instances, job.overlap)
+    };
+    let _slot = match max_instances {
         0 => None,
         _ => Some(core.job_slot(job.id).lock_owned().await),
     };
-    if job.max_instances > 0 {
+    if max_instances > 0 {
         // The state may have moved while this task waited for the slot.
         let fresh = core.store.instance(id).await?;
         if InstanceGuard::of(&fresh) != guard {
             return Ok(());
         }
         let live = core.store.count_live(job.id).await?;
-        if live >= u64::from(job.max_instances) {
-            match job.overlap {
+        if live >= u64::from(max_instances) {
+            match overlap {
                 OverlapPolicy::Skip => {
                     let reason = format!(
-                        "skipped: {live} instance(s) of the job already run (max_instances {})",
-                        job.max_instances
+                        "skipped: {live} instance(s) of the job already run (max_instances {max_instances})"
                     );
                     core.store
                         .cas_finish(id, Some(guard), InstanceStatus::Canceled, &reason, now)
                         .await?;
                 }
-                OverlapPolicy::Queue => core.timer.schedule(id, now + RETRY_DISPATCH_MS),
+                OverlapPolicy::Queue => {
+                    core.timer.schedule(id, now + RETRY_DISPATCH_MS);
+                }
             }
             return Ok(());
         }
@@ -195,6 +205,23 @@ fn dispatch_request(
         instance_params: inst.instance_params.clone(),
         timeout_ms: job.timeout_ms,
         expected_trigger_time_ms: inst.expected_trigger_time_ms,
+        frequent: match job.schedule {
+            Schedule::FixedRate { interval_ms } => Some(Frequent {
+                mode: FrequentMode::FixedRate,
+                interval_ms,
+                lifecycle_end_ms: job.lifecycle.end_ms,
+            }),
+            Schedule::FixedDelay { interval_ms } => Some(Frequent {
+                mode: FrequentMode::FixedDelay,
+                interval_ms,
+                lifecycle_end_ms: job.lifecycle.end_ms,
+            }),
+            _ => None,
+        },
+        deadline_ms: Some(
+            now_ms()
+                + i64::try_from(core.config.dispatch_timeout.as_millis()).unwrap_or(i64::MAX / 4),
+        ),
     }
 }
 
@@ -204,6 +231,22 @@ async fn send_dispatch(
     request: &DispatchRequest,
 ) -> Result<DispatchAck, ErrorBody> {
     request_worker(core, &core.subjects.worker_dispatch(worker_id), request).await
+}
+
+/// Tells a worker to stop an instance without waiting for an answer: for paths that must not
+/// be held up by a worker that is frozen or gone (its reports are fenced off either way).
+pub async fn publish_stop(core: &Core, worker_id: &str, instance_id: i64) {
+    let Ok(payload) = serde_json::to_vec(&StopRequest { instance_id }) else {
+        return;
+    };
+    let _ = core
+        .client
+        .publish_with_headers(
+            core.subjects.worker_stop(worker_id),
+            protocol_headers(),
+            payload.into(),
+        )
+        .await;
 }
 
 /// Asks a worker to stop an instance. Best effort: a worker that is gone has nothing to stop.

@@ -12,10 +12,12 @@ mod core;
 mod dispatch;
 mod endpoint;
 mod ownership;
+mod reconcile;
 mod registry;
 mod reports;
 mod scheduler;
 mod server;
+pub mod service;
 pub mod store;
 mod timer;
 

@@ -4,16 +4,18 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use rota_shared::message::{Ping, Pong};
 use rota_shared::{ErrorBody, ErrorCode};
 
 use crate::core::Core;
 use crate::store::StoreError;
 
-/// The apps this server owns, with the epoch at which it took each.
+/// The apps this server owns, with the epoch at which it took each and since when it knows.
 #[derive(Default)]
 pub struct Ownership {
-    apps: RwLock<HashMap<i64, i64>>,
+    apps: RwLock<HashMap<i64, (i64, Instant)>>,
 }
 
 impl Ownership {
@@ -36,16 +38,36 @@ impl Ownership {
         ids
     }
 
-    fn insert(&self, app_id: i64, epoch: i64) {
+    /// How long this server has owned the app (at its current epoch).
+    pub fn owned_for(&self, app_id: i64) -> Option<Duration> {
         self.apps
-            .write()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(app_id, epoch);
+            .get(&app_id)
+            .map(|(_, since)| since.elapsed())
+    }
+
+    fn insert(&self, app_id: i64, epoch: i64) {
+        let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
+        match apps.get(&app_id) {
+            Some((known, _)) if *known == epoch => {}
+            _ => {
+                apps.insert(app_id, (epoch, Instant::now()));
+            }
+        }
     }
 
     /// Replaces the set with what the database says; an app another server took is dropped here.
     pub fn replace(&self, owned: HashMap<i64, i64>) {
-        *self.apps.write().unwrap_or_else(|e| e.into_inner()) = owned;
+        let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        *apps = owned
+            .into_iter()
+            .map(|(app, epoch)| match apps.get(&app) {
+                Some((known, since)) if *known == epoch => (app, (epoch, *since)),
+                _ => (app, (epoch, now)),
+            })
+            .collect();
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
 use crate::core::Core;
-use crate::dispatch::send_stop;
+use crate::dispatch::publish_stop;
 use crate::endpoint::respond;
 use crate::store::entity::instance;
 use crate::store::{InstanceGuard, Job, StoreError};
@@ -101,9 +101,7 @@ async fn apply_batch(core: &Core, batch: &mut [Pending]) {
                     // A published progress report has no reply to carry "stop": tell the
                     // worker directly.
                     let r = &pending.report;
-                    if let Err(e) = send_stop(core, &r.worker_id, r.instance_id).await {
-                        tracing::debug!(instance = r.instance_id, error = %e, "stop not delivered");
-                    }
+                    publish_stop(core, &r.worker_id, r.instance_id).await;
                 }
             }
             Verdict::Error(e) => respond::<()>(&core.client, &pending.msg, Err(e)).await,

@@ -22,8 +22,9 @@ use crate::endpoint::{decode_message, respond};
 use crate::ownership::{Ownership, ensure_owner};
 use crate::registry::WorkerRegistry;
 use crate::reports::{self, Pending};
+use crate::service::{self, ServiceHandle};
 use crate::store::{Store, StoreError, apps::hash_secret};
-use crate::{admin, dispatch, scheduler, timer};
+use crate::{admin, dispatch, reconcile, scheduler, timer};
 
 /// The server's software version, reported by pings and in the server registry.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -52,6 +53,7 @@ pub enum ServerError {
 pub struct ServerHandle {
     core: Arc<Core>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    services: Vec<ServiceHandle>,
 }
 
 impl ServerHandle {
@@ -66,6 +68,10 @@ impl ServerHandle {
         for t in &self.tasks {
             t.abort();
         }
+        // The shutdown token stops every service after its current iteration.
+        for service in self.services {
+            let _ = tokio::time::timeout(Duration::from_secs(10), service.stop()).await;
+        }
         if let Err(e) = self.core.store.deregister_server(&self.core.id).await {
             tracing::warn!(error = %e, "could not leave the server registry");
         }
@@ -74,6 +80,9 @@ impl ServerHandle {
 
     /// Stops at once, as a crash would: no deregistration, no drain.
     pub fn abort(self) {
+        for service in &self.services {
+            service.abort();
+        }
         self.core.shutdown.cancel();
         for t in &self.tasks {
             t.abort();
@@ -114,6 +123,10 @@ impl Server {
             timer,
             dispatching: Default::default(),
             job_slots: Default::default(),
+            repairs: Default::default(),
+            // The database answered the migrations a moment ago.
+            ready: true.into(),
+            services: Default::default(),
             shutdown,
         });
 
@@ -130,7 +143,22 @@ impl Server {
 
         let reports_tx = reports::start(core.clone());
         dispatch::start(core.clone(), fired_rx);
-        scheduler::start(core.clone());
+        let token = &core.shutdown;
+        let services = vec![
+            service::spawn(
+                scheduler::ScheduleLoop {
+                    core: core.clone(),
+                    refreshed: None,
+                },
+                token,
+            ),
+            service::spawn(scheduler::Presence { core: core.clone() }, token),
+            service::spawn(scheduler::Health { core: core.clone() }, token),
+            service::spawn(reconcile::Reconcile { core: core.clone() }, token),
+            service::spawn(reconcile::CleanUp { core: core.clone() }, token),
+        ];
+        *core.services.lock().unwrap_or_else(|e| e.into_inner()) =
+            services.iter().map(ServiceHandle::probe).collect();
         let tasks = vec![
             tokio::spawn(serve_own(core.clone(), own, reports_tx)),
             tokio::spawn(serve_concurrently(core.clone(), admin, Endpoint::Admin)),
@@ -139,10 +167,13 @@ impl Server {
                 discovery,
                 Endpoint::Discovery,
             )),
-            tokio::spawn(presence(core.clone())),
         ];
         tracing::info!(server = %id, "server started");
-        Ok(ServerHandle { core, tasks })
+        Ok(ServerHandle {
+            core,
+            tasks,
+            services,
+        })
     }
 }
 
@@ -318,18 +349,4 @@ fn cluster(core: &Core, q: ClusterQuery) -> Result<ClusterReply, ErrorBody> {
     Ok(ClusterReply {
         workers: core.workers.live(Some(q.app_id)),
     })
-}
-
-/// Keeps this server's row in the server registry fresh.
-async fn presence(core: Arc<Core>) {
-    let mut ticker = tokio::time::interval(core.config.presence_interval);
-    loop {
-        tokio::select! {
-            _ = core.shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        if let Err(e) = core.store.touch_server(&core.id, now_ms()).await {
-            tracing::warn!(error = %e, "could not refresh presence");
-        }
-    }
 }

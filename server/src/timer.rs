@@ -4,8 +4,9 @@
 //! soon, and anything lost with it (a restart) is found again by the schedule loop's scan of
 //! waiting instances.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -18,20 +19,30 @@ use crate::clock::{now_ms, until};
 #[derive(Clone)]
 pub struct TimerHandle {
     tx: mpsc::UnboundedSender<(i64, i64)>,
+    /// The instances on the timer now.
+    queued: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl TimerHandle {
     /// Fires `instance_id` at `due_ms` (at once if that is past). An instance already on the
-    /// timer keeps its place.
-    pub fn schedule(&self, instance_id: i64, due_ms: i64) {
+    /// timer keeps its place; the answer says whether this call put it there.
+    pub fn schedule(&self, instance_id: i64, due_ms: i64) -> bool {
+        let added = self
+            .queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(instance_id);
         // The receiver only goes away at shutdown, when nothing needs firing any more.
         let _ = self.tx.send((instance_id, due_ms));
+        added
     }
 }
 
 /// Starts the timer task; due instance ids come out of `fired`.
 pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> TimerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel::<(i64, i64)>();
+    let queued: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let fired_ids = queued.clone();
     tokio::spawn(async move {
         let mut queue: DelayQueue<i64> = DelayQueue::new();
         let mut keys: HashMap<i64, Key> = HashMap::new();
@@ -47,6 +58,7 @@ pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> 
                 Some(expired) = queue.next(), if !queue.is_empty() => {
                     let id = expired.into_inner();
                     keys.remove(&id);
+                    fired_ids.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                     if fired.send(id).is_err() {
                         break;
                     }
@@ -54,5 +66,5 @@ pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> 
             }
         }
     });
-    TimerHandle { tx }
+    TimerHandle { tx, queued }
 }

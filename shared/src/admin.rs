@@ -113,6 +113,42 @@ impl OverlapPolicy {
     }
 }
 
+/// What a CRON or one-shot job does about fires that were missed while no server scheduled its
+/// app (every server was down, or the database was unreachable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// One instance for all the missed fires, now.
+    #[default]
+    FireOnce,
+    /// No instance for the missed fires; the schedule resumes from now.
+    Skip,
+    /// One instance for each of the most recent `max` missed fires.
+    CatchUp { max: u32 },
+}
+
+impl MisfirePolicy {
+    pub fn as_text(self) -> String {
+        match self {
+            Self::FireOnce => "fire_once".to_owned(),
+            Self::Skip => "skip".to_owned(),
+            Self::CatchUp { max } => format!("catch_up:{max}"),
+        }
+    }
+
+    /// Parses `fire_once`, `skip` or `catch_up:N`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().replace('-', "_").to_ascii_lowercase().as_str() {
+            "fire_once" => Some(Self::FireOnce),
+            "skip" => Some(Self::Skip),
+            other => other
+                .strip_prefix("catch_up:")
+                .and_then(|n| n.parse().ok())
+                .map(|max| Self::CatchUp { max }),
+        }
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -163,6 +199,8 @@ pub struct JobSpec {
     /// If not empty, only these workers may run the job.
     #[serde(default)]
     pub designated_workers: Vec<String>,
+    #[serde(default)]
+    pub misfire: MisfirePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +256,8 @@ pub struct JobUpdate {
     pub tags: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub designated_workers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<MisfirePolicy>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +423,33 @@ admin_request!(
     Vec<crate::message::WorkerSummary>
 );
 admin_request!(ServerList, "server", "list", Vec<ServerInfo>);
+
+/// `server.stats`: one server's health and what its repair loops did. Answered from memory, so
+/// it works while the database does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatsInfo {
+    pub server_id: String,
+    /// The database answered the last health check.
+    pub ready: bool,
+    pub owned_apps: Vec<i64>,
+    /// Repairs and clean-ups since start, by reason.
+    pub repairs: std::collections::BTreeMap<String, u64>,
+    /// The background services and their states (`RUNNING`, `FAILED` …).
+    pub services: Vec<ServiceInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub state: String,
+    pub iterations: u64,
+    pub failed_iterations: u64,
+}
+
+admin_request!(ServerStats, "server", "stats", ServerStatsInfo);
 
 #[cfg(test)]
 mod tests {

@@ -236,6 +236,33 @@ pub struct DispatchRequest {
     pub timeout_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_trigger_time_ms: Option<i64>,
+    /// A frequent job: the worker runs the processor again and again on a frequent tracker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequent: Option<Frequent>,
+    /// The server stops waiting for the acknowledgement at this time (its clock). A worker that
+    /// gets the dispatch later (it was frozen, or the message was held up) must not run it: the
+    /// server has handed the instance to someone else by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
+}
+
+/// How a frequent job repeats on its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frequent {
+    pub mode: FrequentMode,
+    pub interval_ms: u64,
+    /// Stop (and report SUCCEEDED) at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_end_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrequentMode {
+    /// Runs start every interval, measured start to start; a run that overruns delays the next.
+    FixedRate,
+    /// Each run starts an interval after the previous one ended.
+    FixedDelay,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

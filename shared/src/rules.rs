@@ -229,6 +229,50 @@ fn apply_standard(job: &JobRules, report: &StatusReport, base: Update, now_ms: i
     }
 }
 
+/// What reconcile does to an attempt whose worker went silent (DESIGN §7): a dispatch that was
+/// never acknowledged goes back to WAITING_DISPATCH at once (it never ran, so it uses no retry);
+/// a run whose worker was lost is retried after the job's delay while retries are left, and
+/// fails otherwise. A frequent job's instance fails, and reconcile starts a new one. `None` for
+/// an instance that is not handed to a worker.
+pub fn lost_attempt(
+    cur: &InstanceState,
+    job: &JobRules,
+    reason: &str,
+    now_ms: i64,
+) -> Option<Update> {
+    let base = Update {
+        status: cur.status,
+        last_seq: cur.last_seq,
+        runs: cur.runs,
+        result: Some(reason.to_owned()),
+        started_at_ms: None,
+        finished_at_ms: None,
+        retry_at_ms: None,
+        alert: false,
+    };
+    match cur.status {
+        InstanceStatus::WaitingWorkerReceive => Some(Update {
+            status: InstanceStatus::WaitingDispatch,
+            retry_at_ms: Some(now_ms),
+            ..base
+        }),
+        InstanceStatus::Running if !job.frequent && cur.runs <= i64::from(job.max_retries) => {
+            Some(Update {
+                status: InstanceStatus::WaitingDispatch,
+                retry_at_ms: Some(now_ms.saturating_add_unsigned(job.retry_delay_ms)),
+                ..base
+            })
+        }
+        InstanceStatus::Running => Some(Update {
+            status: InstanceStatus::Failed,
+            finished_at_ms: Some(now_ms),
+            alert: true,
+            ..base
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +470,46 @@ mod tests {
         assert_eq!(u.status, Failed);
         assert!(u.is_final() && u.alert);
         assert_eq!(u.runs, 3);
+    }
+
+    #[test]
+    fn a_lost_attempt_is_retried_or_failed() {
+        // Never acknowledged: dispatch again now, without using a retry.
+        let u = lost_attempt(&state(WaitingWorkerReceive), &job(0), "lost", NOW).unwrap();
+        assert_eq!(
+            (u.status, u.retry_at_ms, u.runs),
+            (WaitingDispatch, Some(NOW), 1)
+        );
+        // Running, retries left: retry after the delay.
+        let u = lost_attempt(&state(Running), &job(1), "worker lost", NOW).unwrap();
+        assert_eq!(
+            (u.status, u.retry_at_ms),
+            (WaitingDispatch, Some(NOW + 10_000))
+        );
+        assert_eq!(u.result.as_deref(), Some("worker lost"));
+        // Running, no retries left: failed for good.
+        let u = lost_attempt(&state(Running), &job(0), "worker lost", NOW).unwrap();
+        assert_eq!(
+            (u.status, u.finished_at_ms, u.alert),
+            (Failed, Some(NOW), true)
+        );
+        // A frequent job's instance fails whatever its retries.
+        let frequent = JobRules {
+            frequent: true,
+            ..job(5)
+        };
+        assert_eq!(
+            lost_attempt(&state(Running), &frequent, "x", NOW)
+                .unwrap()
+                .status,
+            Failed
+        );
+        // Nothing to do for instances no worker holds.
+        assert_eq!(
+            lost_attempt(&state(WaitingDispatch), &job(0), "x", NOW),
+            None
+        );
+        assert_eq!(lost_attempt(&state(Succeeded), &job(0), "x", NOW), None);
     }
 
     #[test]

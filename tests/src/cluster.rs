@@ -63,6 +63,10 @@ impl Deployment {
             dispatch_timeout: Duration::from_secs(2),
             presence_interval: Duration::from_secs(1),
             ownership_refresh: Duration::from_millis(500),
+            reconcile_interval: Duration::from_secs(1),
+            waiting_overdue: Duration::from_secs(5),
+            unacknowledged_timeout: Duration::from_secs(5),
+            report_timeout: Duration::from_secs(10),
             ..ServerConfig::default()
         }
     }
@@ -231,5 +235,6 @@ pub fn shell_job(app: &str, name: &str, script: &str) -> JobSpec {
         dispatch: DispatchStrategy::HealthFirst,
         tags: Vec::new(),
         designated_workers: Vec::new(),
+        misfire: MisfirePolicy::FireOnce,
     }
 }

@@ -29,9 +29,11 @@ async fn instances(d: &Deployment, job_id: i64) -> anyhow::Result<Vec<InstanceIn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result<()> {
     let mut d = Deployment::start_without_servers().await?;
-    // s1 never re-reads its ownerships: once it owns the app it keeps believing so.
+    // s1 never re-reads its ownerships (neither its schedule loop nor its reconcile loop, which
+    // checks at the start of each iteration): once it owns the app it keeps believing so.
     let mut stubborn = d.server_config("s1");
     stubborn.ownership_refresh = Duration::from_secs(3600);
+    stubborn.reconcile_interval = Duration::from_secs(3600);
     d.start_server_with(stubborn).await?;
     let app = d.create_app("app").await?;
     // w1 stays with the server it found first.

@@ -1,10 +1,11 @@
 //! Answers to progress reports.
 //!
 //! Progress reports are published, so that a slow server never holds a task tracker up, but
-//! each carries a reply subject `{inbox}.{instance_id}.{attempt}` under this worker's inbox. A
-//! server that answers (with `Reply<ReportAck>`) can thereby tell the worker to stop an attempt
-//! it no longer wants; NATS' "no responders" status on that subject tells the worker that its
-//! server is gone.
+//! each carries a reply subject `{inbox}.{instance_id}.{attempt}.{seq}` under this worker's
+//! inbox. A server that answers (with `Reply<ReportAck>`) can thereby tell the worker to stop an
+//! attempt it no longer wants, and its answer tells the tracker which report it took (a frequent
+//! tracker repeats an alert until a report carrying it is answered); NATS' "no responders" status
+//! on that subject tells the worker that its server is gone.
 
 use std::sync::Arc;
 
@@ -17,11 +18,30 @@ use tracing::{debug, info};
 use crate::agent::Agent;
 use crate::instances::StopCause;
 
-/// The `(instance_id, attempt)` an ack subject is about.
-pub(crate) fn parse_ack_subject(inbox: &str, subject: &str) -> Option<(i64, i32)> {
+/// The report an ack subject is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckSubject {
+    pub instance_id: i64,
+    pub attempt: i32,
+    pub seq: i64,
+}
+
+/// The reply subject of one progress report.
+pub(crate) fn ack_subject(inbox: &str, instance_id: i64, attempt: i32, seq: i64) -> String {
+    format!("{inbox}.{instance_id}.{attempt}.{seq}")
+}
+
+/// Reads an ack subject back. Anything else on the inbox (it is the worker's own, but a
+/// misbehaving peer may still publish there) yields `None`.
+pub(crate) fn parse_ack_subject(inbox: &str, subject: &str) -> Option<AckSubject> {
     let rest = subject.strip_prefix(inbox)?.strip_prefix('.')?;
-    let (instance, attempt) = rest.split_once('.')?;
-    Some((instance.parse().ok()?, attempt.parse().ok()?))
+    let mut parts = rest.split('.');
+    let parsed = AckSubject {
+        instance_id: parts.next()?.parse().ok()?,
+        attempt: parts.next()?.parse().ok()?,
+        seq: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some(parsed)
 }
 
 pub(crate) async fn run(agent: Arc<Agent>, mut acks: Subscriber) {
@@ -36,24 +56,27 @@ fn handle(agent: &Agent, msg: &Message) {
         agent.link.trigger_reacquire();
         return;
     }
-    let Some((instance_id, attempt)) = parse_ack_subject(&agent.ack_inbox, &msg.subject) else {
+    let Some(AckSubject {
+        instance_id,
+        attempt,
+        seq,
+    }) = parse_ack_subject(&agent.ack_inbox, &msg.subject)
+    else {
         debug!(subject = %msg.subject, "ignoring a message on the ack inbox");
         return;
     };
+    let state = agent.instances.get(instance_id, attempt);
     match rota_shared::envelope::decode_reply::<ReportAck>(&msg.payload) {
-        Ok(ReportAck {
-            action: ReportAction::Stop,
-        }) => {
-            if let Some(state) = agent.instances.get(instance_id, attempt)
-                && state.stop(StopCause::ServerStop)
-            {
+        Ok(ReportAck { action }) => {
+            let Some(state) = state else { return };
+            state.note_answered(seq);
+            if action == ReportAction::Stop && state.stop(StopCause::ServerStop) {
                 info!(
                     instance = instance_id,
                     attempt, "the server no longer wants this attempt; stopping it"
                 );
             }
         }
-        Ok(_) => {}
         Err(body) if body.code == ErrorCode::NotOwner => agent.link.trigger_reacquire(),
         Err(body) => debug!(instance = instance_id, "progress report refused: {body}"),
     }
@@ -66,10 +89,20 @@ mod tests {
     #[test]
     fn ack_subjects_are_parsed() {
         let inbox = "_INBOX.abc";
-        assert_eq!(parse_ack_subject(inbox, "_INBOX.abc.42.3"), Some((42, 3)));
-        assert_eq!(parse_ack_subject(inbox, "_INBOX.abc.42"), None);
-        assert_eq!(parse_ack_subject(inbox, "_INBOX.abcd.42.3"), None);
-        assert_eq!(parse_ack_subject(inbox, "_INBOX.abc.x.3"), None);
-        assert_eq!(parse_ack_subject(inbox, "_INBOX.abc.1.2.3"), None);
+        let subject = ack_subject(inbox, 42, 3, 7);
+        assert_eq!(subject, "_INBOX.abc.42.3.7");
+        assert_eq!(
+            parse_ack_subject(inbox, &subject),
+            Some(AckSubject {
+                instance_id: 42,
+                attempt: 3,
+                seq: 7
+            })
+        );
+        assert_eq!(parse_ack_subject(inbox, "_INBOX.abc.42.3"), None);
+        assert_eq!(parse_ack_subject(inbox, "_INBOX.abcd.42.3.7"), None);
+        assert_eq!(parse_ack_subject(inbox, "_INBOX.abc.x.3.7"), None);
+        assert_eq!(parse_ack_subject(inbox, "_INBOX.abc.1.2.x"), None);
+        assert_eq!(parse_ack_subject(inbox, "_INBOX.abc.1.2.3.4"), None);
     }
 }

@@ -8,7 +8,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::WorkerConfig;
 use crate::instances::Instances;
 use crate::link::Link;
-use crate::logs::{FlushHandle, LogSink};
+use crate::logs::LogSink;
 use crate::processor::ProcessorRegistry;
 
 /// Everything the endpoints, the heartbeat and the task trackers of one worker need.
@@ -18,8 +18,8 @@ pub(crate) struct Agent {
     pub link: Arc<Link>,
     pub registry: ProcessorRegistry,
     pub instances: Instances,
+    /// The instances' log buffer; `logs.flush(..)` sends what it holds.
     pub logs: LogSink,
-    pub flush: FlushHandle,
     /// The subject prefix under which the owner answers progress reports (see `acks`).
     pub ack_inbox: String,
     /// The task trackers, so that shutdown can wait for them.
@@ -36,7 +36,6 @@ impl Agent {
         registry: ProcessorRegistry,
         instances: Instances,
         logs: LogSink,
-        flush: FlushHandle,
         ack_inbox: String,
     ) -> Self {
         Self {
@@ -46,7 +45,6 @@ impl Agent {
             registry,
             instances,
             logs,
-            flush,
             ack_inbox,
             trackers: TaskTracker::new(),
             accepting: AtomicBool::new(true),
@@ -62,8 +60,8 @@ impl Agent {
         self.accepting.store(false, Ordering::SeqCst);
     }
 
-    /// The reply subject for progress reports of one attempt.
-    pub(crate) fn ack_subject(&self, instance_id: i64, attempt: i32) -> String {
-        format!("{}.{instance_id}.{attempt}", self.ack_inbox)
+    /// The reply subject for one progress report.
+    pub(crate) fn ack_subject(&self, instance_id: i64, attempt: i32, seq: i64) -> String {
+        crate::acks::ack_subject(&self.ack_inbox, instance_id, attempt, seq)
     }
 }

@@ -35,7 +35,8 @@ pub struct WorkerConfig {
     pub log_flush_interval: Duration,
     /// A log batch is sent once this many lines have accumulated.
     pub log_batch_lines: usize,
-    /// The bounded log buffer; lines that do not fit are dropped and counted.
+    /// The bounded log buffer: the most lines held unsent, including those kept while the
+    /// server cannot store them; lines that do not fit are dropped and counted.
     pub log_buffer_lines: usize,
     /// How long a graceful shutdown waits for running instances before it stops them.
     pub shutdown_grace: Duration,

@@ -9,9 +9,14 @@ use tokio_util::sync::CancellationToken;
 use crate::logs::{LogSink, truncate_line};
 
 /// The instance a processor runs, its log, and the token that tells it to stop.
+///
+/// A frequent job's processor gets a fresh context for every run, with the same instance and
+/// attempt.
 #[derive(Clone)]
 pub struct TaskContext {
     pub instance_id: i64,
+    /// The id of the worker that runs the instance.
+    pub worker_id: String,
     pub attempt: i32,
     pub job_id: i64,
     pub job_name: String,
@@ -24,9 +29,15 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    pub(crate) fn new(req: &DispatchRequest, logs: LogSink, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(
+        req: &DispatchRequest,
+        worker_id: &str,
+        logs: LogSink,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             instance_id: req.instance_id,
+            worker_id: worker_id.to_owned(),
             attempt: req.attempt,
             job_id: req.job_id,
             job_name: req.job_name.clone(),
@@ -66,7 +77,8 @@ impl TaskContext {
         self.log(LogLevel::Error, text);
     }
 
-    /// The token cancelled when the instance times out or is stopped.
+    /// The token cancelled when the instance (or, for a frequent job, this run) times out, or
+    /// when the instance is stopped.
     pub fn cancellation(&self) -> CancellationToken {
         self.cancel.clone()
     }
@@ -81,6 +93,7 @@ impl fmt::Debug for TaskContext {
         f.debug_struct("TaskContext")
             .field("instance_id", &self.instance_id)
             .field("attempt", &self.attempt)
+            .field("worker_id", &self.worker_id)
             .field("job_id", &self.job_id)
             .field("job_name", &self.job_name)
             .field("cancelled", &self.is_cancelled())
@@ -97,11 +110,25 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A context for unit tests, with the receiving end of its log.
+/// A context for unit tests, with the sink its log goes to (read it with `LogSink::try_recv`).
 #[cfg(test)]
-pub(crate) fn test_context(config: &str) -> (TaskContext, tokio::sync::mpsc::Receiver<LogLine>) {
-    let (sink, rx) = LogSink::new(1000);
-    let req = DispatchRequest {
+pub(crate) fn test_context(config: &str) -> (TaskContext, LogSink) {
+    let sink = LogSink::new(1000, 500);
+    (
+        TaskContext::new(
+            &test_request(config),
+            "w-test",
+            sink.clone(),
+            CancellationToken::new(),
+        ),
+        sink,
+    )
+}
+
+/// A dispatch for unit tests: instance 42, attempt 1, job 7.
+#[cfg(test)]
+pub(crate) fn test_request(config: &str) -> DispatchRequest {
+    DispatchRequest {
         server_id: "s1".to_owned(),
         app_id: 1,
         job_id: 7,
@@ -114,6 +141,7 @@ pub(crate) fn test_context(config: &str) -> (TaskContext, tokio::sync::mpsc::Rec
         instance_params: None,
         timeout_ms: 0,
         expected_trigger_time_ms: None,
-    };
-    (TaskContext::new(&req, sink, CancellationToken::new()), rx)
+        frequent: None,
+        deadline_ms: None,
+    }
 }

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
 use crate::context::now_ms;
-use crate::instances::{Admission, Gate, StopCause};
+use crate::instances::{self, Admission, Gate, StopCause};
 use crate::tracker;
 
 /// Serves the three subscriptions until they end (when the connection is drained).
@@ -115,7 +115,8 @@ async fn dispatch(agent: &Arc<Agent>, msg: &Message) {
         processor_known: processor.is_some(),
         capacity: agent.config.capacity,
     };
-    match (agent.instances.admit(&req, &gate, now_ms()), processor) {
+    let now = now_ms();
+    match (agent.instances.admit(&req, &gate, now), processor) {
         (Admission::Duplicate, _) => {
             debug!(
                 instance = req.instance_id,
@@ -130,7 +131,19 @@ async fn dispatch(agent: &Arc<Agent>, msg: &Message) {
             .await;
         }
         (Admission::Rejected(reason), _) => {
-            info!(instance = req.instance_id, "dispatch rejected: {reason}");
+            if instances::expired(&req, now) {
+                // Said loudly, because a worker whose clock runs ahead of the servers' would
+                // refuse every dispatch this way.
+                warn!(
+                    instance = req.instance_id,
+                    attempt = req.attempt,
+                    late_ms = now - req.deadline_ms.unwrap_or(now),
+                    "dispatch arrived after its deadline; not running it (if this repeats, \
+                     check the clocks of worker and server)"
+                );
+            } else {
+                info!(instance = req.instance_id, "dispatch rejected: {reason}");
+            }
             let error = ErrorBody::new(ErrorCode::Rejected, reason);
             respond(agent, msg, error_reply(error)).await;
         }

@@ -21,7 +21,8 @@ pub(crate) enum StopCause {
     Stop,
     /// The answer to a report said the server no longer wants this attempt.
     ServerStop,
-    /// The job's `timeout_ms` passed.
+    /// The job's `timeout_ms` passed (for a frequent job this cancels one run, not the
+    /// instance, and is never a cause here).
     Timeout(u64),
     /// The worker shut down before the work ended.
     Shutdown,
@@ -33,9 +34,14 @@ pub(crate) struct InstanceState {
     pub instance_id: i64,
     pub attempt: i32,
     pub started_at_ms: i64,
+    /// A frequent job's attempt, which runs until it is stopped or its lifecycle ends.
+    pub frequent: bool,
     cancel: CancellationToken,
     inner: Mutex<Inner>,
     seq: AtomicI64,
+    /// The highest sequence number of a progress report the server has answered (stored or
+    /// judged), so that a frequent tracker knows which alerts reached it.
+    answered_seq: AtomicI64,
 }
 
 #[derive(Debug)]
@@ -52,11 +58,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl InstanceState {
-    fn new(instance_id: i64, attempt: i32, started_at_ms: i64) -> Self {
+    pub(crate) fn new(instance_id: i64, attempt: i32, started_at_ms: i64, frequent: bool) -> Self {
         Self {
             instance_id,
             attempt,
             started_at_ms,
+            frequent,
             cancel: CancellationToken::new(),
             inner: Mutex::new(Inner {
                 status: InstanceStatus::Running,
@@ -64,6 +71,7 @@ impl InstanceState {
                 tracker: None,
             }),
             seq: AtomicI64::new(0),
+            answered_seq: AtomicI64::new(0),
         }
     }
 
@@ -101,6 +109,16 @@ impl InstanceState {
         self.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Records that the server answered the progress report `seq`. Answers may arrive out of
+    /// order; the highest counts.
+    pub(crate) fn note_answered(&self, seq: i64) {
+        self.answered_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    pub(crate) fn answered_seq(&self) -> i64 {
+        self.answered_seq.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn set_tracker(&self, handle: AbortHandle) {
         lock(&self.inner).tracker = Some(handle);
     }
@@ -131,6 +149,12 @@ pub(crate) enum Admission {
     /// Refused, with the reason for the `REJECTED` reply.
     Rejected(String),
     Accepted(Arc<InstanceState>),
+}
+
+/// Whether the worker's clock (`now_ms`) is past the dispatch's deadline. A dispatch without a
+/// deadline never expires.
+pub(crate) fn expired(req: &DispatchRequest, now_ms: i64) -> bool {
+    req.deadline_ms.is_some_and(|deadline| now_ms > deadline)
 }
 
 /// Why a dispatch may be refused regardless of the table, as the caller sees it.
@@ -168,6 +192,12 @@ impl Instances {
         if table.seen.contains(req.instance_id, req.attempt) {
             return Admission::Duplicate;
         }
+        if expired(req, now_ms) {
+            // The server gave up waiting for the answer and may have handed the instance to
+            // another worker, so running it here could run it twice. It is not remembered, so
+            // that nothing about it outlives the refusal.
+            return Admission::Rejected("dispatch expired".to_owned());
+        }
         if !gate.accepting {
             return Admission::Rejected("shutting down".to_owned());
         }
@@ -178,7 +208,12 @@ impl Instances {
             return Admission::Rejected("overloaded".to_owned());
         }
         table.seen.insert(req.instance_id, req.attempt);
-        let state = Arc::new(InstanceState::new(req.instance_id, req.attempt, now_ms));
+        let state = Arc::new(InstanceState::new(
+            req.instance_id,
+            req.attempt,
+            now_ms,
+            req.frequent.is_some(),
+        ));
         table
             .running
             .insert((req.instance_id, req.attempt), Arc::clone(&state));
@@ -263,6 +298,8 @@ mod tests {
             instance_params: None,
             timeout_ms: 0,
             expected_trigger_time_ms: None,
+            frequent: None,
+            deadline_ms: None,
         }
     }
 
@@ -318,6 +355,70 @@ mod tests {
             Admission::Accepted(_)
         ));
         assert_eq!(table.running_ids(), vec![2, 3]);
+    }
+
+    #[test]
+    fn expired_dispatches_are_refused_and_not_remembered() {
+        let table = Instances::new(100);
+        let late = DispatchRequest {
+            deadline_ms: Some(1_000),
+            ..req(1, 1)
+        };
+        assert!(!expired(&req(1, 1), i64::MAX), "no deadline, no expiry");
+        assert!(
+            !expired(&late, 1_000),
+            "the deadline itself is still in time"
+        );
+        assert!(expired(&late, 1_001));
+
+        match table.admit(&late, &OPEN, 1_001) {
+            Admission::Rejected(reason) => assert_eq!(reason, "dispatch expired"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            table.running_ids().is_empty(),
+            "an expired dispatch takes no slot"
+        );
+        // Not remembered as accepted: the same attempt in time is accepted, not a duplicate.
+        assert!(matches!(
+            table.admit(&late, &OPEN, 999),
+            Admission::Accepted(_)
+        ));
+        // A repeat of an attempt already accepted is still a duplicate, late or not.
+        assert!(matches!(
+            table.admit(&late, &OPEN, 5_000),
+            Admission::Duplicate
+        ));
+    }
+
+    #[test]
+    fn frequent_dispatches_are_marked_and_answers_are_kept() {
+        let table = Instances::new(100);
+        let frequent = DispatchRequest {
+            frequent: Some(rota_shared::message::Frequent {
+                mode: rota_shared::message::FrequentMode::FixedRate,
+                interval_ms: 50,
+                lifecycle_end_ms: None,
+            }),
+            ..req(2, 1)
+        };
+        let Admission::Accepted(state) = table.admit(&frequent, &OPEN, 0) else {
+            panic!("not accepted");
+        };
+        assert!(state.frequent);
+        let Admission::Accepted(plain) = table.admit(&req(3, 1), &OPEN, 0) else {
+            panic!("not accepted");
+        };
+        assert!(!plain.frequent);
+
+        assert_eq!(state.answered_seq(), 0);
+        state.note_answered(3);
+        state.note_answered(2);
+        assert_eq!(
+            state.answered_seq(),
+            3,
+            "a late answer to an older report counts less"
+        );
     }
 
     #[test]

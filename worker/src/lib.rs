@@ -3,8 +3,9 @@
 //!
 //! A worker only ever opens an outbound NATS connection. It asks discovery which server owns its
 //! app, heartbeats to that server, takes dispatches on `{prefix}.wrk.{worker_id}.dispatch`, runs
-//! each accepted attempt under a task tracker that reports its status, and batches the
-//! instances' logs to the server.
+//! each accepted attempt under a task tracker that reports its status (a frequent job's tracker
+//! runs the processor again and again, on a fixed rate or delay, until it is stopped or its
+//! lifecycle ends), and batches the instances' logs to the server.
 //!
 //! ```no_run
 //! use rota_worker::{ProcessResult, ProcessorRegistry, TaskContext, Worker, WorkerConfig};
@@ -38,6 +39,7 @@ mod context;
 mod dedupe;
 mod endpoints;
 mod error;
+mod frequent;
 mod heartbeat;
 mod instances;
 mod link;

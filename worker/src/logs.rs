@@ -1,20 +1,28 @@
 //! Instance logs: the bounded buffer processors write to, and the flusher that sends it to the
 //! owning server in batches.
 //!
-//! Writing never blocks a processor. Lines go into a bounded channel; when it is full the line
-//! is dropped and counted, and the count travels with the next batch and every heartbeat. The
-//! flusher sends a batch every `log_flush_interval`, when `log_batch_lines` have accumulated,
-//! and whenever a task tracker asks it to (before a terminal report, so that an instance's log
-//! is complete once the instance is).
+//! Writing never blocks a processor. Lines go into one bounded FIFO shared by every instance;
+//! the lines not yet stored by a server (queued, and the batch being sent) never exceed
+//! `log_buffer_lines`, and a line that would exceed it is dropped and counted. The count travels
+//! with the next batch and every heartbeat. The flusher sends a batch every
+//! `log_flush_interval`, when `log_batch_lines` have accumulated, and when a task tracker asks
+//! it to (before a terminal report, so that an instance's log is complete once the instance
+//! is).
+//!
+//! A batch the server does not store because it is unreachable, no longer owns the app, or its
+//! database is down is kept and sent again (with backoff, asking discovery again) until it is
+//! stored: a database outage of a few seconds must not lose lines that fit in the buffer. Only
+//! one batch is in flight at a time, so every instance's lines arrive in the order written.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rota_shared::ErrorCode;
 use rota_shared::message::{LogAck, LogBatch, LogLine};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 
@@ -26,36 +34,123 @@ pub(crate) const MAX_LINE_BYTES: usize = 32 * 1024;
 /// The most JSON a batch's lines may take, well below `rota_shared::MAX_PAYLOAD_BYTES`.
 pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// How often a batch is tried before it is dropped.
-const SEND_ATTEMPTS: u32 = 3;
+/// The pause after the first failed try of a batch; it doubles up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(200);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
-/// Where processors write log lines. Cloned into every task context.
+/// How often a batch refused for a reason that is neither an outage nor a fault of the batch
+/// (an `INTERNAL` answer, say) is tried before it is dropped: such a refusal may never end, and
+/// a batch that is never stored would hold the whole buffer up.
+const ODD_REFUSAL_TRIES: u32 = 5;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under this lock is a handful of assignments that cannot panic half-way, so a
+    // poisoned lock still guards consistent data.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The lines not yet stored by a server.
+#[derive(Debug, Default)]
+struct Buffer {
+    queue: VecDeque<LogLine>,
+    /// Lines of the batch being sent, which still count against the capacity.
+    in_flight: usize,
+    /// Lines accepted into the buffer since the worker started.
+    accepted: u64,
+}
+
+struct Shared {
+    buffer: Mutex<Buffer>,
+    capacity: usize,
+    batch_lines: usize,
+    /// Wakes the flusher: a batch is full, or a flush was asked for.
+    wake: Notify,
+    dropped: AtomicU64,
+    /// Lines whose fate is settled (stored, or given up), in the order accepted; flushes wait
+    /// on it.
+    settled: watch::Sender<u64>,
+}
+
+/// Where processors write log lines, shared by every task context and the flusher.
 #[derive(Clone)]
 pub(crate) struct LogSink {
-    tx: mpsc::Sender<LogLine>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl LogSink {
-    /// A sink with room for `capacity` lines, and the receiving end for the flusher.
-    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<LogLine>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let sink = Self {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
-        (sink, rx)
+    /// A sink that holds at most `capacity` unsent lines and wakes the flusher whenever
+    /// `batch_lines` are queued.
+    pub(crate) fn new(capacity: usize, batch_lines: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                buffer: Mutex::new(Buffer::default()),
+                capacity: capacity.max(1),
+                batch_lines: batch_lines.max(1),
+                wake: Notify::new(),
+                dropped: AtomicU64::new(0),
+                settled: watch::Sender::new(0),
+            }),
+        }
     }
 
     pub(crate) fn push(&self, line: LogLine) {
-        if self.tx.try_send(line).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut buffer = lock(&self.shared.buffer);
+        if buffer.queue.len() + buffer.in_flight >= self.shared.capacity {
+            drop(buffer);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        buffer.queue.push_back(line);
+        buffer.accepted += 1;
+        let batch_full = buffer.queue.len() >= self.shared.batch_lines;
+        drop(buffer);
+        if batch_full {
+            self.shared.wake.notify_one();
         }
     }
 
     /// Lines dropped since the worker started.
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Lines waiting to be stored, the batch in flight included.
+    #[cfg(test)]
+    pub(crate) fn unsent(&self) -> usize {
+        let buffer = lock(&self.shared.buffer);
+        buffer.queue.len() + buffer.in_flight
+    }
+
+    /// Waits until every line written before the call has been stored (or given up), at most
+    /// `wait`. Returns whether that happened in time; if not, the lines still go out later.
+    pub(crate) async fn flush(&self, wait: Duration) -> bool {
+        let target = lock(&self.shared.buffer).accepted;
+        let mut settled = self.shared.settled.subscribe();
+        self.shared.wake.notify_one();
+        matches!(
+            tokio::time::timeout(wait, settled.wait_for(|n| *n >= target)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Takes the next batch off the queue; its lines stay counted until [`Self::settle`].
+    fn take_batch(&self) -> Vec<LogLine> {
+        let mut buffer = lock(&self.shared.buffer);
+        let batch = take_batch(&mut buffer.queue, self.shared.batch_lines, MAX_BATCH_BYTES);
+        buffer.in_flight = batch.len();
+        batch
+    }
+
+    /// The batch in flight is stored or given up: its room is free again.
+    fn settle(&self, lines: usize) {
+        lock(&self.shared.buffer).in_flight = 0;
+        self.shared.settled.send_modify(|n| *n += lines as u64);
+    }
+
+    /// Takes the oldest queued line, as a test reads what a processor wrote.
+    #[cfg(test)]
+    pub(crate) fn try_recv(&self) -> Option<LogLine> {
+        lock(&self.shared.buffer).queue.pop_front()
     }
 }
 
@@ -104,178 +199,171 @@ pub(crate) fn take_batch(
     batch
 }
 
-/// Asks the flusher to send everything written so far.
-#[derive(Clone)]
-pub(crate) struct FlushHandle {
-    tx: mpsc::Sender<oneshot::Sender<()>>,
+/// Where the flusher sends batches: the owning server over the [`Link`], or a fake in tests.
+pub(crate) trait BatchSender: Send + Sync + 'static {
+    fn send(&self, batch: &LogBatch) -> impl Future<Output = Result<(), CallError>> + Send;
+
+    /// Asks discovery again which server owns the app.
+    fn reacquire(&self);
 }
 
-impl FlushHandle {
-    /// Sends every line written before the call, waiting at most `wait`. Returns whether the
-    /// flush finished (sent or given up on) in time.
-    pub(crate) async fn flush(&self, wait: Duration) -> bool {
-        let (done_tx, done_rx) = oneshot::channel();
-        let asked = tokio::time::timeout(wait, async {
-            self.tx.send(done_tx).await.is_ok() && done_rx.await.is_ok()
-        });
-        matches!(asked.await, Ok(true))
+impl BatchSender for Link {
+    async fn send(&self, batch: &LogBatch) -> Result<(), CallError> {
+        // `call` itself re-acquires when the server is gone or no longer the owner.
+        self.call::<_, LogAck>(Endpoint::Logs, batch, REQUEST_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
+    fn reacquire(&self) {
+        self.trigger_reacquire();
+    }
+}
+
+/// What to do about a batch the server did not store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The server is gone, is not the owner, or cannot store now: send it again, for as long
+    /// as it takes.
+    Outage,
+    /// The batch itself is unacceptable: sending it again cannot help.
+    Hopeless,
+    /// Anything else: a few more tries.
+    Odd,
+}
+
+fn refusal(error: &CallError) -> Refusal {
+    match error {
+        CallError::NoResponders(_) | CallError::TimedOut(_) | CallError::Transport(_) => {
+            Refusal::Outage
+        }
+        CallError::Remote(body) => match body.code {
+            ErrorCode::NotOwner | ErrorCode::Unavailable => Refusal::Outage,
+            ErrorCode::BadRequest
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::InvalidArgument
+            | ErrorCode::UnsupportedVersion => Refusal::Hopeless,
+            _ => Refusal::Odd,
+        },
     }
 }
 
 /// The task that sends log batches.
-pub(crate) struct LogFlusher {
-    link: Arc<Link>,
+pub(crate) struct LogFlusher<S> {
+    sender: Arc<S>,
     worker_id: String,
-    lines: mpsc::Receiver<LogLine>,
-    flushes: mpsc::Receiver<oneshot::Sender<()>>,
-    dropped: Arc<AtomicU64>,
+    sink: LogSink,
     /// The dropped count the server has been told about.
     reported_dropped: u64,
-    pending: VecDeque<LogLine>,
-    buffer_lines: usize,
-    batch_lines: usize,
     interval: Duration,
 }
 
-impl LogFlusher {
+impl<S: BatchSender> LogFlusher<S> {
     pub(crate) fn new(
-        link: Arc<Link>,
+        sender: Arc<S>,
         worker_id: String,
-        sink: &LogSink,
-        lines: mpsc::Receiver<LogLine>,
-        buffer_lines: usize,
-        batch_lines: usize,
+        sink: LogSink,
         interval: Duration,
-    ) -> (Self, FlushHandle) {
-        let (tx, flushes) = mpsc::channel(64);
-        let flusher = Self {
-            link,
+    ) -> Self {
+        Self {
+            sender,
             worker_id,
-            lines,
-            flushes,
-            dropped: Arc::clone(&sink.dropped),
+            sink,
             reported_dropped: 0,
-            pending: VecDeque::new(),
-            buffer_lines,
-            batch_lines: batch_lines.max(1),
             interval,
-        };
-        (flusher, FlushHandle { tx })
+        }
     }
 
     pub(crate) async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let shared = Arc::clone(&self.sink.shared);
         loop {
             tokio::select! {
-                biased;
-                Some(done) = self.flushes.recv() => {
-                    self.drain_buffer();
-                    self.send_pending().await;
-                    // The asker may have given up waiting; that is its business.
-                    let _ = done.send(());
-                }
-                line = self.lines.recv() => match line {
-                    Some(line) => {
-                        self.enqueue(line);
-                        if self.pending.len() >= self.batch_lines {
-                            self.send_pending().await;
-                        }
-                    }
-                    None => {
-                        self.send_pending().await;
-                        return;
-                    }
-                },
-                _ = ticker.tick() => {
-                    self.drain_buffer();
-                    self.send_pending().await;
-                }
+                () = shared.wake.notified() => {}
+                _ = ticker.tick() => {}
+            }
+            self.send_queued().await;
+        }
+    }
+
+    /// Sends the queue empty, one batch at a time, each until it is stored.
+    async fn send_queued(&mut self) {
+        loop {
+            let lines = self.sink.take_batch();
+            if lines.is_empty() {
+                break;
+            }
+            let count = lines.len();
+            self.deliver(lines).await;
+            self.sink.settle(count);
+        }
+        // Lines dropped while nothing else was to be sent still have to be told. This batch
+        // carries nothing else, so it is tried once; the next round tells again if it failed.
+        let dropped = self.sink.dropped();
+        if dropped > self.reported_dropped {
+            let batch = self.batch(Vec::new(), dropped);
+            match self.sender.send(&batch).await {
+                Ok(()) => self.reported_dropped = dropped,
+                Err(e) => debug!("dropped-lines count not delivered: {e}"),
             }
         }
     }
 
-    /// Moves what the buffer holds now into `pending`. Bounded by the buffer's size, so that
-    /// a processor that writes without pause cannot keep the flusher here.
-    fn drain_buffer(&mut self) {
-        for _ in 0..self.buffer_lines {
-            match self.lines.try_recv() {
-                Ok(line) => self.enqueue(line),
-                Err(_) => break,
-            }
-        }
-    }
-
-    /// Queues a line for sending. The queue is bounded like the buffer, so that lines pile up
-    /// nowhere while the server is unreachable: what does not fit is dropped and counted.
-    fn enqueue(&mut self, line: LogLine) {
-        if self.pending.len() >= self.buffer_lines {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.pending.push_back(line);
-        }
-    }
-
-    async fn send_pending(&mut self) {
-        while !self.pending.is_empty() {
-            let lines = take_batch(&mut self.pending, self.batch_lines, MAX_BATCH_BYTES);
-            if !self.send_batch(lines).await {
-                // The server is not taking logs now; the rest waits for the next round rather
-                // than holding up those who asked for a flush.
-                return;
-            }
-        }
-        // Lines dropped while nothing else was to be sent still have to be told.
-        if self.dropped.load(Ordering::Relaxed) > self.reported_dropped {
-            self.send_batch(Vec::new()).await;
-        }
-    }
-
-    /// Sends one batch, trying a few times. Returns whether it was stored; if not, its lines
-    /// are counted as dropped.
-    async fn send_batch(&mut self, lines: Vec<LogLine>) -> bool {
-        let dropped_total = self.dropped.load(Ordering::Relaxed);
-        let batch = LogBatch {
+    fn batch(&self, lines: Vec<LogLine>, dropped_total: u64) -> LogBatch {
+        LogBatch {
             worker_id: self.worker_id.clone(),
             lines,
             dropped: dropped_total.saturating_sub(self.reported_dropped),
-        };
-        let mut attempt = 1;
-        let error = loop {
-            match self
-                .link
-                .call::<_, LogAck>(Endpoint::Logs, &batch, REQUEST_TIMEOUT)
-                .await
-            {
-                Ok(_) => {
-                    self.reported_dropped = dropped_total;
-                    return true;
-                }
-                Err(e) if attempt < SEND_ATTEMPTS && worth_retrying(&e) => {
-                    debug!(attempt, "log batch not stored: {e}; retrying");
-                    // The pause leaves the re-acquire that `call` may have triggered time to
-                    // find the new owner before the next try.
-                    tokio::time::sleep(Duration::from_millis(300) * attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => break e,
-            }
-        };
-        let lost = batch.lines.len() as u64;
-        self.dropped.fetch_add(lost, Ordering::Relaxed);
-        warn!(lines = lost, "dropped a log batch: {error}");
-        false
+        }
     }
-}
 
-/// Whether sending the same batch again may succeed.
-fn worth_retrying(error: &CallError) -> bool {
-    match error {
-        CallError::Remote(body) => !matches!(
-            body.code,
-            ErrorCode::BadRequest | ErrorCode::PayloadTooLarge | ErrorCode::InvalidArgument
-        ),
-        _ => true,
+    /// Sends one batch until the server stores it, or until it is clear that it never will (its
+    /// lines are then counted as dropped).
+    async fn deliver(&mut self, lines: Vec<LogLine>) {
+        let mut batch = self.batch(lines, 0);
+        let mut pause = FIRST_RETRY_PAUSE;
+        let mut tries: u32 = 0;
+        let mut odd_refusals: u32 = 0;
+        loop {
+            tries += 1;
+            // Every try tells the drops up to now, so that they are reported without waiting for
+            // the outage to end and the next batch to go.
+            let dropped_total = self.sink.dropped();
+            batch.dropped = dropped_total.saturating_sub(self.reported_dropped);
+            let error = match self.sender.send(&batch).await {
+                Ok(()) => {
+                    self.reported_dropped = dropped_total;
+                    if tries > 1 {
+                        debug!(tries, "log batch stored after retrying");
+                    }
+                    return;
+                }
+                Err(e) => e,
+            };
+            let kind = refusal(&error);
+            if kind == Refusal::Odd {
+                odd_refusals += 1;
+            }
+            if kind == Refusal::Hopeless || odd_refusals >= ODD_REFUSAL_TRIES {
+                let lost = batch.lines.len() as u64;
+                self.sink.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                warn!(lines = lost, tries, "dropped a log batch: {error}");
+                return;
+            }
+            if matches!(&error, CallError::Remote(body) if body.code == ErrorCode::Unavailable) {
+                // The server cannot store now; another may have taken the app over, or will.
+                self.sender.reacquire();
+            }
+            if tries == 1 || tries.is_multiple_of(10) {
+                warn!(
+                    lines = batch.lines.len(),
+                    tries, "log batch not stored: {error}; keeping it and retrying"
+                );
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+        }
     }
 }
 
@@ -283,6 +371,7 @@ fn worth_retrying(error: &CallError) -> bool {
 mod tests {
     use super::*;
     use rota_shared::message::LogLevel;
+    use tokio::time::Instant;
 
     fn line(text: &str) -> LogLine {
         LogLine {
@@ -337,13 +426,176 @@ mod tests {
 
     #[test]
     fn a_full_buffer_drops_and_counts() {
-        let (sink, mut rx) = LogSink::new(2);
+        let sink = LogSink::new(2, 500);
         for i in 0..5 {
             sink.push(line(&i.to_string()));
         }
         assert_eq!(sink.dropped(), 3);
-        assert_eq!(rx.try_recv().unwrap().text, "0");
-        assert_eq!(rx.try_recv().unwrap().text, "1");
-        assert!(rx.try_recv().is_err());
+        assert_eq!(sink.try_recv().unwrap().text, "0");
+        assert_eq!(sink.try_recv().unwrap().text, "1");
+        assert!(sink.try_recv().is_none());
+    }
+
+    #[test]
+    fn refusals_are_sorted() {
+        let remote = |code| CallError::Remote(rota_shared::ErrorBody::new(code, "x"));
+        assert_eq!(
+            refusal(&CallError::NoResponders("s".into())),
+            Refusal::Outage
+        );
+        assert_eq!(refusal(&CallError::TimedOut("s".into())), Refusal::Outage);
+        assert_eq!(refusal(&remote(ErrorCode::Unavailable)), Refusal::Outage);
+        assert_eq!(refusal(&remote(ErrorCode::NotOwner)), Refusal::Outage);
+        assert_eq!(
+            refusal(&remote(ErrorCode::PayloadTooLarge)),
+            Refusal::Hopeless
+        );
+        assert_eq!(
+            refusal(&remote(ErrorCode::InvalidArgument)),
+            Refusal::Hopeless
+        );
+        assert_eq!(refusal(&remote(ErrorCode::Internal)), Refusal::Odd);
+    }
+
+    /// A log store that refuses with `error` until `down_until`, then stores.
+    struct FakeStore {
+        down_until: Mutex<Instant>,
+        error: ErrorCode,
+        stored: Mutex<Vec<LogBatch>>,
+        tries: AtomicU64,
+        reacquires: AtomicU64,
+    }
+
+    impl FakeStore {
+        fn down_for(ms: u64, error: ErrorCode) -> Arc<Self> {
+            Arc::new(Self {
+                down_until: Mutex::new(Instant::now() + Duration::from_millis(ms)),
+                error,
+                stored: Mutex::new(Vec::new()),
+                tries: AtomicU64::new(0),
+                reacquires: AtomicU64::new(0),
+            })
+        }
+
+        fn texts(&self) -> Vec<String> {
+            let stored = self.stored.lock().unwrap();
+            stored
+                .iter()
+                .flat_map(|b| b.lines.iter().map(|l| l.text.clone()))
+                .collect()
+        }
+
+        fn dropped_told(&self) -> u64 {
+            self.stored.lock().unwrap().iter().map(|b| b.dropped).sum()
+        }
+    }
+
+    impl BatchSender for FakeStore {
+        async fn send(&self, batch: &LogBatch) -> Result<(), CallError> {
+            if !batch.lines.is_empty() {
+                self.tries.fetch_add(1, Ordering::Relaxed);
+            }
+            // A request takes a moment, as over the network.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if Instant::now() < *self.down_until.lock().unwrap() {
+                return Err(CallError::Remote(rota_shared::ErrorBody::new(
+                    self.error,
+                    "database unreachable",
+                )));
+            }
+            self.stored.lock().unwrap().push(batch.clone());
+            Ok(())
+        }
+
+        fn reacquire(&self) {
+            self.reacquires.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn start(store: &Arc<FakeStore>, capacity: usize, batch_lines: usize) -> LogSink {
+        let sink = LogSink::new(capacity, batch_lines);
+        let flusher = LogFlusher::new(
+            Arc::clone(store),
+            "w1".to_owned(),
+            sink.clone(),
+            Duration::from_secs(1),
+        );
+        tokio::spawn(flusher.run());
+        sink
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_database_outage_loses_no_line_that_fits() {
+        let store = FakeStore::down_for(10_000, ErrorCode::Unavailable);
+        let sink = start(&store, 1_000, 50);
+        // 600 lines over 12 s, while the store is down for the first 10.
+        for i in 0..600 {
+            sink.push(line(&format!("l{i}")));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(sink.flush(Duration::from_secs(30)).await);
+        let expected: Vec<String> = (0..600).map(|i| format!("l{i}")).collect();
+        assert_eq!(store.texts(), expected, "every line, in order, once");
+        assert_eq!(sink.dropped(), 0);
+        assert_eq!(sink.unsent(), 0);
+        assert!(
+            store.reacquires.load(Ordering::Relaxed) > 0,
+            "UNAVAILABLE re-acquires"
+        );
+        // Backoff: 200 ms doubling to 5 s makes about seven tries in 10 s, not hundreds.
+        let tries = store.tries.load(Ordering::Relaxed);
+        assert!(tries < 30, "{tries} tries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_beyond_the_buffer_are_dropped_counted_and_told() {
+        let store = FakeStore::down_for(3_000, ErrorCode::Unavailable);
+        let sink = start(&store, 10, 4);
+        for i in 0..15 {
+            sink.push(line(&format!("l{i}")));
+        }
+        assert_eq!(sink.unsent(), 10);
+        assert_eq!(sink.dropped(), 5, "the buffer counts the batch in flight");
+        // The flush before a terminal report gives up in time while the store is down...
+        assert!(!sink.flush(Duration::from_millis(500)).await);
+        // ...and the lines go out once it is back, with the drops told.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let expected: Vec<String> = (0..10).map(|i| format!("l{i}")).collect();
+        assert_eq!(store.texts(), expected);
+        assert_eq!(store.dropped_told(), 5);
+        assert_eq!(sink.unsent(), 0);
+        // Room again: new lines are taken.
+        sink.push(line("later"));
+        assert!(sink.flush(Duration::from_secs(5)).await);
+        assert_eq!(store.texts().last().map(String::as_str), Some("later"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hopeless_batch_is_dropped_and_the_queue_moves() {
+        let store = FakeStore::down_for(600_000, ErrorCode::PayloadTooLarge);
+        let sink = start(&store, 100, 10);
+        sink.push(line("doomed"));
+        // The first try is refused for good; the flush still ends, with the line counted.
+        assert!(sink.flush(Duration::from_secs(5)).await);
+        assert_eq!(sink.dropped(), 1);
+        assert_eq!(store.tries.load(Ordering::Relaxed), 1);
+        *store.down_until.lock().unwrap() = Instant::now();
+        sink.push(line("fine"));
+        assert!(sink.flush(Duration::from_secs(5)).await);
+        assert_eq!(store.texts(), vec!["fine"]);
+        assert_eq!(store.dropped_told(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn odd_refusals_are_tried_a_few_times() {
+        let store = FakeStore::down_for(600_000, ErrorCode::Internal);
+        let sink = start(&store, 100, 10);
+        sink.push(line("x"));
+        assert!(sink.flush(Duration::from_secs(60)).await);
+        assert_eq!(sink.dropped(), 1);
+        assert_eq!(
+            store.tries.load(Ordering::Relaxed),
+            u64::from(ODD_REFUSAL_TRIES)
+        );
     }
 }

@@ -4,12 +4,14 @@
 //! subject so that the server may answer "stop"), runs the processor in a task of its own so that
 //! a panic cannot take the worker down, enforces the timeout, and finally sends the terminal
 //! report as a request, repeated with backoff (and re-acquire) until the owner acknowledges it.
+//! A frequent job's attempt runs the processor again and again instead (see `frequent`), and
+//! ends with the same kind of terminal report.
 
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rota_shared::message::{DispatchRequest, LogLevel, LogLine, ReportAck, StatusReport};
+use rota_shared::message::{DispatchRequest, Frequent, LogLevel, LogLine, ReportAck, StatusReport};
 use rota_shared::{ErrorCode, InstanceStatus};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -17,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
 use crate::context::{TaskContext, now_ms};
+use crate::frequent::{FrequentEnd, FrequentRunner, ProgressSink};
 use crate::instances::{InstanceState, StopCause};
 use crate::link::{CallError, Endpoint, REQUEST_TIMEOUT};
 use crate::processor::{ProcessResult, Processor};
@@ -37,7 +40,7 @@ const MAX_RESULT_BYTES: usize = 16 * 1024;
 
 /// Aborts the processor's task when the tracker is dropped (the worker was aborted, or the
 /// shutdown deadline passed), which in turn lets the shell processor kill its process group.
-struct AbortOnDrop<T>(JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -46,7 +49,7 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// How the processor's task ended.
-enum Outcome {
+pub(crate) enum Outcome {
     Finished(ProcessResult),
     Panicked(String),
     /// It did not end in time after cancellation and was dropped.
@@ -98,7 +101,7 @@ fn verdict(cause: Option<StopCause>, outcome: Outcome) -> (InstanceStatus, Strin
 }
 
 /// Cuts a result message to [`MAX_RESULT_BYTES`] on a character boundary.
-fn cap_result(mut text: String) -> String {
+pub(crate) fn cap_result(mut text: String) -> String {
     if text.len() > MAX_RESULT_BYTES {
         let mut end = MAX_RESULT_BYTES;
         while !text.is_char_boundary(end) {
@@ -144,8 +147,32 @@ pub(crate) async fn run(
         .remove(tracker.req.instance_id, tracker.req.attempt);
 }
 
+impl ProgressSink for Tracker {
+    /// Publishes a report. Its answer, if the server sends one, arrives at the ack inbox under
+    /// the report's own subject; a lost progress report is repaired by the next one.
+    async fn publish(&self, report: &StatusReport) {
+        let reply = self
+            .agent
+            .ack_subject(report.instance_id, report.attempt, report.seq);
+        if let Err(e) = self
+            .agent
+            .link
+            .publish(Endpoint::Status, report, Some(reply))
+            .await
+        {
+            debug!(
+                instance = self.req.instance_id,
+                "progress report not sent: {e}"
+            );
+        }
+    }
+}
+
 impl Tracker {
     async fn execute(&self, processor: Arc<dyn Processor>) {
+        if let Some(frequent) = self.req.frequent {
+            return self.execute_frequent(frequent, processor).await;
+        }
         let config = &self.agent.config;
         info!(
             instance = self.req.instance_id,
@@ -157,6 +184,7 @@ impl Tracker {
 
         let ctx = TaskContext::new(
             &self.req,
+            &self.agent.worker_id,
             self.agent.logs.clone(),
             self.state.token().clone(),
         );
@@ -212,15 +240,62 @@ impl Tracker {
             "finished: {result}"
         );
 
-        // The log goes first, so that whoever sees the instance terminal also sees all of its
-        // output.
-        if !self.agent.flush.flush(LOG_FLUSH_WAIT).await {
+        self.flush_logs().await;
+        let report = self.report(status, Some(cap_result(result)), None, false);
+        self.send_terminal(report).await;
+    }
+
+    /// Runs a frequent job's attempt until it is stopped or its lifecycle ends, then reports
+    /// how it ended.
+    async fn execute_frequent(&self, frequent: Frequent, processor: Arc<dyn Processor>) {
+        info!(
+            instance = self.req.instance_id,
+            attempt = self.req.attempt,
+            processor = %self.req.processor,
+            mode = ?frequent.mode,
+            interval_ms = frequent.interval_ms,
+            "running a frequent job"
+        );
+        let runner = FrequentRunner {
+            req: &self.req,
+            frequent,
+            state: &self.state,
+            processor,
+            logs: self.agent.logs.clone(),
+            worker_id: &self.agent.worker_id,
+            progress_every: self.agent.config.progress_interval,
+            cancel_grace: self.agent.config.kill_grace + CANCEL_SLACK,
+            sink: self,
+        };
+        let FrequentEnd {
+            status,
+            result,
+            runs,
+            alert,
+        } = runner.run().await;
+        self.state.finish(status);
+        info!(
+            instance = self.req.instance_id,
+            attempt = self.req.attempt,
+            %status,
+            runs,
+            "finished: {result}"
+        );
+        self.flush_logs().await;
+        let report = self.report(status, Some(result), Some(runs), alert);
+        self.send_terminal(report).await;
+    }
+
+    /// Sends the instance's log before its terminal report, so that whoever sees the instance
+    /// terminal also sees all of its output. The wait is bounded: a terminal report must not
+    /// wait for an unreachable log store, and the lines still go out once it is back.
+    async fn flush_logs(&self) {
+        if !self.agent.logs.flush(LOG_FLUSH_WAIT).await {
             warn!(
                 instance = self.req.instance_id,
-                "the instance's log could not be flushed in time"
+                "the instance's log could not be flushed in time; it is sent later"
             );
         }
-        self.send_terminal(status, cap_result(result)).await;
     }
 
     /// After cancellation: gives the processor time to end, then drops it.
@@ -265,7 +340,13 @@ impl Tracker {
         });
     }
 
-    fn report(&self, status: InstanceStatus, result: Option<String>) -> StatusReport {
+    fn report(
+        &self,
+        status: InstanceStatus,
+        result: Option<String>,
+        runs: Option<i64>,
+        alert: bool,
+    ) -> StatusReport {
         StatusReport {
             instance_id: self.req.instance_id,
             attempt: self.req.attempt,
@@ -273,37 +354,22 @@ impl Tracker {
             worker_id: self.agent.worker_id.clone(),
             status,
             result,
-            runs: None,
-            alert: false,
+            runs,
+            alert,
             reported_at_ms: now_ms(),
         }
     }
 
-    /// Publishes a RUNNING report. Its answer, if the server sends one, arrives at the ack
-    /// inbox; a lost progress report is repaired by the next one.
+    /// Publishes a RUNNING report.
     async fn send_progress(&self) {
-        let report = self.report(InstanceStatus::Running, None);
-        let reply = self
-            .agent
-            .ack_subject(self.req.instance_id, self.req.attempt);
-        if let Err(e) = self
-            .agent
-            .link
-            .publish(Endpoint::Status, &report, Some(reply))
-            .await
-        {
-            debug!(
-                instance = self.req.instance_id,
-                "progress report not sent: {e}"
-            );
-        }
+        let report = self.report(InstanceStatus::Running, None, None, false);
+        self.publish(&report).await;
     }
 
     /// Sends the terminal report until the owner acknowledges it.
-    async fn send_terminal(&self, status: InstanceStatus, result: String) {
+    async fn send_terminal(&self, report: StatusReport) {
         // Every try carries the same report: it is one report, and a server that applied it but
         // whose answer was lost recognises the repeat by its sequence number.
-        let report = self.report(status, Some(result));
         let mut backoff = FIRST_BACKOFF;
         let mut tries: u32 = 0;
         loop {

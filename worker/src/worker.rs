@@ -77,14 +77,11 @@ impl Worker {
             )
             .await?,
         );
-        let (logs, lines) = LogSink::new(config.log_buffer_lines);
-        let (flusher, flush) = LogFlusher::new(
+        let logs = LogSink::new(config.log_buffer_lines, config.log_batch_lines);
+        let flusher = LogFlusher::new(
             Arc::clone(&link),
             worker_id.clone(),
-            &logs,
-            lines,
-            config.log_buffer_lines,
-            config.log_batch_lines,
+            logs.clone(),
             config.log_flush_interval,
         );
         let reacquire_every = config.reacquire_interval;
@@ -95,7 +92,6 @@ impl Worker {
             registry,
             Instances::new(dedupe::DEFAULT_MEMORY),
             logs,
-            flush,
             ack_inbox,
         ));
 
@@ -155,14 +151,23 @@ impl WorkerHandle {
         self.agent.link.owner().server_id
     }
 
-    /// Shuts down gracefully: rejects new dispatches, waits up to `shutdown_grace` for the
-    /// running instances, stops (and reports) those still running, flushes the logs and drains
-    /// the NATS connection.
+    /// Shuts down gracefully: rejects new dispatches, stops frequent jobs at once (they report
+    /// FAILED, "worker shutting down", so that the server runs them elsewhere), waits up to
+    /// `shutdown_grace` for the other running instances, stops (and reports) those still
+    /// running, flushes the logs and drains the NATS connection.
     pub async fn shutdown(mut self) {
         let agent = Arc::clone(&self.agent);
         let config = &agent.config;
         agent.stop_accepting();
         agent.trackers.close();
+        // A frequent job's tracker never ends by itself, so it is not waited for: it is stopped
+        // now and reports FAILED ("worker shutting down"), so that the server can start the
+        // instance again on another worker without waiting out the grace.
+        for state in agent.instances.all() {
+            if state.frequent {
+                state.stop(StopCause::Shutdown);
+            }
+        }
         let running = agent.instances.len();
         if running > 0 {
             info!(
@@ -194,7 +199,7 @@ impl WorkerHandle {
                 }
             }
         }
-        if !agent.flush.flush(FINAL_FLUSH_WAIT).await {
+        if !agent.logs.flush(FINAL_FLUSH_WAIT).await {
             warn!("the last log lines could not be sent");
         }
         for task in self.background.drain(..) {

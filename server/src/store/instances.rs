@@ -288,6 +288,101 @@ impl Store {
             .collect())
     }
 
+    /// Instances of `app_ids` in `status` whose last report (or dispatch) is older than
+    /// `before_ms`, oldest first.
+    pub async fn stale_instances(
+        &self,
+        app_ids: &[i64],
+        status: InstanceStatus,
+        before_ms: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<instance::Model>> {
+        if app_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(instance::Entity::find()
+            .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
+            .filter(instance::Column::Status.eq(status.code()))
+            .filter(
+                instance::Column::LastReportAtMs
+                    .lt(before_ms)
+                    .or(instance::Column::LastReportAtMs.is_null()),
+            )
+            .order_by_asc(instance::Column::LastReportAtMs)
+            .limit(limit)
+            .all(self.conn())
+            .await?)
+    }
+
+    /// Instances of `app_ids` in `status`.
+    pub async fn instances_in(
+        &self,
+        app_ids: &[i64],
+        status: InstanceStatus,
+        limit: u64,
+    ) -> StoreResult<Vec<instance::Model>> {
+        if app_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(instance::Entity::find()
+            .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
+            .filter(instance::Column::Status.eq(status.code()))
+            .limit(limit)
+            .all(self.conn())
+            .await?)
+    }
+
+    /// The job ids among `job_ids` that have an instance that is not terminal.
+    pub async fn jobs_with_live_instances(&self, job_ids: &[i64]) -> StoreResult<HashSet<i64>> {
+        if job_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<i64> = instance::Entity::find()
+            .select_only()
+            .column(instance::Column::JobId)
+            .filter(instance::Column::JobId.is_in(job_ids.iter().copied()))
+            .filter(instance::Column::Status.is_in(NOT_TERMINAL))
+            .into_tuple()
+            .all(self.conn())
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Deletes up to `batch` instances that finished before `cutoff_ms`, with their log lines.
+    /// Returns `(instances, log lines)` deleted.
+    pub async fn delete_finished_before(
+        &self,
+        cutoff_ms: i64,
+        batch: u64,
+    ) -> StoreResult<(u64, u64)> {
+        let ids: Vec<i64> = instance::Entity::find()
+            .select_only()
+            .column(instance::Column::Id)
+            .filter(instance::Column::FinishedAtMs.lt(cutoff_ms))
+            .filter(instance::Column::Status.is_not_in(NOT_TERMINAL))
+            .order_by_asc(instance::Column::Id)
+            .limit(batch)
+            .into_tuple()
+            .all(self.conn())
+            .await?;
+        if ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let txn = self.write_txn().await?;
+        let lines = super::entity::instance_log::Entity::delete_many()
+            .filter(super::entity::instance_log::Column::InstanceId.is_in(ids.iter().copied()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        let instances = instance::Entity::delete_many()
+            .filter(instance::Column::Id.is_in(ids))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        txn.commit().await?;
+        Ok((instances, lines))
+    }
+
     /// Hands an instance to `worker_id` as a new attempt: WAITING_DISPATCH (or a previous
     /// WAITING_WORKER_RECEIVE that was not acknowledged) → WAITING_WORKER_RECEIVE. Returns the
     /// new attempt, or `None` when the guard did not match.

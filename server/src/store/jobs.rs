@@ -1,6 +1,6 @@
 //! Jobs.
 
-use rota_shared::admin::{DispatchStrategy, JobInfo, JobSpec, OverlapPolicy};
+use rota_shared::admin::{DispatchStrategy, JobInfo, JobSpec, MisfirePolicy, OverlapPolicy};
 use rota_shared::schedule::{Lifecycle, Schedule};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -34,6 +34,7 @@ pub struct Job {
     pub description: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    pub misfire: MisfirePolicy,
 }
 
 impl Job {
@@ -65,6 +66,7 @@ impl Job {
             description: m.description,
             created_at_ms: m.created_at_ms,
             updated_at_ms: m.updated_at_ms,
+            misfire: MisfirePolicy::parse(&m.misfire).unwrap_or_default(),
         })
     }
 
@@ -87,6 +89,7 @@ impl Job {
             dispatch: self.dispatch,
             tags: self.tags.clone(),
             designated_workers: self.designated_workers.clone(),
+            misfire: self.misfire,
         }
     }
 
@@ -127,6 +130,7 @@ impl Job {
             next_trigger_time_ms: Set(self.next_trigger_time_ms),
             created_at_ms: Set(self.created_at_ms),
             updated_at_ms: Set(self.updated_at_ms),
+            misfire: Set(self.misfire.as_text()),
         }
     }
 
@@ -154,6 +158,7 @@ impl Job {
             description: spec.description.clone(),
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
+            misfire: spec.misfire,
         }
     }
 }
@@ -236,6 +241,23 @@ impl Store {
             .filter(job::Column::AppId.is_in(app_ids.iter().copied()))
             .order_by_asc(job::Column::NextTriggerTimeMs)
             .limit(limit)
+            .all(self.conn())
+            .await?
+            .into_iter()
+            .map(Job::from_model)
+            .collect()
+    }
+
+    /// Enabled FIXED_RATE and FIXED_DELAY jobs of `app_ids`.
+    pub async fn frequent_jobs(&self, app_ids: &[i64]) -> StoreResult<Vec<Job>> {
+        if app_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The schedule is stored as tagged JSON whose first key is its type.
+        job::Entity::find()
+            .filter(job::Column::Enabled.eq(true))
+            .filter(job::Column::AppId.is_in(app_ids.iter().copied()))
+            .filter(job::Column::Schedule.like(r#"{"type":"fixed_%"#))
             .all(self.conn())
             .await?
             .into_iter()

@@ -75,9 +75,11 @@ impl Store {
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let url = normalize_sqlite_url(url);
         let mut opts = ConnectOptions::new(url.clone());
+        // Short timeouts: while the database is unreachable, requests fail fast with
+        // UNAVAILABLE (and are retried by their senders) instead of piling up.
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(3));
         if url.starts_with("sqlite:") {
             // SQLite has one writer; a handful of connections serve concurrent reads in WAL mode.
             opts.max_connections(4)

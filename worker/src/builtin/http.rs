@@ -202,11 +202,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\nhello\nworld",
         )
         .await;
-        let (ctx, mut rx) = test_context(&format!(r#"{{"url":"{url}","headers":{{"x-a":"1"}}}}"#));
+        let (ctx, rx) = test_context(&format!(r#"{{"url":"{url}","headers":{{"x-a":"1"}}}}"#));
         let r = HttpProcessor::new().process(ctx).await;
         assert_eq!(r, ProcessResult::ok("HTTP 200 OK"));
         let mut lines = Vec::new();
-        while let Ok(line) = rx.try_recv() {
+        while let Some(line) = rx.try_recv() {
             lines.push(line.text);
         }
         assert_eq!(lines[1], "HTTP/1.1 200 OK");

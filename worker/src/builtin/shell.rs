@@ -33,6 +33,10 @@ const PIPE_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs shell scripts. Each stdout line becomes an INFO log line and each stderr line an ERROR
 /// log line. Exit status 0 succeeds with the last non-blank stdout line as the result.
+///
+/// The script's environment describes the work: `ROTA_INSTANCE_ID`, `ROTA_WORKER_ID`,
+/// `ROTA_JOB_ID`, `ROTA_JOB_NAME`, `ROTA_ATTEMPT`, `ROTA_JOB_PARAMS` and `ROTA_INSTANCE_PARAMS`
+/// (the last two empty when absent).
 #[derive(Debug, Clone)]
 pub struct ShellProcessor {
     kill_grace: Duration,
@@ -99,6 +103,7 @@ fn command(ctx: &TaskContext) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("ROTA_INSTANCE_ID", ctx.instance_id.to_string())
+        .env("ROTA_WORKER_ID", &ctx.worker_id)
         .env("ROTA_JOB_ID", ctx.job_id.to_string())
         .env("ROTA_JOB_NAME", &ctx.job_name)
         .env("ROTA_ATTEMPT", ctx.attempt.to_string())
@@ -197,23 +202,23 @@ async fn run(ctx: TaskContext, kill_grace: Duration) -> ProcessResult {
 mod tests {
     use super::*;
     use crate::context::test_context;
-    use rota_shared::message::{LogLevel, LogLine};
-    use tokio::sync::mpsc::Receiver;
+    use crate::logs::LogSink;
+    use rota_shared::message::LogLevel;
 
-    fn drain(rx: &mut Receiver<LogLine>) -> Vec<(LogLevel, String)> {
+    fn drain(rx: &LogSink) -> Vec<(LogLevel, String)> {
         let mut lines = Vec::new();
-        while let Ok(line) = rx.try_recv() {
+        while let Some(line) = rx.try_recv() {
             lines.push((line.level, line.text));
         }
         lines
     }
 
     async fn shell(script: &str) -> (ProcessResult, Vec<(LogLevel, String)>) {
-        let (ctx, mut rx) = test_context(script);
+        let (ctx, rx) = test_context(script);
         let result = ShellProcessor::new(Duration::from_secs(1))
             .process(ctx)
             .await;
-        (result, drain(&mut rx))
+        (result, drain(&rx))
     }
 
     /// Whether a process is gone: no such process, or a zombie that only waits for its
@@ -279,9 +284,9 @@ mod tests {
     #[tokio::test]
     async fn the_environment_describes_the_instance() {
         let (result, _) =
-            shell("echo \"$ROTA_INSTANCE_ID/$ROTA_JOB_ID/$ROTA_ATTEMPT/$ROTA_JOB_PARAMS/$ROTA_INSTANCE_PARAMS.\"")
+            shell("echo \"$ROTA_INSTANCE_ID/$ROTA_JOB_ID/$ROTA_ATTEMPT/$ROTA_WORKER_ID/$ROTA_JOB_PARAMS/$ROTA_INSTANCE_PARAMS.\"")
                 .await;
-        assert_eq!(result, ProcessResult::ok("42/7/1/jp/."));
+        assert_eq!(result, ProcessResult::ok("42/7/1/w-test/jp/."));
     }
 
     #[tokio::test]

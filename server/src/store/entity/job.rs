@@ -29,6 +29,8 @@ pub struct Model {
     pub next_trigger_time_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// `rota_shared::admin::MisfirePolicy` as text.
+    pub misfire: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

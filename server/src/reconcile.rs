@@ -1,0 +1,257 @@
+//! Reconcile (DESIGN §7): repairs, on a fixed delay, what events missed, for the apps this
+//! server owns (checked at the start of every iteration). Every repair is counted by reason.
+//!
+//! | state found | after | repair | reason |
+//! |---|---|---|---|
+//! | WAITING_DISPATCH, not on the timer | `waiting_overdue` past its due time | dispatch now | `waiting_overdue` |
+//! | WAITING_WORKER_RECEIVE | `unacknowledged_timeout` since the dispatch | dispatch again (uses no retry) | `dispatch_unacknowledged` |
+//! | RUNNING, worker not live | the owner has owned the app for `worker_timeout` | retry or FAILED "worker lost" | `worker_lost` |
+//! | RUNNING | `report_timeout` without a report | retry or FAILED | `report_timeout` |
+//! | enabled frequent job, no live instance | its lifecycle allows | start one | `frequent_started` |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rota_shared::InstanceStatus;
+use rota_shared::rules::{InstanceState, JobRules, lost_attempt};
+
+use crate::clock::now_ms;
+use crate::core::Core;
+use crate::ownership;
+use crate::service::{Every, ScheduledService, ServiceError};
+use crate::store::entity::instance;
+use crate::store::{InstanceGuard, Job, NewInstance, StoreError};
+
+/// Instances looked at per check and iteration.
+const LIMIT: u64 = 5_000;
+
+pub struct Reconcile {
+    pub core: Arc<Core>,
+}
+
+impl ScheduledService for Reconcile {
+    fn name(&self) -> &'static str {
+        "reconcile"
+    }
+
+    fn every(&self) -> Every {
+        Every::FixedDelay(self.core.config.reconcile_interval)
+    }
+
+    async fn run_one_iteration(&mut self) -> Result<(), ServiceError> {
+        Ok(reconcile(&self.core).await?)
+    }
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
+    // Only the apps this server owns, as the database says now.
+    ownership::refresh(core).await?;
+    let owned = core.ownership.app_ids();
+    if owned.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let cfg = &core.config;
+
+    // Waiting instances that nobody is dispatching.
+    let overdue = core
+        .store
+        .waiting_instances(&owned, now - ms(cfg.waiting_overdue), LIMIT)
+        .await?;
+    let mut requeued = 0;
+    for (id, _) in overdue {
+        let busy = core
+            .dispatching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id);
+        if !busy && core.timer.schedule(id, now) {
+            requeued += 1;
+        }
+    }
+    core.repaired("waiting_overdue", requeued);
+
+    // Dispatches never acknowledged.
+    let unacknowledged = core
+        .store
+        .stale_instances(
+            &owned,
+            InstanceStatus::WaitingWorkerReceive,
+            now - ms(cfg.unacknowledged_timeout),
+            LIMIT,
+        )
+        .await?;
+    let n = lose(core, unacknowledged, "dispatch was never acknowledged", now).await?;
+    core.repaired("dispatch_unacknowledged", n);
+
+    // Running instances whose worker stopped heartbeating. A server that took an app over only
+    // just now has not heard every worker yet: it waits one worker timeout first.
+    let running = core
+        .store
+        .instances_in(&owned, InstanceStatus::Running, LIMIT)
+        .await?;
+    let mut live: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut lost = Vec::new();
+    let mut silent = Vec::new();
+    let report_cutoff = now - ms(cfg.report_timeout);
+    for inst in running {
+        let settled = core
+            .ownership
+            .owned_for(inst.app_id)
+            .is_some_and(|d| d >= cfg.worker_timeout);
+        let workers = live.entry(inst.app_id).or_insert_with(|| {
+            core.workers
+                .live(Some(inst.app_id))
+                .into_iter()
+                .map(|w| w.worker_id)
+                .collect()
+        });
+        let worker_live = inst.worker_id.as_ref().is_some_and(|w| workers.contains(w));
+        if settled && !worker_live {
+            lost.push(inst);
+        } else if inst.last_report_at_ms.is_none_or(|t| t < report_cutoff) {
+            silent.push(inst);
+        }
+    }
+    let n = lose(core, lost, "worker lost", now).await?;
+    core.repaired("worker_lost", n);
+    let n = lose(core, silent, "no report from the worker", now).await?;
+    core.repaired("report_timeout", n);
+
+    // Frequent jobs that should run but have no live instance.
+    let frequent = core.store.frequent_jobs(&owned).await?;
+    let ids: Vec<i64> = frequent.iter().map(|j| j.id).collect();
+    let running = core.store.jobs_with_live_instances(&ids).await?;
+    let mut started = 0;
+    for job in frequent.iter().filter(|j| !running.contains(&j.id)) {
+        let in_lifecycle = job.lifecycle.start_ms.is_none_or(|s| s <= now)
+            && job.lifecycle.end_ms.is_none_or(|e| now < e);
+        if !in_lifecycle || job.next_trigger_time_ms.is_some() {
+            // Outside its lifecycle, or the schedule loop is about to start it.
+            continue;
+        }
+        let inst = core
+            .store
+            .insert_instance(
+                NewInstance {
+                    job_id: job.id,
+                    app_id: job.app_id,
+                    trigger: "schedule",
+                    params: None,
+                    due_at_ms: now,
+                },
+                now,
+            )
+            .await?;
+        core.timer.schedule(inst.id, now);
+        started += 1;
+    }
+    core.repaired("frequent_started", started);
+    Ok(())
+}
+
+/// Applies [`lost_attempt`] to each instance with a compare-and-set; returns how many changed.
+async fn lose(
+    core: &Core,
+    instances: Vec<instance::Model>,
+    reason: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    if instances.is_empty() {
+        return Ok(0);
+    }
+    let job_ids: Vec<i64> = instances.iter().map(|i| i.job_id).collect();
+    let jobs: HashMap<i64, Job> = core
+        .store
+        .jobs_by_ids(&job_ids)
+        .await?
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect();
+    let mut writes = Vec::new();
+    for inst in &instances {
+        let Some(job) = jobs.get(&inst.job_id) else {
+            continue;
+        };
+        let rules = JobRules {
+            frequent: job.schedule.is_frequent(),
+            max_retries: job.max_retries,
+            retry_delay_ms: job.retry_delay_ms,
+            lifecycle_end_ms: job.lifecycle.end_ms,
+        };
+        let state = InstanceState {
+            status: InstanceStatus::from_code(inst.status).unwrap_or(InstanceStatus::Failed),
+            attempt: inst.attempt,
+            worker_id: inst.worker_id.clone(),
+            last_seq: inst.last_seq,
+            runs: inst.runs,
+        };
+        let detail = match &inst.worker_id {
+            Some(w) => format!("{reason} (worker {w}, attempt {})", inst.attempt),
+            None => reason.to_owned(),
+        };
+        if let Some(update) = lost_attempt(&state, &rules, &detail, now) {
+            writes.push((inst.id, InstanceGuard::of(inst), update));
+        }
+    }
+    let applied = core.store.apply_updates(&writes, now).await?;
+    let mut changed = 0;
+    for ((id, _, update), ok) in writes.iter().zip(applied) {
+        if !ok {
+            continue;
+        }
+        changed += 1;
+        if let Some(at) = update.retry_at_ms {
+            core.timer.schedule(*id, at);
+        }
+        if update.alert {
+            tracing::warn!(
+                instance = id,
+                result = update.result.as_deref().unwrap_or(""),
+                "alert: instance failed"
+            );
+        }
+        // The worker that may still hold the attempt is told to stop, in case it is alive after
+        // all (its reports are fenced off either way).
+        if let Some(worker) = instances
+            .iter()
+            .find(|i| i.id == *id)
+            .and_then(|i| i.worker_id.clone())
+        {
+            crate::dispatch::publish_stop(core, &worker, *id).await;
+        }
+    }
+    Ok(changed)
+}
+
+/// Deletes finished instances and their logs older than the retention, in batches.
+pub struct CleanUp {
+    pub core: Arc<Core>,
+}
+
+impl ScheduledService for CleanUp {
+    fn name(&self) -> &'static str {
+        "clean_up"
+    }
+
+    fn every(&self) -> Every {
+        Every::FixedDelay(self.core.config.clean_up_interval)
+    }
+
+    async fn run_one_iteration(&mut self) -> Result<(), ServiceError> {
+        let core = &self.core;
+        let cutoff = now_ms() - ms(core.config.retention);
+        loop {
+            let (instances, lines) = core.store.delete_finished_before(cutoff, 1_000).await?;
+            core.repaired("cleaned_instances", instances);
+            core.repaired("cleaned_log_lines", lines);
+            if instances < 1_000 {
+                return Ok(());
+            }
+        }
+    }
+}
