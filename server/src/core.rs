@@ -37,6 +37,9 @@ pub struct Core {
     pub ready: AtomicBool,
     /// The background services, for their states in `rota server stats`.
     pub services: Mutex<Vec<ServiceProbe>>,
+    /// When this server's NATS connection was last (re)established: heartbeats missed while the
+    /// server itself was cut off say nothing about the workers.
+    pub connected_since: Arc<Mutex<tokio::time::Instant>>,
     pub shutdown: CancellationToken,
 }
 
@@ -61,6 +64,14 @@ impl Core {
             .unwrap_or_else(|e| e.into_inner())
             .entry(reason.to_owned())
             .or_default() += n;
+    }
+
+    /// How long this server has been connected to NATS without a break.
+    pub fn connected_for(&self) -> std::time::Duration {
+        self.connected_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -89,7 +89,9 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     core.repaired("dispatch_unacknowledged", n);
 
     // Running instances whose worker stopped heartbeating. A server that took an app over only
-    // just now has not heard every worker yet: it waits one worker timeout first.
+    // just now, or whose own NATS connection was just restored, has not heard every worker yet:
+    // it waits one worker timeout first.
+    let heard_long_enough = core.connected_for() >= cfg.worker_timeout;
     let running = core
         .store
         .instances_in(&owned, InstanceStatus::Running, LIMIT)
@@ -99,10 +101,11 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     let mut silent = Vec::new();
     let report_cutoff = now - ms(cfg.report_timeout);
     for inst in running {
-        let settled = core
-            .ownership
-            .owned_for(inst.app_id)
-            .is_some_and(|d| d >= cfg.worker_timeout);
+        let settled = heard_long_enough
+            && core
+                .ownership
+                .owned_for(inst.app_id)
+                .is_some_and(|d| d >= cfg.worker_timeout);
         let workers = live.entry(inst.app_id).or_insert_with(|| {
             core.workers
                 .live(Some(inst.app_id))

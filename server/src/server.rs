@@ -104,7 +104,8 @@ impl Server {
             None => format!("s-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
         };
         let store = Store::connect(&config.database_url).await?;
-        let client = connect(&config.nats_url, &id).await?;
+        let connected_since = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+        let client = connect(&config.nats_url, &id, connected_since.clone()).await?;
         let started_at_ms = now_ms();
         store.register_server(&id, VERSION, started_at_ms).await?;
 
@@ -127,6 +128,7 @@ impl Server {
             // The database answered the migrations a moment ago.
             ready: true.into(),
             services: Default::default(),
+            connected_since,
             shutdown,
         });
 
@@ -177,9 +179,29 @@ impl Server {
     }
 }
 
-async fn connect(url: &str, id: &str) -> Result<Client, ServerError> {
+async fn connect(
+    url: &str,
+    id: &str,
+    connected_since: Arc<std::sync::Mutex<tokio::time::Instant>>,
+) -> Result<Client, ServerError> {
     async_nats::ConnectOptions::new()
         .name(format!("rota-server {id}"))
+        .event_callback(move |event| {
+            let connected_since = connected_since.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        *connected_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                            tokio::time::Instant::now();
+                        tracing::info!("connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        })
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(url)

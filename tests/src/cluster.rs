@@ -85,6 +85,20 @@ impl Deployment {
         Ok(id)
     }
 
+    /// Stops a server cleanly.
+    pub async fn stop_server(&mut self, id: &str) {
+        if let Some(pos) = self.servers.iter().position(|s| s.id() == id) {
+            self.servers.remove(pos).shutdown().await;
+        }
+    }
+
+    /// Stops a server at once, as a crash would.
+    pub fn abort_server(&mut self, id: &str) {
+        if let Some(pos) = self.servers.iter().position(|s| s.id() == id) {
+            self.servers.remove(pos).abort();
+        }
+    }
+
     /// The id of the first server.
     pub fn server_id(&self) -> &str {
         self.servers.first().map_or("", |s| s.id())
