@@ -18,6 +18,66 @@ pub struct FileConfig {
     pub server_id: Option<String>,
     #[serde(default)]
     pub worker: FileWorker,
+    #[serde(default)]
+    pub server: FileServer,
+}
+
+/// Server timings, as durations such as `10s` or `500ms`. Unset ones keep their defaults
+/// (see `rota_server::ServerConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub worker_timeout: Option<String>,
+    pub schedule_interval: Option<String>,
+    pub schedule_lookahead: Option<String>,
+    pub misfire_threshold: Option<String>,
+    pub dispatch_timeout: Option<String>,
+    pub no_worker_timeout: Option<String>,
+    pub ownership_refresh: Option<String>,
+    pub presence_interval: Option<String>,
+    pub rpc_timeout: Option<String>,
+    pub health_interval: Option<String>,
+    pub reconcile_interval: Option<String>,
+    pub waiting_overdue: Option<String>,
+    pub unacknowledged_timeout: Option<String>,
+    pub report_timeout: Option<String>,
+    pub clean_up_interval: Option<String>,
+    pub retention: Option<String>,
+}
+
+impl FileServer {
+    /// Applies the timings that are set to `config`.
+    pub fn apply(&self, config: &mut rota_server::ServerConfig) -> anyhow::Result<()> {
+        let set = |name: &str, value: &Option<String>, field: &mut std::time::Duration| {
+            if let Some(v) = value {
+                let ms = crate::duration::parse_ms(v)
+                    .map_err(|e| anyhow::anyhow!("[server] {name}: {e}"))?;
+                *field = std::time::Duration::from_millis(ms);
+            }
+            anyhow::Ok(())
+        };
+        set("worker_timeout", &self.worker_timeout, &mut config.worker_timeout)?;
+        set("schedule_interval", &self.schedule_interval, &mut config.schedule_interval)?;
+        set("schedule_lookahead", &self.schedule_lookahead, &mut config.schedule_lookahead)?;
+        set("misfire_threshold", &self.misfire_threshold, &mut config.misfire_threshold)?;
+        set("dispatch_timeout", &self.dispatch_timeout, &mut config.dispatch_timeout)?;
+        set("no_worker_timeout", &self.no_worker_timeout, &mut config.no_worker_timeout)?;
+        set("ownership_refresh", &self.ownership_refresh, &mut config.ownership_refresh)?;
+        set("presence_interval", &self.presence_interval, &mut config.presence_interval)?;
+        set("rpc_timeout", &self.rpc_timeout, &mut config.rpc_timeout)?;
+        set("health_interval", &self.health_interval, &mut config.health_interval)?;
+        set("reconcile_interval", &self.reconcile_interval, &mut config.reconcile_interval)?;
+        set("waiting_overdue", &self.waiting_overdue, &mut config.waiting_overdue)?;
+        set(
+            "unacknowledged_timeout",
+            &self.unacknowledged_timeout,
+            &mut config.unacknowledged_timeout,
+        )?;
+        set("report_timeout", &self.report_timeout, &mut config.report_timeout)?;
+        set("clean_up_interval", &self.clean_up_interval, &mut config.clean_up_interval)?;
+        set("retention", &self.retention, &mut config.retention)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +155,18 @@ mod tests {
         assert_eq!(s.prefix, "filep");
         assert_eq!(s.database_url, "sqlite://rota.db");
         assert_eq!(file.worker.app.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn server_timings_come_from_the_file() {
+        let file: FileConfig =
+            toml::from_str("[server]\nreconcile_interval = \"2s\"\nretention = \"1h\"\n").unwrap();
+        let mut config = rota_server::ServerConfig::default();
+        file.server.apply(&mut config).unwrap();
+        assert_eq!(config.reconcile_interval, std::time::Duration::from_secs(2));
+        assert_eq!(config.retention, std::time::Duration::from_secs(3600));
+        let bad: FileConfig = toml::from_str("[server]\nretention = \"1 week\"\n").unwrap();
+        assert!(bad.server.apply(&mut config).is_err());
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub async fn server(
     args: ServerArgs,
 ) -> anyhow::Result<()> {
     let server_id = args.server_id.or_else(|| file.server_id.clone());
-    let handle = Server::start(server_config(settings, server_id)).await?;
+    let mut config = server_config(settings, server_id);
+    file.server.apply(&mut config)?;
+    let handle = Server::start(config).await?;
     eprintln!("rota server {} is running (Ctrl-C to stop)", handle.id());
     stop_signal().await;
     eprintln!("stopping server {}", handle.id());

@@ -1,0 +1,418 @@
+//! Worker faults with real `rota worker` processes (DESIGN §5, §7): a worker SIGKILLed in the
+//! middle of a run loses the run to reconcile ("worker lost"), which retries it on another worker
+//! or fails it; a worker frozen with SIGSTOP never acknowledges a dispatch, the run goes to
+//! another worker, and the frozen one, once thawed, does not run the stale dispatch.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use rota_shared::InstanceStatus;
+use rota_shared::admin::*;
+use rota_tests::cluster::{Deployment, SECRET, shell_job};
+use rota_tests::wait;
+use rota_tests::worker_process::WorkerProcess;
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+/// How long after a SIGKILL the run must be handled: the worker timeout (3 s), a reconcile
+/// interval (1 s), the retry delay (0.5 s) and a dispatch, with slack for a loaded machine.
+const AFTER_KILL: Duration = Duration::from_secs(10);
+
+fn rota() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rota"))
+}
+
+async fn run(d: &Deployment, job_id: i64) -> anyhow::Result<i64> {
+    Ok(d.admin
+        .call(&JobRun {
+            id: job_id,
+            params: None,
+            delay_ms: 0,
+        })
+        .await?
+        .instance_id)
+}
+
+async fn repairs(d: &Deployment, server: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    Ok(d.admin.at_server(server).call(&ServerStats {}).await?.repairs)
+}
+
+/// A directory the shell jobs write their process ids to (`pid-<instance>-<attempt>`). A killed
+/// worker's shell jobs outlive it in their own process groups; dropping this kills every group
+/// named in the directory, so that no `sleep 30` outlives the test, even one that fails.
+struct PidDir {
+    dir: TempDir,
+}
+
+impl PidDir {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: tempfile::Builder::new().prefix("rota-pids-").tempdir()?,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, instance: i64, attempt: i32) -> PathBuf {
+        self.path().join(format!("pid-{instance}-{attempt}"))
+    }
+
+    /// Waits until the shell of an attempt has written its process id, the id of its process
+    /// group, and returns it.
+    async fn wait_pid(&self, instance: i64, attempt: i32) -> i32 {
+        let path = self.file(instance, attempt);
+        wait::until(
+            &format!(
+                "the shell of instance {instance} attempt {attempt} to write {}",
+                path.display()
+            ),
+            Duration::from_secs(10),
+            || async {
+                let text = tokio::fs::read_to_string(&path).await.ok()?;
+                text.trim().parse::<i32>().ok()
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for PidDir {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let is_pid_file = entry.file_name().to_string_lossy().starts_with("pid-");
+            let pgid = std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            if let (true, Some(pgid)) = (is_pid_file, pgid) {
+                // Already gone (stopped by its worker) is fine.
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Whether a process group still has a process that is not a zombie.
+fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        matches!((fields.first(), fields.get(2)), (Some(state), Some(pgrp))
+            if !matches!(*state, "Z" | "X") && pgrp.parse::<i32>().ok() == Some(pgid))
+    })
+}
+
+/// What changes of an instance a test follows.
+fn snapshot(i: &InstanceInfo) -> (InstanceStatus, i32, Option<String>, Option<String>) {
+    (i.status, i.attempt, i.worker_id.clone(), i.result.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() -> anyhow::Result<()>
+{
+    let d = Deployment::start().await?;
+    d.create_app("app").await?;
+    let logs = tempfile::tempdir()?;
+    let pids = PidDir::new()?;
+    let nats = d.nats.url();
+    let mut workers = vec![
+        WorkerProcess::start(rota(), "wa", "app", SECRET, &nats, logs.path()).await?,
+        WorkerProcess::start(rota(), "wb", "app", SECRET, &nats, logs.path()).await?,
+    ];
+    let script = format!(
+        "echo $$ > '{}/pid-'$ROTA_INSTANCE_ID-$ROTA_ATTEMPT; sleep 30",
+        pids.path().display()
+    );
+
+    // --- Job 1: one retry left. Its run is lost with its worker and goes to the other one.
+    let mut spec = shell_job("app", "retried", &script);
+    spec.max_retries = 1;
+    spec.retry_delay_ms = 500;
+    spec.dispatch = DispatchStrategy::RoundRobin;
+    let job1 = d.create_job(spec).await?;
+    let id1 = run(&d, job1.id).await?;
+    let first = d
+        .wait_status(id1, InstanceStatus::Running, Duration::from_secs(15))
+        .await;
+    assert_eq!(first.attempt, 1, "{first:?}");
+    pids.wait_pid(id1, 1).await;
+    let victim = first.worker_id.clone().expect("a running instance has a worker");
+    let survivor = if victim == "wa" { "wb" } else { "wa" };
+
+    let pos = workers
+        .iter()
+        .position(|w| w.id() == victim)
+        .expect("the instance runs on one of our workers");
+    let mut killed = workers.remove(pos);
+    let killed_at = Instant::now();
+    killed.kill().await;
+
+    // Every state the instance passes through is recorded, so the reason reconcile gave can be
+    // checked even though the instance moves on from the state that shows it.
+    let seen = Mutex::new(Vec::new());
+    let again = wait::until(
+        &format!("instance {id1} to run again, attempt 2 on {survivor}"),
+        AFTER_KILL,
+        || async {
+            let i = d.instance(id1).await.ok()?;
+            {
+                let mut seen = seen.lock().unwrap();
+                if seen.last() != Some(&snapshot(&i)) {
+                    seen.push(snapshot(&i));
+                }
+            }
+            (i.status == InstanceStatus::Running && i.attempt == 2).then_some(i)
+        },
+    )
+    .await;
+    let took = killed_at.elapsed();
+    let seen = seen.into_inner().unwrap();
+    eprintln!(
+        "job 1 running again {} ms after the SIGKILL of {victim}; states seen: {seen:?}",
+        took.as_millis()
+    );
+    assert_eq!(again.worker_id.as_deref(), Some(survivor), "{again:?}");
+    assert_eq!(again.runs, 2, "the lost run and the retry: {again:?}");
+    // The retry really runs: its shell saw attempt 2.
+    pids.wait_pid(id1, 2).await;
+    // Reconcile said why the first attempt ended, naming the lost worker.
+    let lost = seen.iter().find(|(status, attempt, _, result)| {
+        *status == InstanceStatus::WaitingDispatch
+            && *attempt == 1
+            && result.as_deref().is_some_and(|r| r.contains("worker lost"))
+    });
+    let (_, _, _, reason) = lost.unwrap_or_else(|| {
+        panic!("instance {id1} was never seen waiting for its retry with \"worker lost\": {seen:?}")
+    });
+    let reason = reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&victim),
+        "the reason names the lost worker: {reason:?}"
+    );
+
+    let stopped = d.admin.call(&InstanceStop(InstanceId { id: id1 })).await?;
+    assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
+
+    // --- Job 2: no retries. Its run is lost with its worker and the instance fails.
+    let mut spec = shell_job("app", "final", &script);
+    spec.max_retries = 0;
+    let job2 = d.create_job(spec).await?;
+    let id2 = run(&d, job2.id).await?;
+    let running = d
+        .wait_status(id2, InstanceStatus::Running, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        running.worker_id.as_deref(),
+        Some(survivor),
+        "only {survivor} is alive: {running:?}"
+    );
+    let pgid2 = pids.wait_pid(id2, 1).await;
+    let mut last = workers.pop().expect("the survivor");
+    let killed_at = Instant::now();
+    last.kill().await;
+    let failed = d.wait_terminal(id2, AFTER_KILL).await;
+    let took = killed_at.elapsed();
+    eprintln!(
+        "job 2 failed {} ms after the SIGKILL of {survivor}: {failed:?}",
+        took.as_millis()
+    );
+    assert_eq!(failed.status, InstanceStatus::Failed, "{failed:?}");
+    let result = failed.result.clone().unwrap_or_default();
+    assert!(
+        result.contains("worker lost") && result.contains(survivor),
+        "the result says the worker was lost: {result:?}"
+    );
+    assert_eq!((failed.attempt, failed.runs), (1, 1), "{failed:?}");
+    // The work itself outlived its worker, as after a real crash; the test cleans it up.
+    assert!(
+        group_alive(pgid2),
+        "the killed worker's shell job is expected to survive it"
+    );
+
+    let repairs = repairs(&d, "s1").await?;
+    eprintln!("repairs at s1: {repairs:?}");
+    let worker_lost = repairs.get("worker_lost").copied().unwrap_or(0);
+    assert!(
+        worker_lost >= 2,
+        "two runs were lost with their workers: {repairs:?}"
+    );
+
+    drop(pids);
+    d.shutdown().await;
+    Ok(())
+}
+
+/// The lines the job script wrote: `(worker, instance, attempt)`.
+fn runs_in(file: &Path) -> Vec<(String, i64, i32)> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let mut parts = line.split_whitespace();
+            let worker = parts.next().unwrap_or_default().to_owned();
+            let instance = parts.next().and_then(|p| p.parse().ok()).unwrap_or(-1);
+            let attempt = parts.next().and_then(|p| p.parse().ok()).unwrap_or(-1);
+            (worker, instance, attempt)
+        })
+        .collect()
+}
+
+/// The worker's entry in the server's worker list, if it is live.
+async fn live_entry(
+    d: &Deployment,
+    worker: &str,
+) -> Option<rota_shared::message::WorkerSummary> {
+    d.admin
+        .call(&WorkerList {
+            app: Some("app".into()),
+        })
+        .await
+        .ok()?
+        .into_iter()
+        .find(|w| w.worker_id == worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyhow::Result<()> {
+    const RUNS: usize = 4;
+    let d = Deployment::start().await?;
+    d.create_app("app").await?;
+    let logs = tempfile::tempdir()?;
+    let out = tempfile::tempdir()?;
+    let file = out.path().join("runs");
+    let nats = d.nats.url();
+    let mut wa = WorkerProcess::start(rota(), "wa", "app", SECRET, &nats, logs.path()).await?;
+    let wb = WorkerProcess::start(rota(), "wb", "app", SECRET, &nats, logs.path()).await?;
+
+    let mut spec = shell_job(
+        "app",
+        "where",
+        &format!(
+            "echo \"$ROTA_WORKER_ID $ROTA_INSTANCE_ID $ROTA_ATTEMPT\" >> '{}'",
+            file.display()
+        ),
+    );
+    spec.dispatch = DispatchStrategy::RoundRobin;
+    let job = d.create_job(spec).await?;
+
+    // Frozen now, wa still counts as live until it misses three heartbeats (1.5 s and more):
+    // the runs asked for right away are dispatched in that window, and round robin sends every
+    // other one to wa first.
+    wa.freeze()?;
+    let frozen_at = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..RUNS {
+        ids.push(run(&d, job.id).await?);
+    }
+    let asked_in = frozen_at.elapsed();
+    let mut before = Vec::new();
+    for &id in &ids {
+        before.push(d.wait_terminal(id, Duration::from_secs(30)).await);
+    }
+    eprintln!(
+        "runs asked for {} ms after the freeze; outcomes: {:?}",
+        asked_in.as_millis(),
+        before.iter().map(snapshot).collect::<Vec<_>>()
+    );
+    for i in &before {
+        assert_eq!(i.status, InstanceStatus::Succeeded, "{i:?}");
+        assert_eq!(i.worker_id.as_deref(), Some("wb"), "{i:?}");
+        assert_eq!(i.runs, 1, "{i:?}");
+    }
+    let tried_wa_first = before.iter().filter(|i| i.attempt >= 2).count();
+    assert!(
+        tried_wa_first >= 1,
+        "no run was dispatched to the frozen worker first (the test did not test anything): \
+         {before:?}"
+    );
+    // Every instance ran once, on wb, with the attempt the server recorded.
+    let mut lines = runs_in(&file);
+    lines.sort();
+    let mut expected: Vec<(String, i64, i32)> = before
+        .iter()
+        .map(|i| ("wb".to_owned(), i.id, i.attempt))
+        .collect();
+    expected.sort();
+    assert_eq!(lines, expected, "what the job script recorded");
+    let stats = d.admin.at_server("s1").call(&ServerStats {}).await?;
+    eprintln!(
+        "repairs at s1 (a dispatch timeout needs none; dispatch_unacknowledged if reconcile \
+         took the run back): {:?}",
+        stats.repairs
+    );
+
+    // Thawed, wa reads the dispatches that waited for it, finds them past their deadline and
+    // refuses them; then it heartbeats again.
+    wa.thaw()?;
+    let stale: i32 = before.iter().map(|i| i.attempt - 1).sum();
+    let refused = wait::until(
+        &format!("wa to refuse the {stale} dispatch(es) that expired while it was frozen"),
+        Duration::from_secs(15),
+        || async {
+            let n = wa
+                .log_text()
+                .matches("dispatch arrived after its deadline")
+                .count();
+            (n >= usize::try_from(stale).unwrap_or(usize::MAX)).then_some(n)
+        },
+    )
+    .await;
+    wait::until("wa to be live again", Duration::from_secs(15), || {
+        live_entry(&d, "wa")
+    })
+    .await;
+    // Two more heartbeats: the time since wa was last heard drops twice.
+    let previous = Cell::new(None::<u64>);
+    let heard = Cell::new(0);
+    wait::until("two more heartbeats from wa", Duration::from_secs(10), || {
+        let (d, previous, heard) = (&d, &previous, &heard);
+        async move {
+            let ago = live_entry(d, "wa").await?.last_seen_ago_ms;
+            if previous.get().is_some_and(|p| ago < p) {
+                heard.set(heard.get() + 1);
+            }
+            previous.set(Some(ago));
+            (heard.get() >= 2).then_some(())
+        }
+    })
+    .await;
+    eprintln!("wa refused {refused} stale dispatch(es) after the thaw");
+
+    for b in &before {
+        let now = d.instance(b.id).await?;
+        assert_eq!(now, *b, "instance {} changed after wa was thawed", b.id);
+    }
+    let lines = runs_in(&file);
+    assert!(
+        lines.iter().all(|(worker, _, _)| worker == "wb"),
+        "the thawed worker ran a stale dispatch: {lines:?}"
+    );
+    assert_eq!(lines.len(), RUNS, "{lines:?}");
+    // The worker logs "finished: …" for every run it ends; wa ended none.
+    assert!(
+        !wa.log_text().contains("finished:"),
+        "wa ran something: {}",
+        wa.log_tail()
+    );
+
+    drop(wb);
+    drop(wa);
+    d.shutdown().await;
+    Ok(())
+}
