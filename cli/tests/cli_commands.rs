@@ -302,3 +302,23 @@ async fn bad_input_is_one_clear_line_and_a_nonzero_exit() -> anyhow::Result<()> 
     d.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stats_show_readiness_services_and_repairs() -> anyhow::Result<()> {
+    let d = deployment().await?;
+    let table = ok(&d, &["server", "stats"]).await;
+    assert!(table.contains("server s1: ready"), "{table}");
+    for service in ["schedule", "presence", "health", "reconcile", "clean_up"] {
+        assert!(table.contains(service), "{service} missing from: {table}");
+    }
+    let json = ok(&d, &["--json", "server", "stats"]).await;
+    let stats: Vec<rota_shared::admin::ServerStatsInfo> = serde_json::from_str(&json)?;
+    assert_eq!(stats.len(), 1);
+    assert!(stats[0].ready);
+    assert!(
+        stats[0].services.iter().all(|s| s.state == "RUNNING"),
+        "{stats:?}"
+    );
+    d.shutdown().await;
+    Ok(())
+}
