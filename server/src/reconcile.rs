@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rota_shared::InstanceStatus;
-use rota_shared::rules::{InstanceState, JobRules, lost_attempt};
+use rota_shared::rules::lost_attempt;
 
 use crate::clock::now_ms;
 use crate::core::Core;
 use crate::ownership;
 use crate::service::{Every, ScheduledService, ServiceError};
 use crate::store::entity::instance;
-use crate::store::{InstanceGuard, Job, NewInstance, StoreError};
+use crate::store::{InstanceGuard, Job, NewInstance, StoreError, rule_state};
 
 /// Instances looked at per check and iteration.
 const LIMIT: u64 = 5_000;
@@ -180,24 +180,11 @@ async fn lose(
         let Some(job) = jobs.get(&inst.job_id) else {
             continue;
         };
-        let rules = JobRules {
-            frequent: job.schedule.is_frequent(),
-            max_retries: job.max_retries,
-            retry_delay_ms: job.retry_delay_ms,
-            lifecycle_end_ms: job.lifecycle.end_ms,
-        };
-        let state = InstanceState {
-            status: InstanceStatus::from_code(inst.status).unwrap_or(InstanceStatus::Failed),
-            attempt: inst.attempt,
-            worker_id: inst.worker_id.clone(),
-            last_seq: inst.last_seq,
-            runs: inst.runs,
-        };
         let detail = match &inst.worker_id {
             Some(w) => format!("{reason} (worker {w}, attempt {})", inst.attempt),
             None => reason.to_owned(),
         };
-        if let Some(update) = lost_attempt(&state, &rules, &detail, now) {
+        if let Some(update) = lost_attempt(&rule_state(inst), &job.rules(), &detail, now) {
             writes.push((inst.id, InstanceGuard::of(inst), update));
         }
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use async_nats::Message;
 use rota_shared::message::{ReportAck, ReportAction, StatusReport};
-use rota_shared::rules::{InstanceState, JobRules, Outcome, apply_report};
-use rota_shared::{ErrorBody, ErrorCode, InstanceStatus};
+use rota_shared::rules::{JobRules, Outcome, apply_report};
+use rota_shared::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
@@ -19,7 +19,7 @@ use crate::core::Core;
 use crate::dispatch::publish_stop;
 use crate::endpoint::respond;
 use crate::store::entity::instance;
-use crate::store::{InstanceGuard, Job, StoreError};
+use crate::store::{InstanceGuard, Job, StoreError, rule_state};
 
 /// Reports taken in one batch.
 const BATCH: usize = 256;
@@ -50,31 +50,17 @@ pub fn start(core: Arc<Core>) -> mpsc::Sender<Pending> {
     tx
 }
 
+/// The rules of a job; an instance whose job is gone is treated as a plain job without retries.
 fn rules_of(job: Option<&Job>) -> JobRules {
-    match job {
-        Some(job) => JobRules {
-            frequent: job.schedule.is_frequent(),
-            max_retries: job.max_retries,
-            retry_delay_ms: job.retry_delay_ms,
-            lifecycle_end_ms: job.lifecycle.end_ms,
-        },
-        None => JobRules {
+    job.map_or(
+        JobRules {
             frequent: false,
             max_retries: 0,
             retry_delay_ms: 0,
             lifecycle_end_ms: None,
         },
-    }
-}
-
-fn state_of(m: &instance::Model) -> InstanceState {
-    InstanceState {
-        status: InstanceStatus::from_code(m.status).unwrap_or(InstanceStatus::Failed),
-        attempt: m.attempt,
-        worker_id: m.worker_id.clone(),
-        last_seq: m.last_seq,
-        runs: m.runs,
-    }
+        Job::rules,
+    )
 }
 
 /// What one report came to.
@@ -143,7 +129,12 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
             continue;
         }
         let job = current.and_then(|m| jobs.get(&m.job_id));
-        let outcome = apply_report(current.map(state_of).as_ref(), &rules_of(job), report, now);
+        let outcome = apply_report(
+            current.map(rule_state).as_ref(),
+            &rules_of(job),
+            report,
+            now,
+        );
         match outcome {
             Outcome::Ignored { why, action } => {
                 tracing::debug!(
@@ -202,7 +193,7 @@ async fn decide_alone(core: &Core, report: &StatusReport) -> Result<Verdict, Sto
         };
         let now = now_ms();
         let outcome = apply_report(
-            current.as_ref().map(state_of).as_ref(),
+            current.as_ref().map(rule_state).as_ref(),
             &rules_of(job.as_ref()),
             report,
             now,

@@ -62,6 +62,17 @@ impl InstanceGuard {
     }
 }
 
+/// What the status rules need to know of a stored instance.
+pub fn rule_state(m: &instance::Model) -> rota_shared::rules::InstanceState {
+    rota_shared::rules::InstanceState {
+        status: InstanceStatus::from_code(m.status).unwrap_or(InstanceStatus::Failed),
+        attempt: m.attempt,
+        worker_id: m.worker_id.clone(),
+        last_seq: m.last_seq,
+        runs: m.runs,
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {
     pub app_id: Option<i64>,

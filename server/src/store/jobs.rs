@@ -93,6 +93,16 @@ impl Job {
         }
     }
 
+    /// The job's settings the status rules depend on.
+    pub fn rules(&self) -> rota_shared::rules::JobRules {
+        rota_shared::rules::JobRules {
+            frequent: self.schedule.is_frequent(),
+            max_retries: self.max_retries,
+            retry_delay_ms: self.retry_delay_ms,
+            lifecycle_end_ms: self.lifecycle.end_ms,
+        }
+    }
+
     pub fn to_info(&self, app_name: &str) -> JobInfo {
         JobInfo {
             id: self.id,

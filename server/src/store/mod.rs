@@ -12,7 +12,9 @@ mod jobs;
 mod logs;
 mod servers;
 
-pub use instances::{FirePlan, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance};
+pub use instances::{
+    FirePlan, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance, rule_state,
+};
 pub use jobs::Job;
 
 use std::time::Duration;
