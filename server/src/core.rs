@@ -40,6 +40,9 @@ pub struct Core {
     /// When this server's NATS connection was last (re)established: heartbeats missed while the
     /// server itself was cut off say nothing about the workers.
     pub connected_since: Arc<Mutex<tokio::time::Instant>>,
+    /// Since when the database has answered without a break: reports that arrived while it did
+    /// not could not be stored, so their absence from the database is not silence.
+    pub ready_since: Mutex<tokio::time::Instant>,
     pub shutdown: CancellationToken,
 }
 
@@ -69,6 +72,17 @@ impl Core {
     /// How long this server has been connected to NATS without a break.
     pub fn connected_for(&self) -> std::time::Duration {
         self.connected_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    /// How long the database has answered without a break (zero while it does not).
+    pub fn ready_for(&self) -> std::time::Duration {
+        if !self.is_ready() {
+            return std::time::Duration::ZERO;
+        }
+        self.ready_since
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()

@@ -6,7 +6,7 @@
 //! | WAITING_DISPATCH, not on the timer | `waiting_overdue` past its due time | dispatch now | `waiting_overdue` |
 //! | WAITING_WORKER_RECEIVE | `unacknowledged_timeout` since the dispatch | dispatch again (uses no retry) | `dispatch_unacknowledged` |
 //! | RUNNING, worker not live | the owner has owned the app for `worker_timeout` | retry or FAILED "worker lost" | `worker_lost` |
-//! | RUNNING | `report_timeout` without a report | retry or FAILED | `report_timeout` |
+//! | RUNNING | `report_timeout` without a report, while the database was reachable throughout | retry or FAILED | `report_timeout` |
 //! | enabled frequent job, no live instance | its lifecycle allows | start one | `frequent_started` |
 
 use std::collections::HashMap;
@@ -92,6 +92,10 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     // just now, or whose own NATS connection was just restored, has not heard every worker yet:
     // it waits one worker timeout first.
     let heard_long_enough = core.connected_for() >= cfg.worker_timeout;
+    // Silence in the database means something only if the database could have stored the
+    // reports for the whole window (and the server could hear them).
+    let stored_long_enough =
+        core.ready_for() >= cfg.report_timeout && core.connected_for() >= cfg.report_timeout;
     let running = core
         .store
         .instances_in(&owned, InstanceStatus::Running, LIMIT)
@@ -116,7 +120,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
         let worker_live = inst.worker_id.as_ref().is_some_and(|w| workers.contains(w));
         if settled && !worker_live {
             lost.push(inst);
-        } else if inst.last_report_at_ms.is_none_or(|t| t < report_cutoff) {
+        } else if stored_long_enough && inst.last_report_at_ms.is_none_or(|t| t < report_cutoff) {
             silent.push(inst);
         }
     }

@@ -242,6 +242,11 @@ impl ScheduledService for Health {
             .swap(answered, std::sync::atomic::Ordering::Relaxed);
         if was != answered {
             if answered {
+                *self
+                    .core
+                    .ready_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
                 tracing::info!("the database answers again: ready");
             } else {
                 tracing::warn!("the database does not answer: not ready");

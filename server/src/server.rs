@@ -129,6 +129,7 @@ impl Server {
             ready: true.into(),
             services: Default::default(),
             connected_since,
+            ready_since: std::sync::Mutex::new(tokio::time::Instant::now()),
             shutdown,
         });
 
@@ -291,11 +292,16 @@ async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: mpsc::Sender<P
                 Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
             },
             "logs" => {
-                let result = match decode_message::<LogBatch>(&msg) {
-                    Ok(batch) => store_logs(&core, batch).await,
-                    Err(e) => Err(e),
-                };
-                respond(&core.client, &msg, result).await;
+                // A log write waits on the database; heartbeats and reports must not wait
+                // behind it. Each worker has one batch in flight, so order is kept.
+                let core = core.clone();
+                tokio::spawn(async move {
+                    let result = match decode_message::<LogBatch>(&msg) {
+                        Ok(batch) => store_logs(&core, batch).await,
+                        Err(e) => Err(e),
+                    };
+                    respond(&core.client, &msg, result).await;
+                });
             }
             "cluster" => {
                 let result = decode_message::<ClusterQuery>(&msg).and_then(|q| cluster(&core, q));

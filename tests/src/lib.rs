@@ -30,7 +30,9 @@ pub mod cluster;
 pub mod db;
 pub mod nats;
 pub mod process;
+pub mod proxy;
 pub mod wait;
+pub mod worker_process;
 
 /// Sends `tracing` output to the test harness's captured output, filtered by `RUST_LOG` (default
 /// `warn`), so a failing test shows what the servers and workers it started were doing.

@@ -413,6 +413,11 @@ impl Store {
             .col_expr(instance::Column::Attempt, Expr::value(attempt))
             .col_expr(instance::Column::WorkerId, Expr::value(worker_id))
             .col_expr(instance::Column::LastSeq, Expr::value(0i64))
+            // The previous attempt's result (a failure reason) does not describe this one.
+            .col_expr(
+                instance::Column::Result,
+                Expr::value(Option::<String>::None),
+            )
             .col_expr(instance::Column::DueAtMs, Expr::value(Option::<i64>::None))
             .col_expr(instance::Column::LastReportAtMs, Expr::value(now_ms))
             .exec(self.conn())
