@@ -24,6 +24,9 @@ pub struct TaskContext {
     pub config: String,
     pub job_params: Option<String>,
     pub instance_params: Option<String>,
+    /// The fire time this instance was scheduled for (CRON and one-shot jobs), in ms since the
+    /// Unix epoch: processors can tell how late they start.
+    pub expected_trigger_time_ms: Option<i64>,
     logs: LogSink,
     cancel: CancellationToken,
 }
@@ -43,6 +46,7 @@ impl TaskContext {
             job_name: req.job_name.clone(),
             config: req.config.clone(),
             job_params: req.job_params.clone(),
+            expected_trigger_time_ms: req.expected_trigger_time_ms,
             instance_params: req.instance_params.clone(),
             logs,
             cancel,

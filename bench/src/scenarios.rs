@@ -1,0 +1,577 @@
+//! The scenarios. Each returns one JSON object: the figures and what they were measured on.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rota_client::AdminClient;
+use rota_server::store::{Job, Store};
+use rota_server::{Server, ServerConfig, ServerHandle};
+use rota_shared::InstanceStatus;
+use rota_shared::admin::*;
+use rota_shared::message::{SystemMetrics, WorkerHeartbeat};
+use rota_shared::schedule::Schedule;
+use rota_tests::cluster::shell_job;
+use rota_tests::db::{Backend, TestDatabase};
+use rota_tests::nats::NatsServer;
+use rota_worker::{ProcessResult, ProcessorRegistry, Worker, WorkerConfig, WorkerHandle};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::stats::{cpu_seconds, memory_mb, percentiles};
+
+pub struct Env {
+    pub backend: Backend,
+    pub rota_bin: PathBuf,
+}
+
+const APP: &str = "bench";
+const SECRET: &str = "bench-secret";
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Processor starts, by instance: wall-clock µs, and the fire time the instance was for.
+type Starts = Arc<Mutex<HashMap<i64, (i64, Option<i64>)>>>;
+
+/// A no-op processor that records when each instance started and reports it on `started`.
+fn noop(starts: Starts, started: Option<mpsc::UnboundedSender<i64>>) -> ProcessorRegistry {
+    let mut registry = ProcessorRegistry::new();
+    registry.register(
+        "noop",
+        rota_worker::processor_fn(move |ctx| {
+            let (starts, started) = (starts.clone(), started.clone());
+            async move {
+                let at = now_us();
+                starts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ctx.instance_id, (at, ctx.expected_trigger_time_ms));
+                if let Some(tx) = started {
+                    let _ = tx.send(ctx.instance_id);
+                }
+                ProcessResult::ok("")
+            }
+        }),
+    );
+    registry
+}
+
+/// NATS, a database, and what runs on them.
+struct Stand {
+    nats: NatsServer,
+    db: TestDatabase,
+    admin: AdminClient,
+    server: Option<ServerHandle>,
+    worker: Option<WorkerHandle>,
+}
+
+impl Stand {
+    async fn new(backend: Backend) -> anyhow::Result<Self> {
+        let nats = NatsServer::start()?;
+        let db = TestDatabase::create_with(backend).await?;
+        let admin = AdminClient::connect(&nats.url(), "rota").await?;
+        Ok(Self {
+            nats,
+            db,
+            admin,
+            server: None,
+            worker: None,
+        })
+    }
+
+    async fn start_server(&mut self) -> anyhow::Result<()> {
+        let server = Server::start(ServerConfig {
+            nats_url: self.nats.url(),
+            database_url: self.db.url().to_owned(),
+            server_id: Some("s1".into()),
+            ..ServerConfig::default()
+        })
+        .await?;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    async fn start_worker(&mut self, registry: ProcessorRegistry) -> anyhow::Result<()> {
+        let worker = Worker::start(
+            WorkerConfig {
+                nats_url: self.nats.url(),
+                app: APP.into(),
+                secret: SECRET.into(),
+                worker_id: Some("w1".into()),
+                capacity: 100_000,
+                ..WorkerConfig::default()
+            },
+            registry,
+        )
+        .await?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    async fn noop_job(&self) -> anyhow::Result<i64> {
+        let mut spec = shell_job(APP, "noop", "");
+        spec.processor = "noop".into();
+        Ok(self.admin.call(&JobCreate { spec }).await?.id)
+    }
+
+    async fn stop(mut self) {
+        if let Some(w) = self.worker.take() {
+            w.shutdown().await;
+        }
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// Waits until every instance in `ids` is terminal, and returns them (read from the database).
+async fn wait_all_terminal(
+    store: &Store,
+    ids: &[i64],
+    timeout: Duration,
+) -> anyhow::Result<Vec<rota_server::store::entity::instance::Model>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut all = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(5_000) {
+            all.extend(store.instances_by_ids(chunk).await?);
+        }
+        let done = all
+            .iter()
+            .filter(|m| InstanceStatus::from_code(m.status).is_some_and(|s| s.is_terminal()))
+            .count();
+        if done == ids.len() {
+            return Ok(all);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "only {done} of {} instances finished within {timeout:?}",
+                ids.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn latency(env: &Env, rate: u32, seconds: u64) -> anyhow::Result<Value> {
+    let mut stand = Stand::new(env.backend).await?;
+    stand.start_server().await?;
+    stand
+        .admin
+        .call(&AppCreate {
+            name: APP.into(),
+            secret: SECRET.into(),
+        })
+        .await?;
+    let starts: Starts = Arc::default();
+    stand.start_worker(noop(starts.clone(), None)).await?;
+    let job = stand.noop_job().await?;
+
+    // Offered load: one trigger every 1/rate s on a fixed schedule, each in its own task so a
+    // slow answer does not hold up the next trigger.
+    let triggers: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = u64::from(rate) * seconds;
+    let began = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        ticker.tick().await;
+        let (admin, triggers) = (stand.admin.clone(), triggers.clone());
+        tasks.push(tokio::spawn(async move {
+            let t0 = now_us();
+            let run = JobRun {
+                id: job,
+                params: None,
+                delay_ms: 0,
+            };
+            if let Ok(started) = admin.call(&run).await {
+                triggers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((started.instance_id, t0));
+            }
+        }));
+    }
+    let offered_for = began.elapsed();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let triggers = std::mem::take(&mut *triggers.lock().unwrap_or_else(|e| e.into_inner()));
+    let ids: Vec<i64> = triggers.iter().map(|(id, _)| *id).collect();
+    let store = Store::connect(stand.db.url()).await?;
+    let done = wait_all_terminal(&store, &ids, Duration::from_secs(120)).await?;
+    let finished: HashMap<i64, Option<i64>> =
+        done.iter().map(|m| (m.id, m.finished_at_ms)).collect();
+    let starts = starts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut to_start = Vec::new();
+    let mut to_stored = Vec::new();
+    for (id, t0) in &triggers {
+        if let Some((at, _)) = starts.get(id) {
+            to_start.push((at - t0) as f64 / 1000.0);
+        }
+        if let Some(Some(ms)) = finished.get(id) {
+            to_stored.push((ms * 1000 - t0) as f64 / 1000.0);
+        }
+    }
+    let succeeded = done
+        .iter()
+        .filter(|m| m.status == InstanceStatus::Succeeded.code())
+        .count();
+    stand.stop().await;
+    Ok(json!({
+        "system": "rota",
+        "scenario": "latency",
+        "db": env.backend.to_string(),
+        "offered_rate_per_s": rate,
+        "achieved_rate_per_s": triggers.len() as f64 / offered_for.as_secs_f64(),
+        "instances": triggers.len(),
+        "succeeded": succeeded,
+        "latency_ms": {
+            "trigger_to_start": percentiles(to_start),
+            "trigger_to_stored": percentiles(to_stored),
+        },
+    }))
+}
+
+pub async fn throughput(env: &Env, seconds: u64, in_flight: usize) -> anyhow::Result<Value> {
+    let mut stand = Stand::new(env.backend).await?;
+    stand.start_server().await?;
+    stand
+        .admin
+        .call(&AppCreate {
+            name: APP.into(),
+            secret: SECRET.into(),
+        })
+        .await?;
+    let starts: Starts = Arc::default();
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    stand
+        .start_worker(noop(starts.clone(), Some(started_tx)))
+        .await?;
+    let job = stand.noop_job().await?;
+
+    // Closed loop: at most `in_flight` instances triggered and not yet started.
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let release = {
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            while started_rx.recv().await.is_some() {
+                permits.add_permits(1);
+            }
+        })
+    };
+    let ids: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let began_us = now_us();
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    while Instant::now() < stop_at {
+        let Ok(permit) =
+            tokio::time::timeout(Duration::from_secs(5), permits.clone().acquire_owned()).await
+        else {
+            anyhow::bail!("no instance started for 5 s");
+        };
+        permit?.forget();
+        let (admin, ids) = (stand.admin.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let run = JobRun {
+                id: job,
+                params: None,
+                delay_ms: 0,
+            };
+            if let Ok(started) = admin.call(&run).await {
+                ids.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(started.instance_id);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
+    let store = Store::connect(stand.db.url()).await?;
+    let done = wait_all_terminal(&store, &ids, Duration::from_secs(300)).await?;
+    release.abort();
+    let last_ms = done
+        .iter()
+        .filter_map(|m| m.finished_at_ms)
+        .max()
+        .unwrap_or(0);
+    let elapsed_s = (last_ms * 1000 - began_us) as f64 / 1e6;
+    let succeeded = done
+        .iter()
+        .filter(|m| m.status == InstanceStatus::Succeeded.code())
+        .count();
+    stand.stop().await;
+    Ok(json!({
+        "system": "rota",
+        "scenario": "throughput",
+        "db": env.backend.to_string(),
+        "in_flight": in_flight,
+        "instances": ids.len(),
+        "succeeded": succeeded,
+        "seconds": elapsed_s,
+        "rate_per_s": succeeded as f64 / elapsed_s,
+    }))
+}
+
+/// A `rota server` process for the scenarios that measure the server alone.
+struct ServerProcess {
+    /// Held so that dropping the handle kills the server (`kill_on_drop`).
+    _child: tokio::process::Child,
+    pid: u32,
+}
+
+async fn spawn_server(env: &Env, stand: &Stand) -> anyhow::Result<ServerProcess> {
+    let child = tokio::process::Command::new(&env.rota_bin)
+        .args(["server", "--server-id", "s1"])
+        .env("ROTA_NATS_URL", stand.nats.url())
+        .env("ROTA_DATABASE_URL", stand.db.url())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (build it: cargo build --release -p rota)",
+                env.rota_bin.display()
+            )
+        })?;
+    let pid = child.id().context("the server exited at once")?;
+    // Ready when it answers an admin call.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stand
+        .admin
+        .at_server("s1")
+        .call(&ServerStats {})
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server did not start within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(ServerProcess { _child: child, pid })
+}
+
+pub async fn cron(env: &Env, jobs: usize, seconds: u64) -> anyhow::Result<Value> {
+    let mut stand = Stand::new(env.backend).await?;
+    let server = spawn_server(env, &stand).await?;
+    let app = stand
+        .admin
+        .call(&AppCreate {
+            name: APP.into(),
+            secret: SECRET.into(),
+        })
+        .await?;
+    let store = Store::connect(stand.db.url()).await?;
+    // Job i fires once a minute, at second i % 60: the load is spread evenly.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let created = Instant::now();
+    let mut batch = Vec::with_capacity(jobs);
+    for i in 0..jobs {
+        let mut spec = shell_job(APP, &format!("cron-{i}"), "");
+        spec.processor = "noop".into();
+        spec.schedule = Schedule::Cron {
+            expression: format!("{} * * * * *", i % 60),
+            time_zone: None,
+        };
+        let mut job = Job::from_spec(&spec, app.id, now_ms);
+        job.next_trigger_time_ms = spec
+            .schedule
+            .next_fire_after(now_ms + 5_000, spec.lifecycle)?;
+        batch.push(job);
+    }
+    store.insert_jobs(&batch).await?;
+    let load_s = created.elapsed().as_secs_f64();
+    let starts: Starts = Arc::default();
+    stand.start_worker(noop(starts.clone(), None)).await?;
+
+    let cpu0 = cpu_seconds(server.pid).unwrap_or(0.0);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = cpu_seconds(server.pid).unwrap_or(0.0) - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    let peak_mb = memory_mb(server.pid, "VmHWM");
+    let lateness: Vec<f64> = starts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter_map(|(at, fire)| fire.map(|f| (at - f * 1000) as f64 / 1000.0))
+        .collect();
+    let fired = lateness.len();
+    drop(server);
+    stand.stop().await;
+    Ok(json!({
+        "system": "rota",
+        "scenario": "cron",
+        "db": env.backend.to_string(),
+        "jobs": jobs,
+        "job_load_seconds": load_s,
+        "window_seconds": wall,
+        "fires_started": fired,
+        "expected_fires": (jobs as f64 * wall / 60.0).round(),
+        "lateness_ms": percentiles(lateness),
+        "server_cpu_percent_of_a_core": 100.0 * cpu / wall,
+        "server_peak_memory_mb": peak_mb,
+    }))
+}
+
+pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Result<Value> {
+    let stand = Stand::new(env.backend).await?;
+    let server = spawn_server(env, &stand).await?;
+    let app = stand
+        .admin
+        .call(&AppCreate {
+            name: APP.into(),
+            secret: SECRET.into(),
+        })
+        .await?;
+    // The server must own the app to keep its workers; an acquire does that.
+    let nats = async_nats::connect(stand.nats.url()).await?;
+    let acquire = rota_shared::message::AcquireRequest {
+        app: APP.into(),
+        secret: SECRET.into(),
+        worker_id: "w0".into(),
+        current_server: None,
+    };
+    nats.request(
+        rota_shared::Subjects::default().discovery_acquire(),
+        serde_json::to_vec(&acquire)?.into(),
+    )
+    .await?;
+    let subject = rota_shared::Subjects::default().server_heartbeat("s1");
+    // Every simulated worker heartbeats every 10 s; they are spread over ten 1 s slots, sent in
+    // ten bursts a second.
+    let payloads: Vec<bytes::Bytes> = (0..workers)
+        .map(|i| {
+            let hb = WorkerHeartbeat {
+                worker_id: format!("sim-{i}"),
+                app_id: app.id,
+                app: APP.into(),
+                tags: vec![],
+                processors: vec!["noop".into()],
+                capacity: 16,
+                running: vec![],
+                metrics: SystemMetrics {
+                    cpu_cores: 2,
+                    ..SystemMetrics::default()
+                },
+                version: "bench".into(),
+                dropped_log_lines: 0,
+            };
+            serde_json::to_vec(&hb).map(Into::into)
+        })
+        .collect::<Result<_, _>>()?;
+    let sender = {
+        let (nats, subject) = (nats.clone(), subject.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut slot = 0usize;
+            loop {
+                tick.tick().await;
+                // 100 slots of 100 ms make the 10 s period.
+                for p in payloads.iter().skip(slot % 100).step_by(100) {
+                    let _ = nats.publish(subject.clone(), p.clone()).await;
+                }
+                slot += 1;
+            }
+        })
+    };
+    // One full period so every simulated worker is known, then measure.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let listed = stand
+        .admin
+        .call(&WorkerList {
+            app: Some(APP.into()),
+        })
+        .await?
+        .len();
+    let cpu0 = cpu_seconds(server.pid).unwrap_or(0.0);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = cpu_seconds(server.pid).unwrap_or(0.0) - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    sender.abort();
+    let rss = memory_mb(server.pid, "VmRSS");
+    drop(server);
+    stand.stop().await;
+    Ok(json!({
+        "system": "rota",
+        "scenario": "heartbeat",
+        "workers": workers,
+        "workers_listed_live": listed,
+        "window_seconds": wall,
+        "server_cpu_percent_of_a_core": 100.0 * cpu / wall,
+        "server_rss_mb": rss,
+    }))
+}
+
+pub async fn footprint(env: &Env) -> anyhow::Result<Value> {
+    let mut stand = Stand::new(env.backend).await?;
+    stand.start_server().await?;
+    stand
+        .admin
+        .call(&AppCreate {
+            name: APP.into(),
+            secret: SECRET.into(),
+        })
+        .await?;
+    let mut child = tokio::process::Command::new(&env.rota_bin)
+        .args([
+            "worker",
+            "--app",
+            APP,
+            "--secret",
+            SECRET,
+            "--worker-id",
+            "idle",
+        ])
+        .env("ROTA_NATS_URL", stand.nats.url())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {}", env.rota_bin.display()))?;
+    let pid = child.id().context("the worker exited at once")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = stand
+            .admin
+            .call(&WorkerList {
+                app: Some(APP.into()),
+            })
+            .await?;
+        if live.iter().any(|w| w.worker_id == "idle") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker did not join within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle for a while (a heartbeat or two) before reading its memory.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let rss = memory_mb(pid, "VmRSS");
+    let hwm = memory_mb(pid, "VmHWM");
+    let _ = child.kill().await;
+    stand.stop().await;
+    Ok(json!({
+        "system": "rota",
+        "scenario": "footprint",
+        "worker_rss_mb": rss,
+        "worker_peak_rss_mb": hwm,
+    }))
+}

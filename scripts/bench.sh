@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The benchmark command (see BENCHMARKS.md):
+#
+#   scripts/bench.sh              every scenario, on SQLite and on PostgreSQL where it answers,
+#                                 and the Celery+Redis peer where Redis answers
+#   scripts/bench.sh latency --rate 1000 --seconds 10      one scenario (rota-bench's arguments)
+#
+# Results are printed and appended, one JSON object a line, to bench/results/results.jsonl.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+bash scripts/install-nats.sh
+export ROTA_NATS_SERVER_BIN="$repo/.tools/bin/nats-server"
+export ROTA_TEST_POSTGRES_URL="${ROTA_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+echo "bench.sh: building the release binaries"
+cargo build --release -p rota -p rota-bench
+bench=("$repo/target/release/rota-bench" --out "$repo/bench/results/results.jsonl")
+mkdir -p bench/results
+
+if [[ $# -gt 0 ]]; then
+    exec "${bench[@]}" "$@"
+fi
+
+postgres=false
+if pg_isready -q -t 3 -d "$ROTA_TEST_POSTGRES_URL" 2>/dev/null; then
+    postgres=true
+fi
+
+run() {
+    echo "==> rota-bench $*"
+    "${bench[@]}" "$@"
+}
+
+run footprint
+run latency --rate 100 --seconds 10
+run latency --rate 1000 --seconds 10
+run throughput --seconds 15
+if [[ $postgres == true ]]; then
+    run --db postgres latency --rate 1000 --seconds 10
+    run --db postgres throughput --seconds 15
+fi
+run heartbeat --workers 1000 --seconds 30
+run heartbeat --workers 10000 --seconds 30
+run cron --jobs 10000 --seconds 70
+run cron --jobs 100000 --seconds 70
+
+if redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && [[ -f bench/peer/setup.sh ]]; then
+    bash bench/peer/setup.sh
+    py="$repo/.tools/peer-venv/bin/python"
+    for args in "throughput --seconds 15" "latency --rate 100 --seconds 10" "latency --rate 1000 --seconds 10"; do
+        echo "==> celery_bench.py $args"
+        # shellcheck disable=SC2086
+        "$py" bench/peer/celery_bench.py $args | tee -a bench/results/results.jsonl
+    done
+else
+    echo "bench.sh: Redis does not answer on 127.0.0.1:6379; the Celery peer was skipped"
+fi
+echo "bench.sh: done; results in bench/results/results.jsonl"
