@@ -492,11 +492,10 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
     tokio::time::sleep(Duration::from_secs(10)).await;
     let listed = stand
         .admin
-        .call(&WorkerList {
-            app: Some(APP.into()),
-        })
+        .at_server("s1")
+        .call(&ServerStats {})
         .await?
-        .len();
+        .live_workers;
     let cpu0 = cpu_seconds(server.pid).unwrap_or(0.0);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;

@@ -488,10 +488,11 @@ pub async fn server_stats(settings: &Settings) -> anyhow::Result<()> {
     }
     for s in &all {
         println!(
-            "server {}: {} (owns apps {:?})",
+            "server {}: {} (owns apps {:?}, {} live workers)",
             s.server_id,
             if s.ready { "ready" } else { "NOT READY" },
-            s.owned_apps
+            s.owned_apps,
+            s.live_workers
         );
         let repairs: Vec<Vec<String>> = s
             .repairs

@@ -221,7 +221,9 @@ async fn job_update(core: &Core, r: JobUpdate) -> AdminResult<JobInfo> {
         reschedule(&mut job, now)?;
     }
     job.updated_at_ms = now;
-    Ok(core.store.save_job(&job).await?.to_info(&app.name))
+    let saved = core.store.save_job(&job).await?;
+    core.forget_job(saved.id);
+    Ok(saved.to_info(&app.name))
 }
 
 async fn app_names(core: &Core) -> AdminResult<HashMap<i64, String>> {
@@ -266,6 +268,7 @@ async fn set_enabled(core: &Core, id: i64, enabled: bool) -> AdminResult<JobInfo
     reschedule(&mut job, now)?;
     job.updated_at_ms = now;
     let job = core.store.save_job(&job).await?;
+    core.forget_job(job.id);
     job_info(core, &job).await
 }
 
@@ -280,6 +283,7 @@ async fn job_disable(core: &Core, JobDisable(r): JobDisable) -> AdminResult<JobI
 /// Deleting a job cancels its instances that wait for a dispatch; running ones finish.
 async fn job_delete(core: &Core, JobDelete(r): JobDelete) -> AdminResult<Done> {
     core.store.delete_job(r.id).await?;
+    core.forget_job(r.id);
     let waiting = core
         .store
         .list_instances(&InstanceFilter {
@@ -315,6 +319,11 @@ enum Route {
 /// it. A call that was itself forwarded is never forwarded again, so ownership moving during a
 /// call ends in `NOT_OWNER` rather than a loop.
 async fn route(core: &Core, app_id: i64, via: Via) -> AdminResult<Route> {
+    // This server owned the app at its last re-read: no need to ask the database. Should it
+    // have lost the app since, the new owner's schedule loop picks up what this call creates.
+    if core.ownership.owns(app_id) {
+        return Ok(Route::Here);
+    }
     let owner = ensure_owner(core, app_id).await?;
     if owner.server_id == core.id {
         Ok(Route::Here)
@@ -697,6 +706,7 @@ async fn server_stats(core: &Core, _: ServerStats) -> AdminResult<ServerStatsInf
         server_id: core.id.clone(),
         ready: core.is_ready(),
         owned_apps: core.ownership.app_ids(),
+        live_workers: local_workers(core, None).len() as u64,
         repairs: core
             .repairs
             .lock()

@@ -64,7 +64,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         return Ok(());
     }
     let guard = InstanceGuard::of(&inst);
-    let job = match core.store.job(inst.job_id).await {
+    let job = match core.job(inst.job_id).await {
         Ok(job) => job,
         Err(StoreError::NotFound(_)) => {
             core.store

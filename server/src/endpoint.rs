@@ -38,10 +38,23 @@ pub async fn respond<T: Serialize>(client: &Client, msg: &Message, reply: Result
         }
         return;
     };
-    let body = match reply {
+    let mut body = match reply {
         Ok(data) => Reply::ok(data).to_bytes(),
         Err(e) => Reply::<()>::err(e).to_bytes(),
     };
+    // NATS refuses a message over its max payload, and the requester would only see a time-out:
+    // answer with an error that says what happened instead.
+    let limit = client.server_info().max_payload;
+    if body.len() > limit.saturating_sub(1024) {
+        let e = ErrorBody::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the reply would be {} bytes, over the NATS limit of {limit}; narrow the request",
+                body.len()
+            ),
+        );
+        body = Reply::<()>::err(e).to_bytes();
+    }
     if let Err(e) = client
         .publish_with_headers(subject, protocol_headers(), body.into())
         .await

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_nats::Message;
 use rota_shared::message::{ReportAck, ReportAction, StatusReport};
-use rota_shared::rules::{JobRules, Outcome, apply_report};
+use rota_shared::rules::{JobRules, Outcome, Update, apply_report};
 use rota_shared::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
 
@@ -105,19 +105,16 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
         .map(|m| (m.id, m))
         .collect();
     let job_ids: Vec<i64> = instances.values().map(|m| m.job_id).collect();
-    let jobs: HashMap<i64, Job> = core
-        .store
-        .jobs_by_ids(&job_ids)
-        .await?
-        .into_iter()
-        .map(|j| (j.id, j))
-        .collect();
+    let jobs = core.jobs(&job_ids).await?;
 
     let now = now_ms();
     let mut verdicts = Vec::with_capacity(batch.len());
-    let mut writes = Vec::new();
-    // Index into `batch` of each write, so a lost race can be decided again.
-    let mut written_by = Vec::new();
+    // One write per instance: several reports of an instance in one batch (a fast job's
+    // RUNNING and SUCCEEDED) merge into one change, guarded by the state the batch started from.
+    let mut writes: Vec<(i64, InstanceGuard, Update)> = Vec::new();
+    let mut write_of: HashMap<i64, usize> = HashMap::new();
+    // The reports behind each write, so that a lost race can be decided again.
+    let mut written_by: Vec<Vec<usize>> = Vec::new();
     for (i, pending) in batch.iter().enumerate() {
         let report = &pending.report;
         let current = instances.get(&report.instance_id);
@@ -128,7 +125,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
             )));
             continue;
         }
-        let job = current.and_then(|m| jobs.get(&m.job_id));
+        let job = current.and_then(|m| jobs.get(&m.job_id)).map(AsRef::as_ref);
         let outcome = apply_report(
             current.map(rule_state).as_ref(),
             &rules_of(job),
@@ -149,8 +146,18 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
                     verdicts.push(Verdict::Answer(action));
                     continue;
                 };
-                writes.push((m.id, InstanceGuard::of(m), update.clone()));
-                written_by.push(i);
+                match write_of.get(&m.id) {
+                    Some(&k) => {
+                        let merged = writes[k].2.clone().then(update.clone());
+                        writes[k].2 = merged;
+                        written_by[k].push(i);
+                    }
+                    None => {
+                        write_of.insert(m.id, writes.len());
+                        writes.push((m.id, InstanceGuard::of(m), update.clone()));
+                        written_by.push(vec![i]);
+                    }
+                }
                 // Later reports in this batch see the state this one leaves.
                 m.status = update.status.code();
                 m.last_seq = update.last_seq;
@@ -165,14 +172,15 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
 
     let applied = core.store.apply_updates(&writes, now).await?;
     let mut lost = Vec::new();
-    for ((id, _, update), (ok, i)) in writes.iter().zip(applied.into_iter().zip(written_by)) {
+    for ((id, _, update), (ok, reports)) in writes.iter().zip(applied.into_iter().zip(written_by)) {
         if ok {
             let job = instances.get(id).and_then(|m| jobs.get(&m.job_id));
-            after_update(core, *id, update, job);
+            after_update(core, *id, update, job.map(AsRef::as_ref));
         } else {
-            lost.push(i);
+            lost.extend(reports);
         }
     }
+    lost.sort_unstable();
     for i in lost {
         verdicts[i] = decide_alone(core, &batch[i].report).await?;
     }

@@ -130,6 +130,7 @@ impl Server {
             services: Default::default(),
             connected_since,
             ready_since: std::sync::Mutex::new(tokio::time::Instant::now()),
+            job_cache: Default::default(),
             shutdown,
         });
 

@@ -435,6 +435,9 @@ pub struct ServerStatsInfo {
     /// The database answered the last health check.
     pub ready: bool,
     pub owned_apps: Vec<i64>,
+    /// Live workers of the apps this server owns.
+    #[serde(default)]
+    pub live_workers: u64,
     /// Repairs and clean-ups since start, by reason.
     pub repairs: std::collections::BTreeMap<String, u64>,
     /// The background services and their states (`RUNNING`, `FAILED` …).

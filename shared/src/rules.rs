@@ -83,6 +83,21 @@ impl Update {
     pub fn is_final(&self) -> bool {
         self.status.is_terminal()
     }
+
+    /// The one change equal to applying `self` and then `later`, so that several reports of one
+    /// instance in a batch cost one write.
+    pub fn then(self, later: Update) -> Update {
+        Update {
+            status: later.status,
+            last_seq: later.last_seq,
+            runs: later.runs,
+            result: later.result.or(self.result),
+            started_at_ms: self.started_at_ms.or(later.started_at_ms),
+            finished_at_ms: later.finished_at_ms.or(self.finished_at_ms),
+            retry_at_ms: later.retry_at_ms.or(self.retry_at_ms),
+            alert: self.alert || later.alert,
+        }
+    }
 }
 
 /// The outcome of a report, and what the worker is told to do.
@@ -470,6 +485,37 @@ mod tests {
         assert_eq!(u.status, Failed);
         assert!(u.is_final() && u.alert);
         assert_eq!(u.runs, 3);
+    }
+
+    #[test]
+    fn two_reports_in_a_row_merge_into_the_same_change() {
+        // RUNNING then SUCCEEDED for a fresh attempt, applied one after the other...
+        let start = state(WaitingWorkerReceive);
+        let first = applied(apply_report(
+            Some(&start),
+            &job(0),
+            &report(Running, 4),
+            NOW,
+        ));
+        let after_first = InstanceState {
+            status: first.status,
+            last_seq: first.last_seq,
+            runs: first.runs,
+            ..start.clone()
+        };
+        let second = applied(apply_report(
+            Some(&after_first),
+            &job(0),
+            &report(Succeeded, 5),
+            NOW + 7,
+        ));
+        // ...come to the same as one merged change.
+        let merged = first.clone().then(second.clone());
+        assert_eq!(merged.status, Succeeded);
+        assert_eq!((merged.last_seq, merged.runs), (5, 2));
+        assert_eq!(merged.started_at_ms, Some(NOW));
+        assert_eq!(merged.finished_at_ms, Some(NOW + 7));
+        assert_eq!(merged.result, second.result);
     }
 
     #[test]

@@ -146,3 +146,71 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
     d.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_the_nats_limit_is_a_clear_error_not_a_time_out() -> anyhow::Result<()> {
+    let d = Deployment::start().await?;
+    let app = d.create_app("app").await?;
+    // The server owns the app once a worker has acquired it.
+    let nats = async_nats::connect(d.nats.url()).await?;
+    let acquire = rota_shared::message::AcquireRequest {
+        app: "app".into(),
+        secret: rota_tests::cluster::SECRET.into(),
+        worker_id: "w0".into(),
+        current_server: None,
+    };
+    let reply = nats
+        .request(
+            Subjects::default().discovery_acquire(),
+            serde_json::to_vec(&acquire)?.into(),
+        )
+        .await?;
+    decode_reply::<rota_shared::message::AcquireReply>(&reply.payload)?;
+    // Ten thousand workers make a worker list of a few MB, over NATS' 1 MB max payload.
+    let subject = Subjects::default().server_heartbeat(d.server_id());
+    for i in 0..10_000 {
+        let hb = rota_shared::message::WorkerHeartbeat {
+            worker_id: format!("sim-{i}"),
+            app_id: app.id,
+            app: "app".into(),
+            tags: vec!["a-tag-to-make-the-entry-longer".into()],
+            processors: vec!["shell".into(), "http".into()],
+            capacity: 16,
+            running: vec![],
+            metrics: Default::default(),
+            version: "test".into(),
+            dropped_log_lines: 0,
+        };
+        nats.publish(subject.clone(), serde_json::to_vec(&hb)?.into())
+            .await?;
+    }
+    nats.flush().await?;
+    let at = d.admin.at_server(d.server_id());
+    let stats = rota_tests::wait::until(
+        "the heartbeats to arrive",
+        std::time::Duration::from_secs(20),
+        || async {
+            let s = at.call(&rota_shared::admin::ServerStats {}).await.ok()?;
+            (s.live_workers == 10_000).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(stats.live_workers, 10_000);
+    let started = tokio::time::Instant::now();
+    let listed = d
+        .admin
+        .call(&rota_shared::admin::WorkerList {
+            app: Some("app".into()),
+        })
+        .await;
+    assert_eq!(
+        listed.err().and_then(|e| e.code()),
+        Some(ErrorCode::PayloadTooLarge)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the error came late"
+    );
+    d.shutdown().await;
+    Ok(())
+}

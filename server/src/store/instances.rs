@@ -222,8 +222,10 @@ impl Store {
             last_report_at_ms: Set(None),
             ..Default::default()
         };
-        let res = instance::Entity::insert(model).exec(self.conn()).await?;
-        self.instance(res.last_insert_id).await
+        // One round trip where the backend has RETURNING (PostgreSQL, SQLite).
+        Ok(instance::Entity::insert(model)
+            .exec_with_returning(self.conn())
+            .await?)
     }
 
     pub async fn instance(&self, id: i64) -> StoreResult<instance::Model> {
