@@ -10,7 +10,8 @@ use std::sync::Arc;
 use rota_shared::admin::OverlapPolicy;
 use rota_shared::envelope::decode_reply;
 use rota_shared::message::{
-    DispatchAck, DispatchRequest, Frequent, FrequentMode, StopAck, StopRequest,
+    DispatchAck, DispatchRequest, Frequent, FrequentMode, InstanceRuntime, QueryRequest, StopAck,
+    StopRequest,
 };
 use rota_shared::schedule::Schedule;
 use rota_shared::{ErrorBody, InstanceStatus};
@@ -247,6 +248,27 @@ pub async fn publish_stop(core: &Core, worker_id: &str, instance_id: i64) {
             payload.into(),
         )
         .await;
+}
+
+/// Asks a worker what it knows of an instance it runs, waiting at most `timeout`.
+pub async fn query_worker(
+    core: &Core,
+    worker_id: &str,
+    instance_id: i64,
+    timeout: std::time::Duration,
+) -> Result<InstanceRuntime, ErrorBody> {
+    let payload = serde_json::to_vec(&QueryRequest { instance_id })
+        .map_err(|e| ErrorBody::internal(format!("encode request: {e}")))?;
+    let req = async_nats::Request::new()
+        .payload(payload.into())
+        .headers(protocol_headers())
+        .timeout(Some(timeout));
+    let msg = core
+        .client
+        .send_request(core.subjects.worker_query(worker_id), req)
+        .await
+        .map_err(|e| ErrorBody::new(rota_shared::ErrorCode::Unavailable, e.to_string()))?;
+    decode_reply(&msg.payload)
 }
 
 /// Asks a worker to stop an instance. Best effort: a worker that is gone has nothing to stop.

@@ -124,6 +124,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
             silent.push(inst);
         }
     }
+    let lost = still_lost(core, lost).await;
     let n = lose(core, lost, "worker lost", now).await?;
     core.repaired("worker_lost", n);
     let n = lose(core, silent, "no report from the worker", now).await?;
@@ -159,6 +160,28 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     }
     core.repaired("frequent_started", started);
     Ok(())
+}
+
+/// Keeps the instances whose worker, asked directly, does not say it runs their attempt. A
+/// worker this server does not hear may be alive all the same (it heartbeats to a server that
+/// still believes it owns the app); one that is frozen or gone does not answer.
+async fn still_lost(core: &Core, candidates: Vec<instance::Model>) -> Vec<instance::Model> {
+    let timeout = std::time::Duration::from_secs(1);
+    let answers = futures::future::join_all(candidates.iter().map(|inst| async move {
+        let Some(worker) = &inst.worker_id else {
+            return false;
+        };
+        matches!(
+            crate::dispatch::query_worker(core, worker, inst.id, timeout).await,
+            Ok(runtime) if runtime.attempt == inst.attempt
+        )
+    }))
+    .await;
+    candidates
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(inst, alive)| (!alive).then_some(inst))
+        .collect()
 }
 
 /// Applies [`lost_attempt`] to each instance with a compare-and-set; returns how many changed.
