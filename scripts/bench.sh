@@ -46,13 +46,13 @@ run heartbeat --workers 10000 --seconds 30
 run cron --jobs 10000 --seconds 70
 run cron --jobs 100000 --seconds 70
 
-if redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && [[ -f bench/peer/setup.sh ]]; then
-    bash bench/peer/setup.sh
-    py="$repo/.tools/peer-venv/bin/python"
+if redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
     for args in "throughput --seconds 15" "latency --rate 100 --seconds 10" "latency --rate 1000 --seconds 10"; do
-        echo "==> celery_bench.py $args"
+        echo "==> peer: bench/peer/run.sh $args"
+        # The peer prints one JSON object; keep it as one line in the results file.
         # shellcheck disable=SC2086
-        "$py" bench/peer/celery_bench.py $args | tee -a bench/results/results.jsonl
+        bash bench/peer/run.sh $args | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' |
+            tee -a bench/results/results.jsonl
     done
 else
     echo "bench.sh: Redis does not answer on 127.0.0.1:6379; the Celery peer was skipped"
