@@ -27,17 +27,6 @@ fn rota() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rota"))
 }
 
-async fn run(d: &Deployment, job_id: i64) -> anyhow::Result<i64> {
-    Ok(d.admin
-        .call(&JobRun {
-            id: job_id,
-            params: None,
-            delay_ms: 0,
-        })
-        .await?
-        .instance_id)
-}
-
 async fn repairs(d: &Deployment, server: &str) -> anyhow::Result<BTreeMap<String, u64>> {
     Ok(d.admin
         .at_server(server)
@@ -133,7 +122,7 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
     spec.retry_delay_ms = 500;
     spec.dispatch = DispatchStrategy::RoundRobin;
     let job1 = d.create_job(spec).await?;
-    let id1 = run(&d, job1.id).await?;
+    let id1 = d.run(job1.id).await?;
     let first = d
         .wait_status(id1, InstanceStatus::Running, Duration::from_secs(15))
         .await;
@@ -203,7 +192,7 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
     let mut spec = shell_job("app", "final", &script);
     spec.max_retries = 0;
     let job2 = d.create_job(spec).await?;
-    let id2 = run(&d, job2.id).await?;
+    let id2 = d.run(job2.id).await?;
     let running = d
         .wait_status(id2, InstanceStatus::Running, Duration::from_secs(15))
         .await;
@@ -299,7 +288,7 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
     let frozen_at = Instant::now();
     let mut ids = Vec::new();
     for _ in 0..RUNS {
-        ids.push(run(&d, job.id).await?);
+        ids.push(d.run(job.id).await?);
     }
     let asked_in = frozen_at.elapsed();
     let mut before = Vec::new();

@@ -175,6 +175,28 @@ impl Deployment {
         Ok(self.admin.call(&JobCreate { spec }).await?)
     }
 
+    /// Runs a job now (as `rota job run` does) and returns the new instance's id.
+    pub async fn run(&self, job_id: i64) -> anyhow::Result<i64> {
+        let run = JobRun {
+            id: job_id,
+            params: None,
+            delay_ms: 0,
+        };
+        Ok(self.admin.call(&run).await?.instance_id)
+    }
+
+    /// A job's instances, newest first (up to 1,000).
+    pub async fn instances_of(&self, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
+        Ok(self
+            .admin
+            .call(&InstanceList {
+                job_id: Some(job_id),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await?)
+    }
+
     pub async fn instance(&self, id: i64) -> anyhow::Result<InstanceInfo> {
         Ok(self.admin.call(&InstanceShow(InstanceId { id })).await?)
     }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use rota_shared::InstanceStatus;
-use rota_shared::admin::{InstanceInfo, InstanceList, JobDisable, JobId, JobRun};
+use rota_shared::admin::{JobDisable, JobId};
 use rota_shared::envelope::decode_reply;
 use rota_shared::message::{ReportAck, StatusReport};
 use rota_shared::schedule::Schedule;
@@ -15,16 +15,6 @@ use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::wait;
 use rota_worker::ProcessorRegistry;
 use sea_orm::{ConnectionTrait, Database};
-
-async fn instances(d: &Deployment, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
-    Ok(d.admin
-        .call(&InstanceList {
-            job_id: Some(job_id),
-            limit: Some(1000),
-            ..Default::default()
-        })
-        .await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result<()> {
@@ -67,7 +57,7 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
         "both servers to dispatch fires",
         Duration::from_secs(20),
         || async {
-            let list = instances(&d, job.id).await.ok()?;
+            let list = d.instances_of(job.id).await.ok()?;
             let workers: HashSet<String> = list
                 .iter()
                 .filter(|i| i.status == InstanceStatus::Succeeded)
@@ -83,15 +73,7 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
     let long = d
         .create_job(shell_job("app", "long", "sleep 2; echo long-done"))
         .await?;
-    let id = d
-        .admin
-        .call(&JobRun {
-            id: long.id,
-            params: None,
-            delay_ms: 0,
-        })
-        .await?
-        .instance_id;
+    let id = d.run(long.id).await?;
     let running = d
         .wait_status(id, InstanceStatus::Running, Duration::from_secs(10))
         .await;
@@ -131,7 +113,7 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
 
     d.admin.call(&JobDisable(JobId { id: job.id })).await?;
     let all = wait::until("every fire to finish", Duration::from_secs(15), || async {
-        let list = instances(&d, job.id).await.ok()?;
+        let list = d.instances_of(job.id).await.ok()?;
         list.iter().all(|i| i.status.is_terminal()).then_some(list)
     })
     .await;
@@ -208,15 +190,7 @@ async fn a_server_that_lost_an_app_answers_not_owner() -> anyhow::Result<()> {
     // A report about one of the app's instances sent to s1 is refused the same way, so the
     // worker re-acquires and sends it to s2.
     let job = d.create_job(shell_job("app", "j", "true")).await?;
-    let id = d
-        .admin
-        .call(&JobRun {
-            id: job.id,
-            params: None,
-            delay_ms: 0,
-        })
-        .await?
-        .instance_id;
+    let id = d.run(job.id).await?;
     d.wait_terminal(id, Duration::from_secs(15)).await;
     let report = StatusReport {
         instance_id: id,

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use rota_shared::InstanceStatus;
-use rota_shared::admin::{DispatchStrategy, InstanceInfo, JobRun, JobSpec, WorkerList};
+use rota_shared::admin::{DispatchStrategy, InstanceInfo, JobSpec, WorkerList};
 use rota_shared::message::WorkerSummary;
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::wait;
@@ -21,14 +21,7 @@ const FINISH: Duration = Duration::from_secs(15);
 
 /// Runs a job now and returns the new instance's id.
 async fn run(d: &Deployment, job_id: i64) -> anyhow::Result<i64> {
-    Ok(d.admin
-        .call(&JobRun {
-            id: job_id,
-            params: None,
-            delay_ms: 0,
-        })
-        .await?
-        .instance_id)
+    d.run(job_id).await
 }
 
 /// Runs a job `n` times at once and returns every instance once it is final.

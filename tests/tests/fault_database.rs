@@ -79,20 +79,9 @@ fn urls_are_pointed_at_the_proxy() {
     );
 }
 
-/// The instances of a job, newest first.
-async fn instances_of(d: &Deployment, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
-    Ok(d.admin
-        .call(&InstanceList {
-            job_id: Some(job_id),
-            limit: Some(1000),
-            ..Default::default()
-        })
-        .await?)
-}
-
 /// How many instances of the job for a fire time after `after_ms` have succeeded.
 async fn succeeded_fires_after(d: &Deployment, job_id: i64, after_ms: i64) -> Option<usize> {
-    let list = instances_of(d, job_id).await.ok()?;
+    let list = d.instances_of(job_id).await.ok()?;
     Some(
         list.iter()
             .filter(|i| i.status == InstanceStatus::Succeeded)
@@ -133,15 +122,7 @@ async fn database_outage_of_ten_seconds() -> anyhow::Result<()> {
         || async { (succeeded_fires_after(&d, tick.id, 0).await? >= 2).then_some(()) },
     )
     .await;
-    let slow_id = d
-        .admin
-        .call(&JobRun {
-            id: slow.id,
-            params: None,
-            delay_ms: 0,
-        })
-        .await?
-        .instance_id;
+    let slow_id = d.run(slow.id).await?;
     d.wait_status(slow_id, InstanceStatus::Running, Duration::from_secs(15))
         .await;
 
@@ -243,7 +224,7 @@ async fn database_outage_of_ten_seconds() -> anyhow::Result<()> {
     );
 
     // No fire time has two instances.
-    let all = instances_of(&d, tick.id).await?;
+    let all = d.instances_of(tick.id).await?;
     let mut per_fire: HashMap<Option<i64>, usize> = HashMap::new();
     for i in &all {
         *per_fire.entry(i.expected_trigger_time_ms).or_default() += 1;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rota_shared::InstanceStatus;
-use rota_shared::admin::{InstanceInfo, InstanceList, ServerStats};
+use rota_shared::admin::ServerStats;
 use rota_shared::schedule::{Lifecycle, Schedule};
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::wait;
@@ -30,16 +30,6 @@ fn counting(counts: Arc<Mutex<HashMap<String, u64>>>) -> ProcessorRegistry {
         }),
     );
     registry
-}
-
-async fn instances(d: &Deployment, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
-    Ok(d.admin
-        .call(&InstanceList {
-            job_id: Some(job_id),
-            limit: Some(100),
-            ..Default::default()
-        })
-        .await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +56,7 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         "the frequent instance to report runs",
         Duration::from_secs(10),
         || async {
-            let list = instances(&d, job.id).await.ok()?;
+            let list = d.instances_of(job.id).await.ok()?;
             list.into_iter()
                 .find(|i| i.status == InstanceStatus::Running && i.runs >= 5)
         },
@@ -77,7 +67,7 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         .clone()
         .expect("a running instance has a worker");
     assert_eq!(
-        instances(&d, job.id).await?.len(),
+        d.instances_of(job.id).await?.len(),
         1,
         "a frequent job runs as one instance"
     );
@@ -89,7 +79,7 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         "the job to run again elsewhere",
         Duration::from_secs(15),
         || async {
-            let list = instances(&d, job.id).await.ok()?;
+            let list = d.instances_of(job.id).await.ok()?;
             list.into_iter()
                 .find(|i| i.id != first.id && i.status == InstanceStatus::Running && i.runs >= 5)
         },
@@ -115,7 +105,7 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         finished - end_ms
     );
     assert!(done.runs >= 20, "only {} runs at 100 ms", done.runs);
-    let at_end = instances(&d, job.id).await?.len();
+    let at_end = d.instances_of(job.id).await?.len();
     // Two more reconcile iterations after the end start nothing.
     let s1 = d.admin.at_server("s1");
     let before = reconcile_iterations(&s1).await?;
@@ -125,7 +115,7 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         || async { (reconcile_iterations(&s1).await.ok()? >= before + 2).then_some(()) },
     )
     .await;
-    assert_eq!(instances(&d, job.id).await?.len(), at_end);
+    assert_eq!(d.instances_of(job.id).await?.len(), at_end);
     let ran_on: Vec<String> = counts
         .lock()
         .unwrap_or_else(|e| e.into_inner())

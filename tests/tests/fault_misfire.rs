@@ -5,21 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rota_shared::InstanceStatus;
-use rota_shared::admin::{InstanceInfo, InstanceList, JobInfo, MisfirePolicy, ServerStats};
+use rota_shared::admin::{InstanceInfo, MisfirePolicy, ServerStats};
 use rota_shared::schedule::Schedule;
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::wait;
 use rota_worker::ProcessorRegistry;
-
-async fn instances(d: &Deployment, job: &JobInfo) -> anyhow::Result<Vec<InstanceInfo>> {
-    Ok(d.admin
-        .call(&InstanceList {
-            job_id: Some(job.id),
-            limit: Some(1000),
-            ..Default::default()
-        })
-        .await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
@@ -48,7 +38,7 @@ async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
     }
     for job in jobs.values() {
         wait::until("each job to fire once", Duration::from_secs(15), || async {
-            let list = instances(&d, job).await.ok()?;
+            let list = d.instances_of(job.id).await.ok()?;
             list.iter()
                 .any(|i| i.status == InstanceStatus::Succeeded)
                 .then_some(())
@@ -71,7 +61,7 @@ async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
             "each job to fire after the restart",
             Duration::from_secs(20),
             || async {
-                let list = instances(&d, job).await.ok()?;
+                let list = d.instances_of(job.id).await.ok()?;
                 list.iter()
                     .any(|i| {
                         i.status == InstanceStatus::Succeeded
@@ -92,9 +82,9 @@ async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
         fires.sort_unstable();
         fires
     };
-    let once = instances(&d, &jobs["once"]).await?;
-    let skip = instances(&d, &jobs["skip"]).await?;
-    let catch_up = instances(&d, &jobs["catch-up"]).await?;
+    let once = d.instances_of(jobs["once"].id).await?;
+    let skip = d.instances_of(jobs["skip"].id).await?;
+    let catch_up = d.instances_of(jobs["catch-up"].id).await?;
     assert_eq!(missed(&once).len(), 1, "fire_once: {:?}", missed(&once));
     assert_eq!(missed(&skip).len(), 0, "skip: {:?}", missed(&skip));
     let caught = missed(&catch_up);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rota_shared::admin::{AppList, InstanceList, JobList, JobRun};
+use rota_shared::admin::{AppList, InstanceList, JobList};
 use rota_shared::envelope::decode_reply;
 use rota_shared::message::{Ping, Pong};
 use rota_shared::{ErrorCode, InstanceStatus, MAX_PAYLOAD_BYTES, Subjects};
@@ -132,15 +132,7 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         )
         .await?;
     assert_eq!(decode_reply::<Pong>(&pong.payload)?.server_id, sid);
-    let id = d
-        .admin
-        .call(&JobRun {
-            id: job.id,
-            params: None,
-            delay_ms: 0,
-        })
-        .await?
-        .instance_id;
+    let id = d.run(job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
     assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
     d.shutdown().await;

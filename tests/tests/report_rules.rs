@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rota_shared::admin::{InstanceInfo, JobRun};
+use rota_shared::admin::InstanceInfo;
 use rota_shared::envelope::decode_reply;
 use rota_shared::message::{ReportAck, ReportAction, StatusReport};
 use rota_shared::{ErrorBody, InstanceStatus};
@@ -71,15 +71,7 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
     let mut spec = shell_job("app", "hold", "");
     spec.processor = "hold".into();
     let job = d.create_job(spec).await?;
-    let id = d
-        .admin
-        .call(&JobRun {
-            id: job.id,
-            params: None,
-            delay_ms: 0,
-        })
-        .await?
-        .instance_id;
+    let id = d.run(job.id).await?;
     let running = d
         .wait_status(id, InstanceStatus::Running, Duration::from_secs(10))
         .await;

@@ -5,21 +5,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use rota_shared::InstanceStatus;
-use rota_shared::admin::{InstanceInfo, InstanceList, JobDisable, JobId, JobShow};
+use rota_shared::admin::{InstanceInfo, JobDisable, JobId, JobShow};
 use rota_shared::schedule::Schedule;
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::wait;
 use rota_worker::ProcessorRegistry;
-
-async fn instances_of(d: &Deployment, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
-    Ok(d.admin
-        .call(&InstanceList {
-            job_id: Some(job_id),
-            limit: Some(1000),
-            ..Default::default()
-        })
-        .await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<()> {
@@ -36,7 +26,7 @@ async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<(
 
     // Five fires in a row must have finished; the first four lie within five seconds.
     let finished = wait::until("five finished fires", Duration::from_secs(20), || async {
-        let mut list = instances_of(&d, job.id).await.ok()?;
+        let mut list = d.instances_of(job.id).await.ok()?;
         list.retain(|i| i.status.is_terminal());
         (list.len() >= 5).then_some(list)
     })
@@ -85,7 +75,7 @@ async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<(
         "every instance to finish",
         Duration::from_secs(10),
         || async {
-            let list = instances_of(&d, job.id).await.ok()?;
+            let list = d.instances_of(job.id).await.ok()?;
             list.iter().all(|i| i.status.is_terminal()).then_some(list)
         },
     )
@@ -116,7 +106,7 @@ async fn one_shot_job_fires_once_at_its_time() -> anyhow::Result<()> {
     assert_eq!(job.next_trigger_time_ms, Some(at_ms));
 
     let done = wait::until("the one-shot run", Duration::from_secs(15), || async {
-        let list = instances_of(&d, job.id).await.ok()?;
+        let list = d.instances_of(job.id).await.ok()?;
         list.into_iter().find(|i| i.status.is_terminal())
     })
     .await;
@@ -131,7 +121,7 @@ async fn one_shot_job_fires_once_at_its_time() -> anyhow::Result<()> {
     // Its schedule is used up: no next fire is stored and the fire made one instance.
     let job = d.admin.call(&JobShow(JobId { id: job.id })).await?;
     assert_eq!(job.next_trigger_time_ms, None);
-    assert_eq!(instances_of(&d, job.id).await?.len(), 1);
+    assert_eq!(d.instances_of(job.id).await?.len(), 1);
     d.shutdown().await;
     Ok(())
 }
