@@ -159,7 +159,12 @@ async fn wait_all_terminal(
     }
 }
 
-pub async fn latency(env: &Env, rate: u32, seconds: u64) -> anyhow::Result<Value> {
+/// A server and a worker in this process, the app and a no-op job: what `latency` and
+/// `throughput` run on. Returns the stand, the processor's start records and the job.
+async fn noop_stand(
+    env: &Env,
+    started: Option<mpsc::UnboundedSender<i64>>,
+) -> anyhow::Result<(Stand, Starts, i64)> {
     let mut stand = Stand::new(env.backend).await?;
     stand.start_server().await?;
     stand
@@ -170,8 +175,13 @@ pub async fn latency(env: &Env, rate: u32, seconds: u64) -> anyhow::Result<Value
         })
         .await?;
     let starts: Starts = Arc::default();
-    stand.start_worker(noop(starts.clone(), None)).await?;
+    stand.start_worker(noop(starts.clone(), started)).await?;
     let job = stand.noop_job().await?;
+    Ok((stand, starts, job))
+}
+
+pub async fn latency(env: &Env, rate: u32, seconds: u64) -> anyhow::Result<Value> {
+    let (stand, starts, job) = noop_stand(env, None).await?;
 
     // Offered load: one trigger every 1/rate s on a fixed schedule, each in its own task so a
     // slow answer does not hold up the next trigger.
@@ -241,21 +251,8 @@ pub async fn latency(env: &Env, rate: u32, seconds: u64) -> anyhow::Result<Value
 }
 
 pub async fn throughput(env: &Env, seconds: u64, in_flight: usize) -> anyhow::Result<Value> {
-    let mut stand = Stand::new(env.backend).await?;
-    stand.start_server().await?;
-    stand
-        .admin
-        .call(&AppCreate {
-            name: APP.into(),
-            secret: SECRET.into(),
-        })
-        .await?;
-    let starts: Starts = Arc::default();
     let (started_tx, mut started_rx) = mpsc::unbounded_channel();
-    stand
-        .start_worker(noop(starts.clone(), Some(started_tx)))
-        .await?;
-    let job = stand.noop_job().await?;
+    let (stand, _starts, job) = noop_stand(env, Some(started_tx)).await?;
 
     // Closed loop: at most `in_flight` instances triggered and not yet started.
     let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
