@@ -404,17 +404,14 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
     let now = now_ms();
     let due = now.saturating_add(i64::try_from(r.delay_ms).unwrap_or(i64::MAX / 2));
     let inst = core
-        .store
-        .insert_instance(
-            NewInstance {
-                job_id: job.id,
-                app_id: job.app_id,
-                trigger: "api",
-                params: r.params,
-                due_at_ms: due,
-            },
-            now,
-        )
+        .inserts
+        .insert(NewInstance {
+            job_id: job.id,
+            app_id: job.app_id,
+            trigger: "api",
+            params: r.params,
+            due_at_ms: due,
+        })
         .await?;
     core.timer.schedule(inst.id, due);
     Ok(RunStarted {

@@ -30,6 +30,8 @@ pub struct Core {
     pub workers: WorkerRegistry,
     pub ownership: Ownership,
     pub timer: TimerHandle,
+    /// Creates API runs' instances in batches.
+    pub inserts: crate::inserts::InsertQueue,
     /// Instances a dispatch task is working on now, so that the timer and the waiting scan
     /// never run two dispatches of one instance in this process.
     pub dispatching: Mutex<HashSet<i64>>,

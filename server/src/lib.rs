@@ -11,6 +11,7 @@ mod config;
 mod core;
 mod dispatch;
 mod endpoint;
+mod inserts;
 mod ownership;
 mod reconcile;
 mod registry;

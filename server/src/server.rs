@@ -111,6 +111,7 @@ impl Server {
 
         let shutdown = CancellationToken::new();
         let (fired_tx, fired_rx) = mpsc::unbounded_channel();
+        let inserts = crate::inserts::InsertQueue::start(store.clone(), shutdown.clone());
         let timer = timer::start(fired_tx, shutdown.clone());
         let core = Arc::new(Core {
             id: id.clone(),
@@ -122,6 +123,7 @@ impl Server {
             store,
             ownership: Ownership::default(),
             timer,
+            inserts,
             dispatching: Default::default(),
             job_slots: Default::default(),
             repairs: Default::default(),

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use rota_server::store::{FirePlan, InstanceGuard, Job, Store};
+use rota_server::store::{FirePlan, InstanceGuard, Job, NewInstance, Store};
 use rota_shared::InstanceStatus;
 use rota_shared::rules::Update;
 use rota_tests::cluster::shell_job;
@@ -141,5 +141,30 @@ async fn a_report_change_applies_once() -> anyhow::Result<()> {
         applied += racer.await??.into_iter().filter(|ok| *ok).count();
     }
     assert_eq!(applied, 1, "the same change applied {applied} times");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_insert_returns_each_instance_in_the_order_given() -> anyhow::Result<()> {
+    let (_db, store, job) = setup().await?;
+    let news: Vec<NewInstance> = (0..300)
+        .map(|i| NewInstance {
+            job_id: job.id,
+            app_id: job.app_id,
+            trigger: "api",
+            params: Some(format!("p{i}")),
+            due_at_ms: i,
+        })
+        .collect();
+    let models = store.insert_instances(news, 0).await?;
+    assert_eq!(models.len(), 300);
+    for (i, m) in models.iter().enumerate() {
+        assert_eq!(m.instance_params, Some(format!("p{i}")));
+        assert_eq!(m.due_at_ms, Some(i as i64));
+        assert_eq!(
+            store.instance(m.id).await?.instance_params,
+            m.instance_params
+        );
+    }
     Ok(())
 }

@@ -62,6 +62,29 @@ impl InstanceGuard {
     }
 }
 
+/// The row of an instance created outside the schedule.
+fn new_row(new: NewInstance, now_ms: i64) -> instance::ActiveModel {
+    instance::ActiveModel {
+        job_id: Set(new.job_id),
+        app_id: Set(new.app_id),
+        status: Set(InstanceStatus::WaitingDispatch.code()),
+        trigger: Set(new.trigger.to_owned()),
+        expected_trigger_time_ms: Set(None),
+        instance_params: Set(new.params),
+        attempt: Set(0),
+        runs: Set(0),
+        worker_id: Set(None),
+        last_seq: Set(0),
+        result: Set(None),
+        created_at_ms: Set(now_ms),
+        started_at_ms: Set(None),
+        finished_at_ms: Set(None),
+        due_at_ms: Set(Some(new.due_at_ms)),
+        last_report_at_ms: Set(None),
+        ..Default::default()
+    }
+}
+
 /// What the status rules need to know of a stored instance.
 pub fn rule_state(m: &instance::Model) -> rota_shared::rules::InstanceState {
     rota_shared::rules::InstanceState {
@@ -203,29 +226,41 @@ impl Store {
         new: NewInstance,
         now_ms: i64,
     ) -> StoreResult<instance::Model> {
-        let model = instance::ActiveModel {
-            job_id: Set(new.job_id),
-            app_id: Set(new.app_id),
-            status: Set(InstanceStatus::WaitingDispatch.code()),
-            trigger: Set(new.trigger.to_owned()),
-            expected_trigger_time_ms: Set(None),
-            instance_params: Set(new.params),
-            attempt: Set(0),
-            runs: Set(0),
-            worker_id: Set(None),
-            last_seq: Set(0),
-            result: Set(None),
-            created_at_ms: Set(now_ms),
-            started_at_ms: Set(None),
-            finished_at_ms: Set(None),
-            due_at_ms: Set(Some(new.due_at_ms)),
-            last_report_at_ms: Set(None),
-            ..Default::default()
-        };
         // One round trip where the backend has RETURNING (PostgreSQL, SQLite).
-        Ok(instance::Entity::insert(model)
+        Ok(instance::Entity::insert(new_row(new, now_ms))
             .exec_with_returning(self.conn())
             .await?)
+    }
+
+    /// Creates instances outside the schedule in one statement, returned in the order given.
+    pub async fn insert_instances(
+        &self,
+        news: Vec<NewInstance>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<instance::Model>> {
+        if !self.db.support_returning() {
+            // MySQL has no RETURNING: one statement each.
+            let mut out = Vec::with_capacity(news.len());
+            for new in news {
+                out.push(self.insert_instance(new, now_ms).await?);
+            }
+            return Ok(out);
+        }
+        let n = news.len();
+        let rows = news.into_iter().map(|new| new_row(new, now_ms));
+        let mut models = instance::Entity::insert_many(rows)
+            .exec_with_returning(self.conn())
+            .await?;
+        // Ids are drawn in the order of the rows of one INSERT (a sequence on PostgreSQL, the
+        // rowid on SQLite), so sorting by id gives back the order of `news`.
+        models.sort_by_key(|m| m.id);
+        if models.len() != n {
+            return Err(StoreError::Corrupt(format!(
+                "inserted {n} instances, got {} back",
+                models.len()
+            )));
+        }
+        Ok(models)
     }
 
     pub async fn instance(&self, id: i64) -> StoreResult<instance::Model> {
