@@ -196,13 +196,13 @@ async fn decide_alone(core: &Core, report: &StatusReport) -> Result<Verdict, Sto
             Err(e) => return Err(e),
         };
         let job = match &current {
-            Some(m) => core.store.jobs_by_ids(&[m.job_id]).await?.pop(),
+            Some(m) => core.jobs(&[m.job_id]).await?.remove(&m.job_id),
             None => None,
         };
         let now = now_ms();
         let outcome = apply_report(
             current.as_ref().map(rule_state).as_ref(),
-            &rules_of(job.as_ref()),
+            &rules_of(job.as_deref()),
             report,
             now,
         );
@@ -211,7 +211,7 @@ async fn decide_alone(core: &Core, report: &StatusReport) -> Result<Verdict, Sto
         };
         let write = [(m.id, InstanceGuard::of(m), update.clone())];
         if core.store.apply_updates(&write, now).await?.first() == Some(&true) {
-            after_update(core, m.id, update, job.as_ref());
+            after_update(core, m.id, update, job.as_deref());
             return Ok(Verdict::Answer(*action));
         }
     }

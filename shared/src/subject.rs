@@ -115,11 +115,6 @@ impl Subjects {
         (!verb.contains('.')).then_some((area, verb))
     }
 
-    /// Every subject addressed to one worker.
-    pub fn worker_all(&self, worker_id: &str) -> String {
-        format!("{}.wrk.{worker_id}.>", self.prefix)
-    }
-
     pub fn worker_dispatch(&self, worker_id: &str) -> String {
         format!("{}.wrk.{worker_id}.dispatch", self.prefix)
     }

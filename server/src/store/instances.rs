@@ -85,6 +85,13 @@ fn new_row(new: NewInstance, now_ms: i64) -> instance::ActiveModel {
     }
 }
 
+/// Instances of `app_ids` in `status`: what the schedule loop and reconcile look through.
+fn of_apps_in(app_ids: &[i64], status: InstanceStatus) -> sea_orm::Select<instance::Entity> {
+    instance::Entity::find()
+        .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
+        .filter(instance::Column::Status.eq(status.code()))
+}
+
 /// What the status rules need to know of a stored instance.
 pub fn rule_state(m: &instance::Model) -> rota_shared::rules::InstanceState {
     rota_shared::rules::InstanceState {
@@ -314,12 +321,10 @@ impl Store {
         if app_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(i64, Option<i64>)> = instance::Entity::find()
+        let rows: Vec<(i64, Option<i64>)> = of_apps_in(app_ids, InstanceStatus::WaitingDispatch)
             .select_only()
             .column(instance::Column::Id)
             .column(instance::Column::DueAtMs)
-            .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
-            .filter(instance::Column::Status.eq(InstanceStatus::WaitingDispatch.code()))
             .filter(
                 instance::Column::DueAtMs
                     .lte(horizon_ms)
@@ -348,9 +353,7 @@ impl Store {
         if app_ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(instance::Entity::find()
-            .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
-            .filter(instance::Column::Status.eq(status.code()))
+        Ok(of_apps_in(app_ids, status)
             .filter(
                 instance::Column::LastReportAtMs
                     .lt(before_ms)
@@ -372,9 +375,7 @@ impl Store {
         if app_ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(instance::Entity::find()
-            .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
-            .filter(instance::Column::Status.eq(status.code()))
+        Ok(of_apps_in(app_ids, status)
             .limit(limit)
             .all(self.conn())
             .await?)

@@ -289,7 +289,8 @@ impl Store {
             .collect()
     }
 
-    /// Sets a job's next fire outright (when it is enabled, updated or disabled by an operator).
+    /// Sets a job's next fire outright, bypassing the schedule loop's compare-and-set (for
+    /// setting up state, as the fencing tests do).
     pub async fn set_next_trigger(
         &self,
         job_id: i64,

@@ -23,8 +23,8 @@ use rota_migrations::{Migrator, MigratorTrait};
 use rota_shared::{ErrorBody, ErrorCode};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use thiserror::Error;
 
@@ -100,10 +100,6 @@ impl Store {
         Ok(Self { db })
     }
 
-    pub fn backend(&self) -> DbBackend {
-        self.db.get_database_backend()
-    }
-
     /// A write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so a
     /// read-then-write transaction waits for the busy timeout instead of failing with SQLITE_BUSY.
     async fn write_txn(&self) -> StoreResult<DatabaseTransaction> {
@@ -119,10 +115,6 @@ impl Store {
     pub async fn ping(&self) -> StoreResult<()> {
         self.db.ping().await?;
         Ok(())
-    }
-
-    pub async fn close(self) {
-        let _ = self.db.close().await;
     }
 
     fn conn(&self) -> &impl ConnectionTrait {
