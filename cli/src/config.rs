@@ -32,6 +32,7 @@ pub struct FileServer {
     pub schedule_lookahead: Option<String>,
     pub misfire_threshold: Option<String>,
     pub dispatch_timeout: Option<String>,
+    pub dispatch_ahead: Option<String>,
     pub no_worker_timeout: Option<String>,
     pub ownership_refresh: Option<String>,
     pub presence_interval: Option<String>,
@@ -80,6 +81,11 @@ impl FileServer {
             "dispatch_timeout",
             &self.dispatch_timeout,
             &mut config.dispatch_timeout,
+        )?;
+        set(
+            "dispatch_ahead",
+            &self.dispatch_ahead,
+            &mut config.dispatch_ahead,
         )?;
         set(
             "no_worker_timeout",

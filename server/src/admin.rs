@@ -10,11 +10,11 @@ use rota_shared::{ErrorBody, ErrorCode, InstanceStatus};
 
 use crate::clock::now_ms;
 use crate::core::Core;
-use crate::dispatch::send_stop;
+use crate::dispatch::{publish_stop, send_stop};
 use crate::endpoint::{decode_message, protocol_headers, respond};
 use crate::ownership::ensure_owner;
 use crate::store::entity::{app, instance};
-use crate::store::{InstanceFilter, Job, NewInstance};
+use crate::store::{InstanceFilter, InstanceGuard, Job, NewInstance};
 
 type AdminResult<T> = Result<T, ErrorBody>;
 
@@ -269,7 +269,37 @@ async fn set_enabled(core: &Core, id: i64, enabled: bool) -> AdminResult<JobInfo
     job.updated_at_ms = now;
     let job = core.store.save_job(&job).await?;
     core.forget_job(job.id);
+    if !enabled {
+        cancel_handed_fires(core, job.id, "job was disabled").await?;
+    }
     job_info(core, &job).await
+}
+
+/// Cancels a job's scheduled fires that were handed to a worker but have not started (they are
+/// dispatched ahead of their instant), and tells their workers to drop them. Fires still waiting
+/// for a dispatch are cancelled when it comes.
+async fn cancel_handed_fires(core: &Core, job_id: i64, reason: &str) -> AdminResult<()> {
+    let handed = core
+        .store
+        .list_instances(&InstanceFilter {
+            job_id: Some(job_id),
+            status: Some(InstanceStatus::WaitingWorkerReceive),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await?;
+    let now = now_ms();
+    for inst in handed.iter().filter(|i| i.trigger == "schedule") {
+        let guard = InstanceGuard::of(inst);
+        let cancelled = core
+            .store
+            .cas_finish(inst.id, Some(guard), InstanceStatus::Canceled, reason, now)
+            .await?;
+        if let (true, Some(worker_id)) = (cancelled, &inst.worker_id) {
+            publish_stop(core, worker_id, inst.id).await;
+        }
+    }
+    Ok(())
 }
 
 async fn job_enable(core: &Core, JobEnable(r): JobEnable) -> AdminResult<JobInfo> {
@@ -305,6 +335,7 @@ async fn job_delete(core: &Core, JobDelete(r): JobDelete) -> AdminResult<Done> {
             )
             .await?;
     }
+    cancel_handed_fires(core, r.id, "job was deleted").await?;
     Ok(Done {})
 }
 
@@ -397,7 +428,9 @@ async fn job_run(core: &Core, r: JobRun) -> AdminResult<RunStarted> {
 }
 
 async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted> {
-    let job = core.store.job(r.id).await?;
+    // Through the job cache: API runs come in bursts, and a job deleted meanwhile on another
+    // server only means its run is cancelled at dispatch.
+    let job = core.job(r.id).await?;
     if let Route::Owner(owner) = route(core, job.app_id, via).await? {
         return forward(core, &owner, &RemoteCall::JobRun(r)).await;
     }

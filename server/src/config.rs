@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub misfire_threshold: Duration,
     /// How long a worker has to acknowledge a dispatch.
     pub dispatch_timeout: Duration,
+    /// How long before its instant a scheduled fire is handed to its worker, which starts it at
+    /// the instant: the dispatch's cost is paid ahead, so thousands of fires due at one instant
+    /// all start on time. Zero dispatches at the instant.
+    pub dispatch_ahead: Duration,
     /// How long an instance waits for a live worker before it fails.
     pub no_worker_timeout: Duration,
     /// How often the server re-reads which apps it owns. An app another server took over stops
@@ -63,6 +67,7 @@ impl Default for ServerConfig {
             schedule_lookahead: Duration::from_secs(2),
             misfire_threshold: Duration::from_secs(5),
             dispatch_timeout: Duration::from_secs(3),
+            dispatch_ahead: Duration::from_secs(1),
             no_worker_timeout: Duration::from_secs(60),
             ownership_refresh: Duration::from_secs(1),
             presence_interval: Duration::from_secs(5),

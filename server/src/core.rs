@@ -107,6 +107,15 @@ impl Core {
             .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
     }
 
+    /// Puts an instance due at `due_ms` on the timer, `dispatch_ahead` early: a plain instance
+    /// is handed to its worker then and starts at `due_ms`; one that needs care (a concurrency
+    /// limit, a frequent job) waits on the timer again until `due_ms`.
+    pub fn schedule_dispatch(&self, instance_id: i64, due_ms: i64) -> bool {
+        let ahead = i64::try_from(self.config.dispatch_ahead.as_millis()).unwrap_or(0);
+        self.timer
+            .schedule(instance_id, due_ms.saturating_sub(ahead))
+    }
+
     /// Drops a job from the cache after this server changed it.
     pub fn forget_job(&self, id: i64) {
         self.job_cache

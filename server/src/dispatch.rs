@@ -5,6 +5,7 @@
 //! or refuses makes room for the next one; the attempt it may still run is fenced off, since
 //! reports for an old attempt change nothing.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rota_shared::admin::OverlapPolicy;
@@ -21,32 +22,198 @@ use crate::clock::now_ms;
 use crate::core::Core;
 use crate::endpoint::protocol_headers;
 use crate::store::entity::instance;
-use crate::store::{InstanceGuard, Job, StoreError};
+use crate::store::{Handover, InstanceGuard, Job, StoreError};
+use rota_shared::message::WorkerSummary;
 
 /// How long a waiting instance sleeps before it looks for a worker again.
 const RETRY_DISPATCH_MS: i64 = 1_000;
 
-/// Runs the dispatcher: every instance id the timer fires gets its own dispatch task.
+/// Instances the dispatcher takes from the timer at once.
+const BATCH: usize = 512;
+
+/// Runs the dispatcher: the instance ids the timer fires are taken in batches, and each batch
+/// hands its plain instances to workers with one compare-and-set statement.
 pub fn start(core: Arc<Core>, mut fired: mpsc::UnboundedReceiver<i64>) {
     tokio::spawn(async move {
         loop {
-            let id = tokio::select! {
+            let mut ids = Vec::with_capacity(BATCH);
+            let got = tokio::select! {
                 _ = core.shutdown.cancelled() => break,
-                id = fired.recv() => match id { Some(id) => id, None => break },
+                n = fired.recv_many(&mut ids, BATCH) => n,
             };
-            if !core.begin_dispatch(id) {
+            if got == 0 {
+                break;
+            }
+            ids.retain(|id| core.begin_dispatch(*id));
+            if ids.is_empty() {
                 continue;
             }
             let core = core.clone();
-            tokio::spawn(async move {
-                if let Err(e) = dispatch_one(&core, id).await {
-                    tracing::warn!(instance = id, error = %e, "dispatch failed; will retry");
-                    core.timer.schedule(id, now_ms() + RETRY_DISPATCH_MS);
-                }
-                core.end_dispatch(id);
-            });
+            tokio::spawn(async move { dispatch_batch(core, ids).await });
         }
     });
+}
+
+/// Dispatches a batch of fired instances. Those that need care (a concurrency limit, a frequent
+/// job, a deleted or disabled job, no worker) go one by one through [`dispatch_one`]; the rest
+/// are handed over together. Every id in `ids` has been marked with `begin_dispatch`.
+async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
+    let (instances, jobs) = match read_batch(&core, &ids).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::warn!(instances = ids.len(), error = %e, "dispatch failed; will retry");
+            for id in ids {
+                core.timer.schedule(id, now_ms() + RETRY_DISPATCH_MS);
+                core.end_dispatch(id);
+            }
+            return;
+        }
+    };
+    let mut seen: HashSet<i64> = HashSet::with_capacity(instances.len());
+    let mut plain = Vec::new();
+    let now = now_ms();
+    let ahead = ms(core.config.dispatch_ahead);
+    for inst in instances {
+        seen.insert(inst.id);
+        let job = jobs.get(&inst.job_id);
+        let simple = job.filter(|job| {
+            inst.status == InstanceStatus::WaitingDispatch.code()
+                && core.ownership.owns(inst.app_id)
+                && inst.due_at_ms.is_none_or(|due| due <= now + ahead + 5)
+                && (job.enabled || inst.trigger != "schedule")
+                && job.max_instances == 0
+                && !job.schedule.is_frequent()
+        });
+        let candidates = simple.map(|job| core.workers.candidates(job));
+        match (simple, candidates) {
+            (Some(job), Some(candidates)) if !candidates.is_empty() => {
+                plain.push((inst, job.clone(), candidates));
+            }
+            _ => spawn_dispatch_one(core.clone(), inst.id),
+        }
+    }
+    for id in ids.iter().filter(|id| !seen.contains(id)) {
+        // Deleted since it was put on the timer: nothing to do.
+        core.end_dispatch(*id);
+    }
+    if plain.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    let handovers: Vec<Handover<'_>> = plain
+        .iter()
+        .map(|(inst, _, candidates)| Handover {
+            id: inst.id,
+            guard: InstanceGuard::of(inst),
+            worker_id: candidates[0].worker_id.as_str(),
+            start_at_ms: start_at(inst, now),
+        })
+        .collect();
+    let attempts = match core.store.cas_dispatch_many(&handovers, now).await {
+        Ok(attempts) => attempts,
+        Err(e) => {
+            tracing::warn!(instances = plain.len(), error = %e, "dispatch failed; will retry");
+            for (inst, ..) in &plain {
+                core.timer.schedule(inst.id, now_ms() + RETRY_DISPATCH_MS);
+                core.end_dispatch(inst.id);
+            }
+            return;
+        }
+    };
+    drop(handovers);
+    for ((inst, job, candidates), attempt) in plain.into_iter().zip(attempts) {
+        let Some(attempt) = attempt else {
+            // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
+            core.end_dispatch(inst.id);
+            continue;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            let id = inst.id;
+            let start_at_ms = start_at(&inst, now_ms());
+            if let Err(e) = hand_over(&core, &inst, &job, candidates, attempt, start_at_ms).await {
+                tracing::warn!(instance = id, error = %e, "dispatch failed; will retry");
+                core.timer.schedule(id, now_ms() + RETRY_DISPATCH_MS);
+            }
+            core.end_dispatch(id);
+        });
+    }
+}
+
+async fn read_batch(
+    core: &Core,
+    ids: &[i64],
+) -> Result<(Vec<instance::Model>, HashMap<i64, Arc<Job>>), StoreError> {
+    let instances = core.store.instances_by_ids(ids).await?;
+    let job_ids: Vec<i64> = instances.iter().map(|m| m.job_id).collect();
+    let jobs = core.jobs(&job_ids).await?;
+    Ok((instances, jobs))
+}
+
+/// When a plain instance handed over now should start: its due time when that is still ahead
+/// (a scheduled fire dispatched ahead of its instant), else at once.
+fn start_at(inst: &instance::Model, now: i64) -> Option<i64> {
+    inst.due_at_ms.filter(|due| *due > now)
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+fn spawn_dispatch_one(core: Arc<Core>, id: i64) {
+    tokio::spawn(async move {
+        if let Err(e) = dispatch_one(&core, id).await {
+            tracing::warn!(instance = id, error = %e, "dispatch failed; will retry");
+            core.timer.schedule(id, now_ms() + RETRY_DISPATCH_MS);
+        }
+        core.end_dispatch(id);
+    });
+}
+
+/// Sends an instance, already handed to `candidates[0]` as `attempt`, to that worker; when it
+/// does not take it, tries the other candidates in turn and finally puts the instance back to
+/// wait.
+async fn hand_over(
+    core: &Core,
+    inst: &instance::Model,
+    job: &Job,
+    candidates: Vec<WorkerSummary>,
+    attempt: i32,
+    start_at_ms: Option<i64>,
+) -> Result<(), StoreError> {
+    let mut guard = InstanceGuard {
+        status: InstanceStatus::WaitingWorkerReceive,
+        attempt,
+        last_seq: 0,
+    };
+    for (i, worker) in candidates.iter().enumerate() {
+        if i > 0 {
+            let Some(next) = core
+                .store
+                .cas_dispatch(inst.id, guard, &worker.worker_id, now_ms())
+                .await?
+            else {
+                return Ok(());
+            };
+            guard.attempt = next;
+        }
+        let request = dispatch_request(core, inst, job, guard.attempt, start_at_ms);
+        match send_dispatch(core, &worker.worker_id, &request).await {
+            Ok(_) => {
+                tracing::debug!(instance = inst.id, attempt = guard.attempt, worker = %worker.worker_id, "dispatched");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::info!(instance = inst.id, worker = %worker.worker_id, error = %e, "worker did not take the dispatch");
+            }
+        }
+    }
+    // Nobody took it: wait a moment and try again.
+    let due = now_ms() + RETRY_DISPATCH_MS;
+    if core.store.cas_requeue(inst.id, guard, due).await? {
+        core.timer.schedule(inst.id, due);
+    }
+    Ok(())
 }
 
 async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
@@ -153,38 +320,18 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         return Ok(());
     }
 
-    let mut guard = guard;
-    for worker in candidates {
-        let Some(attempt) = core
-            .store
-            .cas_dispatch(id, guard, &worker.worker_id, now_ms())
-            .await?
-        else {
-            // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
-            return Ok(());
-        };
-        guard = InstanceGuard {
-            status: InstanceStatus::WaitingWorkerReceive,
-            attempt,
-            last_seq: 0,
-        };
-        let request = dispatch_request(core, &inst, &job, attempt);
-        match send_dispatch(core, &worker.worker_id, &request).await {
-            Ok(_) => {
-                tracing::debug!(instance = id, attempt, worker = %worker.worker_id, "dispatched");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::info!(instance = id, worker = %worker.worker_id, error = %e, "worker did not take the dispatch");
-            }
-        }
-    }
-    // Nobody took it: wait a moment and try again.
-    let due = now_ms() + RETRY_DISPATCH_MS;
-    if core.store.cas_requeue(id, guard, due).await? {
-        core.timer.schedule(id, due);
-    }
-    Ok(())
+    let Some(first) = candidates.first() else {
+        return Ok(());
+    };
+    let Some(attempt) = core
+        .store
+        .cas_dispatch(id, guard, &first.worker_id, now_ms())
+        .await?
+    else {
+        // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
+        return Ok(());
+    };
+    hand_over(core, &inst, &job, candidates, attempt, None).await
 }
 
 fn dispatch_request(
@@ -192,6 +339,7 @@ fn dispatch_request(
     inst: &instance::Model,
     job: &Job,
     attempt: i32,
+    start_at_ms: Option<i64>,
 ) -> DispatchRequest {
     DispatchRequest {
         server_id: core.id.clone(),
@@ -219,10 +367,8 @@ fn dispatch_request(
             }),
             _ => None,
         },
-        deadline_ms: Some(
-            now_ms()
-                + i64::try_from(core.config.dispatch_timeout.as_millis()).unwrap_or(i64::MAX / 4),
-        ),
+        deadline_ms: Some(now_ms() + ms(core.config.dispatch_timeout)),
+        start_at_ms,
     }
 }
 

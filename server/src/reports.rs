@@ -31,23 +31,47 @@ pub struct Pending {
     pub msg: Message,
 }
 
-pub fn start(core: Arc<Core>) -> mpsc::Sender<Pending> {
-    let (tx, mut rx) = mpsc::channel::<Pending>(16 * BATCH);
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(BATCH);
-        loop {
-            batch.clear();
-            let got = tokio::select! {
-                _ = core.shutdown.cancelled() => break,
-                n = rx.recv_many(&mut batch, BATCH) => n,
-            };
-            if got == 0 {
-                break;
-            }
-            apply_batch(&core, &mut batch).await;
-        }
-    });
-    tx
+/// Report writers working side by side. Each instance's reports always go to the same one, so
+/// they are applied in the order they arrived; the writers' round trips to the database overlap.
+const SHARDS: usize = 4;
+
+/// Where the server's subscription hands decoded reports.
+#[derive(Clone)]
+pub struct ReportQueue {
+    shards: Vec<mpsc::Sender<Pending>>,
+}
+
+impl ReportQueue {
+    /// Queues a report; `false` once the writers have stopped (the server is shutting down).
+    pub async fn send(&self, pending: Pending) -> bool {
+        let shard = pending.report.instance_id.unsigned_abs() as usize % self.shards.len();
+        self.shards[shard].send(pending).await.is_ok()
+    }
+}
+
+pub fn start(core: Arc<Core>) -> ReportQueue {
+    let shards = (0..SHARDS)
+        .map(|_| {
+            let (tx, mut rx) = mpsc::channel::<Pending>(4 * BATCH);
+            let core = core.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(BATCH);
+                loop {
+                    batch.clear();
+                    let got = tokio::select! {
+                        _ = core.shutdown.cancelled() => break,
+                        n = rx.recv_many(&mut batch, BATCH) => n,
+                    };
+                    if got == 0 {
+                        break;
+                    }
+                    apply_batch(&core, &mut batch).await;
+                }
+            });
+            tx
+        })
+        .collect();
+    ReportQueue { shards }
 }
 
 /// The rules of a job; an instance whose job is gone is treated as a plain job without retries.
@@ -224,7 +248,7 @@ async fn decide_alone(core: &Core, report: &StatusReport) -> Result<Verdict, Sto
 /// What follows a stored change: a retry goes on the timer, a final failure raises an alert.
 fn after_update(core: &Core, id: i64, update: &rota_shared::rules::Update, job: Option<&Job>) {
     if let Some(at) = update.retry_at_ms {
-        core.timer.schedule(id, at);
+        core.schedule_dispatch(id, at);
     }
     if update.alert {
         tracing::warn!(

@@ -72,7 +72,7 @@ pub async fn pass(core: &Core) -> Result<(), StoreError> {
         }
         let created = core.store.fire(&plans, now).await?;
         for inst in created {
-            core.timer.schedule(inst.id, inst.expected_trigger_time_ms);
+            core.schedule_dispatch(inst.id, inst.expected_trigger_time_ms);
         }
         for reason in misfires {
             core.repaired(reason, 1);
@@ -89,7 +89,7 @@ pub async fn pass(core: &Core) -> Result<(), StoreError> {
         .waiting_instances(&owned, horizon, WAITING_PER_PASS)
         .await?
     {
-        core.timer.schedule(id, due);
+        core.schedule_dispatch(id, due);
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use crate::core::Core;
 use crate::endpoint::{decode_message, respond};
 use crate::ownership::{Ownership, ensure_owner};
 use crate::registry::WorkerRegistry;
-use crate::reports::{self, Pending};
+use crate::reports::{self, Pending, ReportQueue};
 use crate::service::{self, ServiceHandle};
 use crate::store::{Store, StoreError, apps::hash_secret};
 use crate::{admin, dispatch, reconcile, scheduler, timer};
@@ -266,7 +266,7 @@ async fn serve_concurrently(core: Arc<Core>, mut sub: Subscriber, endpoint: Endp
 
 /// Serves `rota.srv.{me}.*`. Heartbeats, pings and cluster queries are answered from memory at
 /// once; reports and logs go to their batching writers.
-async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: mpsc::Sender<Pending>) {
+async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: ReportQueue) {
     while let Some(msg) = sub.next().await {
         if core
             .subjects
@@ -288,7 +288,7 @@ async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: mpsc::Sender<P
             },
             "status" => match decode_message::<StatusReport>(&msg) {
                 Ok(report) => {
-                    if reports.send(Pending { report, msg }).await.is_err() {
+                    if !reports.send(Pending { report, msg }).await {
                         break;
                     }
                 }

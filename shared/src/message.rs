@@ -244,6 +244,11 @@ pub struct DispatchRequest {
     /// server has handed the instance to someone else by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<i64>,
+    /// Start the processor at this time (the server's clock), not before. A scheduled fire is
+    /// dispatched ahead of its instant so that it starts on time however many fires share that
+    /// instant; the worker holds it, and a stop before then cancels it unstarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_ms: Option<i64>,
 }
 
 /// How a frequent job repeats on its worker.

@@ -61,6 +61,7 @@ impl Deployment {
             schedule_interval: Duration::from_millis(200),
             schedule_lookahead: Duration::from_millis(1500),
             dispatch_timeout: Duration::from_secs(2),
+            dispatch_ahead: Duration::from_millis(500),
             presence_interval: Duration::from_secs(1),
             ownership_refresh: Duration::from_millis(500),
             reconcile_interval: Duration::from_secs(1),

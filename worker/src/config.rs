@@ -32,6 +32,10 @@ pub struct WorkerConfig {
     pub reacquire_interval: Duration,
     /// How often a running instance reports RUNNING.
     pub progress_interval: Duration,
+    /// How long a started instance waits before its first RUNNING report. A processor that ends
+    /// sooner sends its terminal report alone, which halves the reports of short jobs; zero
+    /// reports RUNNING at once.
+    pub running_report_delay: Duration,
     pub log_flush_interval: Duration,
     /// A log batch is sent once this many lines have accumulated.
     pub log_batch_lines: usize,
@@ -59,6 +63,7 @@ impl Default for WorkerConfig {
             heartbeat_interval: Duration::from_secs(10),
             reacquire_interval: Duration::from_secs(10),
             progress_interval: Duration::from_secs(5),
+            running_report_delay: Duration::from_millis(20),
             log_flush_interval: Duration::from_secs(1),
             log_batch_lines: 500,
             log_buffer_lines: 10_000,

@@ -147,5 +147,6 @@ pub(crate) fn test_request(config: &str) -> DispatchRequest {
         expected_trigger_time_ms: None,
         frequent: None,
         deadline_ms: None,
+        start_at_ms: None,
     }
 }

@@ -300,6 +300,7 @@ mod tests {
             expected_trigger_time_ms: None,
             frequent: None,
             deadline_ms: None,
+            start_at_ms: None,
         }
     }
 

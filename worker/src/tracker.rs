@@ -1,6 +1,7 @@
 //! The task tracker: runs one attempt of an instance and reports on it.
 //!
-//! It reports RUNNING at once and then every `progress_interval` (published, with a reply
+//! It holds a dispatch that came ahead of its start time until then, reports RUNNING after
+//! `running_report_delay` (unless the processor ended first) and then every `progress_interval` (published, with a reply
 //! subject so that the server may answer "stop"), runs the processor in a task of its own so that
 //! a panic cannot take the worker down, enforces the timeout, and finally sends the terminal
 //! report as a request, repeated with backoff (and re-acquire) until the owner acknowledges it.
@@ -170,6 +171,20 @@ impl ProgressSink for Tracker {
 
 impl Tracker {
     async fn execute(&self, processor: Arc<dyn Processor>) {
+        if !self.wait_for_start().await {
+            // Stopped before it started: the processor never runs.
+            let (status, result) = verdict(self.state.cause(), Outcome::Abandoned);
+            self.state.finish(status);
+            info!(
+                instance = self.req.instance_id,
+                attempt = self.req.attempt,
+                %status,
+                "ended before its start time: {result}"
+            );
+            let report = self.report(status, Some(result), None, false);
+            self.send_terminal(report).await;
+            return;
+        }
         if let Some(frequent) = self.req.frequent {
             return self.execute_frequent(frequent, processor).await;
         }
@@ -180,7 +195,15 @@ impl Tracker {
             processor = %self.req.processor,
             "running"
         );
-        self.send_progress().await;
+        // The first RUNNING report waits a moment: a processor that ends by then is reported
+        // once, by its terminal report (which starts the run on the server just the same).
+        let first_report = tokio::time::sleep(config.running_report_delay);
+        tokio::pin!(first_report);
+        let mut first_reported = false;
+        if config.running_report_delay.is_zero() {
+            first_reported = true;
+            self.send_progress().await;
+        }
 
         let ctx = TaskContext::new(
             &self.req,
@@ -214,6 +237,10 @@ impl Tracker {
                 () = &mut timeout, if !timed_out => {
                     timed_out = true;
                     self.state.stop(StopCause::Timeout(self.req.timeout_ms));
+                }
+                () = &mut first_report, if !first_reported => {
+                    first_reported = true;
+                    self.send_progress().await;
                 }
                 _ = progress.tick() => self.send_progress().await,
             }
@@ -284,6 +311,24 @@ impl Tracker {
         self.flush_logs().await;
         let report = self.report(status, Some(result), Some(runs), alert);
         self.send_terminal(report).await;
+    }
+
+    /// Holds a dispatch that came ahead of its start time until then. `false` when it was
+    /// stopped (or the worker began shutting down) while it waited.
+    async fn wait_for_start(&self) -> bool {
+        let Some(start_at) = self.req.start_at_ms else {
+            return true;
+        };
+        let wait = start_at.saturating_sub(now_ms());
+        if wait <= 0 {
+            return true;
+        }
+        let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+        tokio::select! {
+            biased;
+            () = self.state.token().cancelled() => false,
+            () = tokio::time::sleep(wait) => true,
+        }
     }
 
     /// Sends the instance's log before its terminal report, so that whoever sees the instance

@@ -183,6 +183,7 @@ mod over_nats {
             expected_trigger_time_ms: None,
             frequent,
             deadline_ms: Some(deadline_ms),
+            start_at_ms: None,
         }
     }
 

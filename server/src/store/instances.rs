@@ -10,6 +10,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
+use super::bulk::{self, Cell};
 use super::entity::{instance, job};
 use super::{Store, StoreError, StoreResult};
 
@@ -42,6 +43,16 @@ pub struct NewInstance {
     pub trigger: &'static str,
     pub params: Option<String>,
     pub due_at_ms: i64,
+}
+
+/// An instance to hand to a worker ([`Store::cas_dispatch_many`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Handover<'a> {
+    pub id: i64,
+    pub guard: InstanceGuard,
+    pub worker_id: &'a str,
+    /// When the worker is to start it, if later than now.
+    pub start_at_ms: Option<i64>,
 }
 
 /// The state a compare-and-set expects to find.
@@ -148,16 +159,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let txn = self.write_txn().await?;
+        let advanced = advance_jobs(&txn, plans).await?;
         let mut rows = Vec::new();
         let mut wanted: HashSet<(i64, i64)> = HashSet::new();
         for plan in plans {
-            let advanced = job::Entity::update_many()
-                .col_expr(job::Column::NextTriggerTimeMs, Expr::value(plan.new_next))
-                .filter(job::Column::Id.eq(plan.job_id))
-                .filter(job::Column::NextTriggerTimeMs.eq(plan.old_next))
-                .exec(&txn)
-                .await?;
-            if advanced.rows_affected != 1 {
+            if !advanced.contains(&plan.job_id) {
                 continue;
             }
             for &fire in &plan.fires {
@@ -442,25 +448,7 @@ impl Store {
         worker_id: &str,
         now_ms: i64,
     ) -> StoreResult<Option<i32>> {
-        let attempt = guard.attempt + 1;
-        let res = guarded(instance::Entity::update_many(), id, guard)
-            .col_expr(
-                instance::Column::Status,
-                Expr::value(InstanceStatus::WaitingWorkerReceive.code()),
-            )
-            .col_expr(instance::Column::Attempt, Expr::value(attempt))
-            .col_expr(instance::Column::WorkerId, Expr::value(worker_id))
-            .col_expr(instance::Column::LastSeq, Expr::value(0i64))
-            // The previous attempt's result (a failure reason) does not describe this one.
-            .col_expr(
-                instance::Column::Result,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(instance::Column::DueAtMs, Expr::value(Option::<i64>::None))
-            .col_expr(instance::Column::LastReportAtMs, Expr::value(now_ms))
-            .exec(self.conn())
-            .await?;
-        Ok((res.rows_affected == 1).then_some(attempt))
+        dispatch_one(self.conn(), id, guard, worker_id, now_ms).await
     }
 
     /// Puts an instance whose dispatch found no taker back to WAITING_DISPATCH, due at `due_at_ms`.
@@ -509,8 +497,9 @@ impl Store {
         Ok(q.exec(self.conn()).await?.rows_affected == 1)
     }
 
-    /// Applies status-report updates in one transaction, each a compare-and-set on the state it
-    /// was computed from. Returns, per update, whether it applied.
+    /// Applies status-report updates, each a compare-and-set on the state it was computed from,
+    /// in one statement where the backend allows (one transaction of one statement each on
+    /// MySQL). Returns, per update, whether it applied.
     pub async fn apply_updates(
         &self,
         updates: &[(i64, InstanceGuard, Update)],
@@ -518,6 +507,45 @@ impl Store {
     ) -> StoreResult<Vec<bool>> {
         if updates.is_empty() {
             return Ok(Vec::new());
+        }
+        if bulk::supported(self.conn().get_database_backend()) {
+            let rows: Vec<Vec<Cell<'_>>> = updates
+                .iter()
+                .map(|(id, g, u)| {
+                    vec![
+                        Cell::Int(*id),
+                        Cell::Int(i64::from(g.status.code())),
+                        Cell::Int(i64::from(g.attempt)),
+                        Cell::Int(g.last_seq),
+                        Cell::Int(i64::from(u.status.code())),
+                        Cell::Int(u.last_seq),
+                        Cell::Int(u.runs),
+                        Cell::Text(u.result.as_deref()),
+                        Cell::OptInt(u.started_at_ms),
+                        Cell::OptInt(u.finished_at_ms),
+                        Cell::OptInt(u.retry_at_ms),
+                    ]
+                })
+                .collect();
+            // A retry (column 11) goes back to WAITING_DISPATCH with no current worker.
+            let set = format!(
+                "status = v.column5, last_seq = v.column6, runs = v.column7, \
+                 last_report_at_ms = {now_ms}, \
+                 result = COALESCE(v.column8, instance.result), \
+                 started_at_ms = COALESCE(v.column9, instance.started_at_ms), \
+                 finished_at_ms = COALESCE(v.column10, instance.finished_at_ms), \
+                 due_at_ms = COALESCE(v.column11, instance.due_at_ms), \
+                 worker_id = CASE WHEN v.column11 IS NULL THEN instance.worker_id ELSE NULL END"
+            );
+            let changed: HashSet<i64> =
+                bulk::update_returning_ids(self.conn(), "instance", &set, GUARD_MATCHES, &rows)
+                    .await?
+                    .into_iter()
+                    .collect();
+            return Ok(updates
+                .iter()
+                .map(|(id, ..)| changed.contains(id))
+                .collect());
         }
         let txn = self.write_txn().await?;
         let mut applied = Vec::with_capacity(updates.len());
@@ -527,6 +555,140 @@ impl Store {
         txn.commit().await?;
         Ok(applied)
     }
+
+    /// Hands many instances to workers at once, each as [`Store::cas_dispatch`] does: one
+    /// statement where the backend allows. Returns, per hand-over, the new attempt or `None`
+    /// when its guard did not match. The ids must be distinct.
+    ///
+    /// A hand-over that starts later counts its wait for an acknowledgement from its start:
+    /// `last_report_at_ms` is the later of now and the start.
+    pub async fn cas_dispatch_many(
+        &self,
+        handovers: &[Handover<'_>],
+        now_ms: i64,
+    ) -> StoreResult<Vec<Option<i32>>> {
+        let since = |h: &Handover<'_>| {
+            h.start_at_ms
+                .map_or(now_ms, |at| std::cmp::Ord::max(at, now_ms))
+        };
+        if !bulk::supported(self.conn().get_database_backend()) {
+            let txn = self.write_txn().await?;
+            let mut out = Vec::with_capacity(handovers.len());
+            for h in handovers {
+                out.push(dispatch_one(&txn, h.id, h.guard, h.worker_id, since(h)).await?);
+            }
+            txn.commit().await?;
+            return Ok(out);
+        }
+        let rows: Vec<Vec<Cell<'_>>> = handovers
+            .iter()
+            .map(|h| {
+                vec![
+                    Cell::Int(h.id),
+                    Cell::Int(i64::from(h.guard.status.code())),
+                    Cell::Int(i64::from(h.guard.attempt)),
+                    Cell::Int(h.guard.last_seq),
+                    Cell::Text(Some(h.worker_id)),
+                    Cell::Int(since(h)),
+                ]
+            })
+            .collect();
+        let set = format!(
+            "status = {status}, attempt = instance.attempt + 1, worker_id = v.column5, \
+             last_seq = 0, result = NULL, due_at_ms = NULL, last_report_at_ms = v.column6",
+            status = InstanceStatus::WaitingWorkerReceive.code()
+        );
+        let changed: HashSet<i64> =
+            bulk::update_returning_ids(self.conn(), "instance", &set, GUARD_MATCHES, &rows)
+                .await?
+                .into_iter()
+                .collect();
+        Ok(handovers
+            .iter()
+            .map(|h| changed.contains(&h.id).then_some(h.guard.attempt + 1))
+            .collect())
+    }
+}
+
+/// The `WHERE` of a bulk compare-and-set whose rows start with id, status, attempt, last_seq.
+const GUARD_MATCHES: &str = "instance.id = v.column1 AND instance.status = v.column2 \
+     AND instance.attempt = v.column3 AND instance.last_seq = v.column4";
+
+/// Moves each plan's job from `old_next` to `new_next` where it still reads `old_next`, in one
+/// statement where the backend allows. Returns the jobs moved.
+async fn advance_jobs(
+    conn: &impl ConnectionTrait,
+    plans: &[FirePlan],
+) -> StoreResult<HashSet<i64>> {
+    let distinct = plans.iter().map(|p| p.job_id).collect::<HashSet<_>>().len() == plans.len();
+    if distinct && bulk::supported(conn.get_database_backend()) {
+        let rows: Vec<Vec<Cell<'_>>> = plans
+            .iter()
+            .map(|p| {
+                vec![
+                    Cell::Int(p.job_id),
+                    Cell::Int(p.old_next),
+                    Cell::OptInt(p.new_next),
+                ]
+            })
+            .collect();
+        let mut moved = HashSet::with_capacity(plans.len());
+        // Bounded statements: a pass over 100,000 due jobs is not one statement.
+        for chunk in rows.chunks(2_000) {
+            moved.extend(
+                bulk::update_returning_ids(
+                    conn,
+                    "job",
+                    "next_trigger_time_ms = v.column3",
+                    "job.id = v.column1 AND job.next_trigger_time_ms = v.column2",
+                    chunk,
+                )
+                .await?,
+            );
+        }
+        return Ok(moved);
+    }
+    let mut moved = HashSet::with_capacity(plans.len());
+    for plan in plans {
+        let advanced = job::Entity::update_many()
+            .col_expr(job::Column::NextTriggerTimeMs, Expr::value(plan.new_next))
+            .filter(job::Column::Id.eq(plan.job_id))
+            .filter(job::Column::NextTriggerTimeMs.eq(plan.old_next))
+            .exec(conn)
+            .await?;
+        if advanced.rows_affected == 1 {
+            moved.insert(plan.job_id);
+        }
+    }
+    Ok(moved)
+}
+
+async fn dispatch_one(
+    conn: &impl ConnectionTrait,
+    id: i64,
+    guard: InstanceGuard,
+    worker_id: &str,
+    now_ms: i64,
+) -> StoreResult<Option<i32>> {
+    let attempt = guard.attempt + 1;
+    let res = guarded(instance::Entity::update_many(), id, guard)
+        .col_expr(
+            instance::Column::Status,
+            Expr::value(InstanceStatus::WaitingWorkerReceive.code()),
+        )
+        .col_expr(instance::Column::Attempt, Expr::value(attempt))
+        .col_expr(instance::Column::WorkerId, Expr::value(worker_id))
+        .col_expr(instance::Column::LastSeq, Expr::value(0i64))
+        // The previous attempt's result (a failure reason) does not describe this one.
+        .col_expr(
+            instance::Column::Result,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(instance::Column::DueAtMs, Expr::value(Option::<i64>::None))
+        .col_expr(instance::Column::LastReportAtMs, Expr::value(now_ms))
+        .exec(conn)
+        .await?;
+    Ok((res.rows_affected == 1).then_some(attempt))
 }
 
 async fn apply_one(

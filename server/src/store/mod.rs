@@ -7,13 +7,14 @@
 pub mod entity;
 
 pub mod apps;
+mod bulk;
 mod instances;
 mod jobs;
 mod logs;
 mod servers;
 
 pub use instances::{
-    FirePlan, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance, rule_state,
+    FirePlan, Handover, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance, rule_state,
 };
 pub use jobs::Job;
 
