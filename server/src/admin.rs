@@ -446,7 +446,11 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
             due_at_ms: due,
         })
         .await?;
-    core.timer.schedule(inst.id, due);
+    if due <= now {
+        core.timer.fire_now(inst.id);
+    } else {
+        core.timer.schedule(inst.id, due);
+    }
     Ok(RunStarted {
         instance_id: inst.id,
     })

@@ -41,11 +41,24 @@ pub struct ReportQueue {
     shards: Vec<mpsc::Sender<Pending>>,
 }
 
+/// What became of a report handed to the queue.
+pub enum Queued {
+    Accepted,
+    /// Its writer is behind: the report is handed back to be refused, so that the subscription
+    /// never waits (heartbeats share it) and the worker sends the report again later.
+    Full(Box<Pending>),
+    /// The writers have stopped: the server is shutting down.
+    Closed,
+}
+
 impl ReportQueue {
-    /// Queues a report; `false` once the writers have stopped (the server is shutting down).
-    pub async fn send(&self, pending: Pending) -> bool {
+    pub fn push(&self, pending: Pending) -> Queued {
         let shard = pending.report.instance_id.unsigned_abs() as usize % self.shards.len();
-        self.shards[shard].send(pending).await.is_ok()
+        match self.shards[shard].try_send(pending) {
+            Ok(()) => Queued::Accepted,
+            Err(mpsc::error::TrySendError::Full(pending)) => Queued::Full(Box::new(pending)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Closed,
+        }
     }
 }
 

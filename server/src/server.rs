@@ -21,7 +21,7 @@ use crate::core::Core;
 use crate::endpoint::{decode_message, respond};
 use crate::ownership::{Ownership, ensure_owner};
 use crate::registry::WorkerRegistry;
-use crate::reports::{self, Pending, ReportQueue};
+use crate::reports::{self, Pending, Queued, ReportQueue};
 use crate::service::{self, ServiceHandle};
 use crate::store::{Store, StoreError, apps::hash_secret};
 use crate::{admin, dispatch, reconcile, scheduler, timer};
@@ -287,11 +287,17 @@ async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: ReportQueue) {
                 Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
             },
             "status" => match decode_message::<StatusReport>(&msg) {
-                Ok(report) => {
-                    if !reports.send(Pending { report, msg }).await {
-                        break;
+                Ok(report) => match reports.push(Pending { report, msg }) {
+                    Queued::Accepted => {}
+                    Queued::Full(pending) => {
+                        let busy = ErrorBody::new(
+                            ErrorCode::Unavailable,
+                            "the server is behind on status reports; send it again",
+                        );
+                        respond::<()>(&core.client, &pending.msg, Err(busy)).await;
                     }
-                }
+                    Queued::Closed => break,
+                },
                 Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
             },
             "logs" => {

@@ -21,6 +21,8 @@ pub struct TimerHandle {
     tx: mpsc::UnboundedSender<(i64, i64)>,
     /// The instances on the timer now.
     queued: Arc<Mutex<HashSet<i64>>>,
+    /// The dispatcher's input, for instances due now.
+    fired: mpsc::UnboundedSender<i64>,
 }
 
 impl TimerHandle {
@@ -36,6 +38,12 @@ impl TimerHandle {
         let _ = self.tx.send((instance_id, due_ms));
         added
     }
+
+    /// Hands an instance due now straight to the dispatcher, past the timer task.
+    pub fn fire_now(&self, instance_id: i64) {
+        // The dispatcher only goes away at shutdown.
+        let _ = self.fired.send(instance_id);
+    }
 }
 
 /// Starts the timer task; due instance ids come out of `fired`.
@@ -43,6 +51,7 @@ pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> 
     let (tx, mut rx) = mpsc::unbounded_channel::<(i64, i64)>();
     let queued: Arc<Mutex<HashSet<i64>>> = Arc::default();
     let fired_ids = queued.clone();
+    let direct = fired.clone();
     tokio::spawn(async move {
         let mut queue: DelayQueue<i64> = DelayQueue::new();
         let mut keys: HashMap<i64, Key> = HashMap::new();
@@ -66,5 +75,9 @@ pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> 
             }
         }
     });
-    TimerHandle { tx, queued }
+    TimerHandle {
+        tx,
+        queued,
+        fired: direct,
+    }
 }

@@ -48,8 +48,10 @@ async fn deployment(ahead: Duration, starts: Starts) -> anyhow::Result<Deploymen
     config.schedule_lookahead = ahead + Duration::from_secs(1);
     d.start_server_with(config).await?;
     d.create_app("app").await?;
-    d.start_worker(d.worker_config("app", "w1"), recording(starts))
-        .await?;
+    // Fires held for their instant take a slot each: room for all of them.
+    let mut worker = d.worker_config("app", "w1");
+    worker.capacity = 100;
+    d.start_worker(worker, recording(starts)).await?;
     Ok(d)
 }
 
