@@ -37,6 +37,10 @@ enum Scenario {
         rate: u32,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Load offered first, at the same rate, and left out of the figures: the database
+        /// pool's connections and their prepared statements are made then.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
     },
     /// The highest sustained rate of no-op instances completed end to end.
     Throughput {
@@ -102,7 +106,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let env = scenarios::Env { backend, rota_bin };
     let result = match cli.scenario {
-        Scenario::Latency { rate, seconds } => scenarios::latency(&env, rate, seconds).await?,
+        Scenario::Latency {
+            rate,
+            seconds,
+            warmup,
+        } => scenarios::latency(&env, rate, seconds, warmup).await?,
         Scenario::Throughput { seconds, in_flight } => {
             scenarios::throughput(&env, seconds, in_flight).await?
         }

@@ -180,19 +180,25 @@ async fn noop_stand(
     Ok((stand, starts, job))
 }
 
-pub async fn latency(env: &Env, rate: u32, seconds: u64) -> anyhow::Result<Value> {
+pub async fn latency(env: &Env, rate: u32, seconds: u64, warmup: u64) -> anyhow::Result<Value> {
     let (stand, starts, job) = noop_stand(env, None).await?;
 
     // Offered load: one trigger every 1/rate s on a fixed schedule, each in its own task so a
-    // slow answer does not hold up the next trigger.
+    // slow answer does not hold up the next trigger. The first `warmup` seconds' triggers are
+    // not measured.
     let triggers: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let unmeasured = u64::from(rate) * warmup;
     let total = u64::from(rate) * seconds;
-    let began = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for _ in 0..total {
+    let mut tasks = Vec::with_capacity((unmeasured + total) as usize);
+    let mut began = Instant::now();
+    for n in 0..unmeasured + total {
         ticker.tick().await;
+        if n == unmeasured {
+            began = Instant::now();
+        }
+        let measured = n >= unmeasured;
         let (admin, triggers) = (stand.admin.clone(), triggers.clone());
         tasks.push(tokio::spawn(async move {
             let t0 = now_us();
@@ -201,7 +207,7 @@ pub async fn latency(env: &Env, rate: u32, seconds: u64) -> anyhow::Result<Value
                 params: None,
                 delay_ms: 0,
             };
-            if let Ok(started) = admin.call(&run).await {
+            if let (Ok(started), true) = (admin.call(&run).await, measured) {
                 triggers
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -240,6 +246,7 @@ pub async fn latency(env: &Env, rate: u32, seconds: u64) -> anyhow::Result<Value
         "scenario": "latency",
         "db": env.backend.to_string(),
         "offered_rate_per_s": rate,
+        "warmup_seconds": warmup,
         "achieved_rate_per_s": triggers.len() as f64 / offered_for.as_secs_f64(),
         "instances": triggers.len(),
         "succeeded": succeeded,

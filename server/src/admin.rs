@@ -10,7 +10,7 @@ use rota_shared::{ErrorBody, ErrorCode, InstanceStatus};
 
 use crate::clock::now_ms;
 use crate::core::Core;
-use crate::dispatch::{publish_stop, send_stop};
+use crate::dispatch::{Handed, publish_stop, send_stop};
 use crate::endpoint::{decode_message, protocol_headers, respond};
 use crate::ownership::ensure_owner;
 use crate::store::entity::{app, instance};
@@ -436,6 +436,11 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
     }
     let now = now_ms();
     let due = now.saturating_add(i64::try_from(r.delay_ms).unwrap_or(i64::MAX / 2));
+    // A run due now of a job without a concurrency limit is created already handed to a
+    // worker: one statement instead of an insert and a dispatch compare-and-set.
+    let candidates = (due <= now && job.max_instances == 0 && !job.schedule.is_frequent())
+        .then(|| core.workers.candidates(&job))
+        .filter(|c| !c.is_empty());
     let inst = core
         .inserts
         .insert(NewInstance {
@@ -444,16 +449,27 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
             trigger: "api",
             params: r.params,
             due_at_ms: due,
+            handed_to: candidates.as_ref().map(|c| c[0].worker_id.clone()),
         })
         .await?;
-    if due <= now {
-        core.timer.fire_now(inst.id);
-    } else {
-        core.timer.schedule(inst.id, due);
+    let id = inst.id;
+    match candidates {
+        Some(candidates) => {
+            let handed = Handed {
+                inst,
+                job,
+                candidates,
+            };
+            if core.handed.send(handed).is_err() {
+                return Err(ErrorBody::new(ErrorCode::Unavailable, "server is stopping"));
+            }
+        }
+        None if due <= now => core.timer.fire_now(id),
+        None => {
+            core.timer.schedule(id, due);
+        }
     }
-    Ok(RunStarted {
-        instance_id: inst.id,
-    })
+    Ok(RunStarted { instance_id: id })
 }
 
 // === Instances ===
@@ -612,6 +628,7 @@ async fn instance_retry_via(core: &Core, r: InstanceId, via: Via) -> AdminResult
                 trigger: "retry",
                 params: inst.instance_params,
                 due_at_ms: now,
+                handed_to: None,
             },
             now,
         )

@@ -32,6 +32,8 @@ pub struct Core {
     pub timer: TimerHandle,
     /// Creates API runs' instances in batches.
     pub inserts: crate::inserts::InsertQueue,
+    /// API runs created already handed to a worker go here, for the dispatcher to send.
+    pub handed: tokio::sync::mpsc::UnboundedSender<crate::dispatch::Handed>,
     /// Instances a dispatch task is working on now, so that the timer and the waiting scan
     /// never run two dispatches of one instance in this process.
     pub dispatching: Mutex<HashSet<i64>>,

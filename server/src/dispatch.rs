@@ -31,14 +31,32 @@ const RETRY_DISPATCH_MS: i64 = 1_000;
 /// Instances the dispatcher takes from the timer at once.
 const BATCH: usize = 512;
 
+/// An instance created already handed to a worker (an API run of a plain job, due now): only
+/// the dispatch request is left to send.
+pub struct Handed {
+    pub inst: instance::Model,
+    pub job: Arc<Job>,
+    /// The worker it was handed to first, then the others to try.
+    pub candidates: Vec<WorkerSummary>,
+}
+
 /// Runs the dispatcher: the instance ids the timer fires are taken in batches, and each batch
-/// hands its plain instances to workers with one compare-and-set statement.
-pub fn start(core: Arc<Core>, mut fired: mpsc::UnboundedReceiver<i64>) {
+/// hands its plain instances to workers with one compare-and-set statement. Instances created
+/// already handed over only have their request sent.
+pub fn start(
+    core: Arc<Core>,
+    mut fired: mpsc::UnboundedReceiver<i64>,
+    mut handed: mpsc::UnboundedReceiver<Handed>,
+) {
     tokio::spawn(async move {
         loop {
             let mut ids = Vec::with_capacity(BATCH);
             let got = tokio::select! {
                 _ = core.shutdown.cancelled() => break,
+                Some(h) = handed.recv() => {
+                    spawn_hand_over(core.clone(), h);
+                    continue;
+                }
                 n = fired.recv_many(&mut ids, BATCH) => n,
             };
             if got == 0 {
@@ -158,6 +176,21 @@ fn start_at(inst: &instance::Model, now: i64) -> Option<i64> {
 
 fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+fn spawn_hand_over(core: Arc<Core>, h: Handed) {
+    let id = h.inst.id;
+    if !core.begin_dispatch(id) {
+        return;
+    }
+    tokio::spawn(async move {
+        let attempt = h.inst.attempt;
+        if let Err(e) = hand_over(&core, &h.inst, &h.job, h.candidates, attempt, None).await {
+            // It stays WAITING_WORKER_RECEIVE; reconcile dispatches it again.
+            tracing::warn!(instance = id, error = %e, "dispatch failed");
+        }
+        core.end_dispatch(id);
+    });
 }
 
 fn spawn_dispatch_one(core: Arc<Core>, id: i64) {

@@ -151,6 +151,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
                     trigger: "schedule",
                     params: None,
                     due_at_ms: now,
+                    handed_to: None,
                 },
                 now,
             )

@@ -31,10 +31,6 @@ pub struct Pending {
     pub msg: Message,
 }
 
-/// Report writers working side by side. Each instance's reports always go to the same one, so
-/// they are applied in the order they arrived; the writers' round trips to the database overlap.
-const SHARDS: usize = 4;
-
 /// Where the server's subscription hands decoded reports.
 #[derive(Clone)]
 pub struct ReportQueue {
@@ -63,7 +59,9 @@ impl ReportQueue {
 }
 
 pub fn start(core: Arc<Core>) -> ReportQueue {
-    let shards = (0..SHARDS)
+    // Report writers working side by side where the database allows. Each instance's reports
+    // always go to the same one, so they are applied in the order they arrived.
+    let shards = (0..core.store.parallel_writers())
         .map(|_| {
             let (tx, mut rx) = mpsc::channel::<Pending>(4 * BATCH);
             let core = core.clone();

@@ -111,6 +111,7 @@ impl Server {
 
         let shutdown = CancellationToken::new();
         let (fired_tx, fired_rx) = mpsc::unbounded_channel();
+        let (handed_tx, handed_rx) = mpsc::unbounded_channel();
         let inserts = crate::inserts::InsertQueue::start(store.clone(), shutdown.clone());
         let timer = timer::start(fired_tx, shutdown.clone());
         let core = Arc::new(Core {
@@ -124,6 +125,7 @@ impl Server {
             ownership: Ownership::default(),
             timer,
             inserts,
+            handed: handed_tx,
             dispatching: Default::default(),
             job_slots: Default::default(),
             repairs: Default::default(),
@@ -148,7 +150,7 @@ impl Server {
         round_trip(&client).await?;
 
         let reports_tx = reports::start(core.clone());
-        dispatch::start(core.clone(), fired_rx);
+        dispatch::start(core.clone(), fired_rx, handed_rx);
         let token = &core.shutdown;
         let services = vec![
             service::spawn(

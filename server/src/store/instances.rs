@@ -43,6 +43,9 @@ pub struct NewInstance {
     pub trigger: &'static str,
     pub params: Option<String>,
     pub due_at_ms: i64,
+    /// Created already handed to this worker as attempt 1 (WAITING_WORKER_RECEIVE): a run due
+    /// now skips the separate dispatch compare-and-set.
+    pub handed_to: Option<String>,
 }
 
 /// An instance to hand to a worker ([`Store::cas_dispatch_many`]).
@@ -75,23 +78,29 @@ impl InstanceGuard {
 
 /// The row of an instance created outside the schedule.
 fn new_row(new: NewInstance, now_ms: i64) -> instance::ActiveModel {
+    let handed = new.handed_to.is_some();
+    let status = if handed {
+        InstanceStatus::WaitingWorkerReceive
+    } else {
+        InstanceStatus::WaitingDispatch
+    };
     instance::ActiveModel {
         job_id: Set(new.job_id),
         app_id: Set(new.app_id),
-        status: Set(InstanceStatus::WaitingDispatch.code()),
+        status: Set(status.code()),
         trigger: Set(new.trigger.to_owned()),
         expected_trigger_time_ms: Set(None),
         instance_params: Set(new.params),
-        attempt: Set(0),
+        attempt: Set(i32::from(handed)),
         runs: Set(0),
-        worker_id: Set(None),
+        worker_id: Set(new.handed_to),
         last_seq: Set(0),
         result: Set(None),
         created_at_ms: Set(now_ms),
         started_at_ms: Set(None),
         finished_at_ms: Set(None),
-        due_at_ms: Set(Some(new.due_at_ms)),
-        last_report_at_ms: Set(None),
+        due_at_ms: Set((!handed).then_some(new.due_at_ms)),
+        last_report_at_ms: Set(handed.then_some(now_ms)),
         ..Default::default()
     }
 }

@@ -94,7 +94,8 @@ impl Store {
                         .create_if_missing(true)
                 });
         } else {
-            opts.max_connections(16).min_connections(1);
+            // A few connections are kept open, so that a burst does not wait for new ones.
+            opts.max_connections(16).min_connections(4);
         }
         let db = Database::connect(opts).await?;
         Migrator::up(&db, None).await?;
@@ -110,6 +111,15 @@ impl Store {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
         };
         Ok(self.db.begin_with_options(options).await?)
+    }
+
+    /// How many writers can usefully work side by side: SQLite has one write lock, so more
+    /// would only queue on it.
+    pub fn parallel_writers(&self) -> usize {
+        match self.db.get_database_backend() {
+            sea_orm::DbBackend::Sqlite => 1,
+            _ => 4,
+        }
     }
 
     /// Checks that the database answers.
