@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use rota_server::store::{FirePlan, InstanceGuard, Job, NewInstance, Store};
+use rota_server::store::{FirePlan, Handover, InstanceGuard, Job, NewInstance, Store};
 use rota_shared::InstanceStatus;
 use rota_shared::rules::Update;
 use rota_tests::cluster::shell_job;
@@ -154,6 +154,7 @@ async fn a_batched_insert_returns_each_instance_in_the_order_given() -> anyhow::
             trigger: "api",
             params: Some(format!("p{i}")),
             due_at_ms: i,
+            handed_to: None,
         })
         .collect();
     let models = store.insert_instances(news, 0).await?;
@@ -166,5 +167,203 @@ async fn a_batched_insert_returns_each_instance_in_the_order_given() -> anyhow::
             m.instance_params
         );
     }
+    Ok(())
+}
+
+/// `n` WAITING_DISPATCH instances of `job`.
+async fn waiting(store: &Store, job: &Job, n: usize) -> anyhow::Result<Vec<i64>> {
+    let news = (0..n)
+        .map(|_| NewInstance {
+            job_id: job.id,
+            app_id: job.app_id,
+            trigger: "api",
+            params: None,
+            due_at_ms: 0,
+            handed_to: None,
+        })
+        .collect();
+    Ok(store
+        .insert_instances(news, 0)
+        .await?
+        .iter()
+        .map(|m| m.id)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_batched_dispatches_hand_each_attempt_to_one_worker() -> anyhow::Result<()> {
+    let (_db, store, job) = setup().await?;
+    let ids = waiting(&store, &job, 50).await?;
+    let guard = InstanceGuard {
+        status: InstanceStatus::WaitingDispatch,
+        attempt: 0,
+        last_seq: 0,
+    };
+    let mut racers = Vec::new();
+    for n in 0..RACERS {
+        let (store, ids) = (store.clone(), ids.clone());
+        racers.push(tokio::spawn(async move {
+            let worker = format!("w{n}");
+            let handovers: Vec<Handover<'_>> = ids
+                .iter()
+                .map(|id| Handover {
+                    id: *id,
+                    guard,
+                    worker_id: &worker,
+                    start_at_ms: None,
+                })
+                .collect();
+            let won = store.cas_dispatch_many(&handovers, 7).await?;
+            anyhow::Ok((worker.clone(), won))
+        }));
+    }
+    let mut winner_of = std::collections::HashMap::new();
+    for racer in racers {
+        let (worker, won) = racer.await??;
+        assert_eq!(won.len(), ids.len());
+        for (id, attempt) in ids.iter().zip(won) {
+            if let Some(attempt) = attempt {
+                assert_eq!(attempt, 1);
+                let earlier = winner_of.insert(*id, worker.clone());
+                assert!(
+                    earlier.is_none(),
+                    "instance {id} handed to {earlier:?} and {worker}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        winner_of.len(),
+        ids.len(),
+        "an instance was handed to nobody"
+    );
+    for id in &ids {
+        let m = store.instance(*id).await?;
+        assert_eq!(m.status, InstanceStatus::WaitingWorkerReceive.code());
+        assert_eq!((m.attempt, m.last_report_at_ms), (1, Some(7)));
+        assert_eq!(m.worker_id.as_ref(), winner_of.get(id));
+    }
+
+    // A later start counts as the dispatch time; a stale guard in the same batch changes
+    // nothing.
+    let fresh = waiting(&store, &job, 1).await?[0];
+    let handovers = [
+        Handover {
+            id: fresh,
+            guard,
+            worker_id: "w9",
+            start_at_ms: Some(500),
+        },
+        Handover {
+            id: ids[0],
+            guard,
+            worker_id: "w9",
+            start_at_ms: None,
+        },
+    ];
+    let won = store.cas_dispatch_many(&handovers, 100).await?;
+    assert_eq!(won, vec![Some(1), None]);
+    assert_eq!(store.instance(fresh).await?.last_report_at_ms, Some(500));
+    assert_eq!(
+        store.instance(ids[0]).await?.worker_id.as_ref(),
+        winner_of.get(&ids[0])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_report_write_applies_only_the_rows_whose_guard_holds() -> anyhow::Result<()> {
+    let (_db, store, job) = setup().await?;
+    let ids = waiting(&store, &job, 3).await?;
+    let mut guards = Vec::new();
+    for id in &ids {
+        let m = store.instance(*id).await?;
+        store
+            .cas_dispatch(*id, InstanceGuard::of(&m), "w1", 0)
+            .await?;
+        guards.push(InstanceGuard::of(&store.instance(*id).await?));
+    }
+    let succeeded = Update {
+        status: InstanceStatus::Succeeded,
+        last_seq: 1,
+        runs: 1,
+        result: Some("done".into()),
+        started_at_ms: Some(10),
+        finished_at_ms: Some(11),
+        retry_at_ms: None,
+        alert: false,
+    };
+    let retry = Update {
+        status: InstanceStatus::WaitingDispatch,
+        result: None,
+        finished_at_ms: None,
+        retry_at_ms: Some(99),
+        ..succeeded.clone()
+    };
+    let stale = InstanceGuard {
+        attempt: guards[1].attempt + 1,
+        ..guards[1]
+    };
+    let applied = store
+        .apply_updates(
+            &[
+                (ids[0], guards[0], succeeded.clone()),
+                (ids[1], stale, succeeded.clone()),
+                (ids[2], guards[2], retry),
+            ],
+            12,
+        )
+        .await?;
+    assert_eq!(applied, vec![true, false, true]);
+
+    let done = store.instance(ids[0]).await?;
+    assert_eq!(done.status, InstanceStatus::Succeeded.code());
+    assert_eq!(done.result.as_deref(), Some("done"));
+    assert_eq!(
+        (
+            done.started_at_ms,
+            done.finished_at_ms,
+            done.last_report_at_ms
+        ),
+        (Some(10), Some(11), Some(12))
+    );
+    assert_eq!(done.worker_id.as_deref(), Some("w1"));
+
+    let untouched = store.instance(ids[1]).await?;
+    assert_eq!(
+        untouched.status,
+        InstanceStatus::WaitingWorkerReceive.code()
+    );
+    assert_eq!((untouched.last_seq, untouched.result), (0, None));
+
+    let retried = store.instance(ids[2]).await?;
+    assert_eq!(retried.status, InstanceStatus::WaitingDispatch.code());
+    assert_eq!((retried.due_at_ms, retried.worker_id), (Some(99), None));
+    assert_eq!(retried.finished_at_ms, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_created_handed_over_is_attempt_one_of_its_worker() -> anyhow::Result<()> {
+    let (_db, store, job) = setup().await?;
+    let news = vec![NewInstance {
+        job_id: job.id,
+        app_id: job.app_id,
+        trigger: "api",
+        params: None,
+        due_at_ms: 5,
+        handed_to: Some("w1".into()),
+    }];
+    let m = store.insert_instances(news, 5).await?.remove(0);
+    assert_eq!(m.status, InstanceStatus::WaitingWorkerReceive.code());
+    assert_eq!((m.attempt, m.worker_id.as_deref()), (1, Some("w1")));
+    assert_eq!((m.due_at_ms, m.last_report_at_ms), (None, Some(5)));
+    // Its fence is attempt 1 of w1: a dispatch racing from WAITING_DISPATCH finds nothing.
+    let from_waiting = InstanceGuard {
+        status: InstanceStatus::WaitingDispatch,
+        attempt: 0,
+        last_seq: 0,
+    };
+    assert_eq!(store.cas_dispatch(m.id, from_waiting, "w2", 6).await?, None);
     Ok(())
 }
