@@ -178,21 +178,41 @@ async fn succeeded_fires_after(
         .count())
 }
 
-/// Waits until the app has an owner other than `not`, and returns it with the time it took.
-async fn new_owner(d: &Deployment, not: &str, since: Instant) -> (String, Duration) {
-    let owner = wait::until(
-        &format!("a server other than {not} to own the app"),
+/// Waits until the app has an owner other than `not`, and returns it with the time it took. On
+/// failure the servers' last log lines are part of the message: they say why none took over.
+async fn new_owner(
+    d: &Deployment,
+    servers: &[ServerProcess],
+    not: &str,
+    since: Instant,
+) -> (String, Duration) {
+    let what = format!("a server other than {not} to own the app");
+    let probe = || async {
+        owner_of(&d.admin, "app")
+            .await
+            .ok()
+            .flatten()
+            .filter(|o| o != not)
+    };
+    // The outer bound fires first, so that the logs can be shown.
+    match tokio::time::timeout(
         Duration::from_secs(15),
-        || async {
-            owner_of(&d.admin, "app")
-                .await
-                .ok()
-                .flatten()
-                .filter(|o| o != not)
-        },
+        wait::until(&what, Duration::from_secs(16), probe),
     )
-    .await;
-    (owner, since.elapsed())
+    .await
+    {
+        Ok(owner) => (owner, since.elapsed()),
+        Err(_) => {
+            let logs: Vec<String> = servers
+                .iter()
+                .map(|s| format!("--- {} ---\n{}", s.id(), s.log_tail()))
+                .collect();
+            panic!(
+                "timed out after 15s waiting for {what}\n{}",
+                logs.join("\n")
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +251,7 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
         .expect("the owner is ours");
     let t0 = Instant::now();
     killed.kill().await;
-    let (successor, took) = new_owner(&d, &owner, t0).await;
+    let (successor, took) = new_owner(&d, &servers, &owner, t0).await;
     eprintln!(
         "failover: {successor} owns the app {} ms after {owner} was SIGKILLed",
         took.as_millis()

@@ -50,7 +50,8 @@ pub fn start(
 ) {
     tokio::spawn(async move {
         loop {
-            let mut ids = Vec::with_capacity(BATCH);
+            // Grown by `recv_many` only when ids arrive: a hand-over costs no allocation here.
+            let mut ids = Vec::new();
             let got = tokio::select! {
                 _ = core.shutdown.cancelled() => break,
                 Some(h) = handed.recv() => {
