@@ -27,7 +27,9 @@ pub struct ServerConfig {
     pub dispatch_timeout: Duration,
     /// How long before its instant a scheduled fire is handed to its worker, which starts it at
     /// the instant: the dispatch's cost is paid ahead, so thousands of fires due at one instant
-    /// all start on time. Zero dispatches at the instant.
+    /// all start on time. Zero dispatches at the instant. The default is a second and a half:
+    /// CRON fires cluster on whole seconds, and hand-overs half a second off them do not compete
+    /// with the starts. It should stay below `schedule_lookahead`, or fires are handed over later.
     pub dispatch_ahead: Duration,
     /// How long an instance waits for a live worker before it fails.
     pub no_worker_timeout: Duration,
@@ -64,10 +66,10 @@ impl Default for ServerConfig {
             server_id: None,
             worker_timeout: Duration::from_secs(30),
             schedule_interval: Duration::from_millis(500),
-            schedule_lookahead: Duration::from_secs(2),
+            schedule_lookahead: Duration::from_secs(3),
             misfire_threshold: Duration::from_secs(5),
             dispatch_timeout: Duration::from_secs(3),
-            dispatch_ahead: Duration::from_secs(1),
+            dispatch_ahead: Duration::from_millis(1500),
             no_worker_timeout: Duration::from_secs(60),
             ownership_refresh: Duration::from_secs(1),
             presence_interval: Duration::from_secs(5),

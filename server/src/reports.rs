@@ -1,15 +1,18 @@
 //! Applying workers' status reports (DESIGN §4), in batches.
 //!
-//! Reports are decoded as they arrive and queued; one task takes them in batches, reads the
+//! Reports arrive alone (`status`, progress reports) or in a worker's batch (`reports`, terminal
+//! reports), are decoded and queued; one task takes them in batches, reads the
 //! instances they name in one query, decides each with the pure [`apply_report`], writes all
 //! changes in one transaction (each a compare-and-set on the state it was decided from) and only
 //! then answers. A report whose compare-and-set lost a race is decided again on fresh state.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_nats::Message;
-use rota_shared::message::{ReportAck, ReportAction, StatusReport};
+use rota_shared::Reply;
+use rota_shared::message::{ReportAck, ReportAction, StatusBatchAck, StatusReport};
 use rota_shared::rules::{JobRules, Outcome, Update, apply_report};
 use rota_shared::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
@@ -28,7 +31,78 @@ const RETRIES: usize = 3;
 
 pub struct Pending {
     pub report: StatusReport,
-    pub msg: Message,
+    pub reply: ReplyTo,
+}
+
+/// Where a report's answer goes.
+pub enum ReplyTo {
+    /// A report sent on its own: answered on its message's reply subject, if it has one.
+    Message(Message),
+    /// One report of a batch: its answer takes its place among the batch's answers.
+    Batch {
+        batch: Arc<BatchReply>,
+        index: usize,
+    },
+}
+
+/// The answers of a [`StatusReportBatch`], sent once every report of it has one.
+pub struct BatchReply {
+    msg: Message,
+    results: Mutex<Vec<Option<Reply<ReportAck>>>>,
+    remaining: AtomicUsize,
+}
+
+impl BatchReply {
+    pub fn new(msg: Message, reports: usize) -> Arc<Self> {
+        Arc::new(Self {
+            msg,
+            results: Mutex::new(vec![None; reports]),
+            remaining: AtomicUsize::new(reports),
+        })
+    }
+}
+
+/// Answers one report, alone or as part of its batch. A published progress report has no
+/// reply subject to carry "stop", so its worker is told directly.
+pub async fn answer(core: &Core, pending: &Pending, result: Result<ReportAck, ErrorBody>) {
+    match &pending.reply {
+        ReplyTo::Message(msg) if msg.reply.is_some() => respond(&core.client, msg, result).await,
+        ReplyTo::Message(_) => {
+            if let Ok(ReportAck {
+                action: ReportAction::Stop,
+            }) = result
+            {
+                let r = &pending.report;
+                publish_stop(core, &r.worker_id, r.instance_id).await;
+            }
+        }
+        ReplyTo::Batch { batch, index } => {
+            let reply = match result {
+                Ok(ack) => Reply::ok(ack),
+                Err(e) => Reply::err(e),
+            };
+            if let Some(slot) = batch
+                .results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(*index)
+            {
+                *slot = Some(reply);
+            }
+            if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let results =
+                    std::mem::take(&mut *batch.results.lock().unwrap_or_else(|e| e.into_inner()))
+                        .into_iter()
+                        .map(|r| {
+                            r.unwrap_or_else(|| {
+                                Reply::err(ErrorBody::internal("report not answered"))
+                            })
+                        })
+                        .collect();
+                respond(&core.client, &batch.msg, Ok(StatusBatchAck { results })).await;
+            }
+        }
+    }
 }
 
 /// Where the server's subscription hands decoded reports.
@@ -114,19 +188,11 @@ async fn apply_batch(core: &Core, batch: &mut [Pending]) {
         }
     };
     for (pending, verdict) in batch.iter().zip(verdicts) {
-        match verdict {
-            Verdict::Answer(action) => {
-                if pending.msg.reply.is_some() {
-                    respond(&core.client, &pending.msg, Ok(ReportAck { action })).await;
-                } else if action == ReportAction::Stop {
-                    // A published progress report has no reply to carry "stop": tell the
-                    // worker directly.
-                    let r = &pending.report;
-                    publish_stop(core, &r.worker_id, r.instance_id).await;
-                }
-            }
-            Verdict::Error(e) => respond::<()>(&core.client, &pending.msg, Err(e)).await,
-        }
+        let result = match verdict {
+            Verdict::Answer(action) => Ok(ReportAck { action }),
+            Verdict::Error(e) => Err(e),
+        };
+        answer(core, pending, result).await;
     }
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 use async_nats::{Client, Subscriber};
 use futures::StreamExt;
 use rota_shared::message::{
-    AcquireReply, AcquireRequest, ClusterQuery, ClusterReply, LogAck, LogBatch, Ping, Pong,
-    StatusReport, WorkerHeartbeat,
+    AcquireReply, AcquireRequest, ClusterQuery, ClusterReply, LogAck, LogBatch,
+    MAX_REPORTS_PER_BATCH, Ping, Pong, StatusBatchAck, StatusReport, StatusReportBatch,
+    WorkerHeartbeat,
 };
 use rota_shared::subject::{SERVER_QUEUE_GROUP, validate_token};
 use rota_shared::{ErrorBody, ErrorCode, Subjects};
@@ -21,7 +22,7 @@ use crate::core::Core;
 use crate::endpoint::{decode_message, respond};
 use crate::ownership::{Ownership, ensure_owner};
 use crate::registry::WorkerRegistry;
-use crate::reports::{self, Pending, Queued, ReportQueue};
+use crate::reports::{self, BatchReply, Pending, Queued, ReplyTo, ReportQueue};
 use crate::service::{self, ServiceHandle};
 use crate::store::{Store, StoreError, apps::hash_secret};
 use crate::{admin, dispatch, reconcile, scheduler, timer};
@@ -266,6 +267,24 @@ async fn serve_concurrently(core: Arc<Core>, mut sub: Subscriber, endpoint: Endp
     }
 }
 
+/// Hands a report to its writer; one whose writer is behind is refused at once (the worker sends
+/// it again) so that this subscription, which heartbeats share, never waits. `false` once the
+/// writers have stopped.
+async fn queue_report(core: &Core, reports: &ReportQueue, pending: Pending) -> bool {
+    match reports.push(pending) {
+        Queued::Accepted => true,
+        Queued::Full(pending) => {
+            let busy = ErrorBody::new(
+                ErrorCode::Unavailable,
+                "the server is behind on status reports; send it again",
+            );
+            reports::answer(core, &pending, Err(busy)).await;
+            true
+        }
+        Queued::Closed => false,
+    }
+}
+
 /// Serves `rota.srv.{me}.*`. Heartbeats, pings and cluster queries are answered from memory at
 /// once; reports and logs go to their batching writers.
 async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: ReportQueue) {
@@ -289,17 +308,38 @@ async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: ReportQueue) {
                 Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
             },
             "status" => match decode_message::<StatusReport>(&msg) {
-                Ok(report) => match reports.push(Pending { report, msg }) {
-                    Queued::Accepted => {}
-                    Queued::Full(pending) => {
-                        let busy = ErrorBody::new(
-                            ErrorCode::Unavailable,
-                            "the server is behind on status reports; send it again",
-                        );
-                        respond::<()>(&core.client, &pending.msg, Err(busy)).await;
+                Ok(report) => {
+                    let reply = ReplyTo::Message(msg);
+                    if !queue_report(&core, &reports, Pending { report, reply }).await {
+                        break;
                     }
-                    Queued::Closed => break,
-                },
+                }
+                Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
+            },
+            "reports" => match decode_message::<StatusReportBatch>(&msg) {
+                Ok(batch) if batch.reports.len() > MAX_REPORTS_PER_BATCH => {
+                    let e = ErrorBody::invalid(format!(
+                        "a report batch may carry at most {MAX_REPORTS_PER_BATCH} reports"
+                    ));
+                    respond::<()>(&core.client, &msg, Err(e)).await;
+                }
+                Ok(batch) if batch.reports.is_empty() => {
+                    let done = StatusBatchAck { results: vec![] };
+                    respond(&core.client, &msg, Ok(done)).await;
+                }
+                Ok(batch) => {
+                    let reply = BatchReply::new(msg, batch.reports.len());
+                    for (index, report) in batch.reports.into_iter().enumerate() {
+                        let batch = Arc::clone(&reply);
+                        let pending = Pending {
+                            report,
+                            reply: ReplyTo::Batch { batch, index },
+                        };
+                        if !queue_report(&core, &reports, pending).await {
+                            return;
+                        }
+                    }
+                }
                 Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
             },
             "logs" => {

@@ -129,6 +129,23 @@ pub struct ReportAck {
     pub action: ReportAction,
 }
 
+/// Reports sent together (`rota.srv.{sid}.reports`): a worker gathers the terminal reports that
+/// are ready at the same moment into one request. At most [`MAX_REPORTS_PER_BATCH`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReportBatch {
+    pub reports: Vec<StatusReport>,
+}
+
+/// The most reports one [`StatusReportBatch`] may carry.
+pub const MAX_REPORTS_PER_BATCH: usize = 1_000;
+
+/// The answer to each report of a [`StatusReportBatch`], in the batch's order: what a single
+/// report on `rota.srv.{sid}.status` would have been answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusBatchAck {
+    pub results: Vec<crate::envelope::Reply<ReportAck>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {

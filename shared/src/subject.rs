@@ -80,6 +80,11 @@ impl Subjects {
         format!("{}.srv.{server_id}.status", self.prefix)
     }
 
+    /// Status reports in batches ([`crate::message::StatusReportBatch`]).
+    pub fn server_reports(&self, server_id: &str) -> String {
+        format!("{}.srv.{server_id}.reports", self.prefix)
+    }
+
     pub fn server_logs(&self, server_id: &str) -> String {
         format!("{}.srv.{server_id}.logs", self.prefix)
     }

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use rota_shared::admin::{AppList, InstanceList, JobList};
 use rota_shared::envelope::decode_reply;
-use rota_shared::message::{Ping, Pong};
+use rota_shared::message::{
+    MAX_REPORTS_PER_BATCH, Ping, Pong, ReportAction, StatusBatchAck, StatusReport,
+    StatusReportBatch,
+};
 use rota_shared::{ErrorCode, InstanceStatus, MAX_PAYLOAD_BYTES, Subjects};
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_worker::ProcessorRegistry;
@@ -46,6 +49,7 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         s.discovery_acquire(),
         s.server_heartbeat(&sid),
         s.server_status(&sid),
+        s.server_reports(&sid),
         s.server_logs(&sid),
         s.server_cluster(&sid),
         s.server_ping(&sid),
@@ -100,6 +104,7 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
             s.discovery_acquire(),
             r#"{"app":["a"],"secret":"s","worker_id":"w"}"#,
         ),
+        (s.server_reports(&sid), r#"{"reports":[{"instance_id":1}]}"#),
     ] {
         assert_eq!(
             error_code(&nats, &subject, payload.as_bytes().to_vec()).await,
@@ -107,6 +112,56 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
             "wrong field type on {subject}: {payload}"
         );
     }
+    // A report batch over the limit is refused whole.
+    let report = StatusReport {
+        instance_id: 1,
+        attempt: 1,
+        seq: 1,
+        worker_id: "w1".into(),
+        status: InstanceStatus::Succeeded,
+        result: None,
+        runs: None,
+        alert: false,
+        reported_at_ms: 0,
+    };
+    let too_many = StatusReportBatch {
+        reports: vec![report; MAX_REPORTS_PER_BATCH + 1],
+    };
+    assert_eq!(
+        error_code(
+            &nats,
+            &s.server_reports(&sid),
+            serde_json::to_vec(&too_many)?
+        )
+        .await,
+        ErrorCode::InvalidArgument,
+        "a batch of {} reports",
+        MAX_REPORTS_PER_BATCH + 1
+    );
+    // A batch is answered report by report, in order; reports of unknown instances change
+    // nothing and are settled.
+    let unknown = StatusReportBatch {
+        reports: vec![
+            StatusReport {
+                instance_id: 1_000_001,
+                ..too_many.reports[0].clone()
+            },
+            StatusReport {
+                instance_id: 1_000_002,
+                ..too_many.reports[0].clone()
+            },
+        ],
+    };
+    let reply = nats
+        .request(s.server_reports(&sid), serde_json::to_vec(&unknown)?.into())
+        .await?;
+    let answers = decode_reply::<StatusBatchAck>(&reply.payload)?;
+    let actions: Vec<_> = answers
+        .results
+        .into_iter()
+        .map(|r| r.into_result().map(|ack| ack.action))
+        .collect();
+    assert_eq!(actions, vec![Ok(ReportAction::Continue); 2]);
     // A message of a protocol version this server does not speak.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(rota_shared::PROTOCOL_HEADER, "99");

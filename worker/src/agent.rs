@@ -10,6 +10,7 @@ use crate::instances::Instances;
 use crate::link::Link;
 use crate::logs::LogSink;
 use crate::processor::ProcessorRegistry;
+use crate::reporter::Reporter;
 
 /// Everything the endpoints, the heartbeat and the task trackers of one worker need.
 pub(crate) struct Agent {
@@ -24,6 +25,8 @@ pub(crate) struct Agent {
     pub ack_inbox: String,
     /// The task trackers, so that shutdown can wait for them.
     pub trackers: TaskTracker,
+    /// Sends terminal reports in batches.
+    pub reporter: Reporter,
     accepting: AtomicBool,
 }
 
@@ -38,6 +41,7 @@ impl Agent {
         logs: LogSink,
         ack_inbox: String,
     ) -> Self {
+        let reporter = Reporter::start(Arc::clone(&link));
         Self {
             config,
             worker_id,
@@ -47,6 +51,7 @@ impl Agent {
             logs,
             ack_inbox,
             trackers: TaskTracker::new(),
+            reporter,
             accepting: AtomicBool::new(true),
         }
     }

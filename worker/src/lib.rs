@@ -46,6 +46,7 @@ mod link;
 mod logs;
 mod metrics;
 mod processor;
+mod reporter;
 mod tracker;
 mod worker;
 

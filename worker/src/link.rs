@@ -56,11 +56,13 @@ impl From<AcquireReply> for Owner {
 pub(crate) enum Endpoint {
     Heartbeat,
     Status,
+    /// Status reports in batches.
+    Reports,
     Logs,
 }
 
 /// Why a request to a server did not get an answer it could use.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub(crate) enum CallError {
     #[error("no server answers on {0}")]
     NoResponders(String),
@@ -246,6 +248,7 @@ impl Link {
         match endpoint {
             Endpoint::Heartbeat => self.subjects.server_heartbeat(&sid),
             Endpoint::Status => self.subjects.server_status(&sid),
+            Endpoint::Reports => self.subjects.server_reports(&sid),
             Endpoint::Logs => self.subjects.server_logs(&sid),
         }
     }

@@ -12,7 +12,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rota_shared::message::{DispatchRequest, Frequent, LogLevel, LogLine, ReportAck, StatusReport};
+use rota_shared::message::{DispatchRequest, Frequent, LogLevel, LogLine, StatusReport};
 use rota_shared::{ErrorCode, InstanceStatus};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -22,7 +22,7 @@ use crate::agent::Agent;
 use crate::context::{TaskContext, now_ms};
 use crate::frequent::{FrequentEnd, FrequentRunner, ProgressSink};
 use crate::instances::{InstanceState, StopCause};
-use crate::link::{CallError, Endpoint, REQUEST_TIMEOUT};
+use crate::link::{CallError, Endpoint};
 use crate::processor::{ProcessResult, Processor};
 
 /// How long a cancelled processor gets to end, beyond the shell's kill grace, before its task
@@ -419,12 +419,7 @@ impl Tracker {
         let mut tries: u32 = 0;
         loop {
             tries += 1;
-            match self
-                .agent
-                .link
-                .call::<_, ReportAck>(Endpoint::Status, &report, REQUEST_TIMEOUT)
-                .await
-            {
+            match self.agent.reporter.send(report.clone()).await {
                 Ok(_) => {
                     debug!(
                         instance = self.req.instance_id,

@@ -19,7 +19,7 @@ mod over_nats {
     use futures::StreamExt;
     use rota_shared::message::{
         AcquireReply, DispatchAck, DispatchRequest, Frequent, FrequentMode, LogAck, LogBatch,
-        LogLine, ReportAck, ReportAction, StatusReport,
+        LogLine, ReportAck, ReportAction, StatusBatchAck, StatusReport, StatusReportBatch,
     };
     use rota_shared::{ErrorBody, ErrorCode, InstanceStatus, Reply};
     use rota_worker::{ProcessResult, ProcessorRegistry, TaskContext, Worker, WorkerConfig};
@@ -107,6 +107,18 @@ mod over_nats {
                 .collect()
         }
 
+        /// Records a report and answers it as a server would.
+        fn take(&self, report: StatusReport) -> ReportAck {
+            let stop = self.stop_at.lock().unwrap().get(&report.instance_id) == Some(&report.seq);
+            self.reports.lock().unwrap().push(report);
+            let action = if stop {
+                ReportAction::Stop
+            } else {
+                ReportAction::Continue
+            };
+            ReportAck { action }
+        }
+
         fn log_texts(&self, instance_id: i64) -> Vec<String> {
             let lines = self.lines.lock().unwrap();
             lines
@@ -135,15 +147,15 @@ mod over_nats {
                 .to_bytes()
             } else if subject.ends_with(".status") {
                 let report: StatusReport = serde_json::from_slice(&msg.payload).unwrap();
-                let stop =
-                    fake.stop_at.lock().unwrap().get(&report.instance_id) == Some(&report.seq);
-                fake.reports.lock().unwrap().push(report);
-                let action = if stop {
-                    ReportAction::Stop
-                } else {
-                    ReportAction::Continue
-                };
-                Reply::ok(ReportAck { action }).to_bytes()
+                Reply::ok(fake.take(report)).to_bytes()
+            } else if subject.ends_with(".reports") {
+                let batch: StatusReportBatch = serde_json::from_slice(&msg.payload).unwrap();
+                let results = batch
+                    .reports
+                    .into_iter()
+                    .map(|r| Reply::ok(fake.take(r)))
+                    .collect();
+                Reply::ok(StatusBatchAck { results }).to_bytes()
             } else if subject.ends_with(".logs") {
                 let down = fake
                     .logs_down_until
