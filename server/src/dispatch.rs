@@ -169,10 +169,15 @@ async fn read_batch(
     Ok((instances, jobs))
 }
 
-/// When a plain instance handed over now should start: its due time when that is still ahead
-/// (a scheduled fire dispatched ahead of its instant), else at once.
+/// When an instance handed over now should start: its due time or its scheduled instant,
+/// whichever is later, when that is still ahead (a fire dispatched ahead of its instant), else at
+/// once. The instant counts on its own because a dispatch that found no taker puts the instance
+/// back due a moment later, which can still be before the instant.
 fn start_at(inst: &instance::Model, now: i64) -> Option<i64> {
-    inst.due_at_ms.filter(|due| *due > now)
+    let instant = inst
+        .expected_trigger_time_ms
+        .filter(|_| inst.trigger == "schedule");
+    inst.due_at_ms.max(instant).filter(|at| *at > now)
 }
 
 fn ms(d: std::time::Duration) -> i64 {
@@ -365,7 +370,15 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
         return Ok(());
     };
-    hand_over(core, &inst, &job, candidates, attempt, None).await
+    hand_over(
+        core,
+        &inst,
+        &job,
+        candidates,
+        attempt,
+        start_at(&inst, now_ms()),
+    )
+    .await
 }
 
 fn dispatch_request(
@@ -482,4 +495,61 @@ async fn request_worker<Req: serde::Serialize, Resp: serde::de::DeserializeOwned
         .await
         .map_err(|e| ErrorBody::new(rota_shared::ErrorCode::Unavailable, e.to_string()))?;
     decode_reply(&msg.payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fire(due_at_ms: Option<i64>, instant: Option<i64>, trigger: &str) -> instance::Model {
+        instance::Model {
+            id: 1,
+            job_id: 1,
+            app_id: 1,
+            status: InstanceStatus::WaitingDispatch.code(),
+            trigger: trigger.to_owned(),
+            expected_trigger_time_ms: instant,
+            instance_params: None,
+            attempt: 0,
+            runs: 0,
+            worker_id: None,
+            last_seq: 0,
+            result: None,
+            created_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            due_at_ms,
+            last_report_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_fire_never_starts_before_its_instant() {
+        // Handed over ahead: starts at its instant.
+        assert_eq!(
+            start_at(&fire(Some(10_000), Some(10_000), "schedule"), 8_500),
+            Some(10_000)
+        );
+        // Put back after a refused dispatch, due again before its instant: still the instant.
+        assert_eq!(
+            start_at(&fire(Some(9_000), Some(10_000), "schedule"), 9_000),
+            Some(10_000)
+        );
+        // Due now or past: at once.
+        assert_eq!(
+            start_at(&fire(Some(10_000), Some(10_000), "schedule"), 10_000),
+            None
+        );
+        // A retry of a fire long past waits for its retry time only.
+        assert_eq!(
+            start_at(&fire(Some(20_000), Some(10_000), "schedule"), 19_000),
+            Some(20_000)
+        );
+        // An API run has no instant; a delayed one starts at its due time.
+        assert_eq!(
+            start_at(&fire(Some(5_000), None, "api"), 4_000),
+            Some(5_000)
+        );
+        assert_eq!(start_at(&fire(None, None, "api"), 4_000), None);
+    }
 }
