@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use rota_shared::ErrorBody;
 use rota_shared::message::{
     MAX_REPORTS_PER_BATCH, ReportAck, StatusBatchAck, StatusReport, StatusReportBatch,
 };
+use rota_shared::{ErrorBody, ErrorCode};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::link::{CallError, Endpoint, Link, REQUEST_TIMEOUT};
@@ -61,13 +61,11 @@ async fn run(link: Arc<Link>, mut rx: mpsc::Receiver<(StatusReport, Answer)>) {
         tokio::spawn(async move {
             let (reports, answers): (Vec<StatusReport>, Vec<Answer>) = batch.into_iter().unzip();
             let sent = reports.len();
+            let batch = StatusReportBatch { reports };
             let result = link
-                .call::<_, StatusBatchAck>(
-                    Endpoint::Reports,
-                    &StatusReportBatch { reports },
-                    REQUEST_TIMEOUT,
-                )
+                .call::<_, StatusBatchAck>(Endpoint::Reports, &batch, REQUEST_TIMEOUT)
                 .await;
+            let reports_again = batch.reports;
             match result {
                 Ok(ack) if ack.results.len() == sent => {
                     for (answer, reply) in answers.into_iter().zip(ack.results) {
@@ -81,6 +79,15 @@ async fn run(link: Arc<Link>, mut rx: mpsc::Receiver<(StatusReport, Answer)>) {
                     )));
                     for answer in answers {
                         let _ = answer.send(Err(e.clone()));
+                    }
+                }
+                Err(CallError::Remote(body)) if body.code == ErrorCode::NotFound => {
+                    // A server older than report batches: each report goes on its own.
+                    for (answer, report) in answers.into_iter().zip(reports_again) {
+                        let one = link
+                            .call::<_, ReportAck>(Endpoint::Status, &report, REQUEST_TIMEOUT)
+                            .await;
+                        let _ = answer.send(one);
                     }
                 }
                 Err(e) => {

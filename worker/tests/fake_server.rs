@@ -11,7 +11,7 @@ mod over_nats {
     use std::collections::HashMap;
     use std::path::PathBuf;
     use std::process::Stdio;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -95,6 +95,11 @@ mod over_nats {
         refused_batches: AtomicU64,
         /// Answer "stop" to this report of an instance.
         stop_at: Mutex<HashMap<i64, i64>>,
+        /// Answer report batches as a server older than them would: NOT_FOUND.
+        batches_unknown: AtomicBool,
+        /// Report batches answered, and terminal reports that came on their own.
+        batches: AtomicU64,
+        single_terminals: AtomicU64,
     }
 
     impl Fake {
@@ -147,8 +152,15 @@ mod over_nats {
                 .to_bytes()
             } else if subject.ends_with(".status") {
                 let report: StatusReport = serde_json::from_slice(&msg.payload).unwrap();
+                if report.status.is_terminal() {
+                    fake.single_terminals.fetch_add(1, Ordering::Relaxed);
+                }
                 Reply::ok(fake.take(report)).to_bytes()
+            } else if subject.ends_with(".reports") && fake.batches_unknown.load(Ordering::Relaxed)
+            {
+                Reply::<()>::err(ErrorBody::not_found("unknown endpoint \"reports\"")).to_bytes()
             } else if subject.ends_with(".reports") {
+                fake.batches.fetch_add(1, Ordering::Relaxed);
                 let batch: StatusReportBatch = serde_json::from_slice(&msg.payload).unwrap();
                 let results = batch
                     .reports
@@ -369,6 +381,50 @@ mod over_nats {
             3,
             "RUNNING, RUNNING (answered stop), STOPPED"
         );
+
+        worker.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn terminal_reports_go_in_batches_and_alone_to_a_server_without_batches() {
+        let Some(nats) = start_nats().await else {
+            eprintln!("skipped: no nats-server (set ROTA_NATS_SERVER_BIN or put it on PATH)");
+            return;
+        };
+        let fake = Arc::new(Fake::default());
+        tokio::spawn(serve_fake(nats.client.clone(), Arc::clone(&fake)));
+        nats.client.flush().await.unwrap();
+        let mut registry = ProcessorRegistry::new();
+        registry.register(
+            "tick",
+            rota_worker::processor_fn(|_ctx: TaskContext| async { ProcessResult::ok("done") }),
+        );
+        let config = WorkerConfig {
+            nats_url: nats.url.clone(),
+            app: "demo".to_owned(),
+            secret: "s3cret".to_owned(),
+            worker_id: Some(WORKER.to_owned()),
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::start(config, registry).await.unwrap();
+
+        // Ten short runs at once: their terminal reports arrive in batches, not alone.
+        for id in 20..30 {
+            let req = dispatch(id, None, now_ms() + 5_000);
+            assert!(send_dispatch(&nats.client, &req).await.unwrap().accepted);
+        }
+        for id in 20..30 {
+            assert_eq!(terminal(&fake, id).await.status, InstanceStatus::Succeeded);
+        }
+        assert!(fake.batches.load(Ordering::Relaxed) >= 1);
+        assert_eq!(fake.single_terminals.load(Ordering::Relaxed), 0);
+
+        // A server that does not know batches gets each report on its own.
+        fake.batches_unknown.store(true, Ordering::Relaxed);
+        let req = dispatch(40, None, now_ms() + 5_000);
+        assert!(send_dispatch(&nats.client, &req).await.unwrap().accepted);
+        assert_eq!(terminal(&fake, 40).await.status, InstanceStatus::Succeeded);
+        assert_eq!(fake.single_terminals.load(Ordering::Relaxed), 1);
 
         worker.shutdown().await;
     }
