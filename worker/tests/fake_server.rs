@@ -134,6 +134,15 @@ mod over_nats {
         }
     }
 
+    /// A NATS server with the fake Rota server answering on it.
+    async fn start_fake() -> Option<(Nats, Arc<Fake>)> {
+        let nats = start_nats().await?;
+        let fake = Arc::new(Fake::default());
+        tokio::spawn(serve_fake(nats.client.clone(), Arc::clone(&fake)));
+        nats.client.flush().await.ok()?;
+        Some((nats, fake))
+    }
+
     async fn serve_fake(client: Client, fake: Arc<Fake>) {
         let acquire = client.subscribe("rota.discovery.acquire").await.unwrap();
         let server = client.subscribe("rota.srv.s1.>").await.unwrap();
@@ -260,13 +269,10 @@ mod over_nats {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deadline_frequent_runs_and_a_log_outage_over_nats() {
-        let Some(nats) = start_nats().await else {
+        let Some((nats, fake)) = start_fake().await else {
             eprintln!("skipped: no nats-server (set ROTA_NATS_SERVER_BIN or put it on PATH)");
             return;
         };
-        let fake = Arc::new(Fake::default());
-        tokio::spawn(serve_fake(nats.client.clone(), Arc::clone(&fake)));
-        nats.client.flush().await.unwrap();
 
         let mut registry = ProcessorRegistry::new();
         let counter = Arc::new(AtomicU64::new(0));
@@ -387,13 +393,10 @@ mod over_nats {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn terminal_reports_go_in_batches_and_alone_to_a_server_without_batches() {
-        let Some(nats) = start_nats().await else {
+        let Some((nats, fake)) = start_fake().await else {
             eprintln!("skipped: no nats-server (set ROTA_NATS_SERVER_BIN or put it on PATH)");
             return;
         };
-        let fake = Arc::new(Fake::default());
-        tokio::spawn(serve_fake(nats.client.clone(), Arc::clone(&fake)));
-        nats.client.flush().await.unwrap();
         let mut registry = ProcessorRegistry::new();
         registry.register(
             "tick",
