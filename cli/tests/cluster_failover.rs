@@ -178,8 +178,7 @@ async fn succeeded_fires_after(
         .count())
 }
 
-/// Waits until the app has an owner other than `not`, and returns it with the time it took. On
-/// failure the servers' last log lines are part of the message: they say why none took over.
+/// Waits until the app has an owner other than `not`, and returns it with the time it took.
 async fn new_owner(
     d: &Deployment,
     servers: &[ServerProcess],
@@ -187,21 +186,33 @@ async fn new_owner(
     since: Instant,
 ) -> (String, Duration) {
     let what = format!("a server other than {not} to own the app");
+    let owner = owner_such_that(d, servers, &what, |o| o != not).await;
+    (owner, since.elapsed())
+}
+
+/// Waits up to 15 s until the app's owner passes `accept`. On failure the servers' last log
+/// lines are part of the message: they say why none took over.
+async fn owner_such_that(
+    d: &Deployment,
+    servers: &[ServerProcess],
+    what: &str,
+    accept: impl Fn(&str) -> bool,
+) -> String {
     let probe = || async {
         owner_of(&d.admin, "app")
             .await
             .ok()
             .flatten()
-            .filter(|o| o != not)
+            .filter(|o| accept(o))
     };
     // The outer bound fires first, so that the logs can be shown.
-    match tokio::time::timeout(
+    let waited = tokio::time::timeout(
         Duration::from_secs(15),
-        wait::until(&what, Duration::from_secs(16), probe),
+        wait::until(what, Duration::from_secs(16), probe),
     )
-    .await
-    {
-        Ok(owner) => (owner, since.elapsed()),
+    .await;
+    match waited {
+        Ok(owner) => owner,
         Err(_) => {
             let logs: Vec<String> = servers
                 .iter()
@@ -287,17 +298,9 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
     for s in servers.iter_mut().filter(|s| s.id() != owner) {
         s.kill().await;
     }
-    wait::until(
-        "the restarted server to own the app",
-        Duration::from_secs(15),
-        || async {
-            owner_of(&d.admin, "app")
-                .await
-                .ok()
-                .flatten()
-                .filter(|o| *o == owner)
-        },
-    )
+    owner_such_that(&d, &servers, "the restarted server to own the app", |o| {
+        o == owner
+    })
     .await;
     eprintln!(
         "failover: restarted {owner} owns the app {} ms after the others were SIGKILLed",

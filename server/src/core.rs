@@ -113,7 +113,7 @@ impl Core {
     /// is handed to its worker then and starts at `due_ms`; one that needs care (a concurrency
     /// limit, a frequent job) waits on the timer again until `due_ms`.
     pub fn schedule_dispatch(&self, instance_id: i64, due_ms: i64) -> bool {
-        let ahead = i64::try_from(self.config.dispatch_ahead.as_millis()).unwrap_or(0);
+        let ahead = crate::clock::millis(self.config.dispatch_ahead);
         self.timer
             .schedule(instance_id, due_ms.saturating_sub(ahead))
     }

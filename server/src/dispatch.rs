@@ -18,7 +18,7 @@ use rota_shared::schedule::Schedule;
 use rota_shared::{ErrorBody, InstanceStatus};
 use tokio::sync::mpsc;
 
-use crate::clock::now_ms;
+use crate::clock::{millis, now_ms};
 use crate::core::Core;
 use crate::endpoint::protocol_headers;
 use crate::store::entity::instance;
@@ -91,7 +91,7 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
     let mut seen: HashSet<i64> = HashSet::with_capacity(instances.len());
     let mut plain = Vec::new();
     let now = now_ms();
-    let ahead = ms(core.config.dispatch_ahead);
+    let ahead = millis(core.config.dispatch_ahead);
     for inst in instances {
         seen.insert(inst.id);
         let job = jobs.get(&inst.job_id);
@@ -146,16 +146,17 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
             core.end_dispatch(inst.id);
             continue;
         };
-        let core = core.clone();
-        tokio::spawn(async move {
-            let id = inst.id;
-            let start_at_ms = start_at(&inst, now_ms());
-            if let Err(e) = hand_over(&core, &inst, &job, candidates, attempt, start_at_ms).await {
-                tracing::warn!(instance = id, error = %e, "dispatch failed; will retry");
-                core.timer.schedule(id, now_ms() + RETRY_DISPATCH_MS);
-            }
-            core.end_dispatch(id);
-        });
+        let start_at_ms = start_at(&inst, now_ms());
+        spawn_send(
+            core.clone(),
+            Handed {
+                inst,
+                job,
+                candidates,
+            },
+            attempt,
+            start_at_ms,
+        );
     }
 }
 
@@ -180,19 +181,21 @@ fn start_at(inst: &instance::Model, now: i64) -> Option<i64> {
     inst.due_at_ms.max(instant).filter(|at| *at > now)
 }
 
-fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+fn spawn_hand_over(core: Arc<Core>, h: Handed) {
+    if core.begin_dispatch(h.inst.id) {
+        let attempt = h.inst.attempt;
+        spawn_send(core, h, attempt, None);
+    }
 }
 
-fn spawn_hand_over(core: Arc<Core>, h: Handed) {
-    let id = h.inst.id;
-    if !core.begin_dispatch(id) {
-        return;
-    }
+/// Sends an instance already handed over as `attempt` (see [`hand_over`]) and ends its
+/// dispatch. Should that fail, the instance stays WAITING_WORKER_RECEIVE and reconcile
+/// dispatches it again.
+fn spawn_send(core: Arc<Core>, h: Handed, attempt: i32, start_at_ms: Option<i64>) {
     tokio::spawn(async move {
-        let attempt = h.inst.attempt;
-        if let Err(e) = hand_over(&core, &h.inst, &h.job, h.candidates, attempt, None).await {
-            // It stays WAITING_WORKER_RECEIVE; reconcile dispatches it again.
+        let id = h.inst.id;
+        if let Err(e) = hand_over(&core, &h.inst, &h.job, h.candidates, attempt, start_at_ms).await
+        {
             tracing::warn!(instance = id, error = %e, "dispatch failed");
         }
         core.end_dispatch(id);
@@ -414,7 +417,7 @@ fn dispatch_request(
             }),
             _ => None,
         },
-        deadline_ms: Some(now_ms() + ms(core.config.dispatch_timeout)),
+        deadline_ms: Some(now_ms() + millis(core.config.dispatch_timeout)),
         start_at_ms,
     }
 }

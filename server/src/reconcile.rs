@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rota_shared::InstanceStatus;
 use rota_shared::rules::lost_attempt;
 
-use crate::clock::now_ms;
+use crate::clock::{millis, now_ms};
 use crate::core::Core;
 use crate::ownership;
 use crate::service::{Every, ScheduledService, ServiceError};
@@ -43,10 +43,6 @@ impl ScheduledService for Reconcile {
     }
 }
 
-fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
 pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     // Only the apps this server owns, as the database says now.
     ownership::refresh(core).await?;
@@ -60,7 +56,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     // Waiting instances that nobody is dispatching.
     let overdue = core
         .store
-        .waiting_instances(&owned, now - ms(cfg.waiting_overdue), LIMIT)
+        .waiting_instances(&owned, now - millis(cfg.waiting_overdue), LIMIT)
         .await?;
     let mut requeued = 0;
     for (id, _) in overdue {
@@ -81,7 +77,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
         .stale_instances(
             &owned,
             InstanceStatus::WaitingWorkerReceive,
-            now - ms(cfg.unacknowledged_timeout),
+            now - millis(cfg.unacknowledged_timeout),
             LIMIT,
         )
         .await?;
@@ -103,7 +99,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     let mut live: HashMap<i64, Vec<String>> = HashMap::new();
     let mut lost = Vec::new();
     let mut silent = Vec::new();
-    let report_cutoff = now - ms(cfg.report_timeout);
+    let report_cutoff = now - millis(cfg.report_timeout);
     for inst in running {
         let settled = heard_long_enough
             && core
@@ -262,7 +258,7 @@ impl ScheduledService for CleanUp {
 
     async fn run_one_iteration(&mut self) -> Result<(), ServiceError> {
         let core = &self.core;
-        let cutoff = now_ms() - ms(core.config.retention);
+        let cutoff = now_ms() - millis(core.config.retention);
         loop {
             let (instances, lines) = core.store.delete_finished_before(cutoff, 1_000).await?;
             core.repaired("cleaned_instances", instances);

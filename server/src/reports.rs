@@ -1,10 +1,11 @@
 //! Applying workers' status reports (DESIGN §4), in batches.
 //!
 //! Reports arrive alone (`status`, progress reports) or in a worker's batch (`reports`, terminal
-//! reports), are decoded and queued; one task takes them in batches, reads the
-//! instances they name in one query, decides each with the pure [`apply_report`], writes all
-//! changes in one transaction (each a compare-and-set on the state it was decided from) and only
-//! then answers. A report whose compare-and-set lost a race is decided again on fresh state.
+//! reports), are decoded and queued to a writer (one per instance). A writer takes them in
+//! batches, reads the instances they name in one query, decides each with the pure
+//! [`apply_report`], writes all changes in one statement (each a compare-and-set on the state it
+//! was decided from) and only then answers. A report whose compare-and-set lost a race is
+//! decided again on fresh state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -172,11 +173,8 @@ fn rules_of(job: Option<&Job>) -> JobRules {
     )
 }
 
-/// What one report came to.
-enum Verdict {
-    Answer(ReportAction),
-    Error(ErrorBody),
-}
+/// What one report came to: the answer to send back.
+type Verdict = Result<ReportAck, ErrorBody>;
 
 async fn apply_batch(core: &Core, batch: &mut [Pending]) {
     let verdicts = match decide_and_write(core, batch).await {
@@ -184,15 +182,11 @@ async fn apply_batch(core: &Core, batch: &mut [Pending]) {
         Err(e) => {
             tracing::warn!(error = %e, "could not apply status reports; workers will resend");
             let err = ErrorBody::new(ErrorCode::Unavailable, format!("reports not stored: {e}"));
-            batch.iter().map(|_| Verdict::Error(err.clone())).collect()
+            batch.iter().map(|_| Err(err.clone())).collect()
         }
     };
     for (pending, verdict) in batch.iter().zip(verdicts) {
-        let result = match verdict {
-            Verdict::Answer(action) => Ok(ReportAck { action }),
-            Verdict::Error(e) => Err(e),
-        };
-        answer(core, pending, result).await;
+        answer(core, pending, verdict).await;
     }
 }
 
@@ -220,7 +214,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
         let report = &pending.report;
         let current = instances.get(&report.instance_id);
         if let Some(m) = current.filter(|m| !core.ownership.owns(m.app_id)) {
-            verdicts.push(Verdict::Error(ErrorBody::new(
+            verdicts.push(Err(ErrorBody::new(
                 ErrorCode::NotOwner,
                 format!("server {} does not own app {}", core.id, m.app_id),
             )));
@@ -240,11 +234,11 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
                     reason = why.as_str(),
                     "report changed nothing"
                 );
-                verdicts.push(Verdict::Answer(action));
+                verdicts.push(Ok(ReportAck { action }));
             }
             Outcome::Applied { update, action } => {
                 let Some(m) = instances.get_mut(&report.instance_id) else {
-                    verdicts.push(Verdict::Answer(action));
+                    verdicts.push(Ok(ReportAck { action }));
                     continue;
                 };
                 match write_of.get(&m.id) {
@@ -266,7 +260,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
                 if update.retry_at_ms.is_some() {
                     m.worker_id = None;
                 }
-                verdicts.push(Verdict::Answer(action));
+                verdicts.push(Ok(ReportAck { action }));
             }
         }
     }
@@ -308,15 +302,17 @@ async fn decide_alone(core: &Core, report: &StatusReport) -> Result<Verdict, Sto
             now,
         );
         let (Outcome::Applied { update, action }, Some(m)) = (&outcome, &current) else {
-            return Ok(Verdict::Answer(outcome.action()));
+            return Ok(Ok(ReportAck {
+                action: outcome.action(),
+            }));
         };
         let write = [(m.id, InstanceGuard::of(m), update.clone())];
         if core.store.apply_updates(&write, now).await?.first() == Some(&true) {
             after_update(core, m.id, update, job.as_deref());
-            return Ok(Verdict::Answer(*action));
+            return Ok(Ok(ReportAck { action: *action }));
         }
     }
-    Ok(Verdict::Error(ErrorBody::new(
+    Ok(Err(ErrorBody::new(
         ErrorCode::Conflict,
         "the instance kept changing; send the report again",
     )))
