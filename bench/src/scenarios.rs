@@ -14,9 +14,12 @@ use rota_shared::InstanceStatus;
 use rota_shared::admin::*;
 use rota_shared::message::{SystemMetrics, WorkerHeartbeat};
 use rota_shared::schedule::Schedule;
-use rota_tests::cluster::shell_job;
+use rota_shared::subject::ServerEndpoint;
+use rota_tests::bus::WorkerVoice;
+use rota_tests::cluster::{create_token, shell_job};
 use rota_tests::db::{Backend, TestDatabase};
 use rota_tests::nats::NatsServer;
+use rota_transport::NatsOptions;
 use rota_worker::{ProcessResult, ProcessorRegistry, Worker, WorkerConfig, WorkerHandle};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -75,7 +78,9 @@ impl Stand {
     async fn new(backend: Backend) -> anyhow::Result<Self> {
         let nats = NatsServer::start()?;
         let db = TestDatabase::create_with(backend).await?;
-        let admin = AdminClient::connect(&nats.url(), "rota").await?;
+        let (_, token) = create_token(db.url(), Role::Admin, None).await?;
+        let admin =
+            AdminClient::connect(&NatsOptions::new(nats.url()), "rota", Some(&token)).await?;
         Ok(Self {
             nats,
             db,
@@ -87,7 +92,7 @@ impl Stand {
 
     async fn start_server(&mut self) -> anyhow::Result<()> {
         let server = Server::start(ServerConfig {
-            nats_url: self.nats.url(),
+            nats: NatsOptions::new(self.nats.url()),
             database_url: self.db.url().to_owned(),
             server_id: Some("s1".into()),
             ..ServerConfig::default()
@@ -100,7 +105,7 @@ impl Stand {
     async fn start_worker(&mut self, registry: ProcessorRegistry) -> anyhow::Result<()> {
         let worker = Worker::start(
             WorkerConfig {
-                nats_url: self.nats.url(),
+                nats: NatsOptions::new(self.nats.url()),
                 app: APP.into(),
                 secret: SECRET.into(),
                 worker_id: Some("w1".into()),
@@ -167,13 +172,7 @@ async fn noop_stand(
 ) -> anyhow::Result<(Stand, Starts, i64)> {
     let mut stand = Stand::new(env.backend).await?;
     stand.start_server().await?;
-    stand
-        .admin
-        .call(&AppCreate {
-            name: APP.into(),
-            secret: SECRET.into(),
-        })
-        .await?;
+    stand.admin.app_create(APP, SECRET).await?;
     let starts: Starts = Arc::default();
     stand.start_worker(noop(starts.clone(), started)).await?;
     let job = stand.noop_job().await?;
@@ -371,13 +370,7 @@ async fn spawn_server(env: &Env, stand: &Stand) -> anyhow::Result<ServerProcess>
 pub async fn cron(env: &Env, jobs: usize, seconds: u64) -> anyhow::Result<Value> {
     let mut stand = Stand::new(env.backend).await?;
     let server = spawn_server(env, &stand).await?;
-    let app = stand
-        .admin
-        .call(&AppCreate {
-            name: APP.into(),
-            secret: SECRET.into(),
-        })
-        .await?;
+    let app = stand.admin.app_create(APP, SECRET).await?;
     let store = Store::connect(stand.db.url()).await?;
     // Job i fires once a minute, at second i % 60: the load is spread evenly.
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -434,35 +427,36 @@ pub async fn cron(env: &Env, jobs: usize, seconds: u64) -> anyhow::Result<Value>
 pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Result<Value> {
     let stand = Stand::new(env.backend).await?;
     let server = spawn_server(env, &stand).await?;
-    let app = stand
-        .admin
-        .call(&AppCreate {
-            name: APP.into(),
-            secret: SECRET.into(),
-        })
-        .await?;
+    let app = stand.admin.app_create(APP, SECRET).await?;
     // The server must own the app to keep its workers; an acquire does that.
     let nats = async_nats::connect(stand.nats.url()).await?;
     let acquire = rota_shared::message::AcquireRequest {
-        app: APP.into(),
-        secret: SECRET.into(),
         worker_id: "w0".into(),
         current_server: None,
     };
-    nats.request(
-        rota_shared::Subjects::default().discovery_acquire(),
-        serde_json::to_vec(&acquire)?.into(),
-    )
-    .await?;
-    let subject = rota_shared::Subjects::default().server_heartbeat("s1");
+    WorkerVoice::new(nats.clone(), APP, "w0", SECRET)?
+        .discover::<rota_shared::message::AcquireReply>(&acquire)
+        .await?;
+    let _ = app;
+    let subject = rota_shared::Subjects::default().to_server(APP, "s1", ServerEndpoint::Heartbeat);
     // Every simulated worker heartbeats every 10 s; they are spread over ten 1 s slots, sent in
-    // ten bursts a second.
-    let payloads: Vec<bytes::Bytes> = (0..workers)
+    // ten bursts a second. Each is sealed with its worker's key when it is sent, as a real
+    // worker's is (a seal is good for one message).
+    let app_key = rota_transport::keys::app_key(APP, SECRET)?;
+    let stamper = Arc::new(rota_transport::Stamper::new());
+    let sims: Vec<(rota_transport::Credential, WorkerHeartbeat)> = (0..workers)
         .map(|i| {
+            let id = format!("sim-{i}");
+            let credential = rota_transport::Credential::new(
+                rota_transport::Scope::Worker {
+                    key_id: app_key.id(),
+                },
+                rota_transport::keys::worker_key(&app_key, APP, &id),
+                id.clone(),
+                stamper.clone(),
+            );
             let hb = WorkerHeartbeat {
-                worker_id: format!("sim-{i}"),
-                app_id: app.id,
-                app: APP.into(),
+                worker_id: id,
                 tags: vec![],
                 processors: vec!["noop".into()],
                 capacity: 16,
@@ -474,19 +468,24 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
                 version: "bench".into(),
                 dropped_log_lines: 0,
             };
-            serde_json::to_vec(&hb).map(Into::into)
+            (credential, hb)
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
     let sender = {
-        let (nats, subject) = (nats.clone(), subject.clone());
+        let (transport, subject) = (
+            rota_transport::Transport::new(nats.clone()),
+            subject.clone(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             let mut slot = 0usize;
             loop {
                 tick.tick().await;
                 // 100 slots of 100 ms make the 10 s period.
-                for p in payloads.iter().skip(slot % 100).step_by(100) {
-                    let _ = nats.publish(subject.clone(), p.clone()).await;
+                for (credential, hb) in sims.iter().skip(slot % 100).step_by(100) {
+                    let _ = transport
+                        .publish(&subject, hb, Some(credential), None)
+                        .await;
                 }
                 slot += 1;
             }
@@ -523,13 +522,7 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
 pub async fn footprint(env: &Env) -> anyhow::Result<Value> {
     let mut stand = Stand::new(env.backend).await?;
     stand.start_server().await?;
-    stand
-        .admin
-        .call(&AppCreate {
-            name: APP.into(),
-            secret: SECRET.into(),
-        })
-        .await?;
+    stand.admin.app_create(APP, SECRET).await?;
     let mut child = tokio::process::Command::new(&env.rota_bin)
         .args([
             "worker",

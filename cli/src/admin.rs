@@ -8,14 +8,25 @@ use rota_shared::InstanceStatus;
 use rota_shared::admin::*;
 use rota_shared::message::WorkerSummary;
 use rota_shared::schedule::{Lifecycle, Schedule};
+use rota_transport::AdminToken;
 use serde::Serialize;
 
-use crate::args::{AppCommand, InstanceCommand, JobCommand, JobFields, LogsArgs};
+use crate::args::{AppCommand, InstanceCommand, JobCommand, JobFields, LogsArgs, TokenCommand};
 use crate::config::Settings;
-use crate::table::{opt, render, time};
+use crate::table::{opt, render, safe, time};
+
+/// The admin token of the settings, if one is given.
+pub fn token(settings: &Settings) -> anyhow::Result<Option<AdminToken>> {
+    settings
+        .token
+        .as_deref()
+        .map(|t| AdminToken::parse(t).map_err(|e| anyhow!("--token / ROTA_TOKEN: {e}")))
+        .transpose()
+}
 
 pub async fn client(settings: &Settings) -> anyhow::Result<AdminClient> {
-    let client = AdminClient::connect(&settings.nats_url, &settings.prefix).await?;
+    let token = token(settings)?;
+    let client = AdminClient::connect(&settings.nats, &settings.prefix, token.as_ref()).await?;
     Ok(match &settings.server {
         Some(server) => client.at_server(server),
         None => client,
@@ -30,7 +41,15 @@ fn print_json<T: Serialize>(data: &T) -> anyhow::Result<()> {
 pub async fn app(settings: &Settings, cmd: AppCommand) -> anyhow::Result<()> {
     let c = client(settings).await?;
     let apps = match cmd {
-        AppCommand::Create { name, secret } => vec![c.call(&AppCreate { name, secret }).await?],
+        AppCommand::Create { name, secret } => vec![c.app_create(&name, &secret).await?],
+        AppCommand::RotateSecret {
+            name,
+            secret,
+            grace,
+        } => {
+            let grace = Duration::from_millis(grace.unwrap_or(3_600_000));
+            vec![c.app_rotate_secret(&name, &secret, grace).await?]
+        }
         AppCommand::List => c.call(&AppList {}).await?,
     };
     if settings.json {
@@ -414,7 +433,12 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> anyhow::Result<()> {
             if settings.json {
                 println!("{}", serde_json::to_string(l)?);
             } else {
-                println!("{} {:<5} {}", time(Some(l.ts_ms)), l.level, l.text);
+                println!(
+                    "{} {:<5} {}",
+                    time(Some(l.ts_ms)),
+                    safe(&l.level),
+                    safe(&l.text)
+                );
             }
         }
         after_id = page.last_id;
@@ -489,7 +513,7 @@ pub async fn server_stats(settings: &Settings) -> anyhow::Result<()> {
     for s in &all {
         println!(
             "server {}: {} (owns apps {:?}, {} live workers)",
-            s.server_id,
+            safe(&s.server_id),
             if s.ready { "ready" } else { "NOT READY" },
             s.owned_apps,
             s.live_workers
@@ -500,6 +524,14 @@ pub async fn server_stats(settings: &Settings) -> anyhow::Result<()> {
             .map(|(reason, n)| vec![reason.clone(), n.to_string()])
             .collect();
         println!("{}", render(&["REPAIR", "COUNT"], &repairs));
+        let refused: Vec<Vec<String>> = s
+            .refused
+            .iter()
+            .map(|(reason, n)| vec![reason.clone(), n.to_string()])
+            .collect();
+        if !refused.is_empty() {
+            println!("{}", render(&["REFUSED", "COUNT"], &refused));
+        }
         let services: Vec<Vec<String>> = s
             .services
             .iter()
@@ -546,4 +578,86 @@ pub async fn servers(settings: &Settings) -> anyhow::Result<()> {
         )
     );
     Ok(())
+}
+
+fn print_tokens(settings: &Settings, tokens: &[TokenInfo]) -> anyhow::Result<()> {
+    if settings.json {
+        return print_json(&tokens);
+    }
+    let rows = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.role.to_string(),
+                opt(t.app.as_deref()),
+                opt(Some(&t.description)),
+                time(Some(t.created_at_ms)),
+                time(t.revoked_at_ms),
+            ]
+        })
+        .collect::<Vec<_>>();
+    println!(
+        "{}",
+        render(
+            &["ID", "ROLE", "APP", "DESCRIPTION", "CREATED", "REVOKED"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// Prints a new token: once, on standard output, with how to use it.
+fn print_new_token(
+    settings: &Settings,
+    info: &TokenInfo,
+    token: &AdminToken,
+) -> anyhow::Result<()> {
+    if settings.json {
+        return print_json(&serde_json::json!({ "info": info, "token": token.reveal() }));
+    }
+    eprintln!(
+        "token {} ({}{}): it is shown only now",
+        info.id,
+        info.role,
+        info.app
+            .as_deref()
+            .map(|a| format!(", app {}", safe(a)))
+            .unwrap_or_default()
+    );
+    println!("export ROTA_TOKEN={}", token.reveal());
+    Ok(())
+}
+
+pub async fn token_command(
+    settings: &Settings,
+    database_given: bool,
+    cmd: TokenCommand,
+) -> anyhow::Result<()> {
+    if let TokenCommand::Create {
+        role,
+        app,
+        description,
+    } = &cmd
+    {
+        let role = Role::parse(role)
+            .ok_or_else(|| anyhow!("invalid --role {role:?}: use viewer, operator or admin"))?;
+        if settings.token.is_none() && database_given {
+            // Bootstrap: no token to ask a server with yet, so straight to the database.
+            let store = rota_server::store::Store::connect(&settings.database_url).await?;
+            let (info, token) =
+                rota_server::create_token(&store, role, app.as_deref(), description).await?;
+            return print_new_token(settings, &info, &token);
+        }
+        let c = client(settings).await?;
+        let (info, token) = c.token_create(role, app.as_deref(), description).await?;
+        return print_new_token(settings, &info, &token);
+    }
+    let c = client(settings).await?;
+    let tokens = match cmd {
+        TokenCommand::List => c.call(&TokenList {}).await?,
+        TokenCommand::Revoke { id } => vec![c.call(&TokenRevoke { id }).await?],
+        TokenCommand::Create { .. } => unreachable!("handled above"),
+    };
+    print_tokens(settings, &tokens)
 }

@@ -19,9 +19,14 @@ pub struct Cli {
 /// Options every command takes. Precedence: flag, then environment, then the TOML file.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Global {
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated; `nats://user:pass@host` and `tls://` work too.
     #[arg(long, global = true, env = "ROTA_NATS_URL")]
     pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The admin token admin commands are sealed with (`rota token create` makes one).
+    #[arg(long, global = true, env = "ROTA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Subject prefix shared by a deployment (default "rota").
     #[arg(long, global = true, env = "ROTA_PREFIX")]
     pub prefix: Option<String>,
@@ -37,6 +42,37 @@ pub struct Global {
     /// Print the reply's data as JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// How to log in to NATS. At most one of user and password, token, NKey and credentials file;
+/// TLS options go with any of them.
+#[derive(Debug, Args, Clone, Default)]
+pub struct NatsArgs {
+    #[arg(long, global = true, env = "ROTA_NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "ROTA_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    #[arg(long, global = true, env = "ROTA_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// A file holding an NKey seed.
+    #[arg(long, global = true, env = "ROTA_NATS_NKEY", value_name = "FILE")]
+    pub nats_nkey: Option<std::path::PathBuf>,
+    /// A credentials file (user JWT and NKey seed).
+    #[arg(long, global = true, env = "ROTA_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) to trust for NATS' certificate; turns TLS on.
+    #[arg(long, global = true, env = "ROTA_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for a NATS that verifies clients; needs --nats-tls-key.
+    #[arg(long, global = true, env = "ROTA_NATS_TLS_CERT", value_name = "FILE")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, global = true, env = "ROTA_NATS_TLS_KEY", value_name = "FILE")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +94,39 @@ pub enum Command {
     Instance(InstanceCommand),
     /// Show an instance's log.
     Logs(LogsArgs),
+    /// Admin tokens: create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print a nats-server authorization block with users for servers, administrators and
+    /// each app's workers.
+    NatsConfig(NatsConfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it (once). Without an admin token but with a database URL, it is
+    /// made straight in the database: that is how the first one is made.
+    Create {
+        /// viewer (read), operator (run, stop, retry, enable) or admin (everything).
+        #[arg(long)]
+        role: String,
+        /// Scope the token to one app.
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token: every server refuses it within a second.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct NatsConfigArgs {
+    /// An app whose workers get a NATS user (repeatable).
+    #[arg(long = "app", required = true)]
+    pub apps: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +157,10 @@ pub struct WorkerArgs {
     /// The app's secret.
     #[arg(long, env = "ROTA_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// A file whose first line is the app's secret; re-read at every re-acquire, so that a
+    /// rotated secret reaches the running worker.
+    #[arg(long, env = "ROTA_SECRET_FILE", conflicts_with = "secret")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// A stable worker id (default: generated).
     #[arg(long, env = "ROTA_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -144,6 +217,16 @@ pub enum AppCommand {
     },
     /// List apps with their owner and epoch.
     List,
+    /// Give an app a new secret. Workers on a previous one keep working for the grace period;
+    /// a worker started with --secret-file picks the new one up from its file.
+    RotateSecret {
+        name: String,
+        #[arg(long, env = "ROTA_SECRET", hide_env_values = true)]
+        secret: String,
+        /// How long the previous secrets stay valid, e.g. 1h, 0s (default 1h).
+        #[arg(long, value_parser = crate::duration::parse_ms)]
+        grace: Option<u64>,
+    },
 }
 
 /// The job settings shared by `job create` and `job update`.

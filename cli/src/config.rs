@@ -1,10 +1,12 @@
 //! Settings from flags, the environment (`ROTA_*`) and a TOML file, in that order of precedence.
 //! Clap already merges flags and environment; the file fills what both left unset.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
+
+use rota_transport::NatsOptions;
 
 use crate::args::Global;
 
@@ -13,13 +15,32 @@ use crate::args::Global;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub nats_url: Option<String>,
+    /// The admin token of admin commands.
+    pub token: Option<String>,
     pub prefix: Option<String>,
     pub database_url: Option<String>,
     pub server_id: Option<String>,
     #[serde(default)]
+    pub nats: FileNats,
+    #[serde(default)]
     pub worker: FileWorker,
     #[serde(default)]
     pub server: FileServer,
+}
+
+/// `[nats]`: where NATS is and how to log in (the same as the `--nats-*` flags).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNats {
+    pub url: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub nkey: Option<PathBuf>,
+    pub creds: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Server timings, as durations such as `10s` or `500ms`. Unset ones keep their defaults
@@ -143,6 +164,7 @@ impl FileServer {
 pub struct FileWorker {
     pub app: Option<String>,
     pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
     pub worker_id: Option<String>,
     pub tags: Option<Vec<String>>,
     pub capacity: Option<u32>,
@@ -162,7 +184,11 @@ pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
 /// The settings every command resolves.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub nats_url: String,
+    pub nats: NatsOptions,
+    /// Whether the NATS URL was given at all (`rota dev` starts its own NATS otherwise).
+    pub explicit_nats: bool,
+    /// The admin token, as given.
+    pub token: Option<String>,
     pub prefix: String,
     pub database_url: String,
     pub json: bool,
@@ -172,12 +198,30 @@ pub struct Settings {
 
 impl Settings {
     pub fn resolve(global: &Global, file: &FileConfig) -> Self {
-        Self {
-            nats_url: global
-                .nats_url
+        let n = &global.nats;
+        let f = &file.nats;
+        let url = global
+            .nats_url
+            .clone()
+            .or_else(|| f.url.clone())
+            .or_else(|| file.nats_url.clone());
+        let nats = NatsOptions {
+            url: url
                 .clone()
-                .or_else(|| file.nats_url.clone())
                 .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
+            user: n.nats_user.clone().or_else(|| f.user.clone()),
+            password: n.nats_password.clone().or_else(|| f.password.clone()),
+            token: n.nats_token.clone().or_else(|| f.token.clone()),
+            nkey: n.nats_nkey.clone().or_else(|| f.nkey.clone()),
+            creds: n.nats_creds.clone().or_else(|| f.creds.clone()),
+            tls_ca: n.nats_tls_ca.clone().or_else(|| f.tls_ca.clone()),
+            tls_cert: n.nats_tls_cert.clone().or_else(|| f.tls_cert.clone()),
+            tls_key: n.nats_tls_key.clone().or_else(|| f.tls_key.clone()),
+        };
+        Self {
+            nats,
+            explicit_nats: url.is_some(),
+            token: global.token.clone().or_else(|| file.token.clone()),
             prefix: global
                 .prefix
                 .clone()
@@ -209,7 +253,7 @@ mod tests {
             ..Default::default()
         };
         let s = Settings::resolve(&global, &file);
-        assert_eq!(s.nats_url, "nats://flag:4222");
+        assert_eq!(s.nats.url, "nats://flag:4222");
         assert_eq!(s.prefix, "filep");
         assert_eq!(s.database_url, "sqlite://rota.db");
         assert_eq!(file.worker.app.as_deref(), Some("a"));
@@ -225,6 +269,23 @@ mod tests {
         assert_eq!(config.retention, std::time::Duration::from_secs(3600));
         let bad: FileConfig = toml::from_str("[server]\nretention = \"1 week\"\n").unwrap();
         assert!(bad.server.apply(&mut config).is_err());
+    }
+
+    #[test]
+    fn nats_logins_come_from_flags_then_the_file() {
+        let file: FileConfig = toml::from_str(
+            "[nats]\nurl = \"tls://n:4222\"\nuser = \"u\"\npassword = \"p\"\ntls_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(&Global::default(), &file);
+        assert_eq!(s.nats.url, "tls://n:4222");
+        assert_eq!(s.nats.user.as_deref(), Some("u"));
+        assert_eq!(s.nats.tls_ca, Some(PathBuf::from("ca.pem")));
+        let mut global = Global::default();
+        global.nats.nats_user = Some("flag-user".into());
+        let s = Settings::resolve(&global, &file);
+        assert_eq!(s.nats.user.as_deref(), Some("flag-user"));
+        assert_eq!(s.nats.password.as_deref(), Some("p"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod admin;
 mod args;
 mod config;
 mod duration;
+mod nats_config;
 mod run;
 mod table;
 
@@ -91,7 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => FileConfig::default(),
     };
     let settings = Settings::resolve(&cli.global, &file);
-    let explicit_nats = cli.global.nats_url.is_some() || file.nats_url.is_some();
+    let database_given = cli.global.database_url.is_some() || file.database_url.is_some();
     match cli.command {
         Command::Server(args) => match args.list {
             Some(ServerCommand::List) => admin::servers(&settings).await,
@@ -102,10 +103,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(WorkerCommand::List { app }) => admin::workers(&settings, app).await,
             None => run::worker(&settings, &file, args).await,
         },
-        Command::Dev(args) => run::dev(&settings, explicit_nats, args).await,
+        Command::Dev(args) => run::dev(&settings, args).await,
         Command::App(cmd) => admin::app(&settings, cmd).await,
         Command::Job(cmd) => admin::job(&settings, *cmd).await,
         Command::Instance(cmd) => admin::instance(&settings, cmd).await,
         Command::Logs(args) => admin::logs(&settings, args).await,
+        Command::Token(cmd) => admin::token_command(&settings, database_given, cmd).await,
+        Command::NatsConfig(args) => {
+            let subjects = rota_shared::Subjects::new(&settings.prefix)?;
+            print!("{}", nats_config::render(&subjects, &args.apps)?);
+            Ok(())
+        }
     }
 }

@@ -11,12 +11,13 @@ use rota_server::{Server, ServerConfig};
 use rota_shared::ErrorCode;
 use rota_shared::admin::*;
 use rota_shared::schedule::Schedule;
+use rota_transport::NatsOptions;
 use rota_worker::{ProcessorRegistry, Worker, WorkerConfig};
 use tokio::process::{Child, Command};
 
 use crate::args::{DevArgs, ServerArgs, WorkerArgs};
 use crate::config::{FileConfig, Settings};
-use crate::table::time;
+use crate::table::{safe, time};
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
 async fn stop_signal() {
@@ -43,7 +44,7 @@ async fn stop_signal() {
 
 fn server_config(settings: &Settings, server_id: Option<String>) -> ServerConfig {
     ServerConfig {
-        nats_url: settings.nats_url.clone(),
+        nats: settings.nats.clone(),
         prefix: settings.prefix.clone(),
         database_url: settings.database_url.clone(),
         server_id,
@@ -73,17 +74,20 @@ pub async fn worker(
     args: WorkerArgs,
 ) -> anyhow::Result<()> {
     let fw = &file.worker;
+    let secret_file = args.secret_file.or_else(|| fw.secret_file.clone());
+    let secret = args.secret.or_else(|| fw.secret.clone());
+    if secret.is_none() && secret_file.is_none() {
+        anyhow::bail!("give the app's secret: --secret S, --secret-file FILE (or ROTA_SECRET)");
+    }
     let config = WorkerConfig {
-        nats_url: settings.nats_url.clone(),
+        nats: settings.nats.clone(),
         prefix: settings.prefix.clone(),
         app: args
             .app
             .or_else(|| fw.app.clone())
             .context("say which app this worker serves: --app NAME (or ROTA_APP)")?,
-        secret: args
-            .secret
-            .or_else(|| fw.secret.clone())
-            .context("give the app's secret: --secret S (or ROTA_SECRET)")?,
+        secret: secret.unwrap_or_default(),
+        secret_file,
         worker_id: args.worker_id.or_else(|| fw.worker_id.clone()),
         tags: if args.tags.is_empty() {
             fw.tags.clone().unwrap_or_default()
@@ -184,13 +188,7 @@ async fn start_dev_nats(dir: &Path) -> anyhow::Result<DevNats> {
 }
 
 async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
-    match admin
-        .call(&AppCreate {
-            name: DEMO_APP.into(),
-            secret: DEMO_SECRET.into(),
-        })
-        .await
-    {
+    match admin.app_create(DEMO_APP, DEMO_SECRET).await {
         Ok(_) => {}
         Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {}
         Err(e) => return Err(e.into()),
@@ -229,29 +227,34 @@ async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
     Ok(admin.call(&JobCreate { spec }).await?.id)
 }
 
-pub async fn dev(settings: &Settings, explicit_nats: bool, args: DevArgs) -> anyhow::Result<()> {
+pub async fn dev(settings: &Settings, args: DevArgs) -> anyhow::Result<()> {
     let dir = args.data_dir.unwrap_or_else(|| PathBuf::from(".rota-dev"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (nats_url, _nats) = if explicit_nats {
-        (settings.nats_url.clone(), None)
+    let (nats, _nats) = if settings.explicit_nats {
+        (settings.nats.clone(), None)
     } else {
         let nats = start_dev_nats(&dir).await?;
-        (nats.url.clone(), Some(nats))
+        (NatsOptions::new(nats.url.clone()), Some(nats))
     };
+    let nats_url = rota_transport::options::redact_url(&nats.url);
     let db_path = dir.join("rota.db");
+    let database_url = format!("sqlite://{}", db_path.display());
     let server = Server::start(ServerConfig {
-        nats_url: nats_url.clone(),
+        nats: nats.clone(),
         prefix: settings.prefix.clone(),
-        database_url: format!("sqlite://{}", db_path.display()),
+        database_url: database_url.clone(),
         server_id: Some("dev-server".into()),
         ..ServerConfig::default()
     })
     .await?;
-    let admin = AdminClient::connect(&nats_url, &settings.prefix).await?;
+    // An admin token for this run, made in the database as `rota token create` would.
+    let store = rota_server::store::Store::connect(&database_url).await?;
+    let (_, token) = rota_server::create_token(&store, Role::Admin, None, "rota dev").await?;
+    let admin = AdminClient::connect(&nats, &settings.prefix, Some(&token)).await?;
     let job_id = ensure_demo(&admin).await?;
     let worker = Worker::start(
         WorkerConfig {
-            nats_url: nats_url.clone(),
+            nats: nats.clone(),
             prefix: settings.prefix.clone(),
             app: DEMO_APP.into(),
             secret: DEMO_SECRET.into(),
@@ -272,6 +275,7 @@ pub async fn dev(settings: &Settings, explicit_nats: bool, args: DevArgs) -> any
     println!("The demo job {DEMO_JOB:?} (id {job_id}) runs a shell script every 5 seconds.");
     println!("In another terminal:");
     println!("  export ROTA_NATS_URL={nats_url}");
+    println!("  export ROTA_TOKEN={}", token.reveal());
     println!("  rota job list; rota instance list; rota logs <instance>");
     println!("Ctrl-C stops everything.\n");
 
@@ -312,7 +316,7 @@ async fn follow_demo(admin: &AdminClient, job_id: i64, runs: Option<u32>) -> any
                 i.id,
                 i.status,
                 time(i.expected_trigger_time_ms),
-                i.result.as_deref().unwrap_or("-")
+                safe(i.result.as_deref().unwrap_or("-"))
             );
             let page = admin
                 .call(&LogsGet {
@@ -322,7 +326,7 @@ async fn follow_demo(admin: &AdminClient, job_id: i64, runs: Option<u32>) -> any
                 })
                 .await?;
             for l in page.lines {
-                println!("    {} {}", l.level, l.text);
+                println!("    {} {}", safe(&l.level), safe(&l.text));
             }
             if runs.is_some_and(|n| shown.len() >= n as usize) {
                 return Ok(());

@@ -108,8 +108,8 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
     let pids = PidDir::new()?;
     let nats = d.nats.url();
     let mut workers = vec![
-        WorkerProcess::start(rota(), "wa", "app", SECRET, &nats, logs.path()).await?,
-        WorkerProcess::start(rota(), "wb", "app", SECRET, &nats, logs.path()).await?,
+        WorkerProcess::start(rota(), "wa", "app", SECRET, &nats, logs.path(), &d.admin).await?,
+        WorkerProcess::start(rota(), "wb", "app", SECRET, &nats, logs.path(), &d.admin).await?,
     ];
     let script = format!(
         "echo $$ > '{}/pid-'$ROTA_INSTANCE_ID-$ROTA_ATTEMPT; sleep 30",
@@ -267,8 +267,10 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
     let out = tempfile::tempdir()?;
     let file = out.path().join("runs");
     let nats = d.nats.url();
-    let mut wa = WorkerProcess::start(rota(), "wa", "app", SECRET, &nats, logs.path()).await?;
-    let wb = WorkerProcess::start(rota(), "wb", "app", SECRET, &nats, logs.path()).await?;
+    let mut wa =
+        WorkerProcess::start(rota(), "wa", "app", SECRET, &nats, logs.path(), &d.admin).await?;
+    let wb =
+        WorkerProcess::start(rota(), "wb", "app", SECRET, &nats, logs.path(), &d.admin).await?;
 
     let mut spec = shell_job(
         "app",

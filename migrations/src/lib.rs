@@ -11,6 +11,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_initial;
 mod m20261121_000002_job_misfire;
+mod m20261202_000001_security;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_initial::Migration),
             Box::new(m20261121_000002_job_misfire::Migration),
+            Box::new(m20261202_000001_security::Migration),
         ]
     }
 }

@@ -1,64 +1,98 @@
 //! Administrative requests on `rota.admin.{area}.{verb}` (DESIGN §9).
+//!
+//! Every request is verified by the gate (sealed with a known, unrevoked token), then needs the
+//! role its verb declares (`AdminRequest::ROLE`) and, for a token scoped to an app, concerns that
+//! app only. Replies are sealed with the caller's token key.
 
 use std::collections::HashMap;
 
-use async_nats::Message;
 use rota_shared::admin::*;
-use rota_shared::envelope::decode_reply;
+use rota_shared::limits::Limited;
 use rota_shared::message::{RemoteCall, WorkerSummary};
+use rota_shared::subject::validate_token;
 use rota_shared::{ErrorBody, ErrorCode, InstanceStatus};
+use rota_transport::keys::{APP_KEY_PURPOSE, TOKEN_PURPOSE, open_secret, seal_secret};
+use rota_transport::{AdminToken, Incoming, Key, RequestErrorKind, decode_message};
 
 use crate::clock::now_ms;
 use crate::core::Core;
-use crate::dispatch::{Handed, publish_stop, send_stop};
-use crate::endpoint::{decode_message, protocol_headers, respond};
+use crate::dispatch::Handed;
+use crate::gate::Caller;
 use crate::ownership::ensure_owner;
 use crate::store::entity::{app, instance};
-use crate::store::{InstanceFilter, InstanceGuard, Job, NewInstance};
+use crate::store::{InstanceFilter, InstanceGuard, Job, NewInstance, StoredToken};
+use crate::worker_calls::{publish_stop, stop as send_stop};
 
 type AdminResult<T> = Result<T, ErrorBody>;
 
 macro_rules! route {
-    ($core:expr, $msg:expr, $handler:ident, $req:ty) => {{
-        let result = match decode_message::<$req>($msg) {
-            Ok(request) => $handler($core, request).await,
+    ($core:expr, $caller:expr, $msg:expr, $handler:ident, $req:ty) => {{
+        let result = match $caller.require(<$req as AdminRequest>::ROLE) {
+            Ok(()) => match decode_message::<$req>($msg.message()) {
+                Ok(request) => $handler($core, $caller, request).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
-        respond::<<$req as AdminRequest>::Reply>(&$core.client, $msg, result).await
+        $core
+            .transport
+            .respond::<<$req as AdminRequest>::Reply>($msg, result, Some(&$caller.key))
+            .await
     }};
 }
 
 /// Answers one admin request, received on `rota.admin.*` or on this server's own
 /// `rota.srv.{sid}.admin.*`.
-pub async fn handle(core: &Core, msg: &Message) {
-    let subject = msg.subject.as_str();
+pub async fn handle(core: &Core, msg: &Incoming) {
+    let subject = msg.subject();
     let Some((area, verb)) = core
         .subjects
         .parse_admin(subject)
         .or_else(|| core.subjects.parse_server_admin(&core.id, subject))
     else {
-        return respond::<()>(&core.client, msg, Err(unknown(subject))).await;
+        return core
+            .transport
+            .respond::<()>(msg, Err(unknown(subject)), None)
+            .await;
     };
+    let caller = match core
+        .gate
+        .verify_admin(&core.store, msg.message(), now_ms())
+        .await
+    {
+        Ok(caller) => caller,
+        Err(e) => return core.transport.respond::<()>(msg, Err(e), None).await,
+    };
+    let caller = &caller;
     match (area, verb) {
-        ("app", "create") => route!(core, msg, app_create, AppCreate),
-        ("app", "list") => route!(core, msg, app_list, AppList),
-        ("job", "create") => route!(core, msg, job_create, JobCreate),
-        ("job", "update") => route!(core, msg, job_update, JobUpdate),
-        ("job", "list") => route!(core, msg, job_list, JobList),
-        ("job", "show") => route!(core, msg, job_show, JobShow),
-        ("job", "enable") => route!(core, msg, job_enable, JobEnable),
-        ("job", "disable") => route!(core, msg, job_disable, JobDisable),
-        ("job", "delete") => route!(core, msg, job_delete, JobDelete),
-        ("job", "run") => route!(core, msg, job_run, JobRun),
-        ("instance", "list") => route!(core, msg, instance_list, InstanceList),
-        ("instance", "show") => route!(core, msg, instance_show, InstanceShow),
-        ("instance", "stop") => route!(core, msg, instance_stop, InstanceStop),
-        ("instance", "retry") => route!(core, msg, instance_retry, InstanceRetry),
-        ("logs", "get") => route!(core, msg, logs_get, LogsGet),
-        ("worker", "list") => route!(core, msg, worker_list, WorkerList),
-        ("server", "list") => route!(core, msg, server_list, ServerList),
-        ("server", "stats") => route!(core, msg, server_stats, ServerStats),
-        _ => respond::<()>(&core.client, msg, Err(unknown(msg.subject.as_str()))).await,
+        ("app", "create") => route!(core, caller, msg, app_create, AppCreate),
+        ("app", "rotate_secret") => route!(core, caller, msg, app_rotate_secret, AppRotateSecret),
+        ("app", "list") => route!(core, caller, msg, app_list, AppList),
+        ("job", "create") => route!(core, caller, msg, job_create, JobCreate),
+        ("job", "update") => route!(core, caller, msg, job_update, JobUpdate),
+        ("job", "list") => route!(core, caller, msg, job_list, JobList),
+        ("job", "show") => route!(core, caller, msg, job_show, JobShow),
+        ("job", "enable") => route!(core, caller, msg, job_enable, JobEnable),
+        ("job", "disable") => route!(core, caller, msg, job_disable, JobDisable),
+        ("job", "delete") => route!(core, caller, msg, job_delete, JobDelete),
+        ("job", "run") => route!(core, caller, msg, job_run, JobRun),
+        ("instance", "list") => route!(core, caller, msg, instance_list, InstanceList),
+        ("instance", "show") => route!(core, caller, msg, instance_show, InstanceShow),
+        ("instance", "stop") => route!(core, caller, msg, instance_stop, InstanceStop),
+        ("instance", "retry") => route!(core, caller, msg, instance_retry, InstanceRetry),
+        ("logs", "get") => route!(core, caller, msg, logs_get, LogsGet),
+        ("worker", "list") => route!(core, caller, msg, worker_list, WorkerList),
+        ("server", "list") => route!(core, caller, msg, server_list, ServerList),
+        ("server", "stats") => route!(core, caller, msg, server_stats, ServerStats),
+        ("token", "create") => route!(core, caller, msg, token_create, TokenCreate),
+        ("token", "list") => route!(core, caller, msg, token_list, TokenList),
+        ("token", "revoke") => route!(core, caller, msg, token_revoke, TokenRevoke),
+        _ => {
+            let e = unknown(subject);
+            core.transport
+                .respond::<()>(msg, Err(e), Some(&caller.key))
+                .await
+        }
     }
 }
 
@@ -67,6 +101,19 @@ fn unknown(subject: &str) -> ErrorBody {
         ErrorCode::NotFound,
         format!("no admin request is served on {subject}"),
     )
+}
+
+/// The app a request names, which the caller's scope must allow; or, when it names none, the
+/// caller's own app for a scoped token.
+async fn scoped_app(core: &Core, caller: &Caller, name: Option<&str>) -> AdminResult<Option<i64>> {
+    match name {
+        Some(name) => {
+            let app = core.store.app_by_name(name).await?;
+            caller.require_app(app.id)?;
+            Ok(Some(app.id))
+        }
+        None => Ok(caller.app_id),
+    }
 }
 
 fn app_info(a: app::Model) -> AppInfo {
@@ -79,7 +126,7 @@ fn app_info(a: app::Model) -> AppInfo {
     }
 }
 
-/// Names of apps are plain tokens so that they read well in tables and logs.
+/// Names of jobs are plain words so that they read well in tables and logs.
 fn validate_name(kind: &str, name: &str, max: usize) -> AdminResult<()> {
     let ok = !name.is_empty()
         && name.chars().count() <= max
@@ -95,27 +142,147 @@ fn validate_name(kind: &str, name: &str, max: usize) -> AdminResult<()> {
     }
 }
 
-async fn app_create(core: &Core, r: AppCreate) -> AdminResult<AppInfo> {
-    validate_name("app", &r.name, 128)?;
-    if r.name.contains(' ') {
-        return Err(ErrorBody::invalid("an app name may not contain spaces"));
-    }
-    if r.secret.is_empty() {
-        return Err(ErrorBody::invalid("an app needs a non-empty secret"));
-    }
-    Ok(app_info(
-        core.store.create_app(&r.name, &r.secret, now_ms()).await?,
-    ))
+/// The app key an admin request carries, sealed with the caller's token key.
+fn app_key_of(caller: &Caller, sealed: &str) -> AdminResult<Key> {
+    let bytes = open_secret(&caller.key, APP_KEY_PURPOSE, sealed)
+        .map_err(|_| ErrorBody::invalid("the app key is not sealed for this token"))?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| ErrorBody::invalid("an app key is 32 bytes"))?;
+    Ok(Key::from_bytes(bytes))
 }
 
-async fn app_list(core: &Core, _: AppList) -> AdminResult<Vec<AppInfo>> {
+async fn app_create(core: &Core, caller: &Caller, r: AppCreate) -> AdminResult<AppInfo> {
+    caller.require_unscoped()?;
+    // An app's name is a subject token: its workers' subjects carry it.
+    validate_token(&r.name).map_err(|e| ErrorBody::invalid(format!("invalid app name: {e}")))?;
+    let key = app_key_of(caller, &r.sealed_key)?;
+    let now = now_ms();
+    let app = core.store.create_app(&r.name, &key, now).await?;
+    // So that this server knows the app's workers at once; the others re-read within a second.
+    core.gate.refresh_apps(&core.store, now).await?;
+    Ok(app_info(app))
+}
+
+async fn app_rotate_secret(
+    core: &Core,
+    caller: &Caller,
+    r: AppRotateSecret,
+) -> AdminResult<AppInfo> {
+    caller.require_unscoped()?;
+    let app = core.store.app_by_name(&r.name).await?;
+    let key = app_key_of(caller, &r.sealed_key)?;
+    let now = now_ms();
+    let grace = i64::try_from(r.grace_ms).unwrap_or(i64::MAX / 2);
+    core.store.rotate_app_key(app.id, &key, now, grace).await?;
+    core.gate.refresh_apps(&core.store, now).await?;
+    tracing::info!(app = %app.name, grace_ms = r.grace_ms, "app secret rotated");
+    Ok(app_info(app))
+}
+
+async fn app_list(core: &Core, caller: &Caller, _: AppList) -> AdminResult<Vec<AppInfo>> {
     Ok(core
         .store
         .list_apps()
         .await?
         .into_iter()
+        .filter(|a| caller.app_id.is_none_or(|scope| scope == a.id))
         .map(app_info)
         .collect())
+}
+
+// === Tokens ===
+
+fn token_info(t: &StoredToken, apps: &HashMap<i64, String>) -> TokenInfo {
+    TokenInfo {
+        id: t.id.clone(),
+        role: t.role,
+        app: t
+            .app_id
+            .map(|id| apps.get(&id).cloned().unwrap_or_else(|| id.to_string())),
+        description: t.description.clone(),
+        created_at_ms: t.created_at_ms,
+        revoked_at_ms: t.revoked_at_ms,
+    }
+}
+
+/// Makes an admin token straight in the database: `rota token create --database-url` (the
+/// first token of a deployment), `rota dev` and the test kit. Returns it, to be shown once.
+pub async fn create_token(
+    store: &crate::store::Store,
+    role: Role,
+    app: Option<&str>,
+    description: &str,
+) -> AdminResult<(TokenInfo, AdminToken)> {
+    let app = match app {
+        Some(name) => Some(store.app_by_name(name).await?),
+        None => None,
+    };
+    let (token, stored) = make_token(store, role, app.as_ref().map(|a| a.id), description).await?;
+    let names = app.map(|a| (a.id, a.name)).into_iter().collect();
+    Ok((token_info(&stored, &names), token))
+}
+
+/// Makes a token and stores its key.
+async fn make_token(
+    store: &crate::store::Store,
+    role: Role,
+    app_id: Option<i64>,
+    description: &str,
+) -> AdminResult<(AdminToken, StoredToken)> {
+    if description.len() > 255 {
+        return Err(ErrorBody::invalid(
+            "a token's description is at most 255 bytes",
+        ));
+    }
+    let token = AdminToken::generate().map_err(|e| ErrorBody::internal(e.to_string()))?;
+    let stored = StoredToken {
+        id: token.id().to_owned(),
+        role,
+        app_id,
+        description: description.to_owned(),
+        key: token.key(),
+        created_at_ms: now_ms(),
+        revoked_at_ms: None,
+    };
+    store.insert_token(&stored).await?;
+    Ok((token, stored))
+}
+
+async fn token_create(core: &Core, caller: &Caller, r: TokenCreate) -> AdminResult<TokenCreated> {
+    caller.require_unscoped()?;
+    let app_id = match &r.app {
+        Some(name) => Some(core.store.app_by_name(name).await?.id),
+        None => None,
+    };
+    let (token, stored) = make_token(&core.store, r.role, app_id, &r.description).await?;
+    let sealed_token = seal_secret(&caller.key, TOKEN_PURPOSE, token.reveal().as_bytes())
+        .map_err(|e| ErrorBody::internal(e.to_string()))?;
+    tracing::info!(token = %stored.id, role = %stored.role, by = %caller.token_id, "token created");
+    Ok(TokenCreated {
+        info: token_info(&stored, &app_names(core).await?),
+        sealed_token,
+    })
+}
+
+async fn token_list(core: &Core, caller: &Caller, _: TokenList) -> AdminResult<Vec<TokenInfo>> {
+    caller.require_unscoped()?;
+    let apps = app_names(core).await?;
+    Ok(core
+        .store
+        .list_tokens()
+        .await?
+        .iter()
+        .map(|t| token_info(t, &apps))
+        .collect())
+}
+
+async fn token_revoke(core: &Core, caller: &Caller, r: TokenRevoke) -> AdminResult<TokenInfo> {
+    caller.require_unscoped()?;
+    let token = core.store.revoke_token(&r.id, now_ms()).await?;
+    core.gate.forget_token(&token.id);
+    tracing::info!(token = %token.id, by = %caller.token_id, "token revoked");
+    Ok(token_info(&token, &app_names(core).await?))
 }
 
 // === Jobs ===
@@ -153,8 +320,10 @@ fn reschedule(job: &mut Job, now: i64) -> AdminResult<()> {
     Ok(())
 }
 
-async fn job_create(core: &Core, r: JobCreate) -> AdminResult<JobInfo> {
+async fn job_create(core: &Core, caller: &Caller, r: JobCreate) -> AdminResult<JobInfo> {
+    r.spec.check_limits()?;
     let app = core.store.app_by_name(&r.spec.app).await?;
+    caller.require_app(app.id)?;
     let now = now_ms();
     let mut job = Job::from_spec(&r.spec, app.id, now);
     validate_job(&job)?;
@@ -163,8 +332,10 @@ async fn job_create(core: &Core, r: JobCreate) -> AdminResult<JobInfo> {
     Ok(job.to_info(&app.name))
 }
 
-async fn job_update(core: &Core, r: JobUpdate) -> AdminResult<JobInfo> {
+async fn job_update(core: &Core, caller: &Caller, r: JobUpdate) -> AdminResult<JobInfo> {
+    r.check_limits()?;
     let mut job = core.store.job(r.id).await?;
+    caller.require_app(job.app_id)?;
     let app = core.store.app_by_id(job.app_id).await?;
     let timing_changed = r.schedule.is_some() || r.lifecycle.is_some();
     if let Some(v) = r.name {
@@ -236,11 +407,8 @@ async fn app_names(core: &Core) -> AdminResult<HashMap<i64, String>> {
         .collect())
 }
 
-async fn job_list(core: &Core, r: JobList) -> AdminResult<Vec<JobInfo>> {
-    let app_id = match &r.app {
-        Some(name) => Some(core.store.app_by_name(name).await?.id),
-        None => None,
-    };
+async fn job_list(core: &Core, caller: &Caller, r: JobList) -> AdminResult<Vec<JobInfo>> {
+    let app_id = scoped_app(core, caller, r.app.as_deref()).await?;
     let names = app_names(core).await?;
     Ok(core
         .store
@@ -256,13 +424,20 @@ async fn job_info(core: &Core, job: &Job) -> AdminResult<JobInfo> {
     Ok(job.to_info(&app.name))
 }
 
-async fn job_show(core: &Core, JobShow(r): JobShow) -> AdminResult<JobInfo> {
-    let job = core.store.job(r.id).await?;
+/// A job the caller may see.
+async fn job_of(core: &Core, caller: &Caller, id: i64) -> AdminResult<Job> {
+    let job = core.store.job(id).await?;
+    caller.require_app(job.app_id)?;
+    Ok(job)
+}
+
+async fn job_show(core: &Core, caller: &Caller, JobShow(r): JobShow) -> AdminResult<JobInfo> {
+    let job = job_of(core, caller, r.id).await?;
     job_info(core, &job).await
 }
 
-async fn set_enabled(core: &Core, id: i64, enabled: bool) -> AdminResult<JobInfo> {
-    let mut job = core.store.job(id).await?;
+async fn set_enabled(core: &Core, caller: &Caller, id: i64, enabled: bool) -> AdminResult<JobInfo> {
+    let mut job = job_of(core, caller, id).await?;
     let now = now_ms();
     job.enabled = enabled;
     reschedule(&mut job, now)?;
@@ -296,22 +471,27 @@ async fn cancel_handed_fires(core: &Core, job_id: i64, reason: &str) -> AdminRes
             .cas_finish(inst.id, Some(guard), InstanceStatus::Canceled, reason, now)
             .await?;
         if let (true, Some(worker_id)) = (cancelled, &inst.worker_id) {
-            publish_stop(core, worker_id, inst.id).await;
+            publish_stop(core, inst.app_id, worker_id, inst.id).await;
         }
     }
     Ok(())
 }
 
-async fn job_enable(core: &Core, JobEnable(r): JobEnable) -> AdminResult<JobInfo> {
-    set_enabled(core, r.id, true).await
+async fn job_enable(core: &Core, caller: &Caller, JobEnable(r): JobEnable) -> AdminResult<JobInfo> {
+    set_enabled(core, caller, r.id, true).await
 }
 
-async fn job_disable(core: &Core, JobDisable(r): JobDisable) -> AdminResult<JobInfo> {
-    set_enabled(core, r.id, false).await
+async fn job_disable(
+    core: &Core,
+    caller: &Caller,
+    JobDisable(r): JobDisable,
+) -> AdminResult<JobInfo> {
+    set_enabled(core, caller, r.id, false).await
 }
 
 /// Deleting a job cancels its instances that wait for a dispatch; running ones finish.
-async fn job_delete(core: &Core, JobDelete(r): JobDelete) -> AdminResult<Done> {
+async fn job_delete(core: &Core, caller: &Caller, JobDelete(r): JobDelete) -> AdminResult<Done> {
+    job_of(core, caller, r.id).await?;
     core.store.delete_job(r.id).await?;
     core.forget_job(r.id);
     let waiting = core
@@ -377,53 +557,58 @@ pub enum Via {
     Forwarded,
 }
 
-/// Sends a call to the owner and returns its answer.
+/// Sends a call to the owner, sealed with the cluster key, and returns its answer.
 async fn forward<T: serde::de::DeserializeOwned>(
     core: &Core,
     server_id: &str,
     call: &RemoteCall,
 ) -> AdminResult<T> {
-    let payload =
-        serde_json::to_vec(call).map_err(|e| ErrorBody::internal(format!("encode call: {e}")))?;
-    let request = async_nats::Request::new()
-        .payload(payload.into())
-        .headers(protocol_headers())
-        .timeout(Some(core.config.rpc_timeout));
-    let msg = core
-        .client
-        .send_request(core.subjects.server_rpc(server_id), request)
+    let subject = core.subjects.server_rpc(server_id);
+    let credential = core.gate.cluster_credential();
+    core.transport
+        .request(&subject, call, core.config.rpc_timeout, Some(credential))
         .await
-        .map_err(|e| {
-            ErrorBody::new(
+        .map_err(|e| match (e.kind(), e.remote()) {
+            (RequestErrorKind::Remote, Some(body)) => body.clone(),
+            _ => ErrorBody::new(
                 ErrorCode::Unavailable,
                 format!("the owning server {server_id} could not be reached: {e}"),
-            )
-        })?;
-    decode_reply(&msg.payload)
+            ),
+        })
 }
 
-/// Answers a call forwarded by another server.
-pub async fn handle_remote(core: &Core, msg: &Message) {
-    let call = match decode_message::<RemoteCall>(msg) {
+/// Answers a call forwarded by another server of the deployment (sealed with the cluster key).
+pub async fn handle_remote(core: &Core, msg: &Incoming) {
+    if let Err(e) = core.gate.verify_cluster(msg.message(), now_ms()) {
+        return core.transport.respond::<()>(msg, Err(e), None).await;
+    }
+    let key = Some(core.gate.cluster_credential().key());
+    let call = match decode_message::<RemoteCall>(msg.message()) {
         Ok(call) => call,
-        Err(e) => return respond::<()>(&core.client, msg, Err(e)).await,
+        Err(e) => return core.transport.respond::<()>(msg, Err(e), key).await,
     };
     let via = Via::Forwarded;
+    let t = &core.transport;
     match call {
-        RemoteCall::JobRun(r) => respond(&core.client, msg, job_run_via(core, r, via).await).await,
+        RemoteCall::JobRun(r) => t.respond(msg, job_run_via(core, r, via).await, key).await,
         RemoteCall::InstanceStop(r) => {
-            respond(&core.client, msg, instance_stop_via(core, r, via).await).await
+            t.respond(msg, instance_stop_via(core, r, via).await, key)
+                .await
         }
         RemoteCall::InstanceRetry(r) => {
-            respond(&core.client, msg, instance_retry_via(core, r, via).await).await
+            t.respond(msg, instance_retry_via(core, r, via).await, key)
+                .await
         }
         RemoteCall::WorkerList { app_id } => {
-            respond(&core.client, msg, Ok(local_workers(core, app_id))).await
+            t.respond(msg, Ok(local_workers(core, app_id)), key).await
         }
     }
 }
 
-async fn job_run(core: &Core, r: JobRun) -> AdminResult<RunStarted> {
+async fn job_run(core: &Core, caller: &Caller, r: JobRun) -> AdminResult<RunStarted> {
+    r.check_limits()?;
+    // Through the job cache, like the run itself.
+    caller.require_app(core.job(r.id).await?.app_id)?;
     job_run_via(core, r, Via::Admin).await
 }
 
@@ -533,11 +718,12 @@ async fn one_instance(core: &Core, id: i64) -> AdminResult<InstanceInfo> {
         .ok_or_else(|| ErrorBody::internal("instance vanished"))
 }
 
-async fn instance_list(core: &Core, r: InstanceList) -> AdminResult<Vec<InstanceInfo>> {
-    let app_id = match &r.app {
-        Some(name) => Some(core.store.app_by_name(name).await?.id),
-        None => None,
-    };
+async fn instance_list(
+    core: &Core,
+    caller: &Caller,
+    r: InstanceList,
+) -> AdminResult<Vec<InstanceInfo>> {
+    let app_id = scoped_app(core, caller, r.app.as_deref()).await?;
     let filter = InstanceFilter {
         app_id,
         job_id: r.job_id,
@@ -548,11 +734,29 @@ async fn instance_list(core: &Core, r: InstanceList) -> AdminResult<Vec<Instance
     with_job_names(core, models).await
 }
 
-async fn instance_show(core: &Core, InstanceShow(r): InstanceShow) -> AdminResult<InstanceInfo> {
+/// Refuses an instance outside the caller's app scope.
+async fn check_instance(core: &Core, caller: &Caller, id: i64) -> AdminResult<()> {
+    if caller.app_id.is_some() {
+        caller.require_app(core.store.instance(id).await?.app_id)?;
+    }
+    Ok(())
+}
+
+async fn instance_show(
+    core: &Core,
+    caller: &Caller,
+    InstanceShow(r): InstanceShow,
+) -> AdminResult<InstanceInfo> {
+    check_instance(core, caller, r.id).await?;
     one_instance(core, r.id).await
 }
 
-async fn instance_stop(core: &Core, InstanceStop(r): InstanceStop) -> AdminResult<InstanceInfo> {
+async fn instance_stop(
+    core: &Core,
+    caller: &Caller,
+    InstanceStop(r): InstanceStop,
+) -> AdminResult<InstanceInfo> {
+    check_instance(core, caller, r.id).await?;
     instance_stop_via(core, r, Via::Admin).await
 }
 
@@ -591,14 +795,19 @@ async fn instance_stop_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<
     // The instance is STOPPED whatever the worker says; stopping its work is best effort, and
     // a worker that missed this is told to stop by its next report.
     if let Some(worker) = &inst.worker_id
-        && let Err(e) = send_stop(core, worker, inst.id).await
+        && let Err(e) = send_stop(core, inst.app_id, worker, inst.id).await
     {
         tracing::info!(instance = inst.id, worker = %worker, error = %e, "stop not delivered");
     }
     one_instance(core, inst.id).await
 }
 
-async fn instance_retry(core: &Core, InstanceRetry(r): InstanceRetry) -> AdminResult<RunStarted> {
+async fn instance_retry(
+    core: &Core,
+    caller: &Caller,
+    InstanceRetry(r): InstanceRetry,
+) -> AdminResult<RunStarted> {
+    check_instance(core, caller, r.id).await?;
     instance_retry_via(core, r, Via::Admin).await
 }
 
@@ -641,10 +850,11 @@ async fn instance_retry_via(core: &Core, r: InstanceId, via: Via) -> AdminResult
 
 // === Logs, workers, servers ===
 
-async fn logs_get(core: &Core, r: LogsGet) -> AdminResult<LogPage> {
+async fn logs_get(core: &Core, caller: &Caller, r: LogsGet) -> AdminResult<LogPage> {
     // Read the status first: if it is terminal now, every line was stored before (workers
     // flush an instance's logs before its terminal report).
     let inst = core.store.instance(r.instance_id).await?;
+    caller.require_app(inst.app_id)?;
     let lines = core
         .store
         .logs_after(
@@ -672,14 +882,17 @@ async fn logs_get(core: &Core, r: LogsGet) -> AdminResult<LogPage> {
 
 /// Live workers are in their owner's memory: one app's come from its owner; without an app,
 /// every server that owns an app is asked for the workers of the apps it owns.
-async fn worker_list(core: &Core, r: WorkerList) -> AdminResult<Vec<WorkerSummary>> {
-    if let Some(name) = &r.app {
-        let app = core.store.app_by_name(name).await?;
-        return match route(core, app.id, Via::Admin).await? {
-            Route::Here => Ok(local_workers(core, Some(app.id))),
+async fn worker_list(
+    core: &Core,
+    caller: &Caller,
+    r: WorkerList,
+) -> AdminResult<Vec<WorkerSummary>> {
+    if let Some(app_id) = scoped_app(core, caller, r.app.as_deref()).await? {
+        return match route(core, app_id, Via::Admin).await? {
+            Route::Here => Ok(local_workers(core, Some(app_id))),
             Route::Owner(owner) => {
                 let call = RemoteCall::WorkerList {
-                    app_id: Some(app.id),
+                    app_id: Some(app_id),
                 };
                 forward(core, &owner, &call).await
             }
@@ -718,7 +931,7 @@ fn local_workers(core: &Core, app_id: Option<i64>) -> Vec<WorkerSummary> {
         .collect()
 }
 
-async fn server_list(core: &Core, _: ServerList) -> AdminResult<Vec<ServerInfo>> {
+async fn server_list(core: &Core, _: &Caller, _: ServerList) -> AdminResult<Vec<ServerInfo>> {
     let now = now_ms();
     let window = 3 * i64::try_from(core.config.presence_interval.as_millis()).unwrap_or(0);
     Ok(core
@@ -737,7 +950,7 @@ async fn server_list(core: &Core, _: ServerList) -> AdminResult<Vec<ServerInfo>>
 }
 
 /// Answered from memory: it must work while the database does not.
-async fn server_stats(core: &Core, _: ServerStats) -> AdminResult<ServerStatsInfo> {
+async fn server_stats(core: &Core, _: &Caller, _: ServerStats) -> AdminResult<ServerStatsInfo> {
     let services = core
         .services
         .lock()
@@ -758,6 +971,7 @@ async fn server_stats(core: &Core, _: ServerStats) -> AdminResult<ServerStatsInf
         ready: core.is_ready(),
         owned_apps: core.ownership.app_ids(),
         live_workers: local_workers(core, None).len() as u64,
+        refused: core.gate.refusals(),
         repairs: core
             .repairs
             .lock()

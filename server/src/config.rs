@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use rota_transport::NatsOptions;
+
 /// Everything a server needs to run. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// NATS server URL(s), comma-separated. Credentials may be given in the URL.
-    pub nats_url: String,
+    /// Where NATS is and how to log in to it.
+    pub nats: NatsOptions,
     /// The subject prefix shared by a deployment's servers and workers.
     pub prefix: String,
     /// `sqlite://path`, `postgres://…` or `mysql://…`.
@@ -60,7 +62,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats: NatsOptions::new("nats://127.0.0.1:4222"),
             prefix: rota_shared::subject::DEFAULT_PREFIX.to_owned(),
             database_url: "sqlite://rota.db".to_owned(),
             server_id: None,

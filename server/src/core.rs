@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_nats::Client;
 use rota_shared::Subjects;
+use rota_transport::Transport;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
+use crate::gate::Gate;
 use crate::ownership::Ownership;
 use crate::registry::WorkerRegistry;
 use crate::service::ServiceProbe;
@@ -24,9 +25,11 @@ pub struct Core {
     pub id: String,
     pub started_at_ms: i64,
     pub config: ServerConfig,
-    pub client: Client,
+    pub transport: Transport,
     pub subjects: Subjects,
     pub store: Store,
+    /// Every key the server checks and seals messages with.
+    pub gate: Gate,
     pub workers: WorkerRegistry,
     pub ownership: Ownership,
     pub timer: TimerHandle,

@@ -8,21 +8,17 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use rota_shared::InstanceStatus;
 use rota_shared::admin::OverlapPolicy;
-use rota_shared::envelope::decode_reply;
-use rota_shared::message::{
-    DispatchAck, DispatchRequest, Frequent, FrequentMode, InstanceRuntime, QueryRequest, StopAck,
-    StopRequest,
-};
+use rota_shared::message::{DispatchRequest, Frequent, FrequentMode};
 use rota_shared::schedule::Schedule;
-use rota_shared::{ErrorBody, InstanceStatus};
 use tokio::sync::mpsc;
 
 use crate::clock::{millis, now_ms};
 use crate::core::Core;
-use crate::endpoint::protocol_headers;
 use crate::store::entity::instance;
 use crate::store::{Handover, InstanceGuard, Job, StoreError};
+use crate::worker_calls;
 use rota_shared::message::WorkerSummary;
 
 /// How long a waiting instance sleeps before it looks for a worker again.
@@ -240,7 +236,7 @@ async fn hand_over(
             guard.attempt = next;
         }
         let request = dispatch_request(core, inst, job, guard.attempt, start_at_ms);
-        match send_dispatch(core, &worker.worker_id, &request).await {
+        match worker_calls::dispatch(core, &worker.worker_id, &request).await {
             Ok(_) => {
                 tracing::debug!(instance = inst.id, attempt = guard.attempt, worker = %worker.worker_id, "dispatched");
                 return Ok(());
@@ -420,84 +416,6 @@ fn dispatch_request(
         deadline_ms: Some(now_ms() + millis(core.config.dispatch_timeout)),
         start_at_ms,
     }
-}
-
-async fn send_dispatch(
-    core: &Core,
-    worker_id: &str,
-    request: &DispatchRequest,
-) -> Result<DispatchAck, ErrorBody> {
-    request_worker(core, &core.subjects.worker_dispatch(worker_id), request).await
-}
-
-/// Tells a worker to stop an instance without waiting for an answer: for paths that must not
-/// be held up by a worker that is frozen or gone (its reports are fenced off either way).
-pub async fn publish_stop(core: &Core, worker_id: &str, instance_id: i64) {
-    let Ok(payload) = serde_json::to_vec(&StopRequest { instance_id }) else {
-        return;
-    };
-    let _ = core
-        .client
-        .publish_with_headers(
-            core.subjects.worker_stop(worker_id),
-            protocol_headers(),
-            payload.into(),
-        )
-        .await;
-}
-
-/// Asks a worker what it knows of an instance it runs, waiting at most `timeout`.
-pub async fn query_worker(
-    core: &Core,
-    worker_id: &str,
-    instance_id: i64,
-    timeout: std::time::Duration,
-) -> Result<InstanceRuntime, ErrorBody> {
-    let payload = serde_json::to_vec(&QueryRequest { instance_id })
-        .map_err(|e| ErrorBody::internal(format!("encode request: {e}")))?;
-    let req = async_nats::Request::new()
-        .payload(payload.into())
-        .headers(protocol_headers())
-        .timeout(Some(timeout));
-    let msg = core
-        .client
-        .send_request(core.subjects.worker_query(worker_id), req)
-        .await
-        .map_err(|e| ErrorBody::new(rota_shared::ErrorCode::Unavailable, e.to_string()))?;
-    decode_reply(&msg.payload)
-}
-
-/// Asks a worker to stop an instance. Best effort: a worker that is gone has nothing to stop.
-pub async fn send_stop(
-    core: &Core,
-    worker_id: &str,
-    instance_id: i64,
-) -> Result<StopAck, ErrorBody> {
-    request_worker(
-        core,
-        &core.subjects.worker_stop(worker_id),
-        &StopRequest { instance_id },
-    )
-    .await
-}
-
-async fn request_worker<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
-    core: &Core,
-    subject: &str,
-    request: &Req,
-) -> Result<Resp, ErrorBody> {
-    let payload = serde_json::to_vec(request)
-        .map_err(|e| ErrorBody::internal(format!("encode request: {e}")))?;
-    let req = async_nats::Request::new()
-        .payload(payload.into())
-        .headers(protocol_headers())
-        .timeout(Some(core.config.dispatch_timeout));
-    let msg = core
-        .client
-        .send_request(subject.to_owned(), req)
-        .await
-        .map_err(|e| ErrorBody::new(rota_shared::ErrorCode::Unavailable, e.to_string()))?;
-    decode_reply(&msg.payload)
 }
 
 #[cfg(test)]

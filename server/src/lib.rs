@@ -10,7 +10,7 @@ mod clock;
 mod config;
 mod core;
 mod dispatch;
-mod endpoint;
+mod gate;
 mod inserts;
 mod ownership;
 mod reconcile;
@@ -21,6 +21,8 @@ mod server;
 pub mod service;
 pub mod store;
 mod timer;
+mod worker_calls;
 
+pub use admin::create_token;
 pub use config::ServerConfig;
-pub use server::{Server, ServerError, ServerHandle, VERSION};
+pub use server::{SERVICE_NAME, Server, ServerError, ServerHandle, VERSION};

@@ -128,21 +128,21 @@ pub async fn ensure_owner(core: &Core, app_id: i64) -> Result<Owner, ErrorBody> 
     ))
 }
 
-/// Whether `server_id` answers a ping in time.
+/// Whether `server_id` answers a ping in time, with a reply sealed with the cluster key (a
+/// process answering in a dead server's place cannot keep its apps from being taken over).
 pub async fn ping(core: &Core, server_id: &str) -> bool {
-    let Ok(payload) = serde_json::to_vec(&Ping::default()) else {
-        return false;
-    };
-    let request = async_nats::Request::new()
-        .payload(payload.into())
-        .timeout(Some(PING_TIMEOUT));
+    let subject = core.subjects.server_ping(server_id);
+    let credential = core.gate.cluster_credential();
     match core
-        .client
-        .send_request(core.subjects.server_ping(server_id), request)
+        .transport
+        .request::<_, Pong>(&subject, &Ping::default(), PING_TIMEOUT, Some(credential))
         .await
     {
-        Ok(msg) => rota_shared::envelope::decode_reply::<Pong>(&msg.payload).is_ok(),
-        Err(_) => false,
+        Ok(pong) => pong.server_id == server_id,
+        Err(e) => {
+            tracing::debug!(server = server_id, "ping failed: {e}");
+            false
+        }
     }
 }
 

@@ -169,7 +169,7 @@ async fn still_lost(core: &Core, candidates: Vec<instance::Model>) -> Vec<instan
             return false;
         };
         matches!(
-            crate::dispatch::query_worker(core, worker, inst.id, timeout).await,
+            crate::worker_calls::query(core, inst.app_id, worker, inst.id, timeout).await,
             Ok(runtime) if runtime.attempt == inst.attempt
         )
     }))
@@ -231,12 +231,12 @@ async fn lose(
         }
         // The worker that may still hold the attempt is told to stop, in case it is alive after
         // all (its reports are fenced off either way).
-        if let Some(worker) = instances
+        if let Some((app_id, worker)) = instances
             .iter()
             .find(|i| i.id == *id)
-            .and_then(|i| i.worker_id.clone())
+            .and_then(|i| Some((i.app_id, i.worker_id.clone()?)))
         {
-            crate::dispatch::publish_stop(core, &worker, *id).await;
+            crate::worker_calls::publish_stop(core, app_id, &worker, *id).await;
         }
     }
     Ok(changed)

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::store::Job;
 
 struct Entry {
+    app_id: i64,
     heartbeat: WorkerHeartbeat,
     last_seen: Instant,
 }
@@ -32,12 +33,14 @@ impl WorkerRegistry {
         }
     }
 
-    pub fn record(&self, heartbeat: WorkerHeartbeat) {
+    /// Records a heartbeat of a worker of app `app_id` (the gate verified both).
+    pub fn record(&self, app_id: i64, heartbeat: WorkerHeartbeat) {
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        let workers = apps.entry(heartbeat.app_id).or_default();
+        let workers = apps.entry(app_id).or_default();
         workers.insert(
             heartbeat.worker_id.clone(),
             Entry {
+                app_id,
                 heartbeat,
                 last_seen: Instant::now(),
             },
@@ -98,7 +101,7 @@ fn summary(e: &Entry, now: Instant) -> WorkerSummary {
     let hb = &e.heartbeat;
     WorkerSummary {
         worker_id: hb.worker_id.clone(),
-        app_id: hb.app_id,
+        app_id: e.app_id,
         tags: hb.tags.clone(),
         processors: hb.processors.clone(),
         capacity: hb.capacity,

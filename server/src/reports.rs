@@ -11,19 +11,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_nats::Message;
 use rota_shared::Reply;
 use rota_shared::message::{ReportAck, ReportAction, StatusBatchAck, StatusReport};
 use rota_shared::rules::{JobRules, Outcome, Update, apply_report};
 use rota_shared::{ErrorBody, ErrorCode};
+use rota_transport::{Incoming, Key};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
 use crate::core::Core;
-use crate::dispatch::publish_stop;
-use crate::endpoint::respond;
 use crate::store::entity::instance;
 use crate::store::{InstanceGuard, Job, StoreError, rule_state};
+use crate::worker_calls::publish_stop;
 
 /// Reports taken in one batch.
 const BATCH: usize = 256;
@@ -32,13 +31,17 @@ const RETRIES: usize = 3;
 
 pub struct Pending {
     pub report: StatusReport,
+    /// The app of the worker that sent it (the gate verified it): a report about an instance of
+    /// another app is about an instance the sender cannot have.
+    pub app_id: i64,
     pub reply: ReplyTo,
 }
 
 /// Where a report's answer goes.
 pub enum ReplyTo {
-    /// A report sent on its own: answered on its message's reply subject, if it has one.
-    Message(Message),
+    /// A report sent on its own: answered on its message's reply subject, if it has one, sealed
+    /// with the worker's key.
+    Message(Incoming, Key),
     /// One report of a batch: its answer takes its place among the batch's answers.
     Batch {
         batch: Arc<BatchReply>,
@@ -48,15 +51,17 @@ pub enum ReplyTo {
 
 /// The answers of a [`StatusReportBatch`], sent once every report of it has one.
 pub struct BatchReply {
-    msg: Message,
+    msg: Incoming,
+    key: Key,
     results: Mutex<Vec<Option<Reply<ReportAck>>>>,
     remaining: AtomicUsize,
 }
 
 impl BatchReply {
-    pub fn new(msg: Message, reports: usize) -> Arc<Self> {
+    pub fn new(msg: Incoming, reports: usize, key: Key) -> Arc<Self> {
         Arc::new(Self {
             msg,
+            key,
             results: Mutex::new(vec![None; reports]),
             remaining: AtomicUsize::new(reports),
         })
@@ -67,14 +72,16 @@ impl BatchReply {
 /// reply subject to carry "stop", so its worker is told directly.
 pub async fn answer(core: &Core, pending: &Pending, result: Result<ReportAck, ErrorBody>) {
     match &pending.reply {
-        ReplyTo::Message(msg) if msg.reply.is_some() => respond(&core.client, msg, result).await,
-        ReplyTo::Message(_) => {
+        ReplyTo::Message(msg, key) if msg.message().reply.is_some() => {
+            core.transport.respond(msg, result, Some(key)).await
+        }
+        ReplyTo::Message(..) => {
             if let Ok(ReportAck {
                 action: ReportAction::Stop,
             }) = result
             {
                 let r = &pending.report;
-                publish_stop(core, &r.worker_id, r.instance_id).await;
+                publish_stop(core, pending.app_id, &r.worker_id, r.instance_id).await;
             }
         }
         ReplyTo::Batch { batch, index } => {
@@ -100,7 +107,10 @@ pub async fn answer(core: &Core, pending: &Pending, result: Result<ReportAck, Er
                             })
                         })
                         .collect();
-                respond(&core.client, &batch.msg, Ok(StatusBatchAck { results })).await;
+                let ack = Ok(StatusBatchAck { results });
+                core.transport
+                    .respond(&batch.msg, ack, Some(&batch.key))
+                    .await;
             }
         }
     }
@@ -212,7 +222,10 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
     let mut written_by: Vec<Vec<usize>> = Vec::new();
     for (i, pending) in batch.iter().enumerate() {
         let report = &pending.report;
-        let current = instances.get(&report.instance_id);
+        // An instance of another app is, to this sender, an instance that does not exist.
+        let current = instances
+            .get(&report.instance_id)
+            .filter(|m| m.app_id == pending.app_id);
         if let Some(m) = current.filter(|m| !core.ownership.owns(m.app_id)) {
             verdicts.push(Err(ErrorBody::new(
                 ErrorCode::NotOwner,
@@ -277,16 +290,18 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
     }
     lost.sort_unstable();
     for i in lost {
-        verdicts[i] = decide_alone(core, &batch[i].report).await?;
+        verdicts[i] = decide_alone(core, &batch[i]).await?;
     }
     Ok(verdicts)
 }
 
 /// Decides one report on fresh state, for a report whose batched write lost a race.
-async fn decide_alone(core: &Core, report: &StatusReport) -> Result<Verdict, StoreError> {
+async fn decide_alone(core: &Core, pending: &Pending) -> Result<Verdict, StoreError> {
+    let report = &pending.report;
     for _ in 0..RETRIES {
         let current = match core.store.instance(report.instance_id).await {
-            Ok(m) => Some(m),
+            Ok(m) if m.app_id == pending.app_id => Some(m),
+            Ok(_) => None,
             Err(StoreError::NotFound(_)) => None,
             Err(e) => return Err(e),
         };

@@ -43,6 +43,7 @@ impl ScheduledService for ScheduleLoop {
             .is_none_or(|t| t.elapsed() >= core.config.ownership_refresh)
         {
             ownership::refresh(core).await?;
+            core.gate.refresh_apps(&core.store, now_ms()).await?;
             self.refreshed = Some(Instant::now());
         }
         Ok(pass(core).await?)

@@ -1,17 +1,25 @@
-//! Starting and stopping a server: the NATS subscriptions and the background loops.
+//! Starting and stopping a server: the NATS service and its endpoints, and the background loops.
+//!
+//! Every request/reply endpoint is served through NATS' service API (`rota-server`), so that
+//! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` describe each running server. Every message is
+//! verified by the [`Gate`] before anything acts on it; replies are sealed with the key the
+//! request was verified with.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, Subscriber};
+use async_nats::service::ServiceExt;
 use futures::StreamExt;
+use futures::stream::BoxStream;
+use rota_shared::limits::Limited;
 use rota_shared::message::{
-    AcquireReply, AcquireRequest, ClusterQuery, ClusterReply, LogAck, LogBatch,
-    MAX_REPORTS_PER_BATCH, Ping, Pong, StatusBatchAck, StatusReport, StatusReportBatch,
-    WorkerHeartbeat,
+    AcquireReply, AcquireRequest, ClusterQuery, ClusterReply, LogAck, LogBatch, Ping, Pong,
+    StatusBatchAck, StatusReport, StatusReportBatch, WorkerHeartbeat,
 };
-use rota_shared::subject::{SERVER_QUEUE_GROUP, validate_token};
+use rota_shared::subject::{SERVER_QUEUE_GROUP, ServerEndpoint, validate_token};
 use rota_shared::{ErrorBody, ErrorCode, Subjects};
+use rota_transport::{Connection, Incoming, Key, Transport, decode_message};
 use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -19,19 +27,20 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
 use crate::core::Core;
-use crate::endpoint::{decode_message, respond};
+use crate::gate::{Gate, WorkerPeer};
 use crate::ownership::{Ownership, ensure_owner};
 use crate::registry::WorkerRegistry;
 use crate::reports::{self, BatchReply, Pending, Queued, ReplyTo, ReportQueue};
 use crate::service::{self, ServiceHandle};
-use crate::store::{Store, StoreError, apps::hash_secret};
+use crate::store::{Store, StoreError};
 use crate::{admin, dispatch, reconcile, scheduler, timer};
 
-/// The server's software version, reported by pings and in the server registry.
+/// The server's software version, reported by pings, the service API and the server registry.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Log lines one batch may carry.
-const MAX_LINES_PER_BATCH: usize = 10_000;
+/// The NATS service name every Rota server registers under.
+pub const SERVICE_NAME: &str = "rota-server";
+
 /// Admin and discovery requests served at once; more wait their turn.
 const CONCURRENT_REQUESTS: usize = 64;
 
@@ -39,13 +48,10 @@ const CONCURRENT_REQUESTS: usize = 64;
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    #[error(transparent)]
+    Connect(#[from] rota_transport::ConnectError),
     #[error("cannot subscribe: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
+    Subscribe(String),
     #[error("database: {0}")]
     Store(#[from] StoreError),
 }
@@ -76,7 +82,7 @@ impl ServerHandle {
         if let Err(e) = self.core.store.deregister_server(&self.core.id).await {
             tracing::warn!(error = %e, "could not leave the server registry");
         }
-        let _ = self.core.client.drain().await;
+        let _ = self.core.transport.client().drain().await;
     }
 
     /// Stops at once, as a crash would: no deregistration, no drain.
@@ -93,6 +99,23 @@ impl ServerHandle {
 
 pub struct Server;
 
+/// The requests one service endpoint receives, tagged with what they are.
+type Requests<T> = BoxStream<'static, (T, async_nats::service::Request)>;
+
+fn tag<T: Copy + Send + 'static>(
+    endpoint: async_nats::service::endpoint::Endpoint,
+    kind: T,
+) -> Requests<T> {
+    endpoint.map(move |r| (kind, r)).boxed()
+}
+
+/// What a server's own (not shared) endpoints receive.
+#[derive(Debug, Clone, Copy)]
+enum Own {
+    Worker(ServerEndpoint),
+    Ping,
+}
+
 impl Server {
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let subjects =
@@ -105,9 +128,29 @@ impl Server {
             None => format!("s-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
         };
         let store = Store::connect(&config.database_url).await?;
-        let connected_since = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
-        let client = connect(&config.nats_url, &id, connected_since.clone()).await?;
         let started_at_ms = now_ms();
+        let gate = Gate::new(&id, store.cluster_key(started_at_ms).await?, started_at_ms);
+        gate.refresh_apps(&store, started_at_ms).await?;
+
+        let connected_since = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+        let mut connection =
+            Connection::new(format!("rota-server {id}"), subjects.server_inbox(&id));
+        connection.retry_initial = true;
+        connection.on_event = Some({
+            let connected_since = connected_since.clone();
+            Arc::new(move |event: &async_nats::Event| match event {
+                async_nats::Event::Connected => {
+                    *connected_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                        tokio::time::Instant::now();
+                    tracing::info!("connected to NATS");
+                }
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting")
+                }
+                _ => {}
+            })
+        });
+        let client = config.nats.connect(connection).await?;
         store.register_server(&id, VERSION, started_at_ms).await?;
 
         let shutdown = CancellationToken::new();
@@ -120,9 +163,10 @@ impl Server {
             started_at_ms,
             workers: WorkerRegistry::new(config.worker_timeout),
             config,
-            client: client.clone(),
+            transport: Transport::new(client.clone()),
             subjects: subjects.clone(),
             store,
+            gate,
             ownership: Ownership::default(),
             timer,
             inserts,
@@ -140,13 +184,59 @@ impl Server {
         });
 
         // Subscribe before anything announces this server, so no request finds it deaf.
-        let own = client.subscribe(subjects.server_all(&id)).await?;
-        let admin = client
-            .queue_subscribe(subjects.admin_all(), SERVER_QUEUE_GROUP.to_owned())
-            .await?;
-        let discovery = client
-            .queue_subscribe(subjects.discovery_acquire(), SERVER_QUEUE_GROUP.to_owned())
-            .await?;
+        let nats_service = client
+            .service_builder()
+            .description("Rota scheduler server")
+            .metadata(HashMap::from([
+                ("server_id".to_owned(), id.clone()),
+                ("prefix".to_owned(), subjects.prefix().to_owned()),
+            ]))
+            .start(SERVICE_NAME, VERSION)
+            .await
+            .map_err(|e| ServerError::Subscribe(e.to_string()))?;
+        let add = |name: &'static str, subject: String, shared: bool| {
+            let builder = nats_service.endpoint_builder().name(name);
+            let builder = if shared {
+                builder.queue_group(SERVER_QUEUE_GROUP)
+            } else {
+                builder
+            };
+            async move {
+                builder
+                    .add(subject.clone())
+                    .await
+                    .map_err(|e| ServerError::Subscribe(format!("{subject}: {e}")))
+            }
+        };
+        let mut own = vec![tag(
+            add("ping", subjects.server_ping(&id), false).await?,
+            Own::Ping,
+        )];
+        for endpoint in ServerEndpoint::ALL {
+            let subject = subjects.to_server_all(&id, endpoint);
+            own.push(tag(
+                add(endpoint.as_str(), subject, false).await?,
+                Own::Worker(endpoint),
+            ));
+        }
+        let shared = vec![
+            tag(
+                add("admin", subjects.admin_all(), true).await?,
+                Shared::Admin,
+            ),
+            tag(
+                add("admin-direct", subjects.server_admin_all(&id), false).await?,
+                Shared::Admin,
+            ),
+            tag(
+                add("discovery", subjects.discovery_all(), true).await?,
+                Shared::Discovery,
+            ),
+            tag(
+                add("rpc", subjects.server_rpc(&id), false).await?,
+                Shared::Rpc,
+            ),
+        ];
         // The subscriptions must be in force before anyone is told this server is up.
         round_trip(&client).await?;
 
@@ -169,12 +259,15 @@ impl Server {
         *core.services.lock().unwrap_or_else(|e| e.into_inner()) =
             services.iter().map(ServiceHandle::probe).collect();
         let tasks = vec![
-            tokio::spawn(serve_own(core.clone(), own, reports_tx)),
-            tokio::spawn(serve_concurrently(core.clone(), admin, Endpoint::Admin)),
+            tokio::spawn(serve_own(
+                core.clone(),
+                futures::stream::select_all(own),
+                reports_tx,
+            )),
             tokio::spawn(serve_concurrently(
                 core.clone(),
-                discovery,
-                Endpoint::Discovery,
+                futures::stream::select_all(shared),
+                nats_service,
             )),
         ];
         tracing::info!(server = %id, "server started");
@@ -186,45 +279,15 @@ impl Server {
     }
 }
 
-async fn connect(
-    url: &str,
-    id: &str,
-    connected_since: Arc<std::sync::Mutex<tokio::time::Instant>>,
-) -> Result<Client, ServerError> {
-    async_nats::ConnectOptions::new()
-        .name(format!("rota-server {id}"))
-        .event_callback(move |event| {
-            let connected_since = connected_since.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        *connected_since.lock().unwrap_or_else(|e| e.into_inner()) =
-                            tokio::time::Instant::now();
-                        tracing::info!("connected to NATS");
-                    }
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("disconnected from NATS; reconnecting")
-                    }
-                    other => tracing::debug!(event = %other, "NATS event"),
-                }
-            }
-        })
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|source| ServerError::Connect {
-            url: url.to_owned(),
-            source,
-        })
-}
-
 /// Waits until NATS has processed everything this connection sent so far. `flush` only empties
 /// the client's buffer into the socket; a message to our own inbox coming back proves that the
 /// NATS server has handled the subscriptions sent before it.
-async fn round_trip(client: &Client) -> Result<(), ServerError> {
+async fn round_trip(client: &async_nats::Client) -> Result<(), ServerError> {
     let inbox = client.new_inbox();
-    let mut echo = client.subscribe(inbox.clone()).await?;
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| ServerError::Subscribe(e.to_string()))?;
     client
         .publish(inbox, bytes::Bytes::new())
         .await
@@ -237,29 +300,37 @@ async fn round_trip(client: &Client) -> Result<(), ServerError> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Endpoint {
+/// Requests any server may answer, and forwarded calls: they touch the database, so they are
+/// served a few at a time, each in its own task.
+#[derive(Debug, Clone, Copy)]
+enum Shared {
     Admin,
     Discovery,
+    Rpc,
 }
 
-/// Serves requests that may take a while (they touch the database) a few at a time.
-async fn serve_concurrently(core: Arc<Core>, mut sub: Subscriber, endpoint: Endpoint) {
+async fn serve_concurrently(
+    core: Arc<Core>,
+    mut requests: futures::stream::SelectAll<Requests<Shared>>,
+    // Held so that the service (and its `$SRV` answers) lives as long as the server.
+    _service: async_nats::service::Service,
+) {
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS));
-    while let Some(msg) = sub.next().await {
+    while let Some((kind, request)) = requests.next().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
         let core = core.clone();
         tokio::spawn(async move {
-            match endpoint {
-                Endpoint::Admin => admin::handle(&core, &msg).await,
-                Endpoint::Discovery => {
-                    let result = match decode_message::<AcquireRequest>(&msg) {
-                        Ok(r) => acquire(&core, r).await,
-                        Err(e) => Err(e),
-                    };
-                    respond(&core.client, &msg, result).await;
+            let incoming = Incoming::Service(Box::new(request));
+            match kind {
+                Shared::Admin => admin::handle(&core, &incoming).await,
+                Shared::Rpc => admin::handle_remote(&core, &incoming).await,
+                Shared::Discovery => {
+                    let (result, key) = discover(&core, incoming.message()).await;
+                    core.transport
+                        .respond(&incoming, result, key.as_ref())
+                        .await;
                 }
             }
             drop(permit);
@@ -268,8 +339,8 @@ async fn serve_concurrently(core: Arc<Core>, mut sub: Subscriber, endpoint: Endp
 }
 
 /// Hands a report to its writer; one whose writer is behind is refused at once (the worker sends
-/// it again) so that this subscription, which heartbeats share, never waits. `false` once the
-/// writers have stopped.
+/// it again) so that this loop, which heartbeats share, never waits. `false` once the writers
+/// have stopped.
 async fn queue_report(core: &Core, reports: &ReportQueue, pending: Pending) -> bool {
     match reports.push(pending) {
         Queued::Accepted => true,
@@ -285,147 +356,266 @@ async fn queue_report(core: &Core, reports: &ReportQueue, pending: Pending) -> b
     }
 }
 
-/// Serves `rota.srv.{me}.*`. Heartbeats, pings and cluster queries are answered from memory at
-/// once; reports and logs go to their batching writers.
-async fn serve_own(core: Arc<Core>, mut sub: Subscriber, reports: ReportQueue) {
-    while let Some(msg) = sub.next().await {
-        if core
-            .subjects
-            .parse_server_admin(&core.id, msg.subject.as_str())
-            .is_some()
-        {
-            // An admin request for this server in particular.
-            let core = core.clone();
-            tokio::spawn(async move { admin::handle(&core, &msg).await });
-            continue;
-        }
-        match Subjects::endpoint_of(msg.subject.as_str()) {
-            "heartbeat" => match decode_message::<WorkerHeartbeat>(&msg) {
-                Ok(hb) if validate_token(&hb.worker_id).is_ok() => core.workers.record(hb),
-                Ok(hb) => {
-                    tracing::debug!(worker = %hb.worker_id, "heartbeat with an invalid worker id")
-                }
-                Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
-            },
-            "status" => match decode_message::<StatusReport>(&msg) {
-                Ok(report) => {
-                    let reply = ReplyTo::Message(msg);
-                    if !queue_report(&core, &reports, Pending { report, reply }).await {
-                        break;
+/// Serves this server's own endpoints: the workers' messages and pings. Heartbeats, pings and
+/// cluster queries are answered from memory at once; reports and logs go to their writers.
+async fn serve_own(
+    core: Arc<Core>,
+    mut requests: futures::stream::SelectAll<Requests<Own>>,
+    reports: ReportQueue,
+) {
+    while let Some((kind, request)) = requests.next().await {
+        let incoming = Incoming::Service(Box::new(request));
+        match kind {
+            Own::Ping => {
+                let result = core
+                    .gate
+                    .verify_cluster(incoming.message(), now_ms())
+                    .and_then(|_| decode_message::<Ping>(incoming.message()))
+                    .map(|_| Pong {
+                        server_id: core.id.clone(),
+                        started_at_ms: core.started_at_ms,
+                        version: VERSION.to_owned(),
+                    });
+                let key = result
+                    .is_ok()
+                    .then(|| core.gate.cluster_credential().key().clone());
+                core.transport
+                    .respond(&incoming, result, key.as_ref())
+                    .await;
+            }
+            Own::Worker(endpoint) => {
+                let verified = core
+                    .subjects
+                    .parse_to_server(&core.id, incoming.subject())
+                    .ok_or_else(|| ErrorBody::bad_request("malformed subject"))
+                    .and_then(|(app, _)| {
+                        core.gate.verify_worker(app, incoming.message(), now_ms())
+                    });
+                match verified {
+                    Ok(peer) => {
+                        if !from_worker(&core, &reports, endpoint, peer, incoming).await {
+                            break;
+                        }
                     }
+                    Err(e) => core.transport.respond::<()>(&incoming, Err(e), None).await,
                 }
-                Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
-            },
-            "reports" => match decode_message::<StatusReportBatch>(&msg) {
-                Ok(batch) if batch.reports.len() > MAX_REPORTS_PER_BATCH => {
-                    let e = ErrorBody::invalid(format!(
-                        "a report batch may carry at most {MAX_REPORTS_PER_BATCH} reports"
-                    ));
-                    respond::<()>(&core.client, &msg, Err(e)).await;
+            }
+        }
+    }
+}
+
+/// Decodes a worker's message, checks its limits and that it speaks for its sender only.
+fn decode_from<T>(
+    peer: &WorkerPeer,
+    incoming: &Incoming,
+    worker: impl Fn(&T) -> &str,
+) -> Result<T, ErrorBody>
+where
+    T: serde::de::DeserializeOwned + Limited,
+{
+    let msg: T = decode_message(incoming.message())?;
+    msg.check_limits()?;
+    peer.check_worker(worker(&msg))?;
+    Ok(msg)
+}
+
+/// Handles one verified message from a worker. `false` once the report writers have stopped.
+async fn from_worker(
+    core: &Arc<Core>,
+    reports: &ReportQueue,
+    endpoint: ServerEndpoint,
+    peer: WorkerPeer,
+    incoming: Incoming,
+) -> bool {
+    match endpoint {
+        ServerEndpoint::Heartbeat => {
+            match decode_from::<WorkerHeartbeat>(&peer, &incoming, |h| &h.worker_id) {
+                Ok(hb) => core.workers.record(peer.app_id, hb),
+                Err(e) => {
+                    core.transport
+                        .respond::<()>(&incoming, Err(e), Some(&peer.key))
+                        .await
                 }
+            }
+        }
+        ServerEndpoint::Status => {
+            match decode_from::<StatusReport>(&peer, &incoming, |r| &r.worker_id) {
+                Ok(report) => {
+                    let pending = Pending {
+                        report,
+                        app_id: peer.app_id,
+                        reply: ReplyTo::Message(incoming, peer.key),
+                    };
+                    return queue_report(core, reports, pending).await;
+                }
+                Err(e) => {
+                    core.transport
+                        .respond::<()>(&incoming, Err(e), Some(&peer.key))
+                        .await
+                }
+            }
+        }
+        ServerEndpoint::Reports => {
+            let batch = decode_message::<StatusReportBatch>(incoming.message())
+                .and_then(|b| b.check_limits().map(|()| b))
+                .and_then(|b| {
+                    for r in &b.reports {
+                        peer.check_worker(&r.worker_id)?;
+                    }
+                    Ok(b)
+                });
+            match batch {
                 Ok(batch) if batch.reports.is_empty() => {
                     let done = StatusBatchAck { results: vec![] };
-                    respond(&core.client, &msg, Ok(done)).await;
+                    core.transport
+                        .respond(&incoming, Ok(done), Some(&peer.key))
+                        .await;
                 }
                 Ok(batch) => {
-                    let reply = BatchReply::new(msg, batch.reports.len());
+                    let reply = BatchReply::new(incoming, batch.reports.len(), peer.key);
                     for (index, report) in batch.reports.into_iter().enumerate() {
-                        let batch = Arc::clone(&reply);
                         let pending = Pending {
                             report,
-                            reply: ReplyTo::Batch { batch, index },
+                            app_id: peer.app_id,
+                            reply: ReplyTo::Batch {
+                                batch: Arc::clone(&reply),
+                                index,
+                            },
                         };
-                        if !queue_report(&core, &reports, pending).await {
-                            return;
+                        if !queue_report(core, reports, pending).await {
+                            return false;
                         }
                     }
                 }
-                Err(e) => respond::<()>(&core.client, &msg, Err(e)).await,
-            },
-            "logs" => {
-                // A log write waits on the database; heartbeats and reports must not wait
-                // behind it. Each worker has one batch in flight, so order is kept.
-                let core = core.clone();
-                tokio::spawn(async move {
-                    let result = match decode_message::<LogBatch>(&msg) {
-                        Ok(batch) => store_logs(&core, batch).await,
-                        Err(e) => Err(e),
-                    };
-                    respond(&core.client, &msg, result).await;
-                });
-            }
-            "cluster" => {
-                let result = decode_message::<ClusterQuery>(&msg).and_then(|q| cluster(&core, q));
-                respond(&core.client, &msg, result).await;
-            }
-            "ping" => {
-                let result = decode_message::<Ping>(&msg).map(|_| Pong {
-                    server_id: core.id.clone(),
-                    started_at_ms: core.started_at_ms,
-                    version: VERSION.to_owned(),
-                });
-                respond(&core.client, &msg, result).await;
-            }
-            "rpc" => {
-                // Forwarded calls touch the database and may wait on a worker: answer them
-                // without holding up heartbeats and reports.
-                let core = core.clone();
-                tokio::spawn(async move { admin::handle_remote(&core, &msg).await });
-            }
-            "container" => {
-                let err = ErrorBody::new(
-                    ErrorCode::Unsupported,
-                    format!("{} is not served by this version yet", msg.subject),
-                );
-                respond::<()>(&core.client, &msg, Err(err)).await;
-            }
-            other => {
-                let err = ErrorBody::not_found(format!("unknown endpoint {other:?}"));
-                respond::<()>(&core.client, &msg, Err(err)).await;
+                Err(e) => {
+                    core.transport
+                        .respond::<()>(&incoming, Err(e), Some(&peer.key))
+                        .await
+                }
             }
         }
+        ServerEndpoint::Logs => {
+            // A log write waits on the database; heartbeats and reports must not wait behind
+            // it. Each worker has one batch in flight, so order is kept.
+            let core = core.clone();
+            tokio::spawn(async move {
+                let result = match decode_from::<LogBatch>(&peer, &incoming, |b| &b.worker_id) {
+                    Ok(batch) => store_logs(&core, &peer, batch).await,
+                    Err(e) => Err(e),
+                };
+                core.transport
+                    .respond(&incoming, result, Some(&peer.key))
+                    .await;
+            });
+        }
+        ServerEndpoint::Cluster => {
+            let result = decode_message::<ClusterQuery>(incoming.message())
+                .and_then(|_| cluster(core, peer.app_id));
+            core.transport
+                .respond(&incoming, result, Some(&peer.key))
+                .await;
+        }
+        ServerEndpoint::Container => {
+            let err = ErrorBody::new(
+                ErrorCode::Unsupported,
+                format!("{} is not served by this version yet", incoming.subject()),
+            );
+            core.transport
+                .respond::<()>(&incoming, Err(err), Some(&peer.key))
+                .await;
+        }
     }
+    true
 }
 
-/// Discovery (DESIGN §3): which server owns the worker's app.
-async fn acquire(core: &Core, r: AcquireRequest) -> Result<AcquireReply, ErrorBody> {
-    validate_token(&r.worker_id).map_err(|e| ErrorBody::invalid(e.to_string()))?;
-    let app = core.store.app_by_name(&r.app).await?;
-    if hash_secret(&app.name, &r.secret) != app.secret_hash {
-        return Err(ErrorBody::new(
-            ErrorCode::Unauthorized,
-            format!("wrong secret for app {:?}", app.name),
-        ));
+/// Discovery (DESIGN §3): which server owns the worker's app. The request proves the app's
+/// secret; the reply is sealed with the same key, which proves this server knows it. Returns the
+/// answer and the key to seal it with (none when the request did not verify).
+async fn discover(
+    core: &Core,
+    msg: &async_nats::Message,
+) -> (Result<AcquireReply, ErrorBody>, Option<Key>) {
+    let Some(app) = core.subjects.parse_discovery(msg.subject.as_str()) else {
+        return (
+            Err(ErrorBody::bad_request("malformed discovery subject")),
+            None,
+        );
+    };
+    let (entry, key, sender) = match core
+        .gate
+        .verify_discovery(&core.store, app, msg, now_ms())
+        .await
+    {
+        Ok(verified) => verified,
+        Err(e) => return (Err(e), None),
+    };
+    let result = async {
+        let request: AcquireRequest = decode_message(msg)?;
+        request.check_limits()?;
+        if request.worker_id != sender {
+            return Err(ErrorBody::unauthorized(format!(
+                "the request is sealed by {sender} but names worker {}",
+                request.worker_id
+            )));
+        }
+        let owner = ensure_owner(core, entry.id).await?;
+        Ok(AcquireReply {
+            server_id: owner.server_id,
+            app_id: entry.id,
+            epoch: owner.epoch,
+        })
     }
-    let owner = ensure_owner(core, app.id).await?;
-    Ok(AcquireReply {
-        server_id: owner.server_id,
-        app_id: app.id,
-        epoch: owner.epoch,
-    })
+    .await;
+    (result, Some(key))
 }
 
-async fn store_logs(core: &Core, batch: LogBatch) -> Result<LogAck, ErrorBody> {
-    if batch.lines.len() > MAX_LINES_PER_BATCH {
-        return Err(ErrorBody::invalid(format!(
-            "a log batch may carry at most {MAX_LINES_PER_BATCH} lines"
-        )));
-    }
+/// Stores a batch of log lines: only the lines of instances of the sender's app whose current
+/// attempt was dispatched to the sender; the others are refused and counted.
+async fn store_logs(core: &Core, peer: &WorkerPeer, batch: LogBatch) -> Result<LogAck, ErrorBody> {
     if batch.dropped > 0 {
         tracing::warn!(worker = %batch.worker_id, dropped = batch.dropped, "worker dropped log lines");
     }
-    let stored = core.store.insert_logs(&batch.lines).await?;
-    Ok(LogAck { stored })
+    let mut ids: Vec<i64> = batch.lines.iter().map(|l| l.instance_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mine: std::collections::HashSet<i64> = core
+        .store
+        .instances_by_ids(&ids)
+        .await?
+        .into_iter()
+        .filter(|m| {
+            m.app_id == peer.app_id && m.worker_id.as_deref() == Some(peer.worker_id.as_str())
+        })
+        .map(|m| m.id)
+        .collect();
+    let total = batch.lines.len() as u64;
+    let lines: Vec<_> = batch
+        .lines
+        .into_iter()
+        .filter(|l| mine.contains(&l.instance_id))
+        .collect();
+    let refused = total - lines.len() as u64;
+    if refused > 0 {
+        core.gate.refuse(
+            "foreign_log_lines",
+            ErrorBody::unauthorized(format!(
+                "{refused} log lines of instances not run by {}",
+                peer.worker_id
+            )),
+        );
+    }
+    let stored = core.store.insert_logs(&lines).await?;
+    Ok(LogAck { stored, refused })
 }
 
-fn cluster(core: &Core, q: ClusterQuery) -> Result<ClusterReply, ErrorBody> {
-    if !core.ownership.owns(q.app_id) {
+fn cluster(core: &Core, app_id: i64) -> Result<ClusterReply, ErrorBody> {
+    if !core.ownership.owns(app_id) {
         return Err(ErrorBody::new(
             ErrorCode::NotOwner,
-            format!("server {} does not own app {}", core.id, q.app_id),
+            format!("server {} does not own app {app_id}", core.id),
         ));
     }
     Ok(ClusterReply {
-        workers: core.workers.live(Some(q.app_id)),
+        workers: core.workers.live(Some(app_id)),
     })
 }

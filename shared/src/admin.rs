@@ -9,18 +9,61 @@ use serde::{Deserialize, Serialize};
 use crate::schedule::{Lifecycle, Schedule};
 use crate::status::InstanceStatus;
 
-/// A request with a fixed admin subject and reply type.
+/// What an admin token may do. Each role may do everything the ones before it may.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read: lists, shows, logs, statistics.
+    #[default]
+    Viewer,
+    /// Act on what exists: run, stop and retry instances, enable and disable jobs.
+    Operator,
+    /// Everything: apps and their secrets, tokens, and defining jobs (shell jobs among them).
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "viewer" => Some(Self::Viewer),
+            "operator" => Some(Self::Operator),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request with a fixed admin subject, the role it needs, and its reply type.
 pub trait AdminRequest: Serialize {
     const AREA: &'static str;
     const VERB: &'static str;
+    /// The least role a caller needs.
+    const ROLE: Role;
     type Reply: DeserializeOwned + Serialize;
 }
 
 macro_rules! admin_request {
-    ($ty:ty, $area:literal, $verb:literal, $reply:ty) => {
+    ($ty:ty, $area:literal, $verb:literal, $role:ident, $reply:ty) => {
         impl AdminRequest for $ty {
             const AREA: &'static str = $area;
             const VERB: &'static str = $verb;
+            const ROLE: Role = Role::$role;
             type Reply = $reply;
         }
     };
@@ -32,11 +75,29 @@ pub struct Done {}
 
 // === Apps ===
 
+/// `app.create`. The secret never travels: the CLI derives the app key from it and sends that,
+/// encrypted with its token's key (see `rota_transport::keys::seal_secret`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppCreate {
     pub name: String,
-    /// The secret workers of this app present at discovery.
-    pub secret: String,
+    /// The app key workers derive from the secret, encrypted for the server.
+    pub sealed_key: String,
+}
+
+/// `app.rotate_secret`: a new secret for an app. Workers that still use a previous one keep
+/// working for `grace_ms`; a worker given its secret in a file picks the new one up by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRotateSecret {
+    pub name: String,
+    /// The new app key, encrypted for the server like [`AppCreate::sealed_key`].
+    pub sealed_key: String,
+    /// How long the previous secrets stay valid; `0` ends them now.
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+}
+
+fn default_grace_ms() -> u64 {
+    3_600_000
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +112,9 @@ pub struct AppInfo {
     pub created_at_ms: i64,
 }
 
-admin_request!(AppCreate, "app", "create", AppInfo);
-admin_request!(AppList, "app", "list", Vec<AppInfo>);
+admin_request!(AppCreate, "app", "create", Admin, AppInfo);
+admin_request!(AppRotateSecret, "app", "rotate_secret", Admin, AppInfo);
+admin_request!(AppList, "app", "list", Viewer, Vec<AppInfo>);
 
 // === Jobs ===
 
@@ -297,14 +359,14 @@ pub struct RunStarted {
     pub instance_id: i64,
 }
 
-admin_request!(JobCreate, "job", "create", JobInfo);
-admin_request!(JobUpdate, "job", "update", JobInfo);
-admin_request!(JobList, "job", "list", Vec<JobInfo>);
-admin_request!(JobShow, "job", "show", JobInfo);
-admin_request!(JobEnable, "job", "enable", JobInfo);
-admin_request!(JobDisable, "job", "disable", JobInfo);
-admin_request!(JobDelete, "job", "delete", Done);
-admin_request!(JobRun, "job", "run", RunStarted);
+admin_request!(JobCreate, "job", "create", Admin, JobInfo);
+admin_request!(JobUpdate, "job", "update", Admin, JobInfo);
+admin_request!(JobList, "job", "list", Viewer, Vec<JobInfo>);
+admin_request!(JobShow, "job", "show", Viewer, JobInfo);
+admin_request!(JobEnable, "job", "enable", Operator, JobInfo);
+admin_request!(JobDisable, "job", "disable", Operator, JobInfo);
+admin_request!(JobDelete, "job", "delete", Admin, Done);
+admin_request!(JobRun, "job", "run", Operator, RunStarted);
 
 // === Instances ===
 
@@ -359,10 +421,10 @@ pub struct InstanceStop(pub InstanceId);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRetry(pub InstanceId);
 
-admin_request!(InstanceList, "instance", "list", Vec<InstanceInfo>);
-admin_request!(InstanceShow, "instance", "show", InstanceInfo);
-admin_request!(InstanceStop, "instance", "stop", InstanceInfo);
-admin_request!(InstanceRetry, "instance", "retry", RunStarted);
+admin_request!(InstanceList, "instance", "list", Viewer, Vec<InstanceInfo>);
+admin_request!(InstanceShow, "instance", "show", Viewer, InstanceInfo);
+admin_request!(InstanceStop, "instance", "stop", Operator, InstanceInfo);
+admin_request!(InstanceRetry, "instance", "retry", Operator, RunStarted);
 
 // === Logs ===
 
@@ -394,7 +456,7 @@ pub struct LogPage {
     pub finished: bool,
 }
 
-admin_request!(LogsGet, "logs", "get", LogPage);
+admin_request!(LogsGet, "logs", "get", Viewer, LogPage);
 
 // === Workers and servers ===
 
@@ -420,9 +482,10 @@ admin_request!(
     WorkerList,
     "worker",
     "list",
+    Viewer,
     Vec<crate::message::WorkerSummary>
 );
-admin_request!(ServerList, "server", "list", Vec<ServerInfo>);
+admin_request!(ServerList, "server", "list", Viewer, Vec<ServerInfo>);
 
 /// `server.stats`: one server's health and what its repair loops did. Answered from memory, so
 /// it works while the database does not.
@@ -440,6 +503,10 @@ pub struct ServerStatsInfo {
     pub live_workers: u64,
     /// Repairs and clean-ups since start, by reason.
     pub repairs: std::collections::BTreeMap<String, u64>,
+    /// Messages and requests refused since start because they were not authenticated (no or a
+    /// bad seal, a replay, an unknown key or token), by reason.
+    #[serde(default)]
+    pub refused: std::collections::BTreeMap<String, u64>,
     /// The background services and their states (`RUNNING`, `FAILED` …).
     pub services: Vec<ServiceInfo>,
 }
@@ -452,7 +519,50 @@ pub struct ServiceInfo {
     pub failed_iterations: u64,
 }
 
-admin_request!(ServerStats, "server", "stats", ServerStatsInfo);
+admin_request!(ServerStats, "server", "stats", Viewer, ServerStatsInfo);
+
+// === Tokens ===
+
+/// `token.create`: a new admin token. Only an admin token that is not scoped to an app may make
+/// tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreate {
+    pub role: Role,
+    /// Scope the token to this app: it then sees and touches nothing of other apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: Role,
+    pub app: Option<String>,
+    pub description: String,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// The new token, shown once. On the bus it travels encrypted with the caller's token key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub info: TokenInfo,
+    pub sealed_token: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRevoke {
+    pub id: String,
+}
+
+admin_request!(TokenCreate, "token", "create", Admin, TokenCreated);
+admin_request!(TokenList, "token", "list", Admin, Vec<TokenInfo>);
+admin_request!(TokenRevoke, "token", "revoke", Admin, TokenInfo);
 
 #[cfg(test)]
 mod tests {

@@ -17,8 +17,11 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// The request is well-formed but a value in it is not acceptable.
     InvalidArgument,
-    /// Wrong app secret.
+    /// The request or message is not authenticated: no token, an unknown or revoked one, a bad
+    /// seal, a replay, or a wrong app secret.
     Unauthorized,
+    /// The caller is authenticated but its role or app scope does not allow the request.
+    Forbidden,
     NotFound,
     AlreadyExists,
     /// The request changes something that is not in a state that allows it.
@@ -47,6 +50,7 @@ impl ErrorCode {
             Self::UnsupportedVersion => "UNSUPPORTED_VERSION",
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::Unauthorized => "UNAUTHORIZED",
+            Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::AlreadyExists => "ALREADY_EXISTS",
             Self::Conflict => "CONFLICT",
@@ -97,6 +101,14 @@ impl ErrorBody {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
     }
 }
 

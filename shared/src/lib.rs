@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod envelope;
+pub mod limits;
 pub mod message;
 pub mod rules;
 pub mod schedule;
@@ -23,7 +24,7 @@ pub use status::InstanceStatus;
 pub use subject::Subjects;
 
 /// The protocol version every Rota message is sent with (in the [`PROTOCOL_HEADER`] header).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The NATS header that carries [`PROTOCOL_VERSION`]. A message without it is taken to be of the
 /// current version, so that standard NATS tooling (`nats req`) can talk to Rota.

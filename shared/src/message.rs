@@ -4,11 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::InstanceStatus;
 
-/// `rota.discovery.acquire`: a worker asks which server owns its app.
+/// `rota.discovery.{app}`: a worker asks which server owns its app. It is sealed with the app
+/// key the worker derived from its secret (the secret itself never travels), and the reply is
+/// sealed with the same key, which proves that a server of the deployment answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcquireRequest {
-    pub app: String,
-    pub secret: String,
     pub worker_id: String,
     /// The server the worker talks to now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,12 +62,10 @@ fn ratio_free(total: u64, used: u64) -> f64 {
     }
 }
 
-/// `rota.srv.{sid}.heartbeat`: published by every worker on its interval.
+/// `rota.app.{app}.srv.{sid}.heartbeat`: published by every worker on its interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerHeartbeat {
     pub worker_id: String,
-    pub app_id: i64,
-    pub app: String,
     #[serde(default)]
     pub tags: Vec<String>,
     /// Names of the processors this worker can run.
@@ -88,7 +86,7 @@ pub struct WorkerHeartbeat {
     pub dropped_log_lines: u64,
 }
 
-/// `rota.srv.{sid}.status`: a task tracker's report on an instance it runs.
+/// `rota.app.{app}.srv.{sid}.status`: a task tracker's report on an instance it runs.
 ///
 /// Progress reports are published; terminal reports are requests that the tracker repeats until
 /// it gets a [`ReportAck`].
@@ -129,7 +127,7 @@ pub struct ReportAck {
     pub action: ReportAction,
 }
 
-/// Reports sent together (`rota.srv.{sid}.reports`): a worker gathers the terminal reports that
+/// Reports sent together (`rota.app.{app}.srv.{sid}.reports`): a worker gathers the terminal reports that
 /// are ready at the same moment into one request. At most [`MAX_REPORTS_PER_BATCH`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReportBatch {
@@ -185,7 +183,7 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// `rota.srv.{sid}.logs`: a batch of log lines, acknowledged by [`LogAck`].
+/// `rota.app.{app}.srv.{sid}.logs`: a batch of log lines, acknowledged by [`LogAck`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogBatch {
     pub worker_id: String,
@@ -198,12 +196,15 @@ pub struct LogBatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogAck {
     pub stored: u64,
+    /// Lines refused because their instance is not one dispatched to the sender (they are
+    /// dropped; sending them again changes nothing).
+    #[serde(default)]
+    pub refused: u64,
 }
 
-/// `rota.srv.{sid}.cluster`: which live workers may run a job.
+/// `rota.app.{app}.srv.{sid}.cluster`: which live workers of the app may run a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterQuery {
-    pub app_id: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<i64>,
 }
@@ -229,7 +230,7 @@ pub struct WorkerSummary {
     pub last_seen_ago_ms: u64,
 }
 
-/// `rota.wrk.{wid}.dispatch`: run this attempt of an instance. The worker answers
+/// `rota.app.{app}.wrk.{wid}.dispatch`: run this attempt of an instance. The worker answers
 /// [`DispatchAck`] or an error reply (`REJECTED`) with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DispatchRequest {
@@ -293,7 +294,7 @@ pub struct DispatchAck {
     pub accepted: bool,
 }
 
-/// `rota.wrk.{wid}.stop`: stop an instance's work.
+/// `rota.app.{app}.wrk.{wid}.stop`: stop an instance's work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRequest {
     pub instance_id: i64,
@@ -305,7 +306,7 @@ pub struct StopAck {
     pub was_running: bool,
 }
 
-/// `rota.wrk.{wid}.query`: what a worker knows about an instance it runs.
+/// `rota.app.{app}.wrk.{wid}.query`: what a worker knows about an instance it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryRequest {
     pub instance_id: i64,

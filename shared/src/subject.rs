@@ -1,4 +1,16 @@
 //! NATS subjects, all under a configurable prefix (default `rota`).
+//!
+//! Every subject that concerns one app carries the app, so that a NATS user can be given exactly
+//! one app's worker rights (see [`Subjects::worker_permissions`]):
+//!
+//! | subject | from → to |
+//! |---|---|
+//! | `{p}.discovery.{app}` | a worker → any server (queue group) |
+//! | `{p}.app.{app}.srv.{sid}.{heartbeat,status,reports,logs,cluster,container}` | a worker → its app's owner |
+//! | `{p}.app.{app}.wrk.{wid}.{dispatch,stop,query}` | a server → a worker |
+//! | `{p}.srv.{sid}.{ping,rpc}` | a server → another server |
+//! | `{p}.admin.{area}.{verb}`, `{p}.srv.{sid}.admin.{area}.{verb}` | an administrator → any server, or one |
+//! | `{p}.inbox.{srv.{sid},admin,app.{app}}.…` | replies to servers, administrators, an app's workers |
 
 use thiserror::Error;
 
@@ -8,9 +20,11 @@ pub const DEFAULT_PREFIX: &str = "rota";
 /// The queue group every server joins for requests that any server may answer.
 pub const SERVER_QUEUE_GROUP: &str = "rota-servers";
 
-/// A token (prefix part, server id or worker id) that cannot be used in a subject.
+/// A token (prefix part, app, server id or worker id) that cannot be used in a subject.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("invalid subject token {token:?}: use letters, digits, '-' and '_' (and '.' in a prefix)")]
+#[error(
+    "invalid subject token {token:?}: use 1 to 128 letters, digits, '-' and '_' (and '.' in a prefix)"
+)]
 pub struct InvalidToken {
     pub token: String,
 }
@@ -29,6 +43,78 @@ pub fn validate_token(token: &str) -> Result<(), InvalidToken> {
             token: token.to_owned(),
         })
     }
+}
+
+/// What a worker sends to its app's owning server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerEndpoint {
+    Heartbeat,
+    /// One status report (progress reports are published here).
+    Status,
+    /// Status reports in batches.
+    Reports,
+    Logs,
+    Cluster,
+    Container,
+}
+
+impl ServerEndpoint {
+    pub const ALL: [ServerEndpoint; 6] = [
+        Self::Heartbeat,
+        Self::Status,
+        Self::Reports,
+        Self::Logs,
+        Self::Cluster,
+        Self::Container,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Heartbeat => "heartbeat",
+            Self::Status => "status",
+            Self::Reports => "reports",
+            Self::Logs => "logs",
+            Self::Cluster => "cluster",
+            Self::Container => "container",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// What a server sends to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerEndpoint {
+    Dispatch,
+    Stop,
+    Query,
+}
+
+impl WorkerEndpoint {
+    pub const ALL: [WorkerEndpoint; 3] = [Self::Dispatch, Self::Stop, Self::Query];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dispatch => "dispatch",
+            Self::Stop => "stop",
+            Self::Query => "query",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// What one kind of NATS user may publish and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    /// May answer requests it received (NATS' `allow_responses`).
+    pub allow_responses: bool,
 }
 
 /// Builds every subject Rota uses, under one prefix.
@@ -62,36 +148,85 @@ impl Subjects {
         &self.prefix
     }
 
-    /// Server discovery: a worker asks any server which server owns its app.
-    pub fn discovery_acquire(&self) -> String {
-        format!("{}.discovery.acquire", self.prefix)
+    /// Strips `{prefix}.` from a subject.
+    fn local<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')
     }
 
-    /// Every subject addressed to one server.
-    pub fn server_all(&self, server_id: &str) -> String {
-        format!("{}.srv.{server_id}.>", self.prefix)
+    // === Discovery ===
+
+    /// Server discovery: a worker of `app` asks any server which server owns the app.
+    pub fn discovery(&self, app: &str) -> String {
+        format!("{}.discovery.{app}", self.prefix)
     }
 
-    pub fn server_heartbeat(&self, server_id: &str) -> String {
-        format!("{}.srv.{server_id}.heartbeat", self.prefix)
+    /// Discovery for every app, for the servers' queue subscription.
+    pub fn discovery_all(&self) -> String {
+        format!("{}.discovery.*", self.prefix)
     }
 
-    pub fn server_status(&self, server_id: &str) -> String {
-        format!("{}.srv.{server_id}.status", self.prefix)
+    /// The app of a discovery subject.
+    pub fn parse_discovery<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let app = self.local(subject)?.strip_prefix("discovery.")?;
+        validate_token(app).is_ok().then_some(app)
     }
 
-    /// Status reports in batches ([`crate::message::StatusReportBatch`]).
-    pub fn server_reports(&self, server_id: &str) -> String {
-        format!("{}.srv.{server_id}.reports", self.prefix)
+    // === Workers to servers, and servers to workers ===
+
+    /// What a worker of `app` sends to server `server_id`.
+    pub fn to_server(&self, app: &str, server_id: &str, endpoint: ServerEndpoint) -> String {
+        format!(
+            "{}.app.{app}.srv.{server_id}.{}",
+            self.prefix,
+            endpoint.as_str()
+        )
     }
 
-    pub fn server_logs(&self, server_id: &str) -> String {
-        format!("{}.srv.{server_id}.logs", self.prefix)
+    /// What the workers of every app send to server `server_id` on `endpoint`.
+    pub fn to_server_all(&self, server_id: &str, endpoint: ServerEndpoint) -> String {
+        format!(
+            "{}.app.*.srv.{server_id}.{}",
+            self.prefix,
+            endpoint.as_str()
+        )
     }
 
-    pub fn server_cluster(&self, server_id: &str) -> String {
-        format!("{}.srv.{server_id}.cluster", self.prefix)
+    /// Splits a subject sent to server `server_id` into the app and the endpoint.
+    pub fn parse_to_server<'a>(
+        &self,
+        server_id: &str,
+        subject: &'a str,
+    ) -> Option<(&'a str, ServerEndpoint)> {
+        let rest = self.local(subject)?.strip_prefix("app.")?;
+        let (app, rest) = rest.split_once('.')?;
+        let rest = rest.strip_prefix("srv.")?.strip_prefix(server_id)?;
+        let endpoint = ServerEndpoint::parse(rest.strip_prefix('.')?)?;
+        validate_token(app).is_ok().then_some((app, endpoint))
     }
+
+    /// What a server sends to worker `worker_id` of `app`.
+    pub fn to_worker(&self, app: &str, worker_id: &str, endpoint: WorkerEndpoint) -> String {
+        format!(
+            "{}.app.{app}.wrk.{worker_id}.{}",
+            self.prefix,
+            endpoint.as_str()
+        )
+    }
+
+    /// Splits a subject sent to a worker into its app, worker id and endpoint.
+    pub fn parse_to_worker<'a>(
+        &self,
+        subject: &'a str,
+    ) -> Option<(&'a str, &'a str, WorkerEndpoint)> {
+        let rest = self.local(subject)?.strip_prefix("app.")?;
+        let (app, rest) = rest.split_once('.')?;
+        let (worker, endpoint) = rest.strip_prefix("wrk.")?.split_once('.')?;
+        Some((app, worker, WorkerEndpoint::parse(endpoint)?))
+    }
+
+    // === Servers ===
 
     pub fn server_ping(&self, server_id: &str) -> String {
         format!("{}.srv.{server_id}.ping", self.prefix)
@@ -101,36 +236,7 @@ impl Subjects {
         format!("{}.srv.{server_id}.rpc", self.prefix)
     }
 
-    /// An admin request addressed to one server: `rota.srv.{sid}.admin.{area}.{verb}`.
-    pub fn server_admin(&self, server_id: &str, area: &str, verb: &str) -> String {
-        format!("{}.srv.{server_id}.admin.{area}.{verb}", self.prefix)
-    }
-
-    /// Splits a server-addressed admin subject into `(area, verb)`.
-    pub fn parse_server_admin<'a>(
-        &self,
-        server_id: &str,
-        subject: &'a str,
-    ) -> Option<(&'a str, &'a str)> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?;
-        let rest = rest.strip_prefix(".srv.")?;
-        let rest = rest.strip_prefix(server_id)?;
-        let rest = rest.strip_prefix(".admin.")?;
-        let (area, verb) = rest.split_once('.')?;
-        (!verb.contains('.')).then_some((area, verb))
-    }
-
-    pub fn worker_dispatch(&self, worker_id: &str) -> String {
-        format!("{}.wrk.{worker_id}.dispatch", self.prefix)
-    }
-
-    pub fn worker_stop(&self, worker_id: &str) -> String {
-        format!("{}.wrk.{worker_id}.stop", self.prefix)
-    }
-
-    pub fn worker_query(&self, worker_id: &str) -> String {
-        format!("{}.wrk.{worker_id}.query", self.prefix)
-    }
+    // === Admin ===
 
     /// An administrative request, `rota.admin.{area}.{verb}`.
     pub fn admin(&self, area: &str, verb: &str) -> String {
@@ -144,15 +250,82 @@ impl Subjects {
 
     /// Splits an admin subject into `(area, verb)`, or `None` if it is not one of ours.
     pub fn parse_admin<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?;
-        let rest = rest.strip_prefix(".admin.")?;
+        let rest = self.local(subject)?.strip_prefix("admin.")?;
         let (area, verb) = rest.split_once('.')?;
         (!verb.contains('.')).then_some((area, verb))
     }
 
-    /// The last token of a `srv.{sid}.{endpoint}` or `wrk.{wid}.{endpoint}` subject.
-    pub fn endpoint_of(subject: &str) -> &str {
-        subject.rsplit('.').next().unwrap_or_default()
+    /// An admin request addressed to one server: `rota.srv.{sid}.admin.{area}.{verb}`.
+    pub fn server_admin(&self, server_id: &str, area: &str, verb: &str) -> String {
+        format!("{}.srv.{server_id}.admin.{area}.{verb}", self.prefix)
+    }
+
+    /// Every admin subject addressed to one server.
+    pub fn server_admin_all(&self, server_id: &str) -> String {
+        format!("{}.srv.{server_id}.admin.>", self.prefix)
+    }
+
+    /// Splits a server-addressed admin subject into `(area, verb)`.
+    pub fn parse_server_admin<'a>(
+        &self,
+        server_id: &str,
+        subject: &'a str,
+    ) -> Option<(&'a str, &'a str)> {
+        let rest = self.local(subject)?.strip_prefix("srv.")?;
+        let rest = rest.strip_prefix(server_id)?.strip_prefix(".admin.")?;
+        let (area, verb) = rest.split_once('.')?;
+        (!verb.contains('.')).then_some((area, verb))
+    }
+
+    // === Reply inboxes, one prefix per role ===
+
+    pub fn server_inbox(&self, server_id: &str) -> String {
+        format!("{}.inbox.srv.{server_id}", self.prefix)
+    }
+
+    pub fn admin_inbox(&self) -> String {
+        format!("{}.inbox.admin", self.prefix)
+    }
+
+    pub fn worker_inbox(&self, app: &str) -> String {
+        format!("{}.inbox.app.{app}", self.prefix)
+    }
+
+    // === What each role may do, for NATS permissions ===
+
+    /// A server: everything under the prefix, the NATS service API, and replies.
+    pub fn server_permissions(&self) -> Permissions {
+        let all = format!("{}.>", self.prefix);
+        Permissions {
+            publish: vec![all.clone(), "$SRV.>".to_owned()],
+            subscribe: vec![all, "$SRV.>".to_owned()],
+            allow_responses: true,
+        }
+    }
+
+    /// An administrator: admin requests, and the replies to them.
+    pub fn admin_permissions(&self) -> Permissions {
+        Permissions {
+            publish: vec![self.admin_all(), format!("{}.srv.*.admin.>", self.prefix)],
+            subscribe: vec![format!("{}.>", self.admin_inbox())],
+            allow_responses: false,
+        }
+    }
+
+    /// The workers of one app: their own discovery, what they send to servers, and what
+    /// servers send them; answers only to requests they received.
+    pub fn worker_permissions(&self, app: &str) -> Permissions {
+        Permissions {
+            publish: vec![
+                self.discovery(app),
+                format!("{}.app.{app}.srv.*.*", self.prefix),
+            ],
+            subscribe: vec![
+                format!("{}.app.{app}.wrk.*.*", self.prefix),
+                format!("{}.>", self.worker_inbox(app)),
+            ],
+            allow_responses: true,
+        }
     }
 }
 
@@ -161,11 +334,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subjects_use_the_prefix() {
+    fn subjects_use_the_prefix_and_carry_the_app() {
         let s = Subjects::new("acme.rota").unwrap();
-        assert_eq!(s.discovery_acquire(), "acme.rota.discovery.acquire");
-        assert_eq!(s.server_status("s1"), "acme.rota.srv.s1.status");
-        assert_eq!(s.worker_dispatch("w-1"), "acme.rota.wrk.w-1.dispatch");
+        assert_eq!(s.discovery("billing"), "acme.rota.discovery.billing");
+        assert_eq!(
+            s.parse_discovery("acme.rota.discovery.billing"),
+            Some("billing")
+        );
+        assert_eq!(s.parse_discovery("acme.rota.discovery.a.b"), None);
+        assert_eq!(
+            s.to_server("billing", "s1", ServerEndpoint::Heartbeat),
+            "acme.rota.app.billing.srv.s1.heartbeat"
+        );
+        assert_eq!(
+            s.parse_to_server("s1", "acme.rota.app.billing.srv.s1.reports"),
+            Some(("billing", ServerEndpoint::Reports))
+        );
+        assert_eq!(
+            s.parse_to_server("s1", "acme.rota.app.billing.srv.s2.reports"),
+            None
+        );
+        assert_eq!(
+            s.parse_to_server("s1", "acme.rota.app.billing.srv.s1.nope"),
+            None
+        );
+        assert_eq!(
+            s.to_server_all("s1", ServerEndpoint::Logs),
+            "acme.rota.app.*.srv.s1.logs"
+        );
+        assert_eq!(
+            s.to_worker("billing", "w-1", WorkerEndpoint::Dispatch),
+            "acme.rota.app.billing.wrk.w-1.dispatch"
+        );
+        assert_eq!(
+            s.parse_to_worker("acme.rota.app.billing.wrk.w-1.stop"),
+            Some(("billing", "w-1", WorkerEndpoint::Stop))
+        );
         assert_eq!(s.admin("job", "run"), "acme.rota.admin.job.run");
         assert_eq!(
             s.parse_admin("acme.rota.admin.job.run"),
@@ -174,10 +378,6 @@ mod tests {
         assert_eq!(s.parse_admin("acme.rota.admin.job"), None);
         assert_eq!(s.parse_admin("other.admin.job.run"), None);
         assert_eq!(
-            s.server_admin("s1", "job", "run"),
-            "acme.rota.srv.s1.admin.job.run"
-        );
-        assert_eq!(
             s.parse_server_admin("s1", "acme.rota.srv.s1.admin.job.run"),
             Some(("job", "run"))
         );
@@ -185,7 +385,22 @@ mod tests {
             s.parse_server_admin("s1", "acme.rota.srv.s2.admin.job.run"),
             None
         );
-        assert_eq!(s.parse_server_admin("s1", "acme.rota.srv.s1.status"), None);
+        assert_eq!(s.worker_inbox("billing"), "acme.rota.inbox.app.billing");
+    }
+
+    #[test]
+    fn a_workers_permissions_cover_its_app_only() {
+        let s = Subjects::default();
+        let p = s.worker_permissions("a");
+        assert!(p.publish.contains(&"rota.discovery.a".to_owned()));
+        assert!(p.subscribe.contains(&"rota.app.a.wrk.*.*".to_owned()));
+        assert!(
+            p.publish
+                .iter()
+                .chain(&p.subscribe)
+                .all(|s| !s.contains(".b."))
+        );
+        assert!(!p.publish.iter().any(|s| s.contains("wrk")), "{p:?}");
     }
 
     #[test]

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rota_client::AdminClient;
+use rota_server::store::Store;
 use rota_server::{Server, ServerConfig, ServerHandle};
 use rota_shared::Subjects;
 use rota_shared::admin::*;
+use rota_transport::{AdminToken, NatsOptions};
 use rota_worker::{ProcessorRegistry, Worker, WorkerConfig, WorkerHandle};
 
 use crate::db::TestDatabase;
@@ -23,7 +25,10 @@ pub const SECRET: &str = "test-secret";
 pub struct Deployment {
     pub nats: NatsServer,
     pub db: TestDatabase,
+    /// An admin client with an unscoped `admin` token.
     pub admin: AdminClient,
+    /// That token, for the CLI (`ROTA_TOKEN`) and for clients the test makes.
+    pub token: AdminToken,
     servers: Vec<ServerHandle>,
     workers: Vec<WorkerHandle>,
 }
@@ -41,11 +46,14 @@ impl Deployment {
         crate::init_tracing();
         let nats = NatsServer::start()?;
         let db = TestDatabase::create().await?;
-        let admin = AdminClient::connect(&nats.url(), "rota").await?;
+        let (_, token) = create_token(db.url(), Role::Admin, None).await?;
+        let admin =
+            AdminClient::connect(&NatsOptions::new(nats.url()), "rota", Some(&token)).await?;
         Ok(Self {
             nats,
             db,
             admin,
+            token,
             servers: Vec::new(),
             workers: Vec::new(),
         })
@@ -54,7 +62,7 @@ impl Deployment {
     /// The configuration tests run servers with.
     pub fn server_config(&self, id: &str) -> ServerConfig {
         ServerConfig {
-            nats_url: self.nats.url(),
+            nats: NatsOptions::new(self.nats.url()),
             database_url: self.db.url().to_owned(),
             server_id: Some(id.to_owned()),
             worker_timeout: Duration::from_secs(3),
@@ -112,7 +120,7 @@ impl Deployment {
     /// The configuration tests run workers with.
     pub fn worker_config(&self, app: &str, worker_id: &str) -> WorkerConfig {
         WorkerConfig {
-            nats_url: self.nats.url(),
+            nats: NatsOptions::new(self.nats.url()),
             app: app.to_owned(),
             secret: SECRET.to_owned(),
             worker_id: Some(worker_id.to_owned()),
@@ -128,13 +136,17 @@ impl Deployment {
     }
 
     pub async fn create_app(&self, name: &str) -> anyhow::Result<AppInfo> {
-        Ok(self
-            .admin
-            .call(&AppCreate {
-                name: name.to_owned(),
-                secret: SECRET.to_owned(),
-            })
-            .await?)
+        Ok(self.admin.app_create(name, SECRET).await?)
+    }
+
+    /// A new token with `role`, scoped to `app` when given, made in the database.
+    pub async fn token(&self, role: Role, app: Option<&str>) -> anyhow::Result<AdminToken> {
+        Ok(create_token(self.db.url(), role, app).await?.1)
+    }
+
+    /// An admin client with `token`, on its own connection.
+    pub async fn client_with(&self, token: &AdminToken) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient::connect(&NatsOptions::new(self.nats.url()), "rota", Some(token)).await?)
     }
 
     /// Starts a worker and waits until a server lists it as live.
@@ -250,6 +262,17 @@ impl Deployment {
             s.shutdown().await;
         }
     }
+}
+
+/// Makes an admin token in the database at `database_url` (migrating it first when it is new),
+/// as `rota token create --database-url` does.
+pub async fn create_token(
+    database_url: &str,
+    role: Role,
+    app: Option<&str>,
+) -> anyhow::Result<(TokenInfo, AdminToken)> {
+    let store = Store::connect(database_url).await?;
+    Ok(rota_server::create_token(&store, role, app, "test kit").await?)
 }
 
 /// A job spec with the defaults tests start from: API-triggered, the shell processor.

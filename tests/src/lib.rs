@@ -26,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod cluster;
 pub mod db;
 pub mod nats;

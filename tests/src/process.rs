@@ -8,9 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use rota_shared::Subjects;
-use rota_shared::envelope::decode_reply;
-use rota_shared::message::{Ping, Pong};
+use futures::StreamExt;
 use tokio::process::{Child, Command};
 
 /// A running `rota server`; killed when dropped.
@@ -67,17 +65,15 @@ impl ServerProcess {
         self.wait_ready().await
     }
 
+    /// Waits until the server answers the NATS service API's `$SRV.PING` (which it serves once
+    /// every endpoint is subscribed).
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let nats = async_nats::connect(&self.nats_url).await?;
-        let subject = Subjects::default().server_ping(&self.id);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let ping = serde_json::to_vec(&Ping::default())?;
-            let request = async_nats::Request::new()
-                .payload(ping.into())
-                .timeout(Some(Duration::from_millis(500)));
-            if let Ok(msg) = nats.send_request(subject.clone(), request).await
-                && decode_reply::<Pong>(&msg.payload).is_ok()
+            if service_ids(&nats, Duration::from_millis(300))
+                .await?
+                .contains(&self.id)
             {
                 return Ok(());
             }
@@ -99,7 +95,6 @@ impl ServerProcess {
                     self.log_tail()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -140,4 +135,22 @@ impl ServerProcess {
         self.kill().await;
         self.spawn().await
     }
+}
+
+/// The server ids of every `rota server` that answers `$SRV.PING.rota-server` within `wait`.
+pub async fn service_ids(nats: &async_nats::Client, wait: Duration) -> anyhow::Result<Vec<String>> {
+    let inbox = nats.new_inbox();
+    let mut replies = nats.subscribe(inbox.clone()).await?;
+    let subject = format!("$SRV.PING.{}", rota_server::SERVICE_NAME);
+    nats.publish_with_reply(subject, inbox, bytes::Bytes::new())
+        .await?;
+    let mut ids = Vec::new();
+    let until = tokio::time::Instant::now() + wait;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, replies.next()).await {
+        let pong: async_nats::service::PingResponse = serde_json::from_slice(&msg.payload)?;
+        if let Some(id) = pong.metadata.get("server_id") {
+            ids.push(id.clone());
+        }
+    }
+    Ok(ids)
 }

@@ -45,6 +45,7 @@ impl WorkerProcess {
         secret: &str,
         nats_url: &str,
         log_dir: &Path,
+        admin: &AdminClient,
     ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{worker_id}.log"));
         let file = std::fs::OpenOptions::new()
@@ -91,16 +92,13 @@ impl WorkerProcess {
             pid,
             frozen: false,
         };
-        worker.wait_live(nats_url).await?;
+        worker.wait_live(admin).await?;
         Ok(worker)
     }
 
     /// Polls the admin `WorkerList` of the app until the worker is in it.
-    async fn wait_live(&mut self, nats_url: &str) -> anyhow::Result<()> {
-        let admin = AdminClient::connect(nats_url, rota_shared::subject::DEFAULT_PREFIX)
-            .await
-            .context("connect an admin client to watch the worker start")?
-            .with_timeout(Duration::from_secs(2));
+    async fn wait_live(&mut self, admin: &AdminClient) -> anyhow::Result<()> {
+        let admin = admin.clone().with_timeout(Duration::from_secs(2));
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             let last_error = match admin

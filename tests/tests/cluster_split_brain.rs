@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use rota_shared::InstanceStatus;
 use rota_shared::admin::{JobDisable, JobId};
-use rota_shared::envelope::decode_reply;
 use rota_shared::message::{ReportAck, StatusReport};
 use rota_shared::schedule::Schedule;
-use rota_tests::cluster::{Deployment, shell_job};
+use rota_shared::subject::ServerEndpoint;
+use rota_tests::bus::WorkerVoice;
+use rota_tests::cluster::{Deployment, SECRET, shell_job};
 use rota_tests::wait;
 use rota_worker::ProcessorRegistry;
 use sea_orm::{ConnectionTrait, Database};
@@ -83,12 +84,14 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
         .expect("a running instance has a tracker");
     let other = if tracker == "w1" { "w2" } else { "w1" };
     let nats = async_nats::connect(d.nats.url()).await?;
+    // Both workers hold the app's keys, so their reports pass authentication: what fences
+    // them off here is the rules (another tracker, another attempt).
     for server in ["s1", "s2"] {
-        let subject = d.subjects().server_status(server);
         for (attempt, worker) in [
             (running.attempt, other),
             (running.attempt + 1, tracker.as_str()),
         ] {
+            let voice = WorkerVoice::new(nats.clone(), "app", worker, SECRET)?;
             let forged = StatusReport {
                 instance_id: id,
                 attempt,
@@ -100,10 +103,9 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
                 alert: false,
                 reported_at_ms: 0,
             };
-            let reply = nats
-                .request(subject.clone(), serde_json::to_vec(&forged)?.into())
+            voice
+                .request::<_, ReportAck>(server, ServerEndpoint::Status, &forged)
                 .await?;
-            decode_reply::<ReportAck>(&reply.payload)?;
         }
     }
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
@@ -145,24 +147,22 @@ async fn a_server_that_lost_an_app_answers_not_owner() -> anyhow::Result<()> {
         .await?;
     d.start_server("s2").await?;
     let nats = async_nats::connect(d.nats.url()).await?;
-    let cluster = |server: &str| {
-        let (nats, subject) = (nats.clone(), d.subjects().server_cluster(server));
+    let voice = WorkerVoice::new(nats.clone(), "app", "w1", SECRET)?;
+    let cluster = |server: &'static str| {
+        let voice = &voice;
         async move {
-            let query = rota_shared::message::ClusterQuery {
-                app_id: app.id,
-                job_id: None,
-            };
-            let reply = nats
-                .request(
-                    subject,
-                    serde_json::to_vec(&query).unwrap_or_default().into(),
+            let query = rota_shared::message::ClusterQuery { job_id: None };
+            match voice
+                .request::<_, rota_shared::message::ClusterReply>(
+                    server,
+                    ServerEndpoint::Cluster,
+                    &query,
                 )
                 .await
-                .ok()?;
-            Some(
-                decode_reply::<rota_shared::message::ClusterReply>(&reply.payload)
-                    .map_err(|e| e.code),
-            )
+            {
+                Ok(reply) => Some(Ok(reply)),
+                Err(e) => e.code().map(Err),
+            }
         }
     };
     // s1 owns the app: it answers with its workers.
@@ -203,16 +203,11 @@ async fn a_server_that_lost_an_app_answers_not_owner() -> anyhow::Result<()> {
         alert: false,
         reported_at_ms: 0,
     };
-    let reply = nats
-        .request(
-            d.subjects().server_status("s1"),
-            serde_json::to_vec(&report)?.into(),
-        )
-        .await?;
-    assert_eq!(
-        decode_reply::<ReportAck>(&reply.payload).map_err(|e| e.code),
-        Err(rota_shared::ErrorCode::NotOwner)
-    );
+    let refused = voice
+        .request::<_, ReportAck>("s1", ServerEndpoint::Status, &report)
+        .await
+        .map_err(|e| e.code());
+    assert_eq!(refused, Err(Some(rota_shared::ErrorCode::NotOwner)));
     d.shutdown().await;
     Ok(())
 }

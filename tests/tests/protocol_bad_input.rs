@@ -1,5 +1,8 @@
 //! DESIGN §10 invariant 4: a malformed, mistyped or oversized message on any subject gets an
-//! error reply with a stable code, changes nothing, and the process keeps serving.
+//! error reply with a stable code, changes nothing, and the process keeps serving. A message
+//! without a seal is refused `UNAUTHORIZED` before it is even decoded; a sealed one from a
+//! legitimate sender that is malformed gets `BAD_REQUEST` (or `PAYLOAD_TOO_LARGE`,
+//! `INVALID_ARGUMENT`, `UNSUPPORTED_VERSION`).
 
 use std::time::Duration;
 
@@ -9,14 +12,24 @@ use rota_shared::message::{
     MAX_REPORTS_PER_BATCH, Ping, Pong, ReportAction, StatusBatchAck, StatusReport,
     StatusReportBatch,
 };
+use rota_shared::subject::{ServerEndpoint, WorkerEndpoint};
 use rota_shared::{ErrorCode, InstanceStatus, MAX_PAYLOAD_BYTES, Subjects};
-use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::bus::{
+    WorkerVoice, cluster_credential, discovery_credential, raw_request, server_credential,
+    token_credential, worker_credential,
+};
+use rota_tests::cluster::{Deployment, SECRET, shell_job};
+use rota_transport::Credential;
 use rota_worker::ProcessorRegistry;
 
-/// Sends `payload` as a request and returns the error code of the reply.
-async fn error_code(nats: &async_nats::Client, subject: &str, payload: Vec<u8>) -> ErrorCode {
-    let msg = nats
-        .request(subject.to_owned(), payload.into())
+/// Sends `payload` (sealed with `credential` when given) and returns the reply's error code.
+async fn error_code(
+    nats: &async_nats::Client,
+    subject: &str,
+    payload: Vec<u8>,
+    credential: Option<&Credential>,
+) -> ErrorCode {
+    let msg = raw_request(nats, subject, payload, credential, None)
         .await
         .unwrap_or_else(|e| panic!("no reply on {subject}: {e}"));
     match decode_reply::<serde_json::Value>(&msg.payload) {
@@ -45,24 +58,37 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
 
     let s = Subjects::default();
     let sid = d.server_id().to_owned();
-    let subjects = [
-        s.discovery_acquire(),
-        s.server_heartbeat(&sid),
-        s.server_status(&sid),
-        s.server_reports(&sid),
-        s.server_logs(&sid),
-        s.server_cluster(&sid),
-        s.server_ping(&sid),
-        s.admin("app", "create"),
-        s.admin("job", "create"),
-        s.admin("job", "update"),
-        s.admin("job", "run"),
-        s.admin("instance", "stop"),
-        s.admin("logs", "get"),
-        s.worker_dispatch(&worker),
-        s.worker_stop(&worker),
-        s.worker_query(&worker),
+    // What each subject's legitimate sender seals with. The test speaks as worker "w9" towards
+    // the server (a worker of the app that is not running), and as server "s1" towards w1.
+    let as_worker = worker_credential("app", SECRET, "w9")?;
+    let as_discovery = discovery_credential("app", SECRET, "w9")?;
+    let as_server = server_credential("app", SECRET, &worker, &sid)?;
+    let as_admin = token_credential(&d.token);
+    let as_peer = cluster_credential(d.db.url(), "s-peer").await?;
+    let mut subjects: Vec<(String, &Credential)> = vec![
+        (s.discovery("app"), &as_discovery),
+        (s.server_ping(&sid), &as_peer),
+        (s.server_rpc(&sid), &as_peer),
+        (s.admin("app", "create"), &as_admin),
+        (s.admin("job", "create"), &as_admin),
+        (s.admin("job", "update"), &as_admin),
+        (s.admin("job", "run"), &as_admin),
+        (s.admin("instance", "stop"), &as_admin),
+        (s.admin("logs", "get"), &as_admin),
+        (s.admin("token", "create"), &as_admin),
     ];
+    for endpoint in [
+        ServerEndpoint::Heartbeat,
+        ServerEndpoint::Status,
+        ServerEndpoint::Reports,
+        ServerEndpoint::Logs,
+        ServerEndpoint::Cluster,
+    ] {
+        subjects.push((s.to_server("app", &sid, endpoint), &as_worker));
+    }
+    for endpoint in WorkerEndpoint::ALL {
+        subjects.push((s.to_worker("app", &worker, endpoint), &as_server));
+    }
     let oversized = {
         let mut v = br#"{"pad":""#.to_vec();
         v.resize(MAX_PAYLOAD_BYTES + 64 * 1024, b'x');
@@ -70,44 +96,64 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         v
     };
     let nats = async_nats::connect(d.nats.url()).await?;
-    for subject in &subjects {
+    for (subject, credential) in &subjects {
         assert_eq!(
-            error_code(&nats, subject, b"{not json".to_vec()).await,
+            error_code(&nats, subject, b"{}".to_vec(), None).await,
+            ErrorCode::Unauthorized,
+            "an unsealed message on {subject}"
+        );
+        assert_eq!(
+            error_code(&nats, subject, b"{not json".to_vec(), Some(credential)).await,
             ErrorCode::BadRequest,
             "malformed JSON on {subject}"
         );
         // An array where every subject expects an object.
         assert_eq!(
-            error_code(&nats, subject, b"[1,2,3]".to_vec()).await,
+            error_code(&nats, subject, b"[1,2,3]".to_vec(), Some(credential)).await,
             ErrorCode::BadRequest,
             "wrong type on {subject}"
         );
         assert_eq!(
-            error_code(&nats, subject, oversized.clone()).await,
+            error_code(&nats, subject, oversized.clone(), Some(credential)).await,
             ErrorCode::PayloadTooLarge,
             "oversized payload on {subject}"
         );
     }
     // Fields of the wrong type inside the right shape.
-    for (subject, payload) in [
-        (s.admin("job", "run"), r#"{"id":"seven"}"#),
-        (s.admin("app", "create"), r#"{"name":5,"secret":true}"#),
+    let status = s.to_server("app", &sid, ServerEndpoint::Status);
+    let reports = s.to_server("app", &sid, ServerEndpoint::Reports);
+    for (subject, payload, credential) in [
+        (s.admin("job", "run"), r#"{"id":"seven"}"#, &as_admin),
         (
-            s.server_status(&sid),
-            r#"{"instance_id":"x","attempt":1,"seq":1,"worker_id":"w1","status":"RUNNING","reported_at_ms":0}"#,
+            s.admin("app", "create"),
+            r#"{"name":5,"sealed_key":true}"#,
+            &as_admin,
         ),
         (
-            s.server_status(&sid),
-            r#"{"instance_id":1,"attempt":1,"seq":1,"worker_id":"w1","status":"DANCING","reported_at_ms":0}"#,
+            status.clone(),
+            r#"{"instance_id":"x","attempt":1,"seq":1,"worker_id":"w9","status":"RUNNING","reported_at_ms":0}"#,
+            &as_worker,
         ),
         (
-            s.discovery_acquire(),
-            r#"{"app":["a"],"secret":"s","worker_id":"w"}"#,
+            status.clone(),
+            r#"{"instance_id":1,"attempt":1,"seq":1,"worker_id":"w9","status":"DANCING","reported_at_ms":0}"#,
+            &as_worker,
         ),
-        (s.server_reports(&sid), r#"{"reports":[{"instance_id":1}]}"#),
+        (s.discovery("app"), r#"{"worker_id":["w"]}"#, &as_discovery),
+        (
+            reports.clone(),
+            r#"{"reports":[{"instance_id":1}]}"#,
+            &as_worker,
+        ),
     ] {
         assert_eq!(
-            error_code(&nats, &subject, payload.as_bytes().to_vec()).await,
+            error_code(
+                &nats,
+                &subject,
+                payload.as_bytes().to_vec(),
+                Some(credential)
+            )
+            .await,
             ErrorCode::BadRequest,
             "wrong field type on {subject}: {payload}"
         );
@@ -117,7 +163,7 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         instance_id: 1,
         attempt: 1,
         seq: 1,
-        worker_id: "w1".into(),
+        worker_id: "w9".into(),
         status: InstanceStatus::Succeeded,
         result: None,
         runs: None,
@@ -130,8 +176,9 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
     assert_eq!(
         error_code(
             &nats,
-            &s.server_reports(&sid),
-            serde_json::to_vec(&too_many)?
+            &reports,
+            serde_json::to_vec(&too_many)?,
+            Some(&as_worker)
         )
         .await,
         ErrorCode::InvalidArgument,
@@ -152,10 +199,10 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
             },
         ],
     };
-    let reply = nats
-        .request(s.server_reports(&sid), serde_json::to_vec(&unknown)?.into())
+    let voice = WorkerVoice::new(nats.clone(), "app", "w9", SECRET)?;
+    let answers: StatusBatchAck = voice
+        .request(&sid, ServerEndpoint::Reports, &unknown)
         .await?;
-    let answers = decode_reply::<StatusBatchAck>(&reply.payload)?;
     let actions: Vec<_> = answers
         .results
         .into_iter()
@@ -165,9 +212,14 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
     // A message of a protocol version this server does not speak.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(rota_shared::PROTOCOL_HEADER, "99");
-    let reply = nats
-        .request_with_headers(s.server_ping(&sid), headers, b"{}".to_vec().into())
-        .await?;
+    let reply = raw_request(
+        &nats,
+        &s.server_ping(&sid),
+        b"{}".to_vec(),
+        Some(&as_peer),
+        Some(headers),
+    )
+    .await?;
     assert_eq!(
         decode_reply::<Pong>(&reply.payload).map_err(|e| e.code),
         Err(ErrorCode::UnsupportedVersion)
@@ -180,12 +232,14 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
     );
 
     // The server and the worker still serve: a ping answers, and a job runs end to end.
-    let pong = nats
-        .request(
-            s.server_ping(&sid),
-            serde_json::to_vec(&Ping::default())?.into(),
-        )
-        .await?;
+    let pong = raw_request(
+        &nats,
+        &s.server_ping(&sid),
+        serde_json::to_vec(&Ping::default())?,
+        Some(&as_peer),
+        None,
+    )
+    .await?;
     assert_eq!(decode_reply::<Pong>(&pong.payload)?.server_id, sid);
     let id = d.run(job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
@@ -197,29 +251,34 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_over_the_nats_limit_is_a_clear_error_not_a_time_out() -> anyhow::Result<()> {
     let d = Deployment::start().await?;
-    let app = d.create_app("app").await?;
+    d.create_app("app").await?;
     // The server owns the app once a worker has acquired it.
     let nats = async_nats::connect(d.nats.url()).await?;
     let acquire = rota_shared::message::AcquireRequest {
-        app: "app".into(),
-        secret: rota_tests::cluster::SECRET.into(),
         worker_id: "w0".into(),
         current_server: None,
     };
-    let reply = nats
-        .request(
-            Subjects::default().discovery_acquire(),
-            serde_json::to_vec(&acquire)?.into(),
-        )
+    WorkerVoice::new(nats.clone(), "app", "w0", SECRET)?
+        .discover::<rota_shared::message::AcquireReply>(&acquire)
         .await?;
-    decode_reply::<rota_shared::message::AcquireReply>(&reply.payload)?;
-    // Ten thousand workers make a worker list of a few MB, over NATS' 1 MB max payload.
-    let subject = Subjects::default().server_heartbeat(d.server_id());
+    // Ten thousand workers make a worker list of a few MB, over NATS' 1 MB max payload. Each
+    // heartbeat is sealed with its worker's key, as a real one is.
+    let transport = rota_transport::Transport::new(nats.clone());
+    let subject = Subjects::default().to_server("app", d.server_id(), ServerEndpoint::Heartbeat);
+    let app_key = rota_transport::keys::app_key("app", SECRET)?;
+    let stamper = std::sync::Arc::new(rota_transport::Stamper::new());
     for i in 0..10_000 {
+        let id = format!("sim-{i}");
+        let credential = Credential::new(
+            rota_transport::Scope::Worker {
+                key_id: app_key.id(),
+            },
+            rota_transport::keys::worker_key(&app_key, "app", &id),
+            id.clone(),
+            stamper.clone(),
+        );
         let hb = rota_shared::message::WorkerHeartbeat {
-            worker_id: format!("sim-{i}"),
-            app_id: app.id,
-            app: "app".into(),
+            worker_id: id,
             tags: vec!["a-tag-to-make-the-entry-longer".into()],
             processors: vec!["shell".into(), "http".into()],
             capacity: 16,
@@ -228,7 +287,8 @@ async fn a_reply_over_the_nats_limit_is_a_clear_error_not_a_time_out() -> anyhow
             version: "test".into(),
             dropped_log_lines: 0,
         };
-        nats.publish(subject.clone(), serde_json::to_vec(&hb)?.into())
+        transport
+            .publish(&subject, &hb, Some(&credential), None)
             .await?;
     }
     nats.flush().await?;

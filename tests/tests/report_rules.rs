@@ -1,15 +1,17 @@
-//! DESIGN §4 end to end: status reports sent as raw NATS messages, as a confused or malicious
-//! worker would send them, change nothing unless they come from the instance's current tracker,
-//! for its current attempt, in sequence, before the instance is terminal.
+//! DESIGN §4 end to end: status reports sent by hand, as a confused or malicious worker of the
+//! app would send them (with the app's keys, so they pass authentication), change nothing unless
+//! they come from the instance's current tracker, for its current attempt, in sequence, before
+//! the instance is terminal. (Reports without the keys are the attack suite's.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rota_shared::admin::InstanceInfo;
-use rota_shared::envelope::decode_reply;
 use rota_shared::message::{ReportAck, ReportAction, StatusReport};
+use rota_shared::subject::ServerEndpoint;
 use rota_shared::{ErrorBody, InstanceStatus};
-use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::bus::WorkerVoice;
+use rota_tests::cluster::{Deployment, SECRET, shell_job};
 use rota_worker::{ProcessResult, ProcessorRegistry, processor_fn};
 use tokio::sync::Notify;
 
@@ -35,15 +37,20 @@ fn essence(
     )
 }
 
+/// Sends a report as the worker it names, to `server`.
 async fn send(
     nats: &async_nats::Client,
-    subject: &str,
+    server: &str,
     report: &StatusReport,
 ) -> anyhow::Result<Result<ReportAck, ErrorBody>> {
-    let msg = nats
-        .request(subject.to_owned(), serde_json::to_vec(report)?.into())
-        .await?;
-    Ok(decode_reply::<ReportAck>(&msg.payload))
+    let voice = WorkerVoice::new(nats.clone(), "app", &report.worker_id, SECRET)?;
+    match voice.request(server, ServerEndpoint::Status, report).await {
+        Ok(ack) => Ok(Ok(ack)),
+        Err(e) => match e.remote() {
+            Some(body) => Ok(Err(body.clone())),
+            None => Err(e.into()),
+        },
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +87,7 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
     let before = essence(&running);
 
     let nats = async_nats::connect(d.nats.url()).await?;
-    let subject = d.subjects().server_status(d.server_id());
+    let subject = d.server_id().to_owned();
     let forged = |attempt: i32, seq: i64, worker_id: &str, status: InstanceStatus| StatusReport {
         instance_id: id,
         attempt,

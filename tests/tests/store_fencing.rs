@@ -17,7 +17,9 @@ async fn setup() -> anyhow::Result<(TestDatabase, Store, Job)> {
     rota_tests::init_tracing();
     let db = TestDatabase::create().await?;
     let store = Store::connect(db.url()).await?;
-    let app = store.create_app("app", "secret", 0).await?;
+    let app = store
+        .create_app("app", &rota_transport::Key::from_bytes([1; 32]), 0)
+        .await?;
     let job = store
         .insert_job(&Job::from_spec(&shell_job("app", "j", "true"), app.id, 0))
         .await?;

@@ -5,7 +5,8 @@
 //! inbox. A server that answers (with `Reply<ReportAck>`) can thereby tell the worker to stop an
 //! attempt it no longer wants, and its answer tells the tracker which report it took (a frequent
 //! tracker repeats an alert until a report carrying it is answered); NATS' "no responders" status
-//! on that subject tells the worker that its server is gone.
+//! on that subject tells the worker that its server is gone. An answer is acted on only when it
+//! is sealed with the worker's key.
 
 use std::sync::Arc;
 
@@ -65,6 +66,11 @@ fn handle(agent: &Agent, msg: &Message) {
         debug!(subject = %msg.subject, "ignoring a message on the ack inbox");
         return;
     };
+    if !agent.link.verify_reply(msg) {
+        // Not from a server of the deployment: a forged "stop" must not stop anything.
+        debug!(subject = %msg.subject, "ignoring an unauthenticated answer on the ack inbox");
+        return;
+    }
     let state = agent.instances.get(instance_id, attempt);
     match rota_shared::envelope::decode_reply::<ReportAck>(&msg.payload) {
         Ok(ReportAck { action }) => {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use rota_transport::ReplayGuard;
 use tokio_util::task::TaskTracker;
 
 use crate::config::WorkerConfig;
@@ -27,6 +28,8 @@ pub(crate) struct Agent {
     pub trackers: TaskTracker,
     /// Sends terminal reports in batches.
     pub reporter: Reporter,
+    /// The stamps of the servers' messages taken so far: a copy is refused.
+    pub replay: ReplayGuard,
     accepting: AtomicBool,
 }
 
@@ -52,6 +55,7 @@ impl Agent {
             ack_inbox,
             trackers: TaskTracker::new(),
             reporter,
+            replay: ReplayGuard::new(crate::context::now_ms()),
             accepting: AtomicBool::new(true),
         }
     }

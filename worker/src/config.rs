@@ -1,23 +1,28 @@
 //! The worker's configuration and its validation.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rota_shared::Subjects;
 use rota_shared::subject::validate_token;
+use rota_transport::NatsOptions;
 
 use crate::error::WorkerError;
 
 /// Everything a worker needs to know to join a Rota deployment.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// NATS URL, e.g. `nats://127.0.0.1:4222`; several may be given separated by commas.
-    pub nats_url: String,
+    /// Where NATS is and how to log in to it.
+    pub nats: NatsOptions,
     /// The subject prefix the servers use, `rota` by default.
     pub prefix: String,
     /// The app this worker serves.
     pub app: String,
-    /// The app's secret, checked by the server on acquire.
+    /// The app's secret. It never leaves the worker: the worker derives its keys from it.
     pub secret: String,
+    /// A file whose first line is the app's secret, read instead of `secret`. It is read again
+    /// at every re-acquire, so that a rotated secret reaches a running worker.
+    pub secret_file: Option<PathBuf>,
     /// A stable id; generated (`w-` and 12 hex digits) when absent.
     pub worker_id: Option<String>,
     pub tags: Vec<String>,
@@ -51,10 +56,11 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats: NatsOptions::new("nats://127.0.0.1:4222"),
             prefix: rota_shared::subject::DEFAULT_PREFIX.to_owned(),
             app: String::new(),
             secret: String::new(),
+            secret_file: None,
             worker_id: None,
             tags: Vec::new(),
             capacity: 16,
@@ -78,11 +84,12 @@ impl WorkerConfig {
     /// one) and the subject set, so that a bad value fails at start and never later.
     pub(crate) fn validate(&self) -> Result<(String, Subjects), WorkerError> {
         let invalid = |msg: String| Err(WorkerError::InvalidConfig(msg));
-        if self.nats_url.split(',').all(|u| u.trim().is_empty()) {
-            return invalid("nats_url is empty".to_owned());
+        if self.nats.url.split(',').all(|u| u.trim().is_empty()) {
+            return invalid("the NATS URL is empty".to_owned());
         }
-        if self.app.is_empty() {
-            return invalid("app is empty".to_owned());
+        validate_token(&self.app).map_err(|e| WorkerError::InvalidConfig(format!("app: {e}")))?;
+        if self.secret.is_empty() && self.secret_file.is_none() {
+            return invalid("give the app's secret, or a file that holds it".to_owned());
         }
         if self.capacity == 0 {
             return invalid("capacity must be at least 1".to_owned());
@@ -111,16 +118,6 @@ impl WorkerConfig {
         };
         Ok((worker_id, subjects))
     }
-
-    /// The NATS server URLs, split on commas.
-    pub(crate) fn nats_urls(&self) -> Vec<String> {
-        self.nats_url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 /// A fresh worker id: `w-` and the first 12 hex digits of a random uuid.
@@ -136,6 +133,7 @@ mod tests {
     fn valid() -> WorkerConfig {
         WorkerConfig {
             app: "demo".to_owned(),
+            secret: "s".to_owned(),
             ..WorkerConfig::default()
         }
     }
@@ -169,7 +167,15 @@ mod tests {
                 ..valid()
             },
             WorkerConfig {
-                nats_url: " , ".to_owned(),
+                nats: NatsOptions::new(" , "),
+                ..valid()
+            },
+            WorkerConfig {
+                app: "a.b".to_owned(),
+                ..valid()
+            },
+            WorkerConfig {
+                secret: String::new(),
                 ..valid()
             },
         ];
@@ -179,14 +185,5 @@ mod tests {
                 "{config:?}"
             );
         }
-    }
-
-    #[test]
-    fn urls_are_split_on_commas() {
-        let config = WorkerConfig {
-            nats_url: "nats://a:4222, nats://b:4222,".to_owned(),
-            ..valid()
-        };
-        assert_eq!(config.nats_urls(), vec!["nats://a:4222", "nats://b:4222"]);
     }
 }

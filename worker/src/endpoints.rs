@@ -1,15 +1,21 @@
-//! The worker's own subjects: `dispatch`, `stop` and `query`, served by the owning server.
+//! The worker's own subjects: `dispatch`, `stop` and `query`, sent by the app's servers.
 //!
-//! Every request is answered with the `Reply<T>` envelope. A request that cannot be decoded gets
-//! a `BAD_REQUEST` (or `PAYLOAD_TOO_LARGE`, `UNSUPPORTED_VERSION`) reply and changes nothing.
+//! Every request must be sealed with this worker's key by a server of the deployment, and be
+//! new (a copy of one already taken is refused); only then is it decoded and acted on. A request
+//! that does not verify is answered `UNAUTHORIZED` and changes nothing; one that cannot be
+//! decoded gets `BAD_REQUEST` (or `PAYLOAD_TOO_LARGE`, `UNSUPPORTED_VERSION`). Answers are
+//! sealed with the worker's key, so the server knows the worker itself answered.
 
 use std::sync::Arc;
 
 use async_nats::{Message, Subscriber};
 use futures::StreamExt;
+use rota_shared::limits::Limited;
 use rota_shared::message::{DispatchAck, DispatchRequest, QueryRequest, StopAck, StopRequest};
-use rota_shared::{ErrorBody, ErrorCode, PROTOCOL_HEADER, PROTOCOL_VERSION, Reply, Subjects};
-use serde::de::DeserializeOwned;
+use rota_shared::subject::WorkerEndpoint;
+use rota_shared::{ErrorBody, ErrorCode};
+use rota_transport::{Incoming, Key, Seal, decode_message};
+use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
@@ -21,87 +27,98 @@ use crate::tracker;
 pub(crate) async fn serve(agent: Arc<Agent>, subscriptions: Vec<Subscriber>) {
     let mut requests = futures::stream::select_all(subscriptions);
     while let Some(msg) = requests.next().await {
-        handle(&agent, msg).await;
+        handle(&agent, Incoming::Plain(msg)).await;
     }
     debug!("worker subscriptions ended");
 }
 
-/// Refuses a message sent with a protocol version this worker does not speak. A message
-/// without the header is taken to be of the current version.
-fn check_version(msg: &Message) -> Result<(), ErrorBody> {
-    let Some(value) = msg.headers.as_ref().and_then(|h| h.get(PROTOCOL_HEADER)) else {
-        return Ok(());
-    };
-    match value.as_str().trim().parse::<u32>() {
-        Ok(PROTOCOL_VERSION) => Ok(()),
-        _ => Err(ErrorBody::new(
-            ErrorCode::UnsupportedVersion,
-            format!(
-                "protocol version {:?} is not supported; this worker speaks {PROTOCOL_VERSION}",
-                value.as_str()
-            ),
-        )),
-    }
+/// Verifies a server's message: sealed with this worker's key, and new.
+fn verify(agent: &Agent, msg: &Message) -> Result<(Seal, Key), ErrorBody> {
+    let (seal, key) = agent.link.verify(msg)?;
+    agent
+        .replay
+        .check(&seal.sender, seal.stamp, now_ms())
+        .map_err(|e| ErrorBody::unauthorized(e.to_string()))?;
+    Ok((seal, key))
 }
 
-fn decode<T: DeserializeOwned>(msg: &Message) -> Result<T, ErrorBody> {
-    check_version(msg)?;
-    rota_shared::envelope::decode(&msg.payload)
-}
-
-fn error_reply(error: ErrorBody) -> Vec<u8> {
-    Reply::<()>::err(error).to_bytes()
-}
-
-async fn respond(agent: &Agent, msg: &Message, payload: Vec<u8>) {
-    match &msg.reply {
-        Some(reply) => agent.link.respond(reply.clone(), payload).await,
-        None => debug!(subject = %msg.subject, "request without a reply subject; no answer sent"),
-    }
-}
-
-async fn handle(agent: &Arc<Agent>, msg: Message) {
-    match Subjects::endpoint_of(&msg.subject) {
-        "dispatch" => dispatch(agent, &msg).await,
-        "stop" => {
-            let payload = match decode::<StopRequest>(&msg) {
-                Ok(req) => {
-                    let was_running = agent.instances.stop(req.instance_id, StopCause::Stop);
-                    info!(instance = req.instance_id, was_running, "stop requested");
-                    Reply::ok(StopAck { was_running }).to_bytes()
-                }
-                Err(e) => error_reply(e),
-            };
-            respond(agent, &msg, payload).await;
+async fn respond<T: Serialize>(
+    agent: &Agent,
+    msg: &Incoming,
+    result: Result<T, ErrorBody>,
+    key: Option<&Key>,
+) {
+    if msg.message().reply.is_none() {
+        if let Err(e) = &result {
+            debug!(subject = %msg.subject(), "refused a message without a reply subject: {e}");
         }
-        "query" => {
-            let payload = match decode::<QueryRequest>(&msg) {
-                Ok(req) => match agent.instances.query(req.instance_id) {
-                    Some(runtime) => Reply::ok(runtime).to_bytes(),
-                    None => error_reply(ErrorBody::not_found(format!(
+        return;
+    }
+    agent.link.respond(msg, result, key).await;
+}
+
+async fn handle(agent: &Arc<Agent>, msg: Incoming) {
+    let endpoint = agent
+        .link
+        .subjects()
+        .parse_to_worker(msg.subject())
+        .map(|(_, _, endpoint)| endpoint);
+    let (seal, key) = match verify(agent, msg.message()) {
+        Ok(verified) => verified,
+        Err(e) => {
+            warn!(subject = %msg.subject(), "refused a message: {e}");
+            return respond::<()>(agent, &msg, Err(e), None).await;
+        }
+    };
+    let key = Some(&key);
+    match endpoint {
+        Some(WorkerEndpoint::Dispatch) => dispatch(agent, &msg, &seal, key).await,
+        Some(WorkerEndpoint::Stop) => {
+            let result = decode_message::<StopRequest>(msg.message()).map(|req| {
+                let was_running = agent.instances.stop(req.instance_id, StopCause::Stop);
+                info!(instance = req.instance_id, was_running, server = %seal.sender, "stop requested");
+                StopAck { was_running }
+            });
+            respond(agent, &msg, result, key).await;
+        }
+        Some(WorkerEndpoint::Query) => {
+            let result = decode_message::<QueryRequest>(msg.message()).and_then(|req| {
+                agent.instances.query(req.instance_id).ok_or_else(|| {
+                    ErrorBody::not_found(format!(
                         "instance {} is not running on worker {}",
                         req.instance_id, agent.worker_id
-                    ))),
-                },
-                Err(e) => error_reply(e),
-            };
-            respond(agent, &msg, payload).await;
+                    ))
+                })
+            });
+            respond(agent, &msg, result, key).await;
         }
-        other => {
-            let error = ErrorBody::bad_request(format!("unknown worker endpoint {other:?}"));
-            respond(agent, &msg, error_reply(error)).await;
+        None => {
+            let error =
+                ErrorBody::bad_request(format!("unknown worker endpoint {}", msg.subject()));
+            respond::<()>(agent, &msg, Err(error), key).await;
         }
     }
 }
 
 /// Accepts or refuses a dispatch. An accepted one is acknowledged before its tracker starts,
 /// so that the server hears "accepted" before the first RUNNING report.
-async fn dispatch(agent: &Arc<Agent>, msg: &Message) {
-    let req = match decode::<DispatchRequest>(msg) {
+async fn dispatch(agent: &Arc<Agent>, msg: &Incoming, seal: &Seal, key: Option<&Key>) {
+    let req = match decode_message::<DispatchRequest>(msg.message())
+        .and_then(|r| r.check_limits().map(|()| r))
+        .and_then(|r| {
+            if r.server_id == seal.sender {
+                Ok(r)
+            } else {
+                Err(ErrorBody::unauthorized(format!(
+                    "the dispatch is sealed by server {} but names server {}",
+                    seal.sender, r.server_id
+                )))
+            }
+        }) {
         Ok(req) => req,
         Err(e) => {
-            warn!("malformed dispatch: {e}");
-            respond(agent, msg, error_reply(e)).await;
+            warn!("dispatch refused: {e}");
+            respond::<()>(agent, msg, Err(e), key).await;
             return;
         }
     };
@@ -123,12 +140,7 @@ async fn dispatch(agent: &Arc<Agent>, msg: &Message) {
                 attempt = req.attempt,
                 "repeated dispatch ignored"
             );
-            respond(
-                agent,
-                msg,
-                Reply::ok(DispatchAck { accepted: false }).to_bytes(),
-            )
-            .await;
+            respond(agent, msg, Ok(DispatchAck { accepted: false }), key).await;
         }
         (Admission::Rejected(reason), _) => {
             if instances::expired(&req, now) {
@@ -145,15 +157,10 @@ async fn dispatch(agent: &Arc<Agent>, msg: &Message) {
                 info!(instance = req.instance_id, "dispatch rejected: {reason}");
             }
             let error = ErrorBody::new(ErrorCode::Rejected, reason);
-            respond(agent, msg, error_reply(error)).await;
+            respond::<()>(agent, msg, Err(error), key).await;
         }
         (Admission::Accepted(state), Some(processor)) => {
-            respond(
-                agent,
-                msg,
-                Reply::ok(DispatchAck { accepted: true }).to_bytes(),
-            )
-            .await;
+            respond(agent, msg, Ok(DispatchAck { accepted: true }), key).await;
             let task = tracker::run(Arc::clone(agent), req, Arc::clone(&state), processor);
             let handle = agent.trackers.spawn(task);
             state.set_tracker(handle.abort_handle());
@@ -163,40 +170,7 @@ async fn dispatch(agent: &Arc<Agent>, msg: &Message) {
             // given back rather than leaked.
             agent.instances.remove(state.instance_id, state.attempt);
             let error = ErrorBody::internal("processor vanished");
-            respond(agent, msg, error_reply(error)).await;
+            respond::<()>(agent, msg, Err(error), key).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use async_nats::HeaderMap;
-
-    fn message(headers: Option<HeaderMap>, payload: &str) -> Message {
-        Message {
-            subject: "rota.wrk.w1.stop".into(),
-            reply: Some("_INBOX.x".into()),
-            payload: payload.to_owned().into(),
-            headers,
-            status: None,
-            description: None,
-            length: payload.len(),
-        }
-    }
-
-    #[test]
-    fn requests_are_decoded_with_version_check() {
-        let ok: StopRequest = decode(&message(None, r#"{"instance_id":5}"#)).unwrap();
-        assert_eq!(ok.instance_id, 5);
-        let e = decode::<StopRequest>(&message(None, "{oops")).unwrap_err();
-        assert_eq!(e.code, ErrorCode::BadRequest);
-        let mut current = HeaderMap::new();
-        current.insert(PROTOCOL_HEADER, "1");
-        assert!(decode::<StopRequest>(&message(Some(current), r#"{"instance_id":5}"#)).is_ok());
-        let mut future = HeaderMap::new();
-        future.insert(PROTOCOL_HEADER, "99");
-        let e = decode::<StopRequest>(&message(Some(future), r#"{"instance_id":5}"#)).unwrap_err();
-        assert_eq!(e.code, ErrorCode::UnsupportedVersion);
     }
 }

@@ -7,16 +7,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
 use crate::agent::Agent;
-use crate::link::Endpoint;
 use crate::metrics;
+use rota_shared::subject::ServerEndpoint as Endpoint;
 
 /// Publishes one heartbeat to the current owner.
 pub(crate) async fn send(agent: &Agent) {
-    let owner = agent.link.owner();
     let heartbeat = WorkerHeartbeat {
         worker_id: agent.worker_id.clone(),
-        app_id: owner.app_id,
-        app: agent.config.app.clone(),
         tags: agent.config.tags.clone(),
         processors: agent.registry.names(),
         capacity: agent.config.capacity,

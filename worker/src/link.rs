@@ -1,17 +1,30 @@
-//! The worker's link to the server that owns its app: the NATS connection, discovery and
-//! re-acquire, and the request helpers that notice when that server has gone away.
+//! The worker's link to the server that owns its app: the NATS connection, the worker's keys,
+//! discovery and re-acquire, and the request helpers that notice when that server has gone away.
 //!
 //! The current owner lives in a `watch` channel that every sender reads at send time, so a move
 //! to another server changes where the next heartbeat, report and log batch go without touching
 //! the connection or the work that runs.
+//!
+//! The app's secret never travels. The worker derives the app key from it (Argon2id) and seals
+//! discovery with it; the owner's answer must be sealed with the same key, so a process posing
+//! as a server is not believed. Everything else between the worker and servers is sealed with
+//! the worker key derived from the app key. A worker given its secret in a file re-reads the
+//! file at every re-acquire, so a rotated secret is picked up without a restart.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, HeaderMap, RequestErrorKind, Subject};
+use async_nats::{Client, Event, Message};
 use rota_shared::message::{AcquireReply, AcquireRequest};
-use rota_shared::{ErrorBody, ErrorCode, PROTOCOL_HEADER, PROTOCOL_VERSION, Subjects};
+use rota_shared::subject::ServerEndpoint;
+use rota_shared::{ErrorBody, ErrorCode, Subjects};
+use rota_transport::keys::{app_key, worker_key};
+use rota_transport::{
+    Connection, Credential, Incoming, Key, RequestError, RequestErrorKind, Scope, Seal, Stamper,
+    Transport,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -51,16 +64,6 @@ impl From<AcquireReply> for Owner {
     }
 }
 
-/// The owner's subjects the worker sends to.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Endpoint {
-    Heartbeat,
-    Status,
-    /// Status reports in batches.
-    Reports,
-    Logs,
-}
-
 /// Why a request to a server did not get an answer it could use.
 #[derive(Debug, Clone, Error)]
 pub(crate) enum CallError {
@@ -70,102 +73,159 @@ pub(crate) enum CallError {
     TimedOut(String),
     #[error("server answered {0}")]
     Remote(ErrorBody),
+    /// An answer not sealed with the worker's key: not from a server of the deployment, or a
+    /// server that did not accept the key. Never acted on; the request is tried again.
+    #[error("{0}")]
+    Unverified(String),
     #[error("NATS: {0}")]
     Transport(String),
 }
 
 impl CallError {
-    /// Whether the error suggests that the server no longer owns the app (or is gone), so that
-    /// the worker should ask discovery again.
+    /// Whether the error suggests that the server no longer owns the app (or is gone, or no
+    /// longer accepts the worker's key), so that the worker should ask discovery again.
     pub(crate) fn owner_lost(&self) -> bool {
         match self {
-            Self::NoResponders(_) | Self::TimedOut(_) => true,
-            Self::Remote(body) => body.code == ErrorCode::NotOwner,
+            Self::NoResponders(_) | Self::TimedOut(_) | Self::Unverified(_) => true,
+            Self::Remote(body) => {
+                matches!(body.code, ErrorCode::NotOwner | ErrorCode::Unauthorized)
+            }
             Self::Transport(_) => false,
         }
     }
 }
 
-/// The headers every Rota message carries.
-pub(crate) fn protocol_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string().as_str());
-    headers
+impl From<RequestError> for CallError {
+    fn from(e: RequestError) -> Self {
+        match e.kind() {
+            RequestErrorKind::NoResponders => Self::NoResponders(e.subject().to_owned()),
+            RequestErrorKind::TimedOut => Self::TimedOut(e.subject().to_owned()),
+            RequestErrorKind::Remote => match e.remote() {
+                Some(body) => Self::Remote(body.clone()),
+                None => Self::Transport(e.to_string()),
+            },
+            RequestErrorKind::Unverified => Self::Unverified(e.to_string()),
+            RequestErrorKind::Transport => Self::Transport(e.to_string()),
+        }
+    }
 }
 
-/// Connects to NATS. The first connection must succeed, so that a wrong URL fails `start` with a
-/// clear error; after that the client reconnects without limit.
+/// The keys one secret gives a worker.
+pub(crate) struct Keys {
+    /// The secret they came from, to notice when a secret file changes.
+    secret: String,
+    /// Seals discovery requests.
+    discovery: Credential,
+    /// Seals what the worker sends, and verifies what servers send it.
+    worker: Credential,
+}
+
+impl Keys {
+    /// Derives the keys (Argon2id: tens of milliseconds, so on a blocking thread).
+    async fn derive(
+        app: &str,
+        worker_id: &str,
+        secret: String,
+        stamper: Arc<Stamper>,
+    ) -> Result<Self, WorkerError> {
+        let app_owned = app.to_owned();
+        let secret_copy = secret.clone();
+        let key = tokio::task::spawn_blocking(move || app_key(&app_owned, &secret_copy))
+            .await
+            .map_err(|e| WorkerError::InvalidConfig(format!("key derivation: {e}")))?
+            .map_err(|e| WorkerError::InvalidConfig(format!("app secret: {e}")))?;
+        let key_id = key.id();
+        let worker = worker_key(&key, app, worker_id);
+        Ok(Self {
+            secret,
+            discovery: Credential::new(
+                Scope::App {
+                    key_id: key_id.clone(),
+                },
+                key,
+                worker_id,
+                stamper.clone(),
+            ),
+            worker: Credential::new(Scope::Worker { key_id }, worker, worker_id, stamper),
+        })
+    }
+}
+
+/// Reads the secret: the configured value, or the first line of the secret file.
+fn read_secret(config_secret: &str, file: Option<&PathBuf>) -> Result<String, WorkerError> {
+    let secret = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                WorkerError::InvalidConfig(format!(
+                    "cannot read the secret file {}: {e}",
+                    path.display()
+                ))
+            })?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        None => config_secret.to_owned(),
+    };
+    if secret.is_empty() {
+        return Err(WorkerError::InvalidConfig(
+            "the app secret is empty".to_owned(),
+        ));
+    }
+    Ok(secret)
+}
+
+/// Connects to NATS. The first connection must succeed, so that a wrong URL or login fails
+/// `start` with a clear error; after that the client reconnects without limit.
 pub(crate) async fn connect(
     config: &WorkerConfig,
+    subjects: &Subjects,
     worker_id: &str,
     reacquire: Arc<Notify>,
 ) -> Result<Client, WorkerError> {
-    let urls = config.nats_urls();
     // The callback also sees the first connection, which is not a reconnect.
     let connected_before = Arc::new(AtomicBool::new(false));
-    ConnectOptions::new()
-        .name(format!("rota-worker {worker_id}"))
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(move |event| {
-            let reacquire = Arc::clone(&reacquire);
-            let connected_before = Arc::clone(&connected_before);
-            async move {
-                match event {
-                    Event::Connected if connected_before.swap(true, Ordering::SeqCst) => {
-                        info!("reconnected to NATS");
-                        // The servers may have changed while the connection was down.
-                        reacquire.notify_one();
-                    }
-                    Event::Connected => debug!("connected to NATS"),
-                    Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
-                    other => debug!("NATS event: {other}"),
-                }
-            }
-        })
-        .connect(urls.clone())
+    let mut connection = Connection::new(
+        format!("rota-worker {worker_id}"),
+        subjects.worker_inbox(&config.app),
+    );
+    connection.on_event = Some(Arc::new(move |event: &Event| match event {
+        Event::Connected if connected_before.swap(true, Ordering::SeqCst) => {
+            info!("reconnected to NATS");
+            // The servers may have changed while the connection was down.
+            reacquire.notify_one();
+        }
+        Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
+        _ => {}
+    }));
+    config
+        .nats
+        .connect(connection)
         .await
-        .map_err(|e| WorkerError::Connect(format!("cannot connect to {}: {e}", urls.join(","))))
-}
-
-/// Sends one request with the protocol header and decodes the reply envelope.
-async fn request<Req: Serialize, Resp: DeserializeOwned>(
-    client: &Client,
-    subject: String,
-    req: &Req,
-    timeout: Duration,
-) -> Result<Resp, CallError> {
-    let payload = serde_json::to_vec(req)
-        .map_err(|e| CallError::Transport(format!("encode request: {e}")))?;
-    let request = async_nats::Request::new()
-        .headers(protocol_headers())
-        .payload(payload.into())
-        .timeout(Some(timeout));
-    let reply = client
-        .send_request(subject.clone(), request)
-        .await
-        .map_err(|e| match e.kind() {
-            RequestErrorKind::NoResponders => CallError::NoResponders(subject.clone()),
-            RequestErrorKind::TimedOut => CallError::TimedOut(subject.clone()),
-            _ => CallError::Transport(e.to_string()),
-        })?;
-    rota_shared::envelope::decode_reply(&reply.payload).map_err(CallError::Remote)
+        .map_err(|e| WorkerError::Connect(e.to_string()))
 }
 
 /// The connection to the owning server.
 pub(crate) struct Link {
-    client: Client,
+    transport: Transport,
     subjects: Subjects,
     worker_id: String,
     app: String,
     secret: String,
+    secret_file: Option<PathBuf>,
+    stamper: Arc<Stamper>,
+    /// The keys in use, and the ones before them (servers may still seal with those until they
+    /// see the worker's next heartbeat).
+    keys: RwLock<(Arc<Keys>, Option<Arc<Keys>>)>,
     owner: watch::Sender<Owner>,
     reacquire: Arc<Notify>,
 }
 
 impl Link {
-    /// Asks discovery for the owner of the app and builds the link on the answer. A refusal
-    /// (`UNAUTHORIZED`, `NOT_FOUND`, …) is final; no answer at all is retried briefly.
+    /// Derives the keys, asks discovery for the owner of the app and builds the link on the
+    /// answer. A refusal (`UNAUTHORIZED`, `NOT_FOUND`, …) is final; no answer, or one not sealed
+    /// with the app key, is retried briefly.
     pub(crate) async fn establish(
         client: Client,
         subjects: Subjects,
@@ -173,21 +233,27 @@ impl Link {
         worker_id: String,
         reacquire: Arc<Notify>,
     ) -> Result<Self, WorkerError> {
-        let subject = subjects.discovery_acquire();
+        let secret = read_secret(&config.secret, config.secret_file.as_ref())?;
+        let stamper = Arc::new(Stamper::new());
+        let keys = Keys::derive(&config.app, &worker_id, secret, stamper.clone()).await?;
+        let transport = Transport::new(client);
+        let subject = subjects.discovery(&config.app);
         let req = AcquireRequest {
-            app: config.app.clone(),
-            secret: config.secret.clone(),
             worker_id: worker_id.clone(),
             current_server: None,
         };
         let mut attempt = 1;
         let owner = loop {
-            let result: Result<AcquireReply, CallError> =
-                request(&client, subject.clone(), &req, REQUEST_TIMEOUT).await;
+            let result: Result<AcquireReply, CallError> = transport
+                .request(&subject, &req, REQUEST_TIMEOUT, Some(&keys.discovery))
+                .await
+                .map_err(CallError::from);
             let transient = match &result {
                 Ok(_) => false,
                 Err(CallError::Remote(body)) => body.code == ErrorCode::Unavailable,
-                Err(CallError::NoResponders(_) | CallError::TimedOut(_)) => true,
+                Err(
+                    CallError::NoResponders(_) | CallError::TimedOut(_) | CallError::Unverified(_),
+                ) => true,
                 Err(CallError::Transport(_)) => false,
             };
             if transient && attempt < START_ACQUIRE_ATTEMPTS {
@@ -203,9 +269,16 @@ impl Link {
                         message: body.message,
                     });
                 }
-                Err(e @ (CallError::NoResponders(_) | CallError::TimedOut(_))) => {
+                Err(
+                    e @ (CallError::NoResponders(_)
+                    | CallError::TimedOut(_)
+                    | CallError::Unverified(_)),
+                ) => {
                     return Err(WorkerError::Acquire {
-                        code: ErrorCode::Unavailable,
+                        code: match e {
+                            CallError::Unverified(_) => ErrorCode::Unauthorized,
+                            _ => ErrorCode::Unavailable,
+                        },
                         message: e.to_string(),
                     });
                 }
@@ -219,14 +292,21 @@ impl Link {
             "acquired the owning server"
         );
         Ok(Self {
-            client,
+            transport,
             subjects,
             worker_id,
             app: config.app.clone(),
             secret: config.secret.clone(),
+            secret_file: config.secret_file.clone(),
+            stamper,
+            keys: RwLock::new((Arc::new(keys), None)),
             owner: watch::channel(owner).0,
             reacquire,
         })
+    }
+
+    pub(crate) fn subjects(&self) -> &Subjects {
+        &self.subjects
     }
 
     pub(crate) fn owner(&self) -> Owner {
@@ -243,25 +323,70 @@ impl Link {
         self.reacquire.notify_one();
     }
 
-    fn subject(&self, endpoint: Endpoint) -> String {
-        let sid = self.owner.borrow().server_id.clone();
-        match endpoint {
-            Endpoint::Heartbeat => self.subjects.server_heartbeat(&sid),
-            Endpoint::Status => self.subjects.server_status(&sid),
-            Endpoint::Reports => self.subjects.server_reports(&sid),
-            Endpoint::Logs => self.subjects.server_logs(&sid),
+    fn keys(&self) -> Arc<Keys> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The key a message from a server is sealed with, if it is one of the worker's.
+    pub(crate) fn key_for(&self, scope: &Scope) -> Option<Key> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(&keys.0)
+            .chain(keys.1.as_ref())
+            .find(|k| k.worker.scope() == scope)
+            .map(|k| k.worker.key().clone())
+    }
+
+    /// Verifies a message a server sent this worker; returns the server's id and the key to
+    /// seal the answer with.
+    pub(crate) fn verify(&self, msg: &Message) -> Result<(Seal, Key), ErrorBody> {
+        let seal = Seal::require(msg.headers.as_ref())?;
+        let key = self.key_for(&seal.scope).ok_or_else(|| {
+            ErrorBody::unauthorized("the message is not sealed with this worker's key")
+        })?;
+        if !seal.verify(&key, msg.subject.as_str(), &msg.payload) {
+            return Err(ErrorBody::unauthorized(
+                "the message's seal does not verify",
+            ));
         }
+        Ok((seal, key))
+    }
+
+    /// Whether a reply that arrived on the worker's ack inbox is sealed with its key.
+    pub(crate) fn verify_reply(&self, msg: &Message) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(&keys.0).chain(keys.1.as_ref()).any(|k| {
+            rota_transport::seal::verify_reply(
+                k.worker.key(),
+                msg.headers.as_ref(),
+                msg.subject.as_str(),
+                &msg.payload,
+            )
+        })
+    }
+
+    fn subject(&self, endpoint: ServerEndpoint) -> String {
+        let sid = self.owner.borrow().server_id.clone();
+        self.subjects.to_server(&self.app, &sid, endpoint)
     }
 
     /// Sends a request to the current owner. A failure that suggests the owner is gone also
     /// triggers a re-acquire, so the caller's retry goes to the new owner.
     pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        endpoint: Endpoint,
+        endpoint: ServerEndpoint,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let result = request(&self.client, self.subject(endpoint), req, timeout).await;
+        let keys = self.keys();
+        let result = self
+            .transport
+            .request(&self.subject(endpoint), req, timeout, Some(&keys.worker))
+            .await
+            .map_err(CallError::from);
         if let Err(e) = &result
             && e.owner_lost()
         {
@@ -275,56 +400,69 @@ impl Link {
     /// hear back (progress reports, whose answer may say "stop").
     pub(crate) async fn publish<T: Serialize>(
         &self,
-        endpoint: Endpoint,
+        endpoint: ServerEndpoint,
         msg: &T,
         reply: Option<String>,
     ) -> Result<(), CallError> {
-        let payload = serde_json::to_vec(msg)
-            .map_err(|e| CallError::Transport(format!("encode message: {e}")))?;
-        let subject = self.subject(endpoint);
-        let sent = match reply {
-            Some(reply) => {
-                self.client
-                    .publish_with_reply_and_headers(
-                        subject,
-                        reply,
-                        protocol_headers(),
-                        payload.into(),
-                    )
-                    .await
-            }
-            None => {
-                self.client
-                    .publish_with_headers(subject, protocol_headers(), payload.into())
-                    .await
-            }
-        };
-        sent.map_err(|e| CallError::Transport(e.to_string()))
+        let keys = self.keys();
+        self.transport
+            .publish(&self.subject(endpoint), msg, Some(&keys.worker), reply)
+            .await
+            .map_err(CallError::from)
     }
 
-    /// Answers a request made to the worker.
-    pub(crate) async fn respond(&self, reply: Subject, payload: Vec<u8>) {
-        if let Err(e) = self
-            .client
-            .publish_with_headers(reply, protocol_headers(), payload.into())
-            .await
-        {
-            warn!("cannot send a reply: {e}");
+    /// Answers a request made to the worker, sealed with `key`.
+    pub(crate) async fn respond<T: Serialize>(
+        &self,
+        msg: &Incoming,
+        result: Result<T, ErrorBody>,
+        key: Option<&Key>,
+    ) {
+        self.transport.respond(msg, result, key).await;
+    }
+
+    /// Re-reads the secret file, if there is one, and derives new keys when it changed.
+    async fn refresh_keys(&self) {
+        let Some(file) = &self.secret_file else {
+            return;
+        };
+        let secret = match read_secret(&self.secret, Some(file)) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("{e}; keeping the current secret");
+                return;
+            }
+        };
+        if secret == self.keys().secret {
+            return;
+        }
+        match Keys::derive(&self.app, &self.worker_id, secret, self.stamper.clone()).await {
+            Ok(new) => {
+                info!("the app secret changed; using the new one");
+                let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+                let old = std::mem::replace(&mut keys.0, Arc::new(new));
+                keys.1 = Some(old);
+            }
+            Err(e) => warn!("{e}; keeping the current secret"),
         }
     }
 
     /// Asks discovery once who owns the app, and moves to that server if it is another one.
     /// The connection and the running work stay as they are.
     pub(crate) async fn reacquire(&self) {
+        self.refresh_keys().await;
         let current = self.owner.borrow().server_id.clone();
         let req = AcquireRequest {
-            app: self.app.clone(),
-            secret: self.secret.clone(),
             worker_id: self.worker_id.clone(),
             current_server: Some(current.clone()),
         };
-        let subject = self.subjects.discovery_acquire();
-        match request::<_, AcquireReply>(&self.client, subject, &req, REQUEST_TIMEOUT).await {
+        let subject = self.subjects.discovery(&self.app);
+        let keys = self.keys();
+        match self
+            .transport
+            .request::<_, AcquireReply>(&subject, &req, REQUEST_TIMEOUT, Some(&keys.discovery))
+            .await
+        {
             Ok(reply) => {
                 let new = Owner::from(reply);
                 self.owner.send_if_modified(|owner| {
@@ -366,17 +504,29 @@ mod tests {
     fn owner_loss_is_recognised() {
         assert!(CallError::NoResponders("s".into()).owner_lost());
         assert!(CallError::TimedOut("s".into()).owner_lost());
+        assert!(CallError::Unverified("s".into()).owner_lost());
         assert!(CallError::Remote(ErrorBody::new(ErrorCode::NotOwner, "x")).owner_lost());
+        assert!(CallError::Remote(ErrorBody::new(ErrorCode::Unauthorized, "x")).owner_lost());
         assert!(!CallError::Remote(ErrorBody::internal("x")).owner_lost());
         assert!(!CallError::Transport("x".into()).owner_lost());
     }
 
     #[test]
-    fn headers_carry_the_protocol_version() {
-        let headers = protocol_headers();
-        assert_eq!(
-            headers.get(PROTOCOL_HEADER).map(|v| v.as_str()),
-            Some(PROTOCOL_VERSION.to_string().as_str())
-        );
+    fn secrets_come_from_the_file_when_there_is_one() {
+        let dir = tempfile_dir();
+        let path = dir.join("secret");
+        std::fs::write(&path, "  from-file \nignored\n").unwrap();
+        assert_eq!(read_secret("inline", Some(&path)).unwrap(), "from-file");
+        assert_eq!(read_secret("inline", None).unwrap(), "inline");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_secret("inline", Some(&path)).is_err());
+        assert!(read_secret("", None).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rota-link-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

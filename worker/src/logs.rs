@@ -26,7 +26,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 
-use crate::link::{CallError, Endpoint, Link, REQUEST_TIMEOUT};
+use rota_shared::subject::ServerEndpoint as Endpoint;
+
+use crate::link::{CallError, Link, REQUEST_TIMEOUT};
 
 /// The longest line kept; longer text is cut, so that a single line always fits in a batch.
 pub(crate) const MAX_LINE_BYTES: usize = 32 * 1024;
@@ -234,9 +236,10 @@ enum Refusal {
 
 fn refusal(error: &CallError) -> Refusal {
     match error {
-        CallError::NoResponders(_) | CallError::TimedOut(_) | CallError::Transport(_) => {
-            Refusal::Outage
-        }
+        CallError::NoResponders(_)
+        | CallError::TimedOut(_)
+        | CallError::Unverified(_)
+        | CallError::Transport(_) => Refusal::Outage,
         CallError::Remote(body) => match body.code {
             ErrorCode::NotOwner | ErrorCode::Unavailable => Refusal::Outage,
             ErrorCode::BadRequest

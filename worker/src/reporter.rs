@@ -11,7 +11,9 @@ use rota_shared::message::{
 use rota_shared::{ErrorBody, ErrorCode};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::link::{CallError, Endpoint, Link, REQUEST_TIMEOUT};
+use rota_shared::subject::ServerEndpoint as Endpoint;
+
+use crate::link::{CallError, Link, REQUEST_TIMEOUT};
 
 /// Batches in flight at once: while they are, new reports gather into the next ones.
 const IN_FLIGHT: usize = 4;

@@ -22,7 +22,9 @@ use crate::agent::Agent;
 use crate::context::{TaskContext, now_ms};
 use crate::frequent::{FrequentEnd, FrequentRunner, ProgressSink};
 use crate::instances::{InstanceState, StopCause};
-use crate::link::{CallError, Endpoint};
+use rota_shared::subject::ServerEndpoint as Endpoint;
+
+use crate::link::CallError;
 use crate::processor::{ProcessResult, Processor};
 
 /// How long a cancelled processor gets to end, beyond the shell's kill grace, before its task

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Client;
+use rota_shared::subject::WorkerEndpoint;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -49,7 +50,7 @@ impl Worker {
         }
 
         let reacquire = Arc::new(Notify::new());
-        let client = link::connect(&config, &worker_id, Arc::clone(&reacquire)).await?;
+        let client = link::connect(&config, &subjects, &worker_id, Arc::clone(&reacquire)).await?;
         let subscribe = |subject: String| {
             let client = client.clone();
             async move {
@@ -59,11 +60,10 @@ impl Worker {
             }
         };
         // The worker listens before it announces itself, so that no dispatch finds it deaf.
-        let requests = vec![
-            subscribe(subjects.worker_dispatch(&worker_id)).await?,
-            subscribe(subjects.worker_stop(&worker_id)).await?,
-            subscribe(subjects.worker_query(&worker_id)).await?,
-        ];
+        let mut requests = Vec::new();
+        for endpoint in WorkerEndpoint::ALL {
+            requests.push(subscribe(subjects.to_worker(&config.app, &worker_id, endpoint)).await?);
+        }
         let ack_inbox = client.new_inbox();
         let acks_sub = subscribe(format!("{ack_inbox}.>")).await?;
 

@@ -22,6 +22,7 @@ mod over_nats {
         LogLine, ReportAck, ReportAction, StatusBatchAck, StatusReport, StatusReportBatch,
     };
     use rota_shared::{ErrorBody, ErrorCode, InstanceStatus, Reply};
+    use rota_transport::{Credential, Incoming, Key, Scope, Seal, Stamper, Transport};
     use rota_worker::{ProcessResult, ProcessorRegistry, TaskContext, Worker, WorkerConfig};
     use tokio::process::{Child, Command};
     use tokio::time::Instant;
@@ -85,6 +86,26 @@ mod over_nats {
         }
     }
 
+    /// The keys the fake server and the worker share (the app `demo` with the secret `s3cret`).
+    struct Keys {
+        app: Key,
+        worker: Key,
+        /// What the fake server seals its dispatches with.
+        server: Credential,
+    }
+
+    fn keys() -> Keys {
+        let app = rota_transport::keys::app_key("demo", "s3cret").unwrap();
+        let worker = rota_transport::keys::worker_key(&app, "demo", WORKER);
+        let scope = Scope::Worker { key_id: app.id() };
+        let server = Credential::new(scope, worker.clone(), "s1", Arc::new(Stamper::new()));
+        Keys {
+            app,
+            worker,
+            server,
+        }
+    }
+
     /// What the fake server saw, and how it answers.
     #[derive(Default)]
     struct Fake {
@@ -143,31 +164,46 @@ mod over_nats {
         Some((nats, fake))
     }
 
+    /// Answers as a Rota server would: every message must be sealed by the worker (with the
+    /// app key for discovery, the worker key otherwise), and every answer is sealed alike.
     async fn serve_fake(client: Client, fake: Arc<Fake>) {
-        let acquire = client.subscribe("rota.discovery.acquire").await.unwrap();
-        let server = client.subscribe("rota.srv.s1.>").await.unwrap();
+        let keys = keys();
+        let transport = Transport::new(client.clone());
+        let acquire = client.subscribe("rota.discovery.demo").await.unwrap();
+        let server = client.subscribe("rota.app.demo.srv.s1.>").await.unwrap();
         let mut requests = futures::stream::select(acquire, server);
         while let Some(msg) = requests.next().await {
-            let Some(reply) = msg.reply.clone() else {
-                continue;
-            };
             let subject = msg.subject.to_string();
-            let answer = if subject.ends_with("acquire") {
-                Reply::ok(AcquireReply {
+            let key = if subject.contains(".discovery.") {
+                &keys.app
+            } else {
+                &keys.worker
+            };
+            let seal = Seal::require(msg.headers.as_ref()).expect("the worker seals everything");
+            assert!(
+                seal.verify(key, &subject, &msg.payload),
+                "a bad seal on {subject}"
+            );
+            assert_eq!(seal.sender, WORKER);
+            if msg.reply.is_none() {
+                continue;
+            }
+            let answer: Result<serde_json::Value, ErrorBody> = if subject.contains(".discovery.") {
+                Ok(serde_json::to_value(AcquireReply {
                     server_id: "s1".to_owned(),
                     app_id: 1,
                     epoch: 1,
                 })
-                .to_bytes()
+                .unwrap())
             } else if subject.ends_with(".status") {
                 let report: StatusReport = serde_json::from_slice(&msg.payload).unwrap();
                 if report.status.is_terminal() {
                     fake.single_terminals.fetch_add(1, Ordering::Relaxed);
                 }
-                Reply::ok(fake.take(report)).to_bytes()
+                Ok(serde_json::to_value(fake.take(report)).unwrap())
             } else if subject.ends_with(".reports") && fake.batches_unknown.load(Ordering::Relaxed)
             {
-                Reply::<()>::err(ErrorBody::not_found("unknown endpoint \"reports\"")).to_bytes()
+                Err(ErrorBody::not_found("unknown endpoint \"reports\""))
             } else if subject.ends_with(".reports") {
                 fake.batches.fetch_add(1, Ordering::Relaxed);
                 let batch: StatusReportBatch = serde_json::from_slice(&msg.payload).unwrap();
@@ -176,7 +212,7 @@ mod over_nats {
                     .into_iter()
                     .map(|r| Reply::ok(fake.take(r)))
                     .collect();
-                Reply::ok(StatusBatchAck { results }).to_bytes()
+                Ok(serde_json::to_value(StatusBatchAck { results }).unwrap())
             } else if subject.ends_with(".logs") {
                 let down = fake
                     .logs_down_until
@@ -185,18 +221,19 @@ mod over_nats {
                     .is_some_and(|until| Instant::now() < until);
                 if down {
                     fake.refused_batches.fetch_add(1, Ordering::Relaxed);
-                    Reply::<()>::err(ErrorBody::new(ErrorCode::Unavailable, "database down"))
-                        .to_bytes()
+                    Err(ErrorBody::new(ErrorCode::Unavailable, "database down"))
                 } else {
                     let batch: LogBatch = serde_json::from_slice(&msg.payload).unwrap();
                     let stored = batch.lines.len() as u64;
                     fake.lines.lock().unwrap().extend(batch.lines);
-                    Reply::ok(LogAck { stored }).to_bytes()
+                    Ok(serde_json::to_value(LogAck { stored, refused: 0 }).unwrap())
                 }
             } else {
                 continue;
             };
-            client.publish(reply, answer.into()).await.unwrap();
+            transport
+                .respond(&Incoming::Plain(msg), answer, Some(key))
+                .await;
         }
     }
 
@@ -220,18 +257,32 @@ mod over_nats {
         }
     }
 
+    /// Sends a dispatch sealed as server `s1` and returns the worker's (verified) answer.
     async fn send_dispatch(
         client: &Client,
         req: &DispatchRequest,
     ) -> Result<DispatchAck, ErrorBody> {
+        let subject = format!("rota.app.demo.wrk.{WORKER}.dispatch");
+        let credential = &keys().server;
+        match Transport::new(client.clone())
+            .request(&subject, req, Duration::from_secs(5), Some(credential))
+            .await
+        {
+            Ok(ack) => Ok(ack),
+            Err(e) => Err(e.remote().cloned().unwrap_or_else(|| panic!("{e}"))),
+        }
+    }
+
+    /// Sends a dispatch without a seal, as anyone on the bus could, and returns the refusal.
+    async fn client_request(client: &Client, req: &DispatchRequest) -> ErrorBody {
         let reply = client
             .request(
-                format!("rota.wrk.{WORKER}.dispatch"),
+                format!("rota.app.demo.wrk.{WORKER}.dispatch"),
                 serde_json::to_vec(req).unwrap().into(),
             )
             .await
             .unwrap();
-        rota_shared::envelope::decode_reply(&reply.payload)
+        rota_shared::envelope::decode_reply::<DispatchAck>(&reply.payload).unwrap_err()
     }
 
     /// Waits for the terminal report of an instance.
@@ -287,7 +338,7 @@ mod over_nats {
             }),
         );
         let config = WorkerConfig {
-            nats_url: nats.url.clone(),
+            nats: rota_transport::NatsOptions::new(nats.url.clone()),
             app: "demo".to_owned(),
             secret: "s3cret".to_owned(),
             worker_id: Some(WORKER.to_owned()),
@@ -296,6 +347,10 @@ mod over_nats {
             ..WorkerConfig::default()
         };
         let worker = Worker::start(config, registry).await.unwrap();
+
+        // A dispatch without the server's seal is refused, and runs nothing.
+        let unsealed = client_request(&nats.client, &dispatch(9, None, now_ms() + 5_000)).await;
+        assert_eq!(unsealed.code, ErrorCode::Unauthorized, "{unsealed:?}");
 
         // A dispatch that arrives after its deadline is refused, and not remembered: the same
         // attempt, in time, is accepted.
@@ -403,7 +458,7 @@ mod over_nats {
             rota_worker::processor_fn(|_ctx: TaskContext| async { ProcessResult::ok("done") }),
         );
         let config = WorkerConfig {
-            nats_url: nats.url.clone(),
+            nats: rota_transport::NatsOptions::new(nats.url.clone()),
             app: "demo".to_owned(),
             secret: "s3cret".to_owned(),
             worker_id: Some(WORKER.to_owned()),

@@ -1,40 +1,111 @@
-//! Apps and their ownership.
+//! Apps, their keys and their ownership.
 
+use rota_transport::Key;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
-use sha2::{Digest, Sha256};
 
-use super::entity::app;
+use super::entity::{app, app_key};
 use super::{Store, StoreError, StoreResult};
 
-/// Secrets are stored as a salted SHA-256: the app name is the salt.
-pub fn hash_secret(app: &str, secret: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(app.as_bytes());
-    h.update(b"\0");
-    h.update(secret.as_bytes());
-    hex::encode(h.finalize())
+/// An app key as the server holds it in memory.
+#[derive(Debug, Clone)]
+pub struct AppKey {
+    pub app_id: i64,
+    pub key_id: String,
+    pub key: Key,
+    /// The key no longer authenticates from this time on.
+    pub retire_at_ms: Option<i64>,
+}
+
+impl AppKey {
+    fn from_model(m: app_key::Model) -> StoreResult<Self> {
+        let key = Key::from_hex(&m.key).map_err(|e| {
+            StoreError::Corrupt(format!("key {} of app {}: {e}", m.key_id, m.app_id))
+        })?;
+        Ok(Self {
+            app_id: m.app_id,
+            key_id: m.key_id,
+            key,
+            retire_at_ms: m.retire_at_ms,
+        })
+    }
+}
+
+fn key_row(app_id: i64, key: &Key, now_ms: i64) -> app_key::ActiveModel {
+    app_key::ActiveModel {
+        app_id: Set(app_id),
+        key_id: Set(key.id()),
+        key: Set(key.to_hex()),
+        created_at_ms: Set(now_ms),
+        retire_at_ms: Set(None),
+        ..Default::default()
+    }
 }
 
 impl Store {
-    pub async fn create_app(
-        &self,
-        name: &str,
-        secret: &str,
-        now_ms: i64,
-    ) -> StoreResult<app::Model> {
+    /// Creates an app with its first key (derived from its secret by the caller).
+    pub async fn create_app(&self, name: &str, key: &Key, now_ms: i64) -> StoreResult<app::Model> {
+        let txn = self.write_txn().await?;
         let model = app::ActiveModel {
             name: Set(name.to_owned()),
-            secret_hash: Set(hash_secret(name, secret)),
+            secret_hash: Set(String::new()),
             current_server: Set(None),
             epoch: Set(0),
             created_at_ms: Set(now_ms),
             ..Default::default()
         };
-        model
-            .insert(self.conn())
+        let app = model
+            .insert(&txn)
             .await
-            .map_err(|e| StoreError::from_insert(e, format!("app {name:?}")))
+            .map_err(|e| StoreError::from_insert(e, format!("app {name:?}")))?;
+        key_row(app.id, key, now_ms).insert(&txn).await?;
+        txn.commit().await?;
+        Ok(app)
+    }
+
+    /// Gives an app a new key; its other keys stop authenticating at `now_ms + grace_ms` (or
+    /// sooner, when a previous rotation said so).
+    pub async fn rotate_app_key(
+        &self,
+        app_id: i64,
+        key: &Key,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> StoreResult<()> {
+        let retire_at = now_ms.saturating_add(grace_ms);
+        let txn = self.write_txn().await?;
+        app_key::Entity::update_many()
+            .col_expr(app_key::Column::RetireAtMs, Expr::value(retire_at))
+            .filter(app_key::Column::AppId.eq(app_id))
+            .filter(
+                app_key::Column::RetireAtMs
+                    .is_null()
+                    .or(app_key::Column::RetireAtMs.gt(retire_at)),
+            )
+            .exec(&txn)
+            .await?;
+        key_row(app_id, key, now_ms)
+            .insert(&txn)
+            .await
+            .map_err(|e| StoreError::from_insert(e, "an identical key for this app".to_owned()))?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Every app's keys that still authenticate at `now_ms`.
+    pub async fn app_keys(&self, now_ms: i64) -> StoreResult<Vec<AppKey>> {
+        app_key::Entity::find()
+            .filter(
+                app_key::Column::RetireAtMs
+                    .is_null()
+                    .or(app_key::Column::RetireAtMs.gt(now_ms)),
+            )
+            .order_by_asc(app_key::Column::Id)
+            .all(self.conn())
+            .await?
+            .into_iter()
+            .map(AppKey::from_model)
+            .collect()
     }
 
     pub async fn list_apps(&self) -> StoreResult<Vec<app::Model>> {
@@ -83,17 +154,5 @@ impl Store {
             .filter(app::Column::CurrentServer.eq(server_id))
             .all(self.conn())
             .await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_hash_is_salted_by_app() {
-        assert_ne!(hash_secret("a", "s"), hash_secret("b", "s"));
-        assert_eq!(hash_secret("a", "s"), hash_secret("a", "s"));
-        assert_eq!(hash_secret("a", "s").len(), 64);
     }
 }

@@ -11,12 +11,15 @@ mod bulk;
 mod instances;
 mod jobs;
 mod logs;
+mod secrets;
 mod servers;
 
+pub use apps::AppKey;
 pub use instances::{
     FirePlan, Handover, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance, rule_state,
 };
 pub use jobs::Job;
+pub use secrets::StoredToken;
 
 use std::time::Duration;
 

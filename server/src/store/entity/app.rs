@@ -6,6 +6,7 @@ pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
     pub name: String,
+    /// Unused since the security migration (app keys live in `app_key`); kept empty.
     pub secret_hash: String,
     pub current_server: Option<String>,
     pub epoch: i64,

@@ -1,6 +1,9 @@
 //! sea-orm entities, one per table. They mirror `rota-migrations` exactly.
 
+pub mod admin_token;
 pub mod app;
+pub mod app_key;
+pub mod deployment_secret;
 pub mod instance;
 pub mod instance_log;
 pub mod job;

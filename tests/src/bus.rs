@@ -1,0 +1,186 @@
+//! Speaking on the bus by hand, for tests that send what a worker would (with its real keys) or
+//! what an attacker would (without them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rota_shared::Subjects;
+use rota_shared::subject::ServerEndpoint;
+use rota_transport::keys::{app_key, worker_key};
+use rota_transport::{Credential, RequestError, Scope, Stamper, Transport};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// One worker of an app, as the servers know it: it holds the keys the app's secret gives, so
+/// what it sends is authenticated exactly like a real worker's.
+pub struct WorkerVoice {
+    transport: Transport,
+    subjects: Subjects,
+    app: String,
+    credential: Credential,
+    discovery: Credential,
+}
+
+impl WorkerVoice {
+    pub fn new(
+        client: async_nats::Client,
+        app: &str,
+        worker_id: &str,
+        secret: &str,
+    ) -> anyhow::Result<Self> {
+        let key = app_key(app, secret)?;
+        let stamper = Arc::new(Stamper::new());
+        let key_id = key.id();
+        Ok(Self {
+            transport: Transport::new(client),
+            subjects: Subjects::default(),
+            app: app.to_owned(),
+            credential: Credential::new(
+                Scope::Worker {
+                    key_id: key_id.clone(),
+                },
+                worker_key(&key, app, worker_id),
+                worker_id,
+                stamper.clone(),
+            ),
+            discovery: Credential::new(Scope::App { key_id }, key, worker_id, stamper),
+        })
+    }
+
+    /// The subject of `endpoint` on `server`, for this worker's app.
+    pub fn subject(&self, server: &str, endpoint: ServerEndpoint) -> String {
+        self.subjects.to_server(&self.app, server, endpoint)
+    }
+
+    /// Sends a request to `server`, sealed as this worker, and checks the reply is sealed too.
+    pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        server: &str,
+        endpoint: ServerEndpoint,
+        request: &Req,
+    ) -> Result<Resp, RequestError> {
+        let subject = self.subject(server, endpoint);
+        self.transport
+            .request(
+                &subject,
+                request,
+                Duration::from_secs(5),
+                Some(&self.credential),
+            )
+            .await
+    }
+
+    /// Publishes a message to `server`, sealed as this worker.
+    pub async fn publish<T: Serialize>(
+        &self,
+        server: &str,
+        endpoint: ServerEndpoint,
+        msg: &T,
+    ) -> Result<(), RequestError> {
+        let subject = self.subject(server, endpoint);
+        self.transport
+            .publish(&subject, msg, Some(&self.credential), None)
+            .await
+    }
+
+    /// Asks discovery, sealed with the app key, as a worker starting up does.
+    pub async fn discover<Resp: DeserializeOwned>(
+        &self,
+        request: &impl Serialize,
+    ) -> Result<Resp, RequestError> {
+        self.transport
+            .request(
+                &self.subjects.discovery(&self.app),
+                request,
+                Duration::from_secs(5),
+                Some(&self.discovery),
+            )
+            .await
+    }
+}
+
+/// The credential a worker of `app` seals its messages with.
+pub fn worker_credential(app: &str, secret: &str, worker_id: &str) -> anyhow::Result<Credential> {
+    let key = app_key(app, secret)?;
+    Ok(Credential::new(
+        Scope::Worker { key_id: key.id() },
+        worker_key(&key, app, worker_id),
+        worker_id,
+        Arc::new(Stamper::new()),
+    ))
+}
+
+/// The credential a worker of `app` seals discovery with.
+pub fn discovery_credential(
+    app: &str,
+    secret: &str,
+    worker_id: &str,
+) -> anyhow::Result<Credential> {
+    let key = app_key(app, secret)?;
+    Ok(Credential::new(
+        Scope::App { key_id: key.id() },
+        key,
+        worker_id,
+        Arc::new(Stamper::new()),
+    ))
+}
+
+/// The credential server `server_id` seals its messages to worker `worker_id` with.
+pub fn server_credential(
+    app: &str,
+    secret: &str,
+    worker_id: &str,
+    server_id: &str,
+) -> anyhow::Result<Credential> {
+    let key = app_key(app, secret)?;
+    Ok(Credential::new(
+        Scope::Worker { key_id: key.id() },
+        worker_key(&key, app, worker_id),
+        server_id,
+        Arc::new(Stamper::new()),
+    ))
+}
+
+/// The credential an administrator seals requests with.
+pub fn token_credential(token: &rota_transport::AdminToken) -> Credential {
+    Credential::new(
+        Scope::Token {
+            token_id: token.id().to_owned(),
+        },
+        token.key(),
+        "test-admin",
+        Arc::new(Stamper::new()),
+    )
+}
+
+/// The credential of a server of the deployment whose database is at `database_url`.
+pub async fn cluster_credential(database_url: &str, server_id: &str) -> anyhow::Result<Credential> {
+    let store = rota_server::store::Store::connect(database_url).await?;
+    let key = store.cluster_key(rota_transport::wall_ms()).await?;
+    Ok(Credential::new(
+        Scope::Cluster,
+        key,
+        server_id,
+        Arc::new(Stamper::new()),
+    ))
+}
+
+/// Sends `payload` as it is (any bytes), sealed with `credential` when given, with `headers`
+/// added, and returns the raw reply.
+pub async fn raw_request(
+    nats: &async_nats::Client,
+    subject: &str,
+    payload: Vec<u8>,
+    credential: Option<&Credential>,
+    headers: Option<async_nats::HeaderMap>,
+) -> anyhow::Result<async_nats::Message> {
+    let mut h = headers.unwrap_or_default();
+    if let Some(c) = credential {
+        c.seal(&mut h, subject, &payload, rota_transport::wall_ms());
+    }
+    let request = async_nats::Request::new()
+        .payload(payload.into())
+        .headers(h)
+        .timeout(Some(Duration::from_secs(10)));
+    Ok(nats.send_request(subject.to_owned(), request).await?)
+}
