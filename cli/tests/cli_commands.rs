@@ -1,5 +1,6 @@
 //! The `rota` binary as an operator uses it, against a real deployment: NATS, a database, a
-//! server and a worker. Every command runs as a separate process with `ROTA_NATS_URL` set.
+//! server and a worker. Every command runs as a separate process with `ROTA_NATS_URL` and an admin
+//! `ROTA_TOKEN` set.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +21,7 @@ async fn rota(d: &Deployment, args: &[&str]) -> Output {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
         .args(args)
         .env("ROTA_NATS_URL", d.nats.url())
+        .env("ROTA_TOKEN", d.token.reveal())
         .env_remove("ROTA_CONFIG")
         .env_remove("ROTA_PREFIX")
         .output()

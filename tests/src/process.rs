@@ -147,6 +147,10 @@ pub async fn service_ids(nats: &async_nats::Client, wait: Duration) -> anyhow::R
     let mut ids = Vec::new();
     let until = tokio::time::Instant::now() + wait;
     while let Ok(Some(msg)) = tokio::time::timeout_at(until, replies.next()).await {
+        // NATS says "no responders" (an empty status message) while no server is up yet.
+        if msg.status.is_some() {
+            continue;
+        }
         let pong: async_nats::service::PingResponse = serde_json::from_slice(&msg.payload)?;
         if let Some(id) = pong.metadata.get("server_id") {
             ids.push(id.clone());
