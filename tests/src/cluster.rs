@@ -29,6 +29,8 @@ pub struct Deployment {
     pub admin: AdminClient,
     /// That token, for the CLI (`ROTA_TOKEN`) and for clients the test makes.
     pub token: AdminToken,
+    /// How every server, worker and client of the deployment reaches NATS and logs in.
+    pub nats_options: NatsOptions,
     servers: Vec<ServerHandle>,
     workers: Vec<WorkerHandle>,
 }
@@ -45,15 +47,29 @@ impl Deployment {
     pub async fn start_without_servers() -> anyhow::Result<Self> {
         crate::init_tracing();
         let nats = NatsServer::start()?;
+        let options = NatsOptions::new(nats.url());
+        Self::on(nats, options).await
+    }
+
+    /// A database and one server (`s1`) on a NATS the test configured (users, TLS …), which
+    /// everything reaches with `options`.
+    pub async fn start_with(nats: NatsServer, options: NatsOptions) -> anyhow::Result<Self> {
+        crate::init_tracing();
+        let mut d = Self::on(nats, options).await?;
+        d.start_server("s1").await?;
+        Ok(d)
+    }
+
+    async fn on(nats: NatsServer, nats_options: NatsOptions) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let (_, token) = create_token(db.url(), Role::Admin, None).await?;
-        let admin =
-            AdminClient::connect(&NatsOptions::new(nats.url()), "rota", Some(&token)).await?;
+        let admin = AdminClient::connect(&nats_options, "rota", Some(&token)).await?;
         Ok(Self {
             nats,
             db,
             admin,
             token,
+            nats_options,
             servers: Vec::new(),
             workers: Vec::new(),
         })
@@ -62,7 +78,7 @@ impl Deployment {
     /// The configuration tests run servers with.
     pub fn server_config(&self, id: &str) -> ServerConfig {
         ServerConfig {
-            nats: NatsOptions::new(self.nats.url()),
+            nats: self.nats_options.clone(),
             database_url: self.db.url().to_owned(),
             server_id: Some(id.to_owned()),
             worker_timeout: Duration::from_secs(3),
@@ -120,7 +136,7 @@ impl Deployment {
     /// The configuration tests run workers with.
     pub fn worker_config(&self, app: &str, worker_id: &str) -> WorkerConfig {
         WorkerConfig {
-            nats: NatsOptions::new(self.nats.url()),
+            nats: self.nats_options.clone(),
             app: app.to_owned(),
             secret: SECRET.to_owned(),
             worker_id: Some(worker_id.to_owned()),
@@ -146,7 +162,7 @@ impl Deployment {
 
     /// An admin client with `token`, on its own connection.
     pub async fn client_with(&self, token: &AdminToken) -> anyhow::Result<AdminClient> {
-        Ok(AdminClient::connect(&NatsOptions::new(self.nats.url()), "rota", Some(token)).await?)
+        Ok(AdminClient::connect(&self.nats_options, "rota", Some(token)).await?)
     }
 
     /// Starts a worker and waits until a server lists it as live.

@@ -46,6 +46,10 @@ pub struct NatsServer {
     binary: PathBuf,
     dir: TempDir,
     port: u16,
+    /// A configuration file (`-c`), for servers with users, TLS or an operator.
+    config: Option<PathBuf>,
+    /// Whether JetStream runs.
+    jetstream: bool,
     process: Option<Process>,
 }
 
@@ -61,18 +65,49 @@ impl NatsServer {
 
     /// Starts the server on `port`, or on a port the kernel picks when `None`.
     fn start_on(port: Option<u16>) -> anyhow::Result<NatsServer> {
+        Self::start_inner(port, None, true)
+    }
+
+    /// Starts a server with `config` (nats-server's configuration syntax: `authorization`,
+    /// `tls`, `operator` …) on a free port of 127.0.0.1, with JetStream when `jetstream`.
+    pub fn start_with_config(config: &str, jetstream: bool) -> anyhow::Result<NatsServer> {
+        Self::start_inner(None, Some(config), jetstream)
+    }
+
+    fn start_inner(
+        port: Option<u16>,
+        config: Option<&str>,
+        jetstream: bool,
+    ) -> anyhow::Result<NatsServer> {
         let binary = binary()?;
         let dir = tempfile::Builder::new()
             .prefix("rota-nats-")
             .tempdir()
             .context("cannot create a temporary directory for nats-server")?;
-        let (process, port) = Process::spawn(&binary, dir.path(), port)?;
+        let config = match config {
+            Some(text) => {
+                let path = dir.path().join("nats.conf");
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let (process, port) =
+            Process::spawn(&binary, dir.path(), port, config.as_deref(), jetstream)?;
         Ok(NatsServer {
             binary,
             dir,
             port,
+            config,
+            jetstream,
             process: Some(process),
         })
+    }
+
+    /// The server's temporary directory (its store and log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The URL clients connect to: `nats://127.0.0.1:PORT`.
@@ -96,8 +131,14 @@ impl NatsServer {
     /// store, then waits until it accepts connections, so clients can reconnect to the same URL.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let (process, port) = Process::spawn(&self.binary, self.dir.path(), Some(self.port))
-            .with_context(|| format!("cannot restart nats-server on port {}", self.port))?;
+        let (process, port) = Process::spawn(
+            &self.binary,
+            self.dir.path(),
+            Some(self.port),
+            self.config.as_deref(),
+            self.jetstream,
+        )
+        .with_context(|| format!("cannot restart nats-server on port {}", self.port))?;
         debug_assert_eq!(
             port, self.port,
             "a restarted nats-server listens on its old port"
@@ -139,7 +180,13 @@ struct Process {
 impl Process {
     /// Starts nats-server with its store and log in `dir` and waits until it listens. Returns the
     /// process and its client port.
-    fn spawn(binary: &Path, dir: &Path, port: Option<u16>) -> anyhow::Result<(Process, u16)> {
+    fn spawn(
+        binary: &Path,
+        dir: &Path,
+        port: Option<u16>,
+        config: Option<&Path>,
+        jetstream: bool,
+    ) -> anyhow::Result<(Process, u16)> {
         let log_path = dir.join("nats.log");
         // Append, so that after a restart the log still shows what happened before it.
         let log = OpenOptions::new()
@@ -148,8 +195,16 @@ impl Process {
             .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |port| port.to_string());
-        let mut child = Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+        let mut command = Command::new(binary);
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
+        command.args(["-a", "127.0.0.1", "-p", &port_arg]);
+        if jetstream {
+            command.arg("-js");
+        }
+        let mut child = command
+            .arg("-sd")
             .arg(dir.join("store"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -345,17 +345,22 @@ impl NatsOptions {
         let (options, urls) = self.connect_options(&conn).await?;
         options.connect(urls).await.map_err(|e| {
             use async_nats::ConnectErrorKind as K;
+            let text = e.to_string();
             let kind = match e.kind() {
                 K::ServerParse => ConnectErrorKind::InvalidOptions,
                 K::Authentication | K::AuthorizationViolation => ConnectErrorKind::Authorization,
                 K::Tls => ConnectErrorKind::Tls,
+                // rustls' handshake errors come through as I/O errors.
+                K::Io if text.contains("certificate") || text.contains("tls") => {
+                    ConnectErrorKind::Tls
+                }
                 _ => ConnectErrorKind::Unreachable,
             };
             let message = match kind {
                 ConnectErrorKind::Authorization => {
                     format!("{e} (check the NATS user, password, token, NKey or credentials file)")
                 }
-                _ => e.to_string(),
+                _ => text,
             };
             ConnectError::new(kind, &self.url, message)
         })
