@@ -184,3 +184,53 @@ pub async fn raw_request(
         .timeout(Some(Duration::from_secs(10)));
     Ok(nats.send_request(subject.to_owned(), request).await?)
 }
+
+/// Records every message on a subject (wildcards allowed) as an eavesdropper on an open NATS
+/// would, headers and all.
+pub struct Sniffer {
+    seen: Arc<std::sync::Mutex<Vec<async_nats::Message>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sniffer {
+    pub async fn start(client: &async_nats::Client, subject: &str) -> anyhow::Result<Self> {
+        use futures::StreamExt;
+        let mut sub = client.subscribe(subject.to_owned()).await?;
+        // The subscription must be in force before the traffic it is to see.
+        client.flush().await?;
+        let seen: Arc<std::sync::Mutex<Vec<async_nats::Message>>> = Arc::default();
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Some(msg) = sub.next().await {
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+                }
+            }
+        });
+        Ok(Self { seen, task })
+    }
+
+    /// Everything seen so far.
+    pub fn seen(&self) -> Vec<async_nats::Message> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits for the first message `wanted` accepts.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&async_nats::Message) -> bool,
+    ) -> async_nats::Message {
+        crate::wait::until(what, timeout, || async {
+            self.seen().into_iter().find(|m| wanted(m))
+        })
+        .await
+    }
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

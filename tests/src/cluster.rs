@@ -269,6 +269,33 @@ impl Deployment {
             .lines)
     }
 
+    /// What server `server` refused as unauthenticated since it started, by reason.
+    pub async fn refusals(
+        &self,
+        server: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        Ok(self
+            .admin
+            .at_server(server)
+            .call(&ServerStats {})
+            .await?
+            .refused)
+    }
+
+    /// Waits until server `server` has refused at least `n` messages for `reason`: the proof
+    /// that a message it was sent arrived and was turned away (not merely lost).
+    pub async fn wait_refused(&self, server: &str, reason: &str, n: u64) {
+        wait::until(
+            &format!("server {server} to refuse {n} message(s) for {reason}"),
+            Duration::from_secs(10),
+            || async {
+                let refused = self.refusals(server).await.ok()?;
+                (refused.get(reason).copied().unwrap_or(0) >= n).then_some(())
+            },
+        )
+        .await
+    }
+
     /// Stops every worker and server cleanly.
     pub async fn shutdown(mut self) {
         for w in self.workers.drain(..) {
