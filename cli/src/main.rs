@@ -76,7 +76,9 @@ fn init_tracing(long_running: bool) {
     let default = if long_running {
         "info,sea_orm_migration=warn,async_nats=warn"
     } else {
-        "warn"
+        // A command's failure is its one error line; async-nats' own log of it would be a
+        // second.
+        "warn,async_nats=off"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
