@@ -60,7 +60,10 @@ impl Deployment {
         Ok(d)
     }
 
-    async fn on(nats: NatsServer, nats_options: NatsOptions) -> anyhow::Result<Self> {
+    /// A database and no server on a NATS the test configured; `nats_options` are the admin
+    /// client's and, unless a test sets its own in a configuration, everyone's.
+    pub async fn on(nats: NatsServer, nats_options: NatsOptions) -> anyhow::Result<Self> {
+        crate::init_tracing();
         let db = TestDatabase::create().await?;
         let (_, token) = create_token(db.url(), Role::Admin, None).await?;
         let admin = AdminClient::connect(&nats_options, "rota", Some(&token)).await?;

@@ -1,0 +1,191 @@
+//! `rota nats-config` on a real nats-server: with the authorization block it prints, servers,
+//! workers and the CLI work as usual with their own users, and an app's worker user can do
+//! exactly its app's worker work: it cannot receive another app's dispatches, publish a
+//! dispatch, call admin or rpc subjects, join the servers' queue group, or read discovery and
+//! reply traffic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use rota_shared::InstanceStatus;
+use rota_shared::subject::SERVER_QUEUE_GROUP;
+use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::nats::NatsServer;
+use rota_tests::wait;
+use rota_transport::{Connection, NatsOptions};
+use rota_worker::{ProcessorRegistry, Worker};
+
+/// Users and passwords from the block `rota nats-config` printed.
+fn users(block: &str) -> HashMap<String, String> {
+    let mut users = HashMap::new();
+    let mut user = None;
+    for line in block.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("user: ") {
+            user = Some(name.trim_matches('"').to_owned());
+        } else if let (Some(password), Some(name)) = (line.strip_prefix("password: "), user.take())
+        {
+            users.insert(name, password.trim_matches('"').to_owned());
+        }
+    }
+    users
+}
+
+fn login(url: &str, users: &HashMap<String, String>, user: &str) -> NatsOptions {
+    let mut options = NatsOptions::new(url);
+    options.user = Some(user.to_owned());
+    options.password = Some(users[user].clone());
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["nats-config", "--app", "a", "--app", "b"])
+        .env_remove("ROTA_PREFIX")
+        .env_remove("ROTA_CONFIG")
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let block = String::from_utf8(out.stdout)?;
+    let users = users(&block);
+    assert_eq!(users.len(), 4, "{block}");
+
+    let nats = NatsServer::start_with_config(&block, true)?;
+    let url = nats.url();
+    let mut d = Deployment::on(nats, login(&url, &users, "rota-admin")).await?;
+    let mut server = d.server_config("s1");
+    server.nats = login(&url, &users, "rota-server");
+    d.start_server_with(server).await?;
+    d.create_app("a").await?;
+    d.create_app("b").await?;
+    let mut wa = d.worker_config("a", "wa");
+    wa.nats = login(&url, &users, "rota-worker-a");
+    d.start_worker(wa, ProcessorRegistry::new()).await?;
+    let mut wb = d.worker_config("b", "wb");
+    wb.nats = login(&url, &users, "rota-worker-b");
+    d.start_worker(wb, ProcessorRegistry::new()).await?;
+    let job_a = d.create_job(shell_job("a", "ja", "echo a")).await?;
+    let job_b = d.create_job(shell_job("b", "jb", "echo b")).await?;
+    for job in [job_a.id, job_b.id] {
+        let id = d.run(job).await?;
+        let done = d.wait_terminal(id, Duration::from_secs(15)).await;
+        assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    }
+    // The CLI works with the administrators' user.
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args([
+            "--nats-user",
+            "rota-admin",
+            "--nats-password",
+            &users["rota-admin"],
+            "job",
+            "list",
+        ])
+        .env("ROTA_NATS_URL", &url)
+        .env("ROTA_TOKEN", d.token.reveal())
+        .env_remove("ROTA_PREFIX")
+        .env_remove("ROTA_CONFIG")
+        .output()
+        .await?;
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+
+    // App a's worker user, in an attacker's hands.
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut connection = Connection::new("attacker", "rota.inbox.app.a");
+    connection.on_event = Some({
+        let errors = errors.clone();
+        Arc::new(move |event: &async_nats::Event| {
+            if let async_nats::Event::ServerError(e) = event {
+                errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(e.to_string());
+            }
+        })
+    });
+    let attacker = login(&url, &users, "rota-worker-a")
+        .connect(connection)
+        .await?;
+    let refused = |what: &'static str, subject: &'static str| {
+        let errors = errors.clone();
+        async move {
+            wait::until(
+                &format!("NATS to refuse the {what} of {subject}"),
+                Duration::from_secs(5),
+                || async {
+                    errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .any(|e| {
+                            let e = e.to_ascii_lowercase();
+                            e.contains("permissions violation")
+                                && e.contains(what)
+                                && e.contains(subject)
+                        })
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    // Another app's dispatches, discovery traffic, the servers' queue group, other replies.
+    let mut b_dispatches = attacker
+        .subscribe("rota.app.b.wrk.wb.dispatch".to_owned())
+        .await?;
+    refused("subscription", "rota.app.b.wrk.wb.dispatch").await;
+    let _discovery = attacker.subscribe("rota.discovery.>".to_owned()).await?;
+    refused("subscription", "rota.discovery.>").await;
+    let _queue = attacker
+        .queue_subscribe("rota.discovery.*".to_owned(), SERVER_QUEUE_GROUP.to_owned())
+        .await?;
+    refused("subscription", "rota.discovery.*").await;
+    let _admin_replies = attacker.subscribe("rota.inbox.admin.>".to_owned()).await?;
+    refused("subscription", "rota.inbox.admin.>").await;
+    let _b_replies = attacker.subscribe("rota.inbox.app.b.>".to_owned()).await?;
+    refused("subscription", "rota.inbox.app.b.>").await;
+    // Dispatches (even to its own app's workers), admin and rpc requests.
+    attacker
+        .publish("rota.app.a.wrk.wa.dispatch".to_owned(), "{}".into())
+        .await?;
+    refused("publish", "rota.app.a.wrk.wa.dispatch").await;
+    attacker
+        .publish("rota.admin.app.list".to_owned(), "{}".into())
+        .await?;
+    refused("publish", "rota.admin.app.list").await;
+    attacker
+        .publish("rota.srv.s1.rpc".to_owned(), "{}".into())
+        .await?;
+    refused("publish", "rota.srv.s1.rpc").await;
+    attacker
+        .publish("rota.discovery.b".to_owned(), "{}".into())
+        .await?;
+    refused("publish", "rota.discovery.b").await;
+
+    // B's work goes on, and the refused subscription saw none of it.
+    let id = d.run(job_b.id).await?;
+    assert_eq!(
+        d.wait_terminal(id, Duration::from_secs(15)).await.status,
+        InstanceStatus::Succeeded
+    );
+    assert!(
+        !matches!(b_dispatches.next().now_or_never(), Some(Some(_))),
+        "app a's worker user received a dispatch of app b"
+    );
+    // Nor can app a's user serve as a worker of app b.
+    let mut as_b = d.worker_config("b", "intruder");
+    as_b.nats = login(&url, &users, "rota-worker-a");
+    assert!(Worker::start(as_b, ProcessorRegistry::new()).await.is_err());
+    d.shutdown().await;
+    Ok(())
+}
