@@ -38,7 +38,7 @@ impl ClientError {
     /// answer's claim included, since a person reads it).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Request(e) => e.code().or_else(|| e.unverified().map(|b| b.code)),
+            Self::Request(e) => e.code(),
             _ => None,
         }
     }

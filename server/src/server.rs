@@ -61,6 +61,8 @@ pub struct ServerHandle {
     core: Arc<Core>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     services: Vec<ServiceHandle>,
+    /// The NATS service (`$SRV.*` answers); stopped with the server.
+    nats_service: Option<async_nats::service::Service>,
 }
 
 impl ServerHandle {
@@ -70,7 +72,10 @@ impl ServerHandle {
 
     /// Stops serving, leaves the server registry and drains the NATS connection. Instances keep
     /// their stored state; another server (or this one, restarted) carries on from it.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        if let Some(service) = self.nats_service.take() {
+            let _ = service.stop().await;
+        }
         self.core.shutdown.cancel();
         for t in &self.tasks {
             t.abort();
@@ -86,7 +91,11 @@ impl ServerHandle {
     }
 
     /// Stops at once, as a crash would: no deregistration, no drain.
-    pub fn abort(self) {
+    pub fn abort(mut self) {
+        // A crashed server no longer answers `$SRV.PING` either.
+        if let Some(service) = self.nats_service.take() {
+            tokio::spawn(service.stop());
+        }
         for service in &self.services {
             service.abort();
         }
@@ -267,7 +276,6 @@ impl Server {
             tokio::spawn(serve_concurrently(
                 core.clone(),
                 futures::stream::select_all(shared),
-                nats_service,
             )),
         ];
         tracing::info!(server = %id, "server started");
@@ -275,6 +283,7 @@ impl Server {
             core,
             tasks,
             services,
+            nats_service: Some(nats_service),
         })
     }
 }
@@ -312,8 +321,6 @@ enum Shared {
 async fn serve_concurrently(
     core: Arc<Core>,
     mut requests: futures::stream::SelectAll<Requests<Shared>>,
-    // Held so that the service (and its `$SRV` answers) lives as long as the server.
-    _service: async_nats::service::Service,
 ) {
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS));
     while let Some((kind, request)) = requests.next().await {

@@ -234,3 +234,28 @@ impl Drop for Sniffer {
         self.task.abort();
     }
 }
+
+/// Every answer to the NATS service API's `$SRV.{verb}.rota-server` (`PING`, `INFO`, `STATS`)
+/// within `wait`: one per running Rota server.
+pub async fn service_api(
+    nats: &async_nats::Client,
+    verb: &str,
+    wait: Duration,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use futures::StreamExt;
+    let inbox = nats.new_inbox();
+    let mut replies = nats.subscribe(inbox.clone()).await?;
+    let subject = format!("$SRV.{verb}.{}", rota_server::SERVICE_NAME);
+    nats.publish_with_reply(subject, inbox, bytes::Bytes::new())
+        .await?;
+    let mut answers = Vec::new();
+    let until = tokio::time::Instant::now() + wait;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, replies.next()).await {
+        // NATS says "no responders" (an empty status message) while no server is up.
+        if msg.status.is_some() {
+            continue;
+        }
+        answers.push(serde_json::from_slice(&msg.payload)?);
+    }
+    Ok(answers)
+}

@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use tokio::process::{Child, Command};
 
 /// A running `rota server`; killed when dropped.
@@ -139,22 +138,9 @@ impl ServerProcess {
 
 /// The server ids of every `rota server` that answers `$SRV.PING.rota-server` within `wait`.
 pub async fn service_ids(nats: &async_nats::Client, wait: Duration) -> anyhow::Result<Vec<String>> {
-    let inbox = nats.new_inbox();
-    let mut replies = nats.subscribe(inbox.clone()).await?;
-    let subject = format!("$SRV.PING.{}", rota_server::SERVICE_NAME);
-    nats.publish_with_reply(subject, inbox, bytes::Bytes::new())
-        .await?;
-    let mut ids = Vec::new();
-    let until = tokio::time::Instant::now() + wait;
-    while let Ok(Some(msg)) = tokio::time::timeout_at(until, replies.next()).await {
-        // NATS says "no responders" (an empty status message) while no server is up yet.
-        if msg.status.is_some() {
-            continue;
-        }
-        let pong: async_nats::service::PingResponse = serde_json::from_slice(&msg.payload)?;
-        if let Some(id) = pong.metadata.get("server_id") {
-            ids.push(id.clone());
-        }
-    }
-    Ok(ids)
+    Ok(crate::bus::service_api(nats, "PING", wait)
+        .await?
+        .iter()
+        .filter_map(|pong| pong["metadata"]["server_id"].as_str().map(str::to_owned))
+        .collect())
 }

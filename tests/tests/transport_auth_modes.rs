@@ -47,16 +47,16 @@ async fn refused(options: &NatsOptions) -> ConnectErrorKind {
 /// no Rota server runs yet) only on a connection it accepted.
 async fn connects(options: &NatsOptions) -> anyhow::Result<()> {
     let client = AdminClient::connect(options, "rota", None).await?;
-    let e = client.call(&ServerList {}).await.unwrap_err();
-    match e {
-        rota_client::ClientError::Request(e) => {
+    match client.call(&ServerList {}).await {
+        Ok(list) => panic!("a server answered without a token: {list:?}"),
+        Err(rota_client::ClientError::Request(e)) => {
             assert_eq!(
                 e.kind(),
                 rota_transport::RequestErrorKind::NoResponders,
                 "{e}"
             )
         }
-        other => panic!("{other}"),
+        Err(other) => panic!("{other}"),
     }
     Ok(())
 }

@@ -32,6 +32,10 @@ pub enum RequestErrorKind {
     NoResponders,
     /// The responder answered with an error; [`RequestError::code`] says which.
     Remote,
+    /// The responder does not accept the request's credentials (no seal, an unknown key or token,
+    /// a replay). The answer may be unsealed, since the responder could not know the key: it is
+    /// a reason to renew credentials, never to trust data.
+    Unauthorized,
     /// A sealed request got a reply that is not sealed with its key: someone who cannot prove
     /// the key answered (a process posing as a server, or a server that did not accept the
     /// key and says so in [`RequestError::unverified`]). Nothing in it is to be acted on.
@@ -58,18 +62,22 @@ impl RequestError {
         &self.subject
     }
 
-    /// The responder's error code, for a [`RequestErrorKind::Remote`] error.
+    /// The responder's error code, for a [`RequestErrorKind::Remote`] or
+    /// [`RequestErrorKind::Unauthorized`] error.
     pub fn code(&self) -> Option<ErrorCode> {
         match self.kind {
-            RequestErrorKind::Remote => self.body.as_ref().map(|b| b.code),
+            RequestErrorKind::Remote | RequestErrorKind::Unauthorized => {
+                self.body.as_ref().map(|b| b.code)
+            }
             _ => None,
         }
     }
 
-    /// The responder's error, for a [`RequestErrorKind::Remote`] error.
+    /// The responder's error, for a [`RequestErrorKind::Remote`] or
+    /// [`RequestErrorKind::Unauthorized`] error.
     pub fn remote(&self) -> Option<&ErrorBody> {
         match self.kind {
-            RequestErrorKind::Remote => self.body.as_ref(),
+            RequestErrorKind::Remote | RequestErrorKind::Unauthorized => self.body.as_ref(),
             _ => None,
         }
     }
@@ -92,8 +100,12 @@ impl RequestError {
     }
 
     fn remote_error(subject: &str, body: ErrorBody) -> Self {
+        let kind = match body.code {
+            ErrorCode::Unauthorized => RequestErrorKind::Unauthorized,
+            _ => RequestErrorKind::Remote,
+        };
         Self {
-            kind: RequestErrorKind::Remote,
+            kind,
             subject: subject.to_owned(),
             message: body.to_string(),
             body: Some(body),
@@ -299,6 +311,11 @@ pub fn open_reply<Resp: DeserializeOwned>(
             &reply.payload,
         )
     {
+        let body = decode_reply::<serde::de::IgnoredAny>(&reply.payload).err();
+        // A responder that does not know the request's key cannot seal its refusal.
+        if let Some(body) = body.filter(|b| b.code == ErrorCode::Unauthorized) {
+            return Err(RequestError::remote_error(subject, body));
+        }
         let body = decode_reply::<serde::de::IgnoredAny>(&reply.payload).err();
         let claim = body
             .as_ref()

@@ -100,7 +100,7 @@ impl From<RequestError> for CallError {
         match e.kind() {
             RequestErrorKind::NoResponders => Self::NoResponders(e.subject().to_owned()),
             RequestErrorKind::TimedOut => Self::TimedOut(e.subject().to_owned()),
-            RequestErrorKind::Remote => match e.remote() {
+            RequestErrorKind::Remote | RequestErrorKind::Unauthorized => match e.remote() {
                 Some(body) => Self::Remote(body.clone()),
                 None => Self::Transport(e.to_string()),
             },
