@@ -148,7 +148,13 @@ pub struct Gate {
     /// holds while a rotation's grace lets two keys authenticate.
     worker_key_ids: Mutex<HashMap<(i64, String), String>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// When a discovery that named an unknown app or key last made the gate re-read the apps:
+    /// a stream of made-up names must not become a stream of database reads.
+    last_lookup: Mutex<Option<Instant>>,
 }
+
+/// The least time between two re-reads of the apps on behalf of discovery.
+const LOOKUP_SPACING: Duration = Duration::from_millis(250);
 
 fn unauthorized(m: impl Into<String>) -> ErrorBody {
     ErrorBody::unauthorized(m)
@@ -166,6 +172,7 @@ impl Gate {
             tokens: Mutex::default(),
             worker_key_ids: Mutex::default(),
             refused: Mutex::default(),
+            last_lookup: Mutex::default(),
         }
     }
 
@@ -283,6 +290,16 @@ impl Gate {
             now_ms,
         )?;
         Ok((entry, key, seal.sender))
+    }
+
+    /// Whether a discovery may re-read the apps now (at most every [`LOOKUP_SPACING`]).
+    fn may_look_up(&self) -> bool {
+        let mut last = self.last_lookup.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < LOOKUP_SPACING) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     fn check_replay(&self, sender: &str, stamp: u64, now_ms: i64) -> Result<(), ErrorBody> {
