@@ -146,7 +146,7 @@ pub struct Gate {
     tokens: Mutex<TokenCache>,
     /// The key id each worker last used, so that messages to it are sealed with the key it
     /// holds while a rotation's grace lets two keys authenticate.
-    worker_key_ids: Mutex<HashMap<(i64, String), String>>,
+    worker_key_ids: Mutex<HashMap<i64, HashMap<String, String>>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// When a discovery that named an unknown app or key last made the gate re-read the apps:
     /// a stream of made-up names must not become a stream of database reads.
@@ -261,6 +261,16 @@ impl Gate {
             .as_ref()
             .is_none_or(|e| e.key(key_id, now_ms).is_none())
         {
+            if !self.may_look_up() {
+                // Made a moment ago on another server, perhaps: the worker asks again.
+                return Err(self.refuse(
+                    "lookup_deferred",
+                    ErrorBody::new(
+                        rota_shared::ErrorCode::Unavailable,
+                        format!("app {app:?} or its key is not known here yet; try again"),
+                    ),
+                ));
+            }
             self.refresh_apps(store, now_ms).await?;
             entry = self.app_by_name(app);
         }
@@ -350,10 +360,18 @@ impl Gate {
             seal.stamp,
             now_ms,
         )?;
-        self.worker_key_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((entry.id, seal.sender.clone()), key_id.clone());
+        {
+            // On the hot path: only a worker's first message, or its first after a rotation,
+            // writes here.
+            let mut ids = self
+                .worker_key_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let app_ids = ids.entry(entry.id).or_default();
+            if app_ids.get(&seal.sender) != Some(key_id) {
+                app_ids.insert(seal.sender.clone(), key_id.clone());
+            }
+        }
         Ok(WorkerPeer {
             app_id: entry.id,
             worker_id: seal.sender,
@@ -369,7 +387,8 @@ impl Gate {
             .worker_key_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(app_id, worker_id.to_owned()))
+            .get(&app_id)
+            .and_then(|ids| ids.get(worker_id))
             .cloned();
         let app_key = match key_id
             .as_deref()
