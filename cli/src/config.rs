@@ -182,7 +182,7 @@ pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 /// The settings every command resolves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub nats: NatsOptions,
     /// Whether the NATS URL was given at all (`rota dev` starts its own NATS otherwise).
@@ -194,6 +194,17 @@ pub struct Settings {
     pub json: bool,
     /// Admin requests go to this server when set.
     pub server: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token never reaches a log.
+        f.debug_struct("Settings")
+            .field("nats", &self.nats)
+            .field("prefix", &self.prefix)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {

@@ -9,8 +9,9 @@ use rota_transport::NatsOptions;
 
 use crate::error::WorkerError;
 
-/// Everything a worker needs to know to join a Rota deployment.
-#[derive(Debug, Clone)]
+/// Everything a worker needs to know to join a Rota deployment. Its `Debug` never shows the
+/// secret.
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// Where NATS is and how to log in to it.
     pub nats: NatsOptions,
@@ -51,6 +52,22 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How long a shell process group gets between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("nats", &self.nats)
+            .field("prefix", &self.prefix)
+            .field("app", &self.app)
+            .field("secret_file", &self.secret_file)
+            .field("worker_id", &self.worker_id)
+            .field("tags", &self.tags)
+            .field("capacity", &self.capacity)
+            .field("allow_shell", &self.allow_shell)
+            .field("allow_http", &self.allow_http)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for WorkerConfig {
@@ -144,6 +161,15 @@ mod tests {
         assert!(id.starts_with("w-") && id.len() == 14, "{id}");
         assert_eq!(subjects.prefix(), "rota");
         assert_ne!(generate_worker_id(), generate_worker_id());
+    }
+
+    #[test]
+    fn the_secret_never_shows() {
+        let config = WorkerConfig {
+            secret: "hunter2-secret".to_owned(),
+            ..valid()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]
