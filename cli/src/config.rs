@@ -20,27 +20,13 @@ pub struct FileConfig {
     pub prefix: Option<String>,
     pub database_url: Option<String>,
     pub server_id: Option<String>,
+    /// `[nats]`: where NATS is and how to log in (the same as the `--nats-*` flags).
     #[serde(default)]
-    pub nats: FileNats,
+    pub nats: NatsOptions,
     #[serde(default)]
     pub worker: FileWorker,
     #[serde(default)]
     pub server: FileServer,
-}
-
-/// `[nats]`: where NATS is and how to log in (the same as the `--nats-*` flags).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileNats {
-    pub url: Option<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
-    pub nkey: Option<PathBuf>,
-    pub creds: Option<PathBuf>,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
 }
 
 /// Server timings, as durations such as `10s` or `500ms`. Unset ones keep their defaults
@@ -210,25 +196,26 @@ impl std::fmt::Debug for Settings {
 impl Settings {
     pub fn resolve(global: &Global, file: &FileConfig) -> Self {
         let n = &global.nats;
-        let f = &file.nats;
         let url = global
             .nats_url
             .clone()
-            .or_else(|| f.url.clone())
+            .or_else(|| Some(file.nats.url.clone()).filter(|u| !u.is_empty()))
             .or_else(|| file.nats_url.clone());
-        let nats = NatsOptions {
-            url: url
-                .clone()
-                .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
-            user: n.nats_user.clone().or_else(|| f.user.clone()),
-            password: n.nats_password.clone().or_else(|| f.password.clone()),
-            token: n.nats_token.clone().or_else(|| f.token.clone()),
-            nkey: n.nats_nkey.clone().or_else(|| f.nkey.clone()),
-            creds: n.nats_creds.clone().or_else(|| f.creds.clone()),
-            tls_ca: n.nats_tls_ca.clone().or_else(|| f.tls_ca.clone()),
-            tls_cert: n.nats_tls_cert.clone().or_else(|| f.tls_cert.clone()),
-            tls_key: n.nats_tls_key.clone().or_else(|| f.tls_key.clone()),
+        let flags = NatsOptions {
+            url: String::new(),
+            user: n.nats_user.clone(),
+            password: n.nats_password.clone(),
+            token: n.nats_token.clone(),
+            nkey: n.nats_nkey.clone(),
+            creds: n.nats_creds.clone(),
+            tls_ca: n.nats_tls_ca.clone(),
+            tls_cert: n.nats_tls_cert.clone(),
+            tls_key: n.nats_tls_key.clone(),
         };
+        let mut nats = file.nats.clone().overridden_by(flags);
+        nats.url = url
+            .clone()
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
         Self {
             nats,
             explicit_nats: url.is_some(),

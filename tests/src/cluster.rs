@@ -321,6 +321,25 @@ pub async fn create_token(
     Ok(rota_server::create_token(&store, role, app, "test kit").await?)
 }
 
+/// A registry with one processor, `hold`, that runs until the returned `Notify` is notified and
+/// then succeeds with "released": for tests that need an instance to stay RUNNING.
+pub fn hold_registry() -> (ProcessorRegistry, std::sync::Arc<tokio::sync::Notify>) {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut registry = ProcessorRegistry::new();
+    let gate = release.clone();
+    registry.register(
+        "hold",
+        rota_worker::processor_fn(move |_ctx| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                rota_worker::ProcessResult::ok("released")
+            }
+        }),
+    );
+    (registry, release)
+}
+
 /// A job spec with the defaults tests start from: API-triggered, the shell processor.
 pub fn shell_job(app: &str, name: &str, script: &str) -> JobSpec {
     JobSpec {

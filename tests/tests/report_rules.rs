@@ -3,7 +3,6 @@
 //! they come from the instance's current tracker, for its current attempt, in sequence, before
 //! the instance is terminal. (Reports without the keys are the attack suite's.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rota_shared::admin::InstanceInfo;
@@ -11,9 +10,7 @@ use rota_shared::message::{ReportAck, ReportAction, StatusReport};
 use rota_shared::subject::ServerEndpoint;
 use rota_shared::{ErrorBody, InstanceStatus};
 use rota_tests::bus::WorkerVoice;
-use rota_tests::cluster::{Deployment, SECRET, shell_job};
-use rota_worker::{ProcessResult, ProcessorRegistry, processor_fn};
-use tokio::sync::Notify;
+use rota_tests::cluster::{Deployment, SECRET, hold_registry, shell_job};
 
 /// What an unchanged instance must keep. `last_seq` is not exposed and moves with the real
 /// worker's progress reports, which is fine: those come from the current tracker.
@@ -59,19 +56,7 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
     d.create_app("app").await?;
     // A processor that runs until the test releases it, so the instance stays RUNNING while
     // the forged reports arrive.
-    let release = Arc::new(Notify::new());
-    let mut registry = ProcessorRegistry::new();
-    let gate = release.clone();
-    registry.register(
-        "hold",
-        processor_fn(move |_ctx| {
-            let gate = gate.clone();
-            async move {
-                gate.notified().await;
-                ProcessResult::ok("released")
-            }
-        }),
-    );
+    let (registry, release) = hold_registry();
     let worker = d
         .start_worker(d.worker_config("app", "w1"), registry)
         .await?;

@@ -3,7 +3,6 @@
 //! and workers. Every attack is refused, and the instance, the worker and the database stay as
 //! they were.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rota_shared::envelope::decode_reply;
@@ -14,9 +13,8 @@ use rota_shared::message::{
 use rota_shared::subject::ServerEndpoint;
 use rota_shared::{ErrorCode, InstanceStatus, Subjects};
 use rota_tests::bus::{Sniffer, WorkerVoice, raw_request, server_credential};
-use rota_tests::cluster::{Deployment, SECRET, shell_job};
-use rota_worker::{ProcessResult, ProcessorRegistry, processor_fn};
-use tokio::sync::Notify;
+use rota_tests::cluster::{Deployment, SECRET, hold_registry, shell_job};
+use rota_worker::ProcessorRegistry;
 
 /// The error code a reply carries (panics on a success: an attack must not succeed).
 fn refusal(msg: &async_nats::Message) -> ErrorCode {
@@ -250,19 +248,7 @@ async fn heartbeats_without_the_key_register_no_worker() -> anyhow::Result<()> {
 async fn forged_status_reports_change_nothing() -> anyhow::Result<()> {
     let mut d = Deployment::start().await?;
     d.create_app("app").await?;
-    let release = Arc::new(Notify::new());
-    let mut registry = ProcessorRegistry::new();
-    let gate = release.clone();
-    registry.register(
-        "hold",
-        processor_fn(move |_ctx| {
-            let gate = gate.clone();
-            async move {
-                gate.notified().await;
-                ProcessResult::ok("released")
-            }
-        }),
-    );
+    let (registry, release) = hold_registry();
     let attacker = async_nats::connect(d.nats.url()).await?;
     let status = Subjects::default().to_server("app", d.server_id(), ServerEndpoint::Status);
     let sniffer = Sniffer::start(&attacker, &status).await?;

@@ -19,8 +19,10 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions, Event};
 use thiserror::Error;
 
-/// Where NATS is and how to log in to it.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// Where NATS is and how to log in to it. It is also the `[nats]` section of `rota`'s
+/// configuration file, whose keys are these fields' names.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct NatsOptions {
     /// One URL or several, comma-separated (`nats://`, `tls://`, or `host:port`).
     pub url: String,
@@ -60,6 +62,25 @@ impl NatsOptions {
         Self {
             url: url.into(),
             ..Self::default()
+        }
+    }
+
+    /// These options with every field `over` sets replacing this one's (flags over a file).
+    pub fn overridden_by(self, over: NatsOptions) -> Self {
+        Self {
+            url: if over.url.is_empty() {
+                self.url
+            } else {
+                over.url
+            },
+            user: over.user.or(self.user),
+            password: over.password.or(self.password),
+            token: over.token.or(self.token),
+            nkey: over.nkey.or(self.nkey),
+            creds: over.creds.or(self.creds),
+            tls_ca: over.tls_ca.or(self.tls_ca),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
         }
     }
 }
