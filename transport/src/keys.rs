@@ -32,9 +32,11 @@ pub const KEY_LEN: usize = 32;
 /// HMAC-SHA-256-128 does.
 pub(crate) const TAG_LEN: usize = 16;
 
-/// Argon2id's cost for app keys: OWASP's minimum for Argon2id (19 MiB, two passes, one lane).
-const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
-const ARGON2_PASSES: u32 = 2;
+/// Argon2id's cost for app keys: one of OWASP's equivalent minimums for Argon2id (7 MiB, five
+/// passes, one lane). Of those settings the one with the least memory: a worker derives once and
+/// then idles for days, and its peak memory is part of its footprint.
+const ARGON2_MEMORY_KIB: u32 = 7 * 1024;
+const ARGON2_PASSES: u32 = 5;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum KeyError {

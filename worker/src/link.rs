@@ -121,15 +121,15 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    /// Derives the keys (Argon2id: tens of milliseconds, so on a blocking thread).
+    /// Derives the keys (Argon2id: tens of milliseconds and 7 MiB, so on a blocking thread; once
+    /// at start and once per secret change).
     async fn derive(
         app: &str,
         worker_id: &str,
         secret: String,
         stamper: Arc<Stamper>,
     ) -> Result<Self, WorkerError> {
-        let app_owned = app.to_owned();
-        let secret_copy = secret.clone();
+        let (app_owned, secret_copy) = (app.to_owned(), secret.clone());
         let key = tokio::task::spawn_blocking(move || app_key(&app_owned, &secret_copy))
             .await
             .map_err(|e| WorkerError::InvalidConfig(format!("key derivation: {e}")))?
