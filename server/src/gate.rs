@@ -430,19 +430,30 @@ impl Gate {
 
     // === Administrators ===
 
+    /// A token by id, read through the cache. While the database does not answer, a token read
+    /// before is still used (no revocation can be stored meanwhile either), so that what is
+    /// answered from memory, such as `server.stats`, keeps working through an outage.
     async fn token(&self, store: &Store, id: &str) -> Result<Option<Arc<StoredToken>>, ErrorBody> {
-        {
+        let stale = {
             let cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, token)) = cache.get(id)
-                && at.elapsed() < TOKEN_CACHE_TTL
-            {
-                return Ok(token.clone());
+            match cache.get(id) {
+                Some((at, token)) if at.elapsed() < TOKEN_CACHE_TTL => return Ok(token.clone()),
+                Some((_, token)) => Some(token.clone()),
+                None => None,
             }
-        }
+        };
         let token = match store.token(id).await {
             Ok(t) => Some(Arc::new(t)),
             Err(StoreError::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return match stale {
+                    Some(token) => {
+                        tracing::debug!(token = id, error = %e, "token from the cache while the database does not answer");
+                        Ok(token)
+                    }
+                    None => Err(e.into()),
+                };
+            }
         };
         let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > TOKEN_CACHE_MAX {
