@@ -99,15 +99,26 @@ impl WorkerVoice {
     }
 }
 
-/// The credential a worker of `app` seals its messages with.
-pub fn worker_credential(app: &str, secret: &str, worker_id: &str) -> anyhow::Result<Credential> {
+/// A credential with the worker key of `worker_id`, for `sender` (the worker, or a server
+/// writing to it).
+fn worker_keyed(
+    app: &str,
+    secret: &str,
+    worker_id: &str,
+    sender: &str,
+) -> anyhow::Result<Credential> {
     let key = app_key(app, secret)?;
     Ok(Credential::new(
         Scope::Worker { key_id: key.id() },
         worker_key(&key, app, worker_id),
-        worker_id,
+        sender,
         Arc::new(Stamper::new()),
     ))
+}
+
+/// The credential a worker of `app` seals its messages with.
+pub fn worker_credential(app: &str, secret: &str, worker_id: &str) -> anyhow::Result<Credential> {
+    worker_keyed(app, secret, worker_id, worker_id)
 }
 
 /// The credential a worker of `app` seals discovery with.
@@ -132,13 +143,7 @@ pub fn server_credential(
     worker_id: &str,
     server_id: &str,
 ) -> anyhow::Result<Credential> {
-    let key = app_key(app, secret)?;
-    Ok(Credential::new(
-        Scope::Worker { key_id: key.id() },
-        worker_key(&key, app, worker_id),
-        server_id,
-        Arc::new(Stamper::new()),
-    ))
+    worker_keyed(app, secret, worker_id, server_id)
 }
 
 /// The credential an administrator seals requests with.
