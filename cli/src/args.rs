@@ -97,6 +97,9 @@ pub enum Command {
     /// Admin tokens: create, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Schedules: preview the fire times of a CRON expression, as the scheduler computes them.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Print a nats-server authorization block with users for servers, administrators and
     /// each app's workers.
     NatsConfig(NatsConfigArgs),
@@ -120,6 +123,26 @@ pub enum TokenCommand {
     List,
     /// Revoke a token: every server refuses it within a second.
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// The next fire times of a CRON expression, exactly as the scheduler will use them
+    /// (daylight saving included). Runs locally: no server is asked.
+    Preview {
+        /// CRON expression (seconds field optional): "0 30 2 * * *".
+        #[arg(long)]
+        cron: String,
+        /// IANA time zone (default UTC).
+        #[arg(long)]
+        tz: Option<String>,
+        /// Fires after this RFC 3339 time (default: now).
+        #[arg(long)]
+        from: Option<String>,
+        /// How many fire times (default 10, at most 10,000).
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod args;
 mod config;
 mod duration;
 mod nats_config;
+mod preview;
 mod run;
 mod table;
 
@@ -111,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Instance(cmd) => admin::instance(&settings, cmd).await,
         Command::Logs(args) => admin::logs(&settings, args).await,
         Command::Token(cmd) => admin::token_command(&settings, database_given, cmd).await,
+        Command::Schedule(cmd) => preview::run(&settings, cmd),
         Command::NatsConfig(args) => {
             let subjects = rota_shared::Subjects::new(&settings.prefix)?;
             print!("{}", nats_config::render(&subjects, &args.apps)?);

@@ -320,6 +320,23 @@ fn reschedule(job: &mut Job, now: i64) -> AdminResult<()> {
     Ok(())
 }
 
+/// Refuses a CRON expression that matches no time from now on (`0 0 0 30 2 *`): such a job would
+/// be stored and never run.
+fn check_fires(job: &Job, now: i64) -> AdminResult<()> {
+    if let rota_shared::schedule::Schedule::Cron { expression, .. } = &job.schedule {
+        let next = job
+            .schedule
+            .next_fire_after(now, Default::default())
+            .map_err(|e| ErrorBody::invalid(e.to_string()))?;
+        if next.is_none() {
+            return Err(ErrorBody::invalid(format!(
+                "the CRON expression {expression:?} matches no time from now on"
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn job_create(core: &Core, caller: &Caller, r: JobCreate) -> AdminResult<JobInfo> {
     r.spec.check_limits()?;
     let app = core.store.app_by_name(&r.spec.app).await?;
@@ -327,6 +344,7 @@ async fn job_create(core: &Core, caller: &Caller, r: JobCreate) -> AdminResult<J
     let now = now_ms();
     let mut job = Job::from_spec(&r.spec, app.id, now);
     validate_job(&job)?;
+    check_fires(&job, now)?;
     reschedule(&mut job, now)?;
     let job = core.store.insert_job(&job).await?;
     Ok(job.to_info(&app.name))
@@ -389,6 +407,7 @@ async fn job_update(core: &Core, caller: &Caller, r: JobUpdate) -> AdminResult<J
     validate_job(&job)?;
     let now = now_ms();
     if timing_changed {
+        check_fires(&job, now)?;
         reschedule(&mut job, now)?;
     }
     job.updated_at_ms = now;

@@ -1,6 +1,6 @@
 //! How a job is timed, and when it fires next. Times are milliseconds since the Unix epoch (UTC).
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -106,7 +106,11 @@ impl Schedule {
             } => {
                 let cron = parse_cron(expression)?;
                 let tz = parse_time_zone(time_zone.as_deref())?;
-                next_cron_fire(&cron, tz, after_ms)?
+                if names_wall_times(expression) {
+                    next_wall_fire(&cron, tz, after_ms)?
+                } else {
+                    next_cron_fire(&cron, tz, after_ms)?
+                }
             }
             // A frequent job's one long-lived instance starts as soon as it may; the interval is
             // applied on the worker, by its frequent tracker.
@@ -145,20 +149,105 @@ fn parse_time_zone(name: Option<&str>) -> Result<Tz, ScheduleError> {
     }
 }
 
-/// CRON fires on whole seconds: the next one strictly after `after_ms`.
+/// Whether the expression's second, minute and hour fields all name explicit values (numbers,
+/// lists, ranges; no `*` and no step): the job then means wall-clock times of its zone, and
+/// daylight saving is applied to them by [`next_wall_fire`]. Other expressions (every 15
+/// minutes, every second) mean real time, and their fires follow the clock across a change.
+fn names_wall_times(expression: &str) -> bool {
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let time_of_day: &[&str] = match fields.len() {
+        // minute hour day month weekday: the second is 0.
+        5 => &fields[..2],
+        6 | 7 => &fields[..3],
+        _ => return false,
+    };
+    time_of_day.iter().all(|f| {
+        f.bytes()
+            .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
+    })
+}
+
+fn utc_at(ms: i64) -> Result<DateTime<Utc>, ScheduleError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| ScheduleError::Unschedulable(format!("time {ms} ms is out of range")))
+}
+
+/// How many of a pattern's wall times one search looks at: enough to cross a repeated hour of a
+/// pattern with a value every second.
+const WALL_STEPS: usize = 10_000;
+
+/// The first fire strictly after `after_ms` of a pattern that names wall times. The pattern is
+/// walked in wall time (as if the zone had no daylight saving, so that every wall time occurs
+/// exactly once), and each wall time is placed on the zone's clock: one that falls in a gap (the
+/// clocks jumped over it) fires once, at the first instant after the gap; one that occurs twice
+/// (the clocks were set back) fires once, at its first occurrence.
+fn next_wall_fire(cron: &Cron, tz: Tz, after_ms: i64) -> Result<Option<i64>, ScheduleError> {
+    let local_after = utc_at(after_ms)?.with_timezone(&tz).naive_local();
+    let mut wall = Utc.from_utc_datetime(&local_after);
+    for _ in 0..WALL_STEPS {
+        // `Err` means the pattern never matches again (`0 0 0 30 2 *`).
+        let Ok(next) = cron.find_next_occurrence(&wall, false) else {
+            return Ok(None);
+        };
+        let at = match tz.from_local_datetime(&next.naive_utc()) {
+            LocalResult::Single(t) => t.timestamp_millis(),
+            LocalResult::Ambiguous(first, second) => {
+                first.timestamp_millis().min(second.timestamp_millis())
+            }
+            LocalResult::None => first_instant_after_gap(tz, next.naive_utc()),
+        };
+        // A wall time whose (first) instant is not after `after_ms` has fired already: the
+        // second pass of a repeated hour, or a gap's instant shared with the wall time after it.
+        if at > after_ms {
+            return Ok(Some(at));
+        }
+        wall = next;
+    }
+    Ok(None)
+}
+
+/// The first instant whose wall time in `tz` is later than `wall`, a wall time the zone's
+/// clocks jumped over: the instant of the jump. Gaps of any length are found (a zone that skipped
+/// a whole day, as Samoa did in 2011): local time runs monotonically within the searched ±50
+/// hours around it.
+fn first_instant_after_gap(tz: Tz, wall: NaiveDateTime) -> i64 {
+    let wall_as_utc = wall.and_utc().timestamp();
+    let (mut lo, mut hi) = (wall_as_utc - 50 * 3600, wall_as_utc + 50 * 3600);
+    let later = |t: i64| {
+        Utc.timestamp_opt(t, 0)
+            .single()
+            .is_some_and(|u| u.with_timezone(&tz).naive_local() > wall)
+    };
+    // `later(lo)` is false and `later(hi)` true; find the first second where it turns true.
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if later(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi * 1000
+}
+
+/// How many times a real-time pattern's search is resumed a day later when it finds nothing: a
+/// zone's clocks can jump over a whole day, where such a search gives up.
+const REAL_TIME_RETRIES: i64 = 3;
+
+/// The first fire strictly after `after_ms` of a real-time pattern (every 15 minutes, every
+/// second): croner finds the next instant whose wall time matches. CRON fires on whole seconds.
 fn next_cron_fire(cron: &Cron, tz: Tz, after_ms: i64) -> Result<Option<i64>, ScheduleError> {
     let whole_second = after_ms.div_euclid(1000);
-    let Some(after) = Utc.timestamp_opt(whole_second, 0).single() else {
-        return Err(ScheduleError::Unschedulable(format!(
-            "time {after_ms} ms is out of range"
-        )));
-    };
-    let after: DateTime<Tz> = after.with_timezone(&tz);
-    match cron.find_next_occurrence(&after, false) {
-        Ok(next) => Ok(Some(next.timestamp_millis())),
-        // Patterns such as `0 0 30 2 *` never match; that is not an error of the caller's now.
-        Err(_) => Ok(None),
+    for day in 0..=REAL_TIME_RETRIES {
+        let from = utc_at((whole_second + day * 86_400) * 1000)?;
+        let from: DateTime<Tz> = from.with_timezone(&tz);
+        if let Ok(next) = cron.find_next_occurrence(&from, false) {
+            return Ok(Some(next.timestamp_millis()));
+        }
     }
+    // Patterns such as `0 0 30 2 *` never match; a job with one is refused at creation.
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -232,6 +321,105 @@ mod tests {
         let s = cron("0 30 1 * * *", "America/New_York");
         let got = fires(&s, "2026-11-01T00:00:00-04:00", "2026-11-02T00:00:00-05:00");
         assert_eq!(got, vec![ms("2026-11-01T01:30:00-04:00")]);
+    }
+
+    #[test]
+    fn several_wall_times_keep_their_runs_across_daylight_saving() {
+        // New York, 2026-03-08: 02:30 does not exist; it runs once at 03:00 EDT, and 14:30 too.
+        let s = cron("0 30 2,14 * * *", "America/New_York");
+        assert_eq!(
+            fires(&s, "2026-03-08T00:00:00-05:00", "2026-03-09T00:00:00-04:00"),
+            vec![
+                ms("2026-03-08T03:00:00-04:00"),
+                ms("2026-03-08T14:30:00-04:00")
+            ]
+        );
+        // 2026-11-01: 01:30 occurs twice; it runs once, at the first.
+        let s = cron("0 30 1,14 * * *", "America/New_York");
+        assert_eq!(
+            fires(&s, "2026-11-01T00:00:00-04:00", "2026-11-02T00:00:00-05:00"),
+            vec![
+                ms("2026-11-01T01:30:00-04:00"),
+                ms("2026-11-01T14:30:00-05:00")
+            ]
+        );
+        // Berlin, 2026-03-29: 02:00 and 02:30 both fall in the gap: one run at 03:00 CEST.
+        let s = cron("0 0,30 2 * * *", "Europe/Berlin");
+        assert_eq!(
+            fires(&s, "2026-03-29T00:00:00+01:00", "2026-03-30T00:00:00+02:00"),
+            vec![ms("2026-03-29T03:00:00+02:00")]
+        );
+        // 2026-10-25: 02:00 to 02:59 occur twice; 02:00 and 02:30 run once each.
+        assert_eq!(
+            fires(&s, "2026-10-25T00:00:00+02:00", "2026-10-26T00:00:00+01:00"),
+            vec![
+                ms("2026-10-25T02:00:00+02:00"),
+                ms("2026-10-25T02:30:00+02:00")
+            ]
+        );
+        // A ten-second list inside the repeated hour runs once per wall time.
+        let s = cron("0,10,20 30 1 * * *", "America/New_York");
+        assert_eq!(
+            fires(&s, "2026-11-01T00:00:00-04:00", "2026-11-02T00:00:00-05:00").len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_skipped_day_does_not_stop_the_job() {
+        // Samoa skipped 2011-12-30 entirely (UTC-10 to UTC+14). The 09:00 of the missing day
+        // runs at the first instant after the gap, and the job goes on.
+        let s = cron("0 0 9 * * *", "Pacific/Apia");
+        assert_eq!(
+            fires(&s, "2011-12-29T00:00:00-10:00", "2012-01-01T00:00:00+14:00"),
+            vec![
+                ms("2011-12-29T09:00:00-10:00"),
+                ms("2011-12-31T00:00:00+14:00"),
+                ms("2011-12-31T09:00:00+14:00"),
+            ]
+        );
+        // A real-time pattern follows the clock through the same day.
+        let hourly = cron("0 0 */6 * * *", "Pacific/Apia");
+        assert_eq!(
+            fires(
+                &hourly,
+                "2011-12-29T12:00:00-10:00",
+                "2011-12-31T12:00:01+14:00"
+            ),
+            vec![
+                ms("2011-12-29T12:00:00-10:00"),
+                ms("2011-12-29T18:00:00-10:00"),
+                ms("2011-12-31T00:00:00+14:00"),
+                ms("2011-12-31T06:00:00+14:00"),
+                ms("2011-12-31T12:00:00+14:00"),
+            ]
+        );
+    }
+
+    #[test]
+    fn real_time_patterns_keep_real_time_across_daylight_saving() {
+        // Every 30 minutes on the spring-forward night: 01:00, 01:30, then 03:00 EDT.
+        let s = cron("0 */30 * * * *", "America/New_York");
+        assert_eq!(
+            fires(&s, "2026-03-08T01:00:00-05:00", "2026-03-08T03:31:00-04:00"),
+            vec![
+                ms("2026-03-08T01:00:00-05:00"),
+                ms("2026-03-08T01:30:00-05:00"),
+                ms("2026-03-08T03:00:00-04:00"),
+                ms("2026-03-08T03:30:00-04:00"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pattern_that_never_matches_has_no_next_fire() {
+        let s = cron("0 0 0 30 2 *", "UTC");
+        assert_eq!(s.next_fire_after(0, Lifecycle::default()).unwrap(), None);
+        assert!(names_wall_times("0 0 0 30 2 *"));
+        assert!(names_wall_times("30 1-3 * * *"));
+        assert!(!names_wall_times("0 */5 * * * *"));
+        assert!(!names_wall_times("* 0 1 * * *"));
+        assert!(!names_wall_times("@daily"));
     }
 
     #[test]

@@ -125,3 +125,98 @@ async fn one_shot_job_fires_once_at_its_time() -> anyhow::Result<()> {
     d.shutdown().await;
     Ok(())
 }
+
+fn at(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_else(|e| panic!("{rfc3339}: {e}"))
+}
+
+/// The scheduler itself places wall-clock CRON times across daylight-saving changes: a time in
+/// the spring-forward gap runs once, right after it, and a time in the repeated fall-back hour
+/// runs once. The days of the changes lie in the past, so the jobs' fires there are made by the
+/// misfire catch-up, which walks the fire times exactly as a live schedule does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_fires_across_daylight_saving_changes_as_wall_times() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    // A worker makes the server own (and so schedule) the app.
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    let store = rota_server::store::Store::connect(d.db.url()).await?;
+    let cases = [
+        (
+            "0 30 2,14 * * *",
+            "America/New_York",
+            ("2026-03-07T00:00:00-05:00", "2026-03-09T00:00:00-04:00"),
+            vec![
+                "2026-03-07T02:30:00-05:00",
+                "2026-03-07T14:30:00-05:00",
+                "2026-03-08T03:00:00-04:00",
+                "2026-03-08T14:30:00-04:00",
+            ],
+        ),
+        (
+            "0 30 1,14 * * *",
+            "America/New_York",
+            ("2026-10-31T00:00:00-04:00", "2026-11-02T00:00:00-05:00"),
+            vec![
+                "2026-10-31T01:30:00-04:00",
+                "2026-10-31T14:30:00-04:00",
+                "2026-11-01T01:30:00-04:00",
+                "2026-11-01T14:30:00-05:00",
+            ],
+        ),
+        (
+            "0 0,30 2 * * *",
+            "Europe/Berlin",
+            ("2026-03-28T00:00:00+01:00", "2026-03-30T00:00:00+02:00"),
+            vec![
+                "2026-03-28T02:00:00+01:00",
+                "2026-03-28T02:30:00+01:00",
+                "2026-03-29T03:00:00+02:00",
+            ],
+        ),
+    ];
+    let mut jobs = Vec::new();
+    for (i, (expression, zone, (from, to), expected)) in cases.iter().enumerate() {
+        let mut spec = shell_job("app", &format!("dst-{i}"), "true");
+        spec.schedule = Schedule::Cron {
+            expression: (*expression).to_owned(),
+            time_zone: Some((*zone).to_owned()),
+        };
+        spec.lifecycle = rota_shared::schedule::Lifecycle {
+            start_ms: Some(at(from)),
+            end_ms: Some(at(to)),
+        };
+        spec.misfire = rota_shared::admin::MisfirePolicy::CatchUp { max: 100 };
+        let job = d.create_job(spec).await?;
+        // The window has passed, so the job has no next fire; put it at the window's first.
+        store
+            .set_next_trigger(job.id, Some(at(expected[0])), at(from))
+            .await?;
+        jobs.push((job.id, expected));
+    }
+    for (job, expected) in jobs {
+        let want: Vec<i64> = expected.iter().map(|t| at(t)).collect();
+        let got = wait::until(
+            &format!("job {job}'s fires to be made"),
+            Duration::from_secs(10),
+            || async {
+                let mut times: Vec<i64> = d
+                    .instances_of(job)
+                    .await
+                    .ok()?
+                    .iter()
+                    .filter_map(|i| i.expected_trigger_time_ms)
+                    .collect();
+                times.sort_unstable();
+                (times.len() >= want.len()).then_some(times)
+            },
+        )
+        .await;
+        assert_eq!(got, want, "job {job}");
+    }
+    d.shutdown().await;
+    Ok(())
+}
