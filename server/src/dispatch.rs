@@ -241,6 +241,26 @@ async fn hand_over(
                 tracing::debug!(instance = inst.id, attempt = guard.attempt, worker = %worker.worker_id, "dispatched");
                 return Ok(());
             }
+            // No worker can ever take it as it is: fail it now rather than try it forever.
+            Err(e) if e.kind() == rota_transport::RequestErrorKind::TooLarge => {
+                let size = serde_json::to_vec(&request).map_or(0, |v| v.len());
+                let reason = format!(
+                    "the dispatch is {size} bytes, larger than the NATS server's max payload of {} \
+                     bytes: make the job's configuration or parameters smaller",
+                    core.transport.client().server_info().max_payload
+                );
+                tracing::warn!(instance = inst.id, "{reason}");
+                core.store
+                    .cas_finish(
+                        inst.id,
+                        Some(guard),
+                        InstanceStatus::Failed,
+                        &reason,
+                        now_ms(),
+                    )
+                    .await?;
+                return Ok(());
+            }
             Err(e) => {
                 tracing::info!(instance = inst.id, worker = %worker.worker_id, error = %e, "worker did not take the dispatch");
             }

@@ -40,7 +40,9 @@ pub enum RequestErrorKind {
     /// the key answered (a process posing as a server, or a server that did not accept the
     /// key and says so in [`RequestError::unverified`]). Nothing in it is to be acted on.
     Unverified,
-    /// NATS could not carry the request (not connected, payload too large, encoding).
+    /// The request is larger than the NATS server's `max_payload`: it can never be sent as it is.
+    TooLarge,
+    /// NATS could not carry the request (not connected, encoding).
     Transport,
 }
 
@@ -192,6 +194,13 @@ impl Transport {
                     NatsRequestErrorKind::TimedOut => (
                         RequestErrorKind::TimedOut,
                         format!("no answer on {subject} within {timeout:?}"),
+                    ),
+                    NatsRequestErrorKind::MaxPayloadExceeded => (
+                        RequestErrorKind::TooLarge,
+                        format!(
+                            "the request on {subject} is larger than the NATS server's max payload of {} bytes",
+                            self.client.server_info().max_payload
+                        ),
                     ),
                     _ => (
                         RequestErrorKind::Transport,

@@ -105,6 +105,10 @@ impl From<RequestError> for CallError {
                 None => Self::Transport(e.to_string()),
             },
             RequestErrorKind::Unverified => Self::Unverified(e.to_string()),
+            // Never sendable as it is: handled like a server's PAYLOAD_TOO_LARGE.
+            RequestErrorKind::TooLarge => {
+                Self::Remote(ErrorBody::new(ErrorCode::PayloadTooLarge, e.to_string()))
+            }
             RequestErrorKind::Transport => Self::Transport(e.to_string()),
         }
     }

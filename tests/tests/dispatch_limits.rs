@@ -1,0 +1,37 @@
+//! A dispatch that can never be sent: larger than the NATS server's `max_payload` (a NATS
+//! configured smaller than the default). The instance fails at once with a reason that says so,
+//! instead of being tried again every second forever.
+
+use std::time::Duration;
+
+use rota_server::store::{Job, Store};
+use rota_shared::InstanceStatus;
+use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::nats::NatsServer;
+use rota_transport::NatsOptions;
+use rota_worker::ProcessorRegistry;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_over_the_nats_max_payload_fails_the_instance() -> anyhow::Result<()> {
+    let nats = NatsServer::start_with_config("max_payload: 16384", true)?;
+    let options = NatsOptions::new(nats.url());
+    let mut d = Deployment::start_with(nats, options).await?;
+    let app = d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    // A 20 kB script is within Rota's own limits but not this NATS's; the job is stored
+    // directly, since its `job create` reply (which echoes the script) would not fit either.
+    let store = Store::connect(d.db.url()).await?;
+    let spec = shell_job("app", "big", &format!("echo {}", "x".repeat(20_000)));
+    let job = store
+        .insert_job(&Job::from_spec(&spec, app.id, rota_transport::wall_ms()))
+        .await?;
+    let id = d.run(job.id).await?;
+    let done = d.wait_terminal(id, Duration::from_secs(10)).await;
+    assert_eq!(done.status, InstanceStatus::Failed, "{done:?}");
+    let reason = done.result.clone().unwrap_or_default();
+    assert!(reason.contains("max payload of 16384 bytes"), "{reason}");
+    assert_eq!((done.attempt, done.runs), (1, 0), "{done:?}");
+    d.shutdown().await;
+    Ok(())
+}
