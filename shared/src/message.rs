@@ -110,6 +110,11 @@ pub struct StatusReport {
     pub alert: bool,
     /// When the worker made the report (its clock).
     pub reported_at_ms: i64,
+    /// When the processor started (the worker's clock); `None` until it has. The server keeps
+    /// it as the run's start, so that a run shorter than the first RUNNING report does not look
+    /// as if it started when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
 }
 
 /// What the worker should do after a report.

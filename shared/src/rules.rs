@@ -181,7 +181,9 @@ pub fn apply_report(
         last_seq: report.seq,
         runs,
         result: report.result.clone(),
-        started_at_ms: starts_run.then_some(now_ms),
+        // The worker's start time, but never later than now: a worker whose clock runs ahead
+        // must not make a run start after it was seen.
+        started_at_ms: starts_run.then(|| report.started_at_ms.unwrap_or(now_ms).min(now_ms)),
         finished_at_ms: None,
         retry_at_ms: None,
         alert: report.alert,
@@ -316,6 +318,7 @@ mod tests {
             runs: None,
             alert: false,
             reported_at_ms: NOW,
+            started_at_ms: None,
         }
     }
 
@@ -443,6 +446,32 @@ mod tests {
             NOW,
         ));
         assert_eq!((u.runs, u.started_at_ms), (1, None));
+    }
+
+    #[test]
+    fn rule6_the_run_starts_when_the_worker_started_it() {
+        // A short run's only report is its terminal one: its start is the worker's.
+        let mut r = report(Succeeded, 4);
+        r.started_at_ms = Some(NOW - 15);
+        let u = applied(apply_report(
+            Some(&state(WaitingWorkerReceive)),
+            &job(0),
+            &r,
+            NOW,
+        ));
+        assert_eq!(
+            (u.started_at_ms, u.finished_at_ms),
+            (Some(NOW - 15), Some(NOW))
+        );
+        // A worker whose clock runs ahead does not start a run after the server saw it.
+        r.started_at_ms = Some(NOW + 60_000);
+        let u = applied(apply_report(
+            Some(&state(WaitingWorkerReceive)),
+            &job(0),
+            &r,
+            NOW,
+        ));
+        assert_eq!(u.started_at_ms, Some(NOW));
     }
 
     #[test]

@@ -102,6 +102,7 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
                 runs: None,
                 alert: false,
                 reported_at_ms: 0,
+                started_at_ms: None,
             };
             voice
                 .request::<_, ReportAck>(server, ServerEndpoint::Status, &forged)
@@ -202,6 +203,7 @@ async fn a_server_that_lost_an_app_answers_not_owner() -> anyhow::Result<()> {
         runs: None,
         alert: false,
         reported_at_ms: 0,
+        started_at_ms: None,
     };
     let refused = voice
         .request::<_, ReportAck>("s1", ServerEndpoint::Status, &report)

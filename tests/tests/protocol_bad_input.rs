@@ -169,6 +169,7 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         runs: None,
         alert: false,
         reported_at_ms: 0,
+        started_at_ms: None,
     };
     let too_many = StatusReportBatch {
         reports: vec![report; MAX_REPORTS_PER_BATCH + 1],

@@ -598,3 +598,43 @@ async fn max_instances_holds_for_runs_asked_for_at_the_same_moment() -> anyhow::
     d.shutdown().await;
     Ok(())
 }
+
+/// A run shorter than the first RUNNING report (20 ms) reports once, when it ends; its start is
+/// still the moment the worker started it, before its own first log line, not when it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_starts_when_the_worker_started_it() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    let mut registry = ProcessorRegistry::new();
+    registry.register(
+        "brief",
+        processor_fn(|ctx: TaskContext| async move {
+            ctx.info("first line");
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            ProcessResult::ok("done")
+        }),
+    );
+    d.start_worker(d.worker_config("app", "w1"), registry)
+        .await?;
+    let mut spec = shell_job("app", "brief", "");
+    spec.processor = "brief".into();
+    let job = d.create_job(spec).await?;
+    let id = run(&d, job.id, None).await?;
+    let done = d.wait_terminal(id, Duration::from_secs(10)).await;
+    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    let (started, finished) = (
+        done.started_at_ms.expect("a started run"),
+        done.finished_at_ms.expect("a finished run"),
+    );
+    assert!(
+        finished - started >= 15,
+        "started {started}, finished {finished}"
+    );
+    let first_line = d.logs(id).await?[0].ts_ms;
+    assert!(
+        started <= first_line,
+        "started {started}, first line {first_line}"
+    );
+    d.shutdown().await;
+    Ok(())
+}

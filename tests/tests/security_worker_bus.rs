@@ -281,6 +281,7 @@ async fn forged_status_reports_change_nothing() -> anyhow::Result<()> {
         runs: None,
         alert: false,
         reported_at_ms: 0,
+        started_at_ms: None,
     };
     // Without a seal: FAILED, and a RUNNING far ahead that would make the real reports stale.
     for bad in [

@@ -439,6 +439,7 @@ impl<P: ProgressSink> FrequentRunner<'_, P> {
             runs: Some(tally.runs),
             alert,
             reported_at_ms: now_ms(),
+            started_at_ms: self.state.run_started_ms(),
         };
         self.sink.publish(&report).await;
     }

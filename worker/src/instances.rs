@@ -42,6 +42,8 @@ pub(crate) struct InstanceState {
     /// The highest sequence number of a progress report the server has answered (stored or
     /// judged), so that a frequent tracker knows which alerts reached it.
     answered_seq: AtomicI64,
+    /// When the processor started (0: not yet; a held fire starts at its instant).
+    run_started_ms: AtomicI64,
 }
 
 #[derive(Debug)]
@@ -72,7 +74,18 @@ impl InstanceState {
             }),
             seq: AtomicI64::new(0),
             answered_seq: AtomicI64::new(0),
+            run_started_ms: AtomicI64::new(0),
         }
+    }
+
+    /// Records that the processor started now.
+    pub(crate) fn mark_started(&self, now_ms: i64) {
+        self.run_started_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the processor started, once it has.
+    pub(crate) fn run_started_ms(&self) -> Option<i64> {
+        Some(self.run_started_ms.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
     /// The token the processor watches.

@@ -173,7 +173,11 @@ impl ProgressSink for Tracker {
 
 impl Tracker {
     async fn execute(&self, processor: Arc<dyn Processor>) {
-        if !self.wait_for_start().await {
+        let started = self.wait_for_start().await;
+        if started {
+            self.state.mark_started(now_ms());
+        }
+        if !started {
             // Stopped before it started: the processor never runs.
             let (status, result) = verdict(self.state.cause(), Outcome::Abandoned);
             self.state.finish(status);
@@ -404,6 +408,7 @@ impl Tracker {
             runs,
             alert,
             reported_at_ms: now_ms(),
+            started_at_ms: self.state.run_started_ms(),
         }
     }
 
