@@ -86,3 +86,67 @@ impl Default for ServerConfig {
         }
     }
 }
+
+impl ServerConfig {
+    /// Checks every value, so that a bad one is a one-line error at start and never a loop that
+    /// panics later (a zero period) or a timing that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("worker_timeout", self.worker_timeout),
+            ("schedule_interval", self.schedule_interval),
+            ("schedule_lookahead", self.schedule_lookahead),
+            ("dispatch_timeout", self.dispatch_timeout),
+            ("no_worker_timeout", self.no_worker_timeout),
+            ("ownership_refresh", self.ownership_refresh),
+            ("presence_interval", self.presence_interval),
+            ("rpc_timeout", self.rpc_timeout),
+            ("health_interval", self.health_interval),
+            ("reconcile_interval", self.reconcile_interval),
+            ("waiting_overdue", self.waiting_overdue),
+            ("unacknowledged_timeout", self.unacknowledged_timeout),
+            ("report_timeout", self.report_timeout),
+            ("clean_up_interval", self.clean_up_interval),
+            ("retention", self.retention),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be above zero"));
+        }
+        if self.dispatch_ahead >= self.schedule_lookahead {
+            return Err(format!(
+                "dispatch_ahead ({:?}) must be shorter than schedule_lookahead ({:?}): fires are \
+                 created no earlier than the lookahead",
+                self.dispatch_ahead, self.schedule_lookahead
+            ));
+        }
+        if self.nats.url.trim().is_empty() {
+            return Err("the NATS URL is empty".to_owned());
+        }
+        if self.database_url.trim().is_empty() {
+            return Err("the database URL is empty".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(ServerConfig::default().validate(), Ok(()));
+        let zero = ServerConfig {
+            reconcile_interval: Duration::ZERO,
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            zero.validate(),
+            Err("reconcile_interval must be above zero".to_owned())
+        );
+        let ahead = ServerConfig {
+            dispatch_ahead: Duration::from_secs(5),
+            ..ServerConfig::default()
+        };
+        assert!(ahead.validate().unwrap_err().starts_with("dispatch_ahead"));
+    }
+}

@@ -127,6 +127,7 @@ enum Own {
 
 impl Server {
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
         let subjects =
             Subjects::new(&config.prefix).map_err(|e| ServerError::Config(e.to_string()))?;
         let id = match &config.server_id {

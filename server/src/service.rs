@@ -161,23 +161,36 @@ pub fn spawn<S: ScheduledService>(mut service: S, shutdown: &CancellationToken) 
     let task = {
         let (counters, stop) = (counters.clone(), stop.clone());
         tokio::spawn(async move {
-            state_tx.send_replace(ServiceState::Starting);
-            if let Err(e) = service.start_up().await {
-                tracing::error!(service = name, error = %e, "service failed to start");
-                state_tx.send_replace(ServiceState::Failed);
-                return;
-            }
-            state_tx.send_replace(ServiceState::Running);
-            run_loop(&mut service, &counters, &stop).await;
-            state_tx.send_replace(ServiceState::Stopping);
-            let end = match service.shut_down().await {
-                Ok(()) => ServiceState::Terminated,
-                Err(e) => {
-                    tracing::error!(service = name, error = %e, "service failed to shut down");
-                    ServiceState::Failed
+            // Supervised: a panic anywhere in the service ends it FAILED, in its state (and so
+            // in `rota server stats`) and in the log, instead of leaving it RUNNING and dead.
+            let lifecycle = std::panic::AssertUnwindSafe(async {
+                state_tx.send_replace(ServiceState::Starting);
+                if let Err(e) = service.start_up().await {
+                    tracing::error!(service = name, error = %e, "service failed to start");
+                    state_tx.send_replace(ServiceState::Failed);
+                    return;
                 }
-            };
-            state_tx.send_replace(end);
+                state_tx.send_replace(ServiceState::Running);
+                run_loop(&mut service, &counters, &stop).await;
+                state_tx.send_replace(ServiceState::Stopping);
+                let end = match service.shut_down().await {
+                    Ok(()) => ServiceState::Terminated,
+                    Err(e) => {
+                        tracing::error!(service = name, error = %e, "service failed to shut down");
+                        ServiceState::Failed
+                    }
+                };
+                state_tx.send_replace(end);
+            });
+            if let Err(panic) = futures::FutureExt::catch_unwind(lifecycle).await {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                tracing::error!(service = name, panic = %message, "service panicked; it is FAILED");
+                state_tx.send_replace(ServiceState::Failed);
+            }
         })
     };
     ServiceHandle {
@@ -366,5 +379,33 @@ mod tests {
             ServiceState::Failed
         );
         assert!(starts.lock().unwrap().is_empty());
+    }
+
+    /// A service whose period is zero: `tokio::time::interval` panics on it.
+    struct Broken;
+
+    impl ScheduledService for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+
+        fn every(&self) -> Every {
+            Every::FixedRate(Duration::ZERO)
+        }
+
+        async fn run_one_iteration(&mut self) -> Result<(), ServiceError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_service_ends_failed() {
+        let token = CancellationToken::new();
+        let handle = spawn(Broken, &token);
+        assert_eq!(
+            handle.wait_for(ServiceState::Terminated).await,
+            ServiceState::Failed
+        );
+        assert_eq!(handle.probe().state(), ServiceState::Failed);
     }
 }
