@@ -177,7 +177,11 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
                 designated_workers: fields.workers.clone(),
                 misfire: misfire_of(&fields)?.unwrap_or_default(),
             };
-            vec![c.call(&JobCreate { spec }).await?]
+            let job = c.call(&JobCreate { spec }).await?;
+            for warning in &job.warnings {
+                eprintln!("warning: {}", safe(warning));
+            }
+            vec![job]
         }
         JobCommand::Update { id, name, fields } => {
             let update = JobUpdate {

@@ -347,7 +347,48 @@ async fn job_create(core: &Core, caller: &Caller, r: JobCreate) -> AdminResult<J
     check_fires(&job, now)?;
     reschedule(&mut job, now)?;
     let job = core.store.insert_job(&job).await?;
-    Ok(job.to_info(&app.name))
+    let mut info = job.to_info(&app.name);
+    info.warnings = processor_warnings(core, &job, &app.name).await;
+    Ok(info)
+}
+
+/// A warning when no live worker of the job's app offers its processor: its instances would
+/// wait, and fail after `no_worker_timeout`, naming the processor. Workers list their processors
+/// in every heartbeat; the owner of the app knows them.
+async fn processor_warnings(core: &Core, job: &Job, app: &str) -> Vec<String> {
+    let workers = match route(core, job.app_id, Via::Admin).await {
+        Ok(Route::Here) => local_workers(core, Some(job.app_id)),
+        Ok(Route::Owner(owner)) => {
+            let call = RemoteCall::WorkerList {
+                app_id: Some(job.app_id),
+            };
+            forward::<Vec<WorkerSummary>>(core, &owner, &call)
+                .await
+                .unwrap_or_default()
+        }
+        Err(_) => Vec::new(),
+    };
+    if workers
+        .iter()
+        .any(|w| w.processors.contains(&job.processor))
+    {
+        return Vec::new();
+    }
+    let offered: std::collections::BTreeSet<&str> = workers
+        .iter()
+        .flat_map(|w| w.processors.iter().map(String::as_str))
+        .collect();
+    vec![format!(
+        "no live worker of app {app:?} offers processor {:?} (offered: {}); its instances wait for \
+         one and fail after {} s",
+        job.processor,
+        if offered.is_empty() {
+            "none".to_owned()
+        } else {
+            offered.into_iter().collect::<Vec<_>>().join(", ")
+        },
+        core.config.no_worker_timeout.as_secs()
+    )]
 }
 
 async fn job_update(core: &Core, caller: &Caller, r: JobUpdate) -> AdminResult<JobInfo> {

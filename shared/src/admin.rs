@@ -274,6 +274,10 @@ pub struct JobInfo {
     pub next_trigger_time_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// What the server noticed about the job as it was created or changed (no live worker offers
+    /// its processor, say); the job is stored all the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `job.create`.

@@ -280,3 +280,39 @@ async fn no_worker_for_the_job_keeps_it_waiting_then_dispatches_when_one_arrives
     d.shutdown().await;
     Ok(())
 }
+
+/// A job whose processor no live worker offers: `job create` says so, and its instance fails
+/// after `no_worker_timeout` with a reason that names the processor, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_processor_is_warned_about_and_fails_with_its_name() -> anyhow::Result<()> {
+    let mut d = Deployment::start_without_servers().await?;
+    let mut config = d.server_config("s1");
+    config.no_worker_timeout = Duration::from_secs(2);
+    d.start_server_with(config).await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    let mut spec = shell_job("app", "typo", "");
+    spec.processor = "sehll".into();
+    let job = d.create_job(spec).await?;
+    assert_eq!(job.warnings.len(), 1, "{job:?}");
+    assert!(
+        job.warnings[0].contains("\"sehll\"") && job.warnings[0].contains("shell"),
+        "{:?}",
+        job.warnings
+    );
+    // A job whose processor is offered gets no warning.
+    assert!(
+        d.create_job(shell_job("app", "fine", "true"))
+            .await?
+            .warnings
+            .is_empty()
+    );
+    let id = run(&d, job.id).await?;
+    let done = d.wait_terminal(id, Duration::from_secs(15)).await;
+    assert_eq!(done.status, InstanceStatus::Failed, "{done:?}");
+    let reason = done.result.unwrap_or_default();
+    assert!(reason.contains("\"sehll\""), "{reason}");
+    d.shutdown().await;
+    Ok(())
+}

@@ -111,6 +111,7 @@ impl Job {
             next_trigger_time_ms: self.next_trigger_time_ms,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
+            warnings: Vec::new(),
         }
     }
 
