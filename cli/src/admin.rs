@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
 use rota_client::AdminClient;
 use rota_shared::InstanceStatus;
 use rota_shared::admin::*;
@@ -14,13 +13,14 @@ use serde::Serialize;
 use crate::args::{AppCommand, InstanceCommand, JobCommand, JobFields, LogsArgs, TokenCommand};
 use crate::config::Settings;
 use crate::table::{opt, render, safe, time};
+use crate::usage::usage;
 
 /// The admin token of the settings, if one is given.
 pub fn token(settings: &Settings) -> anyhow::Result<Option<AdminToken>> {
     settings
         .token
         .as_deref()
-        .map(|t| AdminToken::parse(t).map_err(|e| anyhow!("--token / ROTA_TOKEN: {e}")))
+        .map(|t| AdminToken::parse(t).map_err(|e| usage!("--token / ROTA_TOKEN: {e}")))
         .transpose()
 }
 
@@ -41,7 +41,13 @@ fn print_json<T: Serialize>(data: &T) -> anyhow::Result<()> {
 pub async fn app(settings: &Settings, cmd: AppCommand) -> anyhow::Result<()> {
     let c = client(settings).await?;
     let apps = match cmd {
-        AppCommand::Create { name, secret } => vec![c.app_create(&name, &secret).await?],
+        AppCommand::Create { name, secret } => {
+            let app = c.app_create(&name, &secret).await?;
+            if settings.json {
+                return print_json(&app);
+            }
+            vec![app]
+        }
         AppCommand::RotateSecret {
             name,
             secret,
@@ -76,7 +82,7 @@ fn time_of(flag: &str, value: &Option<String>) -> anyhow::Result<Option<i64>> {
         .map(|v| {
             chrono::DateTime::parse_from_rfc3339(v)
                 .map(|t| t.timestamp_millis())
-                .map_err(|e| anyhow!("invalid {flag} {v:?}: {e} (use RFC 3339)"))
+                .map_err(|e| usage!("invalid {flag} {v:?}: {e} (use RFC 3339)"))
         })
         .transpose()
 }
@@ -92,9 +98,8 @@ fn misfire_of(fields: &JobFields) -> anyhow::Result<Option<MisfirePolicy>> {
         .misfire
         .as_deref()
         .map(|v| {
-            MisfirePolicy::parse(v).ok_or_else(|| {
-                anyhow!("invalid --misfire {v:?}: use fire_once, skip or catch_up:N")
-            })
+            MisfirePolicy::parse(v)
+                .ok_or_else(|| usage!("invalid --misfire {v:?}: use fire_once, skip or catch_up:N"))
         })
         .transpose()
 }
@@ -114,7 +119,7 @@ fn schedule_of(fields: &JobFields) -> anyhow::Result<Option<Schedule>> {
     }
     if let Some(at) = &fields.at {
         let t = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
-            anyhow!("invalid --at {at:?}: {e} (use RFC 3339, e.g. 2026-12-01T09:00:00Z)")
+            usage!("invalid --at {at:?}: {e} (use RFC 3339, e.g. 2026-12-01T09:00:00Z)")
         })?;
         return Ok(Some(Schedule::At {
             at_ms: t.timestamp_millis(),
@@ -127,7 +132,7 @@ fn overlap_of(s: &Option<String>) -> anyhow::Result<Option<OverlapPolicy>> {
     s.as_deref()
         .map(|v| {
             OverlapPolicy::parse(v)
-                .ok_or_else(|| anyhow!("invalid --overlap {v:?}: use skip or queue"))
+                .ok_or_else(|| usage!("invalid --overlap {v:?}: use skip or queue"))
         })
         .transpose()
 }
@@ -136,7 +141,7 @@ fn dispatch_of(s: &Option<String>) -> anyhow::Result<Option<DispatchStrategy>> {
     s.as_deref()
         .map(|v| {
             DispatchStrategy::parse(v).ok_or_else(|| {
-                anyhow!("invalid --dispatch {v:?}: use health-first, random or round-robin")
+                usage!("invalid --dispatch {v:?}: use health-first, random or round-robin")
             })
         })
         .transpose()
@@ -144,6 +149,7 @@ fn dispatch_of(s: &Option<String>) -> anyhow::Result<Option<DispatchStrategy>> {
 
 pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
     let c = client(settings).await?;
+    let cmd_is_enable = matches!(cmd, JobCommand::Enable { .. });
     let jobs = match cmd {
         JobCommand::Create {
             app,
@@ -152,11 +158,11 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
             disabled,
         } => {
             let schedule = schedule_of(&fields)?
-                .context("say when the job runs: --cron EXPR, --at TIME, --fixed-rate D, --fixed-delay D or --api")?;
+                .ok_or_else(|| usage!("say when the job runs: --cron EXPR, --at TIME, --fixed-rate D, --fixed-delay D or --api"))?;
             let processor = fields
                 .processor
                 .clone()
-                .context("say what runs: --processor shell|http|NAME")?;
+                .ok_or_else(|| usage!("say what runs: --processor shell|http|NAME"))?;
             let spec = JobSpec {
                 app,
                 name,
@@ -181,6 +187,9 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
             for warning in &job.warnings {
                 eprintln!("warning: {}", safe(warning));
             }
+            if settings.json {
+                return print_json(&job);
+            }
             vec![job]
         }
         JobCommand::Update { id, name, fields } => {
@@ -203,7 +212,11 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
                 designated_workers: (!fields.workers.is_empty()).then(|| fields.workers.clone()),
                 misfire: misfire_of(&fields)?,
             };
-            vec![c.call(&update).await?]
+            let job = c.call(&update).await?;
+            if settings.json {
+                return print_json(&job);
+            }
+            vec![job]
         }
         JobCommand::List { app } => c.call(&JobList { app }).await?,
         JobCommand::Show { id } => {
@@ -229,8 +242,16 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
                 Ok(())
             };
         }
-        JobCommand::Enable { id } => vec![c.call(&JobEnable(JobId { id })).await?],
-        JobCommand::Disable { id } => vec![c.call(&JobDisable(JobId { id })).await?],
+        JobCommand::Enable { id } | JobCommand::Disable { id } => {
+            let job = match cmd_is_enable {
+                true => c.call(&JobEnable(JobId { id })).await?,
+                false => c.call(&JobDisable(JobId { id })).await?,
+            };
+            if settings.json {
+                return print_json(&job);
+            }
+            vec![job]
+        }
         JobCommand::Delete { id } => {
             let done = c.call(&JobDelete(JobId { id })).await?;
             return if settings.json {
@@ -327,7 +348,9 @@ pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Resu
     } = &cmd
         && InstanceStatus::parse(s).is_none()
     {
-        anyhow::bail!("unknown status {s:?}: use a name such as RUNNING or a code such as 3");
+        return Err(usage!(
+            "unknown status {s:?}: use a name such as RUNNING or a code such as 3"
+        ));
     }
     let c = client(settings).await?;
     match cmd {
@@ -424,6 +447,7 @@ fn show_instance(settings: &Settings, i: &InstanceInfo) -> anyhow::Result<()> {
 pub async fn logs(settings: &Settings, args: LogsArgs) -> anyhow::Result<()> {
     let c = client(settings).await?;
     let mut after_id = 0;
+    let mut attempt = None;
     loop {
         let page = c
             .call(&LogsGet {
@@ -437,6 +461,11 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> anyhow::Result<()> {
             if settings.json {
                 println!("{}", serde_json::to_string(l)?);
             } else {
+                // A retried instance's attempts, each under its own header.
+                if attempt != Some(l.attempt) {
+                    attempt = Some(l.attempt);
+                    println!("--- attempt {} ---", l.attempt);
+                }
                 println!(
                     "{} {:<5} {}",
                     time(Some(l.ts_ms)),
@@ -462,17 +491,25 @@ pub async fn workers(settings: &Settings, app: Option<String>) -> anyhow::Result
     if settings.json {
         return print_json(&list);
     }
+    let apps: std::collections::HashMap<i64, String> = c
+        .call(&AppList {})
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a.name))
+        .collect();
     let rows = list
         .iter()
         .map(|w| {
             vec![
                 w.worker_id.clone(),
-                w.app_id.to_string(),
+                apps.get(&w.app_id)
+                    .cloned()
+                    .unwrap_or_else(|| w.app_id.to_string()),
                 w.tags.join(","),
                 w.processors.join(","),
                 format!("{}/{}", w.running, w.capacity),
-                format!("{:.0}", w.health),
-                format!("{} ms", w.last_seen_ago_ms),
+                format!("{:.0} %", w.health),
+                format!("{:.1} s ago", w.last_seen_ago_ms as f64 / 1000.0),
             ]
         })
         .collect::<Vec<_>>();
@@ -527,7 +564,11 @@ pub async fn server_stats(settings: &Settings) -> anyhow::Result<()> {
             .iter()
             .map(|(reason, n)| vec![reason.clone(), n.to_string()])
             .collect();
-        println!("{}", render(&["REPAIR", "COUNT"], &repairs));
+        if repairs.is_empty() {
+            println!("no repairs");
+        } else {
+            println!("{}", render(&["REPAIR", "COUNT"], &repairs));
+        }
         let refused: Vec<Vec<String>> = s
             .refused
             .iter()
@@ -645,7 +686,7 @@ pub async fn token_command(
     } = &cmd
     {
         let role = Role::parse(role)
-            .ok_or_else(|| anyhow!("invalid --role {role:?}: use viewer, operator or admin"))?;
+            .ok_or_else(|| usage!("invalid --role {role:?}: use viewer, operator or admin"))?;
         if settings.token.is_none() && database_given {
             // Bootstrap: no token to ask a server with yet, so straight to the database.
             let store = rota_server::store::Store::connect(&settings.database_url).await?;

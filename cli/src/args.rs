@@ -18,12 +18,11 @@ pub struct Cli {
 
 /// Options every command takes. Precedence: flag, then environment, then the TOML file.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// NATS server URL(s), comma-separated; `nats://user:pass@host` and `tls://` work too.
     #[arg(long, global = true, env = "ROTA_NATS_URL")]
     pub nats_url: Option<String>,
-    #[command(flatten)]
-    pub nats: NatsArgs,
     /// The admin token admin commands are sealed with (`rota token create` makes one).
     #[arg(long, global = true, env = "ROTA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -42,14 +41,20 @@ pub struct Global {
     /// Print the reply's data as JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    // Last: its help heading applies to what follows it.
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }
 
 /// How to log in to NATS. At most one of user and password, token, NKey and credentials file;
 /// TLS options go with any of them.
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "NATS login (global)")]
 pub struct NatsArgs {
+    /// NATS user (with --nats-password).
     #[arg(long, global = true, env = "ROTA_NATS_USER")]
     pub nats_user: Option<String>,
+    /// NATS password (with --nats-user).
     #[arg(
         long,
         global = true,
@@ -57,6 +62,7 @@ pub struct NatsArgs {
         hide_env_values = true
     )]
     pub nats_password: Option<String>,
+    /// NATS token.
     #[arg(long, global = true, env = "ROTA_NATS_TOKEN", hide_env_values = true)]
     pub nats_token: Option<String>,
     /// A file holding an NKey seed.
@@ -71,6 +77,7 @@ pub struct NatsArgs {
     /// A client certificate (PEM) for a NATS that verifies clients; needs --nats-tls-key.
     #[arg(long, global = true, env = "ROTA_NATS_TLS_CERT", value_name = "FILE")]
     pub nats_tls_cert: Option<std::path::PathBuf>,
+    /// The key of --nats-tls-cert.
     #[arg(long, global = true, env = "ROTA_NATS_TLS_KEY", value_name = "FILE")]
     pub nats_tls_key: Option<std::path::PathBuf>,
 }
@@ -116,6 +123,7 @@ pub enum TokenCommand {
         /// Scope the token to one app.
         #[arg(long)]
         app: Option<String>,
+        /// What the token is for, shown in `rota token list`.
         #[arg(long, default_value = "")]
         description: String,
     },
@@ -214,6 +222,7 @@ pub struct WorkerArgs {
 pub enum WorkerCommand {
     /// List live workers.
     List {
+        /// Only this app's.
         #[arg(long)]
         app: Option<String>,
     },
@@ -244,6 +253,7 @@ pub enum AppCommand {
     /// a worker started with --secret-file picks the new one up from its file.
     RotateSecret {
         name: String,
+        /// The new secret its workers present.
         #[arg(long, env = "ROTA_SECRET", hide_env_values = true)]
         secret: String,
         /// How long the previous secrets stay valid, e.g. 1h, 0s (default 1h).
@@ -291,6 +301,7 @@ pub struct JobFields {
     /// Parameters every instance gets.
     #[arg(long)]
     pub params: Option<String>,
+    /// A description of the job.
     #[arg(long)]
     pub description: Option<String>,
     /// Runs after the first that a failing instance gets.
@@ -323,8 +334,10 @@ pub struct JobFields {
 pub enum JobCommand {
     /// Create a job.
     Create {
+        /// The app the job belongs to.
         #[arg(long)]
         app: String,
+        /// The job's name, unique within its app.
         #[arg(long)]
         name: String,
         #[command(flatten)]
@@ -336,6 +349,7 @@ pub enum JobCommand {
     /// Change a job; only the given settings change.
     Update {
         id: i64,
+        /// A new name.
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
@@ -343,6 +357,7 @@ pub enum JobCommand {
     },
     /// List jobs.
     List {
+        /// Only this app's.
         #[arg(long)]
         app: Option<String>,
     },
@@ -375,13 +390,16 @@ pub enum JobCommand {
 pub enum InstanceCommand {
     /// List instances, newest first.
     List {
+        /// Only this app's.
         #[arg(long)]
         app: Option<String>,
+        /// Only this job's instances.
         #[arg(long)]
         job: Option<i64>,
         /// A status name or code: RUNNING, failed, 5 …
         #[arg(long)]
         status: Option<String>,
+        /// At most this many, newest first (default 50, at most 1,000).
         #[arg(long)]
         limit: Option<u64>,
     },

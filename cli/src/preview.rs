@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::args::ScheduleCommand;
 use crate::config::Settings;
 use crate::table::render;
+use crate::usage::usage;
 
 const MAX_COUNT: usize = 10_000;
 
@@ -28,7 +29,7 @@ pub fn run(settings: &Settings, cmd: ScheduleCommand) -> anyhow::Result<()> {
         count,
     } = cmd;
     if count == 0 || count > MAX_COUNT {
-        bail!("--count must be from 1 to {MAX_COUNT}");
+        return Err(usage!("--count must be from 1 to {MAX_COUNT}"));
     }
     let schedule = Schedule::Cron {
         expression: cron.clone(),
@@ -37,14 +38,14 @@ pub fn run(settings: &Settings, cmd: ScheduleCommand) -> anyhow::Result<()> {
     schedule.validate()?;
     let zone: Tz = match tz.as_deref() {
         Some(name) => name.parse().map_err(|_| {
-            anyhow!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin")
+            usage!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin")
         })?,
         None => Tz::UTC,
     };
     let mut after = match from.as_deref() {
         Some(text) => {
             DateTime::parse_from_rfc3339(text)
-            .map_err(|e| anyhow!("invalid --from {text:?}: {e} (use RFC 3339)"))?
+            .map_err(|e| usage!("invalid --from {text:?}: {e} (use RFC 3339)"))?
             .timestamp_millis()
             // The first fire may be at --from itself.
             - 1

@@ -18,6 +18,7 @@ use tokio::process::{Child, Command};
 use crate::args::{DevArgs, ServerArgs, WorkerArgs};
 use crate::config::{FileConfig, Settings};
 use crate::table::{safe, time};
+use crate::usage::usage;
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
 async fn stop_signal() {
@@ -77,7 +78,9 @@ pub async fn worker(
     let secret_file = args.secret_file.or_else(|| fw.secret_file.clone());
     let secret = args.secret.or_else(|| fw.secret.clone());
     if secret.is_none() && secret_file.is_none() {
-        anyhow::bail!("give the app's secret: --secret S, --secret-file FILE (or ROTA_SECRET)");
+        return Err(usage!(
+            "give the app's secret: --secret S, --secret-file FILE (or ROTA_SECRET)"
+        ));
     }
     let config = WorkerConfig {
         nats: settings.nats.clone(),
@@ -85,7 +88,7 @@ pub async fn worker(
         app: args
             .app
             .or_else(|| fw.app.clone())
-            .context("say which app this worker serves: --app NAME (or ROTA_APP)")?,
+            .ok_or_else(|| usage!("say which app this worker serves: --app NAME (or ROTA_APP)"))?,
         secret: secret.unwrap_or_default(),
         secret_file,
         worker_id: args.worker_id.or_else(|| fw.worker_id.clone()),
@@ -273,10 +276,14 @@ pub async fn dev(settings: &Settings, args: DevArgs) -> anyhow::Result<()> {
         db_path.display()
     );
     println!("The demo job {DEMO_JOB:?} (id {job_id}) runs a shell script every 5 seconds.");
+    // `rota` may not be on PATH (scripts/dev.sh runs it through cargo): name this binary.
+    let rota = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "rota".to_owned());
     println!("In another terminal:");
     println!("  export ROTA_NATS_URL={nats_url}");
     println!("  export ROTA_TOKEN={}", token.reveal());
-    println!("  rota job list; rota instance list; rota logs <instance>");
+    println!("  {rota} job list; {rota} instance list; {rota} logs <instance>");
     println!("Ctrl-C stops everything.\n");
 
     let result = tokio::select! {

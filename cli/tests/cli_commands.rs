@@ -67,9 +67,7 @@ async fn create_job(d: &Deployment, extra: &[&str]) -> JobInfo {
     ];
     args.extend_from_slice(extra);
     let json = ok(d, &args).await;
-    let mut jobs: Vec<JobInfo> =
-        serde_json::from_str(&json).expect("job create --json prints the job");
-    jobs.pop().expect("one job")
+    serde_json::from_str(&json).expect("job create --json prints the job")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,8 +245,25 @@ async fn bad_input_is_one_clear_line_and_a_nonzero_exit() -> anyhow::Result<()> 
         ),
         (
             &["instance", "list", "--status", "dancing"],
-            1,
+            2,
             "unknown status",
+        ),
+        (
+            &[
+                "job",
+                "create",
+                "--app",
+                "a",
+                "--name",
+                "x",
+                "--api",
+                "--processor",
+                "shell",
+                "--misfire",
+                "sometimes",
+            ],
+            2,
+            "invalid --misfire",
         ),
         (&["job", "run", "seven"], 2, "invalid value"),
         (&["job", "create", "--app", "a"], 2, "--name"),
@@ -320,6 +335,78 @@ async fn server_stats_show_readiness_services_and_repairs() -> anyhow::Result<()
     assert!(
         stats[0].services.iter().all(|s| s.state == "RUNNING"),
         "{stats:?}"
+    );
+    d.shutdown().await;
+    Ok(())
+}
+
+/// Output for people: a worker's app by name, its health in per cent and when it was last seen
+/// in seconds; a retried instance's log under one header per attempt, each with how it ended;
+/// `server stats` without an empty table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_reads_well_for_people() -> anyhow::Result<()> {
+    let d = deployment().await?;
+    let workers = ok(&d, &["worker", "list"]).await;
+    let row = workers
+        .lines()
+        .find(|l| l.starts_with("w1"))
+        .unwrap_or_else(|| panic!("{workers}"));
+    assert!(
+        row.contains(" app ") && row.contains(" %") && row.contains(" s ago"),
+        "{row}"
+    );
+    let job = create_job(
+        &d,
+        &[
+            "--name",
+            "twice",
+            "--api",
+            "--script",
+            "echo try-$ROTA_ATTEMPT; exit 3",
+            "--max-retries",
+            "1",
+            "--retry-delay",
+            "100ms",
+        ],
+    )
+    .await;
+    let started = ok(&d, &["--json", "job", "run", &job.id.to_string()]).await;
+    let id = serde_json::from_str::<serde_json::Value>(&started)?["instance_id"]
+        .as_i64()
+        .unwrap_or_default();
+    let done = wait::until(
+        "the retried run to fail",
+        Duration::from_secs(20),
+        || async { Some(show(&d, id).await).filter(|i| i.status.is_terminal()) },
+    )
+    .await;
+    assert_eq!(done.runs, 2, "{done:?}");
+    let logs = ok(&d, &["logs", &id.to_string()]).await;
+    let headers: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.starts_with("--- attempt"))
+        .collect();
+    assert_eq!(
+        headers,
+        vec!["--- attempt 1 ---", "--- attempt 2 ---"],
+        "{logs}"
+    );
+    assert_eq!(logs.matches("exit status 3").count(), 2, "{logs}");
+    // A table header is always followed by a row: no repairs is said in words.
+    let stats = ok(&d, &["server", "stats"]).await;
+    let lines: Vec<&str> = stats.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("REPAIR") {
+            let next = lines.get(i + 1).copied().unwrap_or_default();
+            assert!(
+                !next.is_empty() && !next.starts_with("SERVICE") && !next.starts_with("REFUSED"),
+                "{stats}"
+            );
+        }
+    }
+    assert!(
+        stats.contains("no repairs") || stats.contains("REPAIR"),
+        "{stats}"
     );
     d.shutdown().await;
     Ok(())

@@ -34,7 +34,8 @@ async fn finished_instances_past_retention_are_deleted_with_their_logs() -> anyh
         let id = d.admin.call(&run(quick.id)).await?.instance_id;
         let done = d.wait_terminal(id, Duration::from_secs(15)).await;
         assert_eq!(done.status, InstanceStatus::Succeeded);
-        assert_eq!(d.logs(id).await?.len(), 2);
+        // Its two lines, and the shell's exit status.
+        assert_eq!(d.logs(id).await?.len(), 3);
         finished.push(id);
     }
     d.wait_status(long, InstanceStatus::Running, Duration::from_secs(10))
@@ -81,7 +82,7 @@ async fn finished_instances_past_retention_are_deleted_with_their_logs() -> anyh
     );
     assert_eq!(
         stats.repairs.get("cleaned_log_lines"),
-        Some(&6),
+        Some(&9),
         "{:?}",
         stats.repairs
     );

@@ -178,6 +178,16 @@ async fn run(ctx: TaskContext, kill_grace: Duration) -> ProcessResult {
     if cancel.is_cancelled() {
         return ProcessResult::failed("cancelled");
     }
+    // The log says how each attempt ended, next to its output.
+    match &status {
+        Ok(s) if s.success() => ctx.info("exit status 0"),
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => ctx.warn(format!("exit status {code}")),
+            (None, Some(signal)) => ctx.warn(format!("killed by signal {signal}")),
+            (None, None) => ctx.warn("exited abnormally"),
+        },
+        Err(_) => {}
+    }
     match status {
         Ok(status) if status.success() => ProcessResult::ok(match last_out {
             Some(line) => truncate_chars(&line, MAX_RESULT_CHARS),
