@@ -259,14 +259,15 @@ mod tests {
     async fn stdout_and_stderr_become_logs() {
         let (result, logs) = shell("echo one; echo two >&2; echo; echo three").await;
         assert_eq!(result, ProcessResult::ok("three"));
-        assert_eq!(logs.len(), 4);
+        // The four lines, and how the shell ended.
+        assert_eq!(logs.len(), 5);
         // stdout and stderr are read concurrently, so only the order within each stream holds.
         let out: Vec<&str> = logs
             .iter()
             .filter(|(l, _)| *l == LogLevel::Info)
             .map(|(_, t)| t.as_str())
             .collect();
-        assert_eq!(out, vec!["one", "", "three"]);
+        assert_eq!(out, vec!["one", "", "three", "exit status 0"]);
         let err: Vec<&str> = logs
             .iter()
             .filter(|(l, _)| *l == LogLevel::Error)
