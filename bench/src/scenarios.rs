@@ -547,8 +547,10 @@ pub async fn footprint(env: &Env) -> anyhow::Result<Value> {
             .admin
             .call(&WorkerList {
                 app: Some(APP.into()),
+                ..Default::default()
             })
-            .await?;
+            .await?
+            .items;
         if live.iter().any(|w| w.worker_id == "idle") {
             break;
         }

@@ -10,7 +10,9 @@ use rota_shared::schedule::{Lifecycle, Schedule};
 use rota_transport::AdminToken;
 use serde::Serialize;
 
-use crate::args::{AppCommand, InstanceCommand, JobCommand, JobFields, LogsArgs, TokenCommand};
+use crate::args::{
+    AppCommand, InstanceCommand, JobCommand, JobFields, LogsArgs, Paging, TokenCommand,
+};
 use crate::config::Settings;
 use crate::table::{opt, render, safe, time};
 use crate::usage::usage;
@@ -31,6 +33,34 @@ pub async fn client(settings: &Settings) -> anyhow::Result<AdminClient> {
         Some(server) => client.at_server(server),
         None => client,
     })
+}
+
+/// A list request's pages: the one `paging` names, or all of them with `--all`.
+async fn pages<R, T>(
+    c: &AdminClient,
+    paging: &Paging,
+    request: impl Fn(Option<String>, Option<u64>) -> R,
+) -> anyhow::Result<Page<T>>
+where
+    R: AdminRequest<Reply = Page<T>>,
+{
+    let mut after = paging.after.clone();
+    let mut items = Vec::new();
+    loop {
+        let page = c.call(&request(after.clone(), paging.limit)).await?;
+        items.extend(page.items);
+        match page.next {
+            Some(next) if paging.all => after = Some(next),
+            next => return Ok(Page { items, next }),
+        }
+    }
+}
+
+/// Says, after a table, where the rest of a list is.
+fn more_hint(next: &Option<String>) {
+    if let Some(next) = next {
+        eprintln!("more exist: add --after {} (or --all)", safe(next));
+    }
 }
 
 fn print_json<T: Serialize>(data: &T) -> anyhow::Result<()> {
@@ -218,7 +248,20 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
             }
             vec![job]
         }
-        JobCommand::List { app } => c.call(&JobList { app }).await?,
+        JobCommand::List { app, paging } => {
+            let page = pages(&c, &paging, |after, limit| JobList {
+                app: app.clone(),
+                after,
+                limit,
+            })
+            .await?;
+            if settings.json {
+                return print_json(&page);
+            }
+            print_jobs(&page.items);
+            more_hint(&page.next);
+            return Ok(());
+        }
         JobCommand::Show { id } => {
             let job = c.call(&JobShow(JobId { id })).await?;
             return if settings.json {
@@ -265,6 +308,11 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
     if settings.json {
         return print_json(&jobs);
     }
+    print_jobs(&jobs);
+    Ok(())
+}
+
+fn print_jobs(jobs: &[JobInfo]) {
     let rows = jobs
         .iter()
         .map(|j| {
@@ -294,7 +342,6 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
             &rows
         )
     );
-    Ok(())
 }
 
 fn schedule_text(s: &Schedule) -> String {
@@ -358,21 +405,22 @@ pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Resu
             app,
             job,
             status,
-            limit,
+            paging,
         } => {
             let status = status.as_deref().and_then(InstanceStatus::parse);
-            let list = c
-                .call(&InstanceList {
-                    app,
-                    job_id: job,
-                    status,
-                    limit,
-                })
-                .await?;
+            let page = pages(&c, &paging, |after, limit| InstanceList {
+                app: app.clone(),
+                job_id: job,
+                status,
+                limit,
+                after,
+            })
+            .await?;
             if settings.json {
-                return print_json(&list);
+                return print_json(&page);
             }
-            let rows = list
+            let rows = page
+                .items
                 .iter()
                 .map(|i| {
                     vec![
@@ -399,6 +447,7 @@ pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Resu
                     &rows
                 )
             );
+            more_hint(&page.next);
             Ok(())
         }
         InstanceCommand::Show { id } => {
@@ -456,7 +505,7 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> anyhow::Result<()> {
                 limit: Some(1000),
             })
             .await?;
-        let got = page.lines.len();
+        let more = page.more;
         for l in &page.lines {
             if settings.json {
                 println!("{}", serde_json::to_string(l)?);
@@ -475,7 +524,7 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> anyhow::Result<()> {
             }
         }
         after_id = page.last_id;
-        if got == 1000 {
+        if more {
             continue;
         }
         if !args.follow || page.finished {
@@ -485,12 +534,22 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> anyhow::Result<()> {
     }
 }
 
-pub async fn workers(settings: &Settings, app: Option<String>) -> anyhow::Result<()> {
+pub async fn workers(
+    settings: &Settings,
+    app: Option<String>,
+    paging: Paging,
+) -> anyhow::Result<()> {
     let c = client(settings).await?;
-    let list: Vec<WorkerSummary> = c.call(&WorkerList { app }).await?;
+    let page = pages(&c, &paging, |after, limit| WorkerList {
+        app: app.clone(),
+        after,
+        limit,
+    })
+    .await?;
     if settings.json {
-        return print_json(&list);
+        return print_json(&page);
     }
+    let list: Vec<WorkerSummary> = page.items;
     let apps: std::collections::HashMap<i64, String> = c
         .call(&AppList {})
         .await?
@@ -528,6 +587,7 @@ pub async fn workers(settings: &Settings, app: Option<String>) -> anyhow::Result
             &rows
         )
     );
+    more_hint(&page.next);
     Ok(())
 }
 

@@ -225,7 +225,23 @@ pub enum WorkerCommand {
         /// Only this app's.
         #[arg(long)]
         app: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
     },
+}
+
+/// Which page of a list to show.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Paging {
+    /// At most this many (the server's default when not given; at most 1,000 a page).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Start after this cursor (the `next` a previous page named).
+    #[arg(long, conflicts_with = "all")]
+    pub after: Option<String>,
+    /// Every page, not only the first.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -360,6 +376,8 @@ pub enum JobCommand {
         /// Only this app's.
         #[arg(long)]
         app: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
     },
     /// Show one job.
     Show {
@@ -399,9 +417,9 @@ pub enum InstanceCommand {
         /// A status name or code: RUNNING, failed, 5 …
         #[arg(long)]
         status: Option<String>,
-        /// At most this many, newest first (default 50, at most 1,000).
-        #[arg(long)]
-        limit: Option<u64>,
+        /// Newest first, a page at a time (default 50 a page).
+        #[command(flatten)]
+        paging: Paging,
     },
     Show {
         id: i64,

@@ -111,7 +111,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => run::server(&settings, &file, args).await,
         },
         Command::Worker(args) => match args.list {
-            Some(WorkerCommand::List { app }) => admin::workers(&settings, app).await,
+            Some(WorkerCommand::List { app, paging }) => {
+                admin::workers(&settings, app, paging).await
+            }
             None => run::worker(&settings, &file, args).await,
         },
         Command::Dev(args) => run::dev(&settings, args).await,

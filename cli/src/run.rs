@@ -199,8 +199,10 @@ async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
     let jobs = admin
         .call(&JobList {
             app: Some(DEMO_APP.into()),
+            ..Default::default()
         })
-        .await?;
+        .await?
+        .items;
     if let Some(job) = jobs.iter().find(|j| j.spec.name == DEMO_JOB) {
         return Ok(job.id);
     }
@@ -306,9 +308,11 @@ async fn follow_demo(admin: &AdminClient, job_id: i64, runs: Option<u32>) -> any
                 job_id: Some(job_id),
                 status: None,
                 limit: Some(20),
+                after: None,
             })
             .await
-            .map_err(|e: ClientError| anyhow!(e))?;
+            .map_err(|e: ClientError| anyhow!(e))?
+            .items;
         let mut done: Vec<&InstanceInfo> = list
             .iter()
             .filter(|i| {

@@ -100,8 +100,8 @@ async fn cron_job_output_shows_in_rota_logs() -> anyhow::Result<()> {
             ],
         )
         .await;
-        let list: Vec<InstanceInfo> = serde_json::from_str(&json).ok()?;
-        (list.len() >= 4).then_some(list)
+        let page: rota_shared::admin::Page<InstanceInfo> = serde_json::from_str(&json).ok()?;
+        (page.items.len() >= 4).then_some(page.items)
     })
     .await;
     ok(&d, &["job", "disable", &id]).await;
@@ -392,6 +392,18 @@ async fn output_reads_well_for_people() -> anyhow::Result<()> {
         "{logs}"
     );
     assert_eq!(logs.matches("exit status 3").count(), 2, "{logs}");
+    // Lists come a page at a time, and say when more exist.
+    create_job(&d, &["--name", "second", "--api", "--script", "true"]).await;
+    let first = rota(&d, &["job", "list", "--limit", "1"]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.stdout.lines().count(), 2, "{}", first.stdout);
+    assert!(
+        first.stderr.contains("more exist: add --after"),
+        "{}",
+        first.stderr
+    );
+    let all = ok(&d, &["job", "list", "--limit", "1", "--all"]).await;
+    assert!(all.contains("twice") && all.contains("second"), "{all}");
     // A table header is always followed by a row: no repairs is said in words.
     let stats = ok(&d, &["server", "stats"]).await;
     let lines: Vec<&str> = stats.lines().collect();

@@ -118,9 +118,9 @@ async fn tokens_roles_and_scopes_from_the_command_line() -> anyhow::Result<()> {
         &rota_as(&d, Some(&operator), &["--json", "job", "list"]).await,
         "job list",
     );
-    let jobs: Vec<JobInfo> = serde_json::from_str(&json)?;
+    let jobs: rota_shared::admin::Page<JobInfo> = serde_json::from_str(&json)?;
     assert_eq!(
-        jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        jobs.items.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![job_a.id]
     );
 

@@ -84,8 +84,10 @@ async fn admin_calls_to_a_non_owner_give_the_owners_result() -> anyhow::Result<(
         at_owner
             .call(&WorkerList {
                 app: Some("app".into()),
+                ..Default::default()
             })
-            .await?,
+            .await?
+            .items,
     );
     assert_eq!(expected_workers, ["w1", "w2"]);
     let expected_apps = at_owner.call(&AppList {}).await?;
@@ -96,11 +98,20 @@ async fn admin_calls_to_a_non_owner_give_the_owners_result() -> anyhow::Result<(
         let workers = worker_ids(
             at.call(&WorkerList {
                 app: Some("app".into()),
+                ..Default::default()
             })
-            .await?,
+            .await?
+            .items,
         );
         assert_eq!(workers, expected_workers, "worker list via {other}");
-        let all_workers = worker_ids(at.call(&WorkerList { app: None }).await?);
+        let all_workers = worker_ids(
+            at.call(&WorkerList {
+                app: None,
+                ..Default::default()
+            })
+            .await?
+            .items,
+        );
         assert_eq!(
             all_workers, expected_workers,
             "worker list of every app via {other}"
@@ -171,7 +182,8 @@ async fn succeeded_fires_after(
             limit: Some(1000),
             ..Default::default()
         })
-        .await?;
+        .await?
+        .items;
     Ok(list
         .iter()
         .filter(|i| i.expected_trigger_time_ms.is_some_and(|t| t >= after_ms))
@@ -322,7 +334,8 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
             limit: Some(1000),
             ..Default::default()
         })
-        .await?;
+        .await?
+        .items;
     let fires: HashSet<Option<i64>> = all.iter().map(|i| i.expected_trigger_time_ms).collect();
     assert_eq!(fires.len(), all.len(), "a fire time has two instances");
     assert!(all.iter().all(|i| i.runs <= 1), "an instance ran twice");
@@ -336,9 +349,11 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
                 .admin
                 .call(&WorkerList {
                     app: Some("app".into()),
+                    ..Default::default()
                 })
                 .await
-                .ok()?;
+                .ok()?
+                .items;
             (worker_ids(list) == ["w1", "w2"]).then_some(())
         },
     )

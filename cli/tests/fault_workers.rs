@@ -251,9 +251,11 @@ async fn live_entry(d: &Deployment, worker: &str) -> Option<rota_shared::message
     d.admin
         .call(&WorkerList {
             app: Some("app".into()),
+            ..Default::default()
         })
         .await
         .ok()?
+        .items
         .into_iter()
         .find(|w| w.worker_id == worker)
 }

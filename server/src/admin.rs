@@ -96,6 +96,110 @@ pub async fn handle(core: &Core, msg: &Incoming) {
     }
 }
 
+/// The default and the largest page of a list.
+const DEFAULT_PAGE: u64 = 100;
+
+fn page_limit(asked: Option<u64>, default: u64) -> usize {
+    usize::try_from(asked.unwrap_or(default).clamp(1, MAX_PAGE)).unwrap_or(100)
+}
+
+/// What a page's items may take of a reply: NATS' max payload, less room for the envelope.
+fn page_budget(core: &Core) -> usize {
+    core.transport
+        .client()
+        .server_info()
+        .max_payload
+        .saturating_sub(16 * 1024)
+}
+
+/// A page of `items` (fetched one past `limit`, to know whether more exist): at most `limit`,
+/// and no more than fit `budget` bytes of JSON. `next` names the last item taken when more
+/// remain.
+fn paged<T: serde::Serialize>(
+    items: Vec<T>,
+    limit: usize,
+    budget: usize,
+    cursor: impl Fn(&T) -> String,
+) -> Page<T> {
+    let mut more = items.len() > limit;
+    let mut used = 0;
+    let mut taken = Vec::with_capacity(items.len().min(limit));
+    for item in items.into_iter().take(limit) {
+        let size = serde_json::to_vec(&item).map_or(0, |v| v.len()) + 1;
+        if !taken.is_empty() && used + size > budget {
+            more = true;
+            break;
+        }
+        used += size;
+        taken.push(item);
+    }
+    let next = if more {
+        taken.last().map(&cursor)
+    } else {
+        None
+    };
+    Page { items: taken, next }
+}
+
+/// A numeric cursor (a job's or an instance's id).
+fn id_cursor(after: Option<&str>) -> AdminResult<Option<i64>> {
+    after
+        .map(|c| {
+            c.parse()
+                .map_err(|_| ErrorBody::invalid(format!("invalid cursor {c:?}")))
+        })
+        .transpose()
+}
+
+/// Workers are listed by app, then id; a cursor is `{app_id}:{worker_id}`.
+fn worker_key(w: &WorkerSummary) -> (i64, String) {
+    (w.app_id, w.worker_id.clone())
+}
+
+fn worker_cursor(after: Option<&str>) -> AdminResult<Option<(i64, String)>> {
+    after
+        .map(|c| {
+            c.split_once(':')
+                .and_then(|(app, worker)| Some((app.parse().ok()?, worker.to_owned())))
+                .ok_or_else(|| ErrorBody::invalid(format!("invalid cursor {c:?}")))
+        })
+        .transpose()
+}
+
+/// The first `n` workers this server holds for the apps it owns, after the cursor, in order.
+fn local_workers_after(
+    core: &Core,
+    app_id: Option<i64>,
+    after: Option<&str>,
+    n: usize,
+) -> AdminResult<Vec<WorkerSummary>> {
+    let after = worker_cursor(after)?;
+    let mut workers: Vec<WorkerSummary> = local_workers(core, app_id)
+        .into_iter()
+        .filter(|w| after.as_ref().is_none_or(|a| worker_key(w) > *a))
+        .collect();
+    workers.sort_by_key(worker_key);
+    workers.truncate(n);
+    Ok(workers)
+}
+
+fn worker_page(core: &Core, workers: Vec<WorkerSummary>, limit: usize) -> Page<WorkerSummary> {
+    paged(workers, limit, page_budget(core), |w| {
+        format!("{}:{}", w.app_id, w.worker_id)
+    })
+}
+
+/// A page of the workers this server holds for the apps it owns.
+fn local_worker_page(
+    core: &Core,
+    app_id: Option<i64>,
+    after: Option<&str>,
+    limit: usize,
+) -> AdminResult<Page<WorkerSummary>> {
+    let workers = local_workers_after(core, app_id, after, limit + 1)?;
+    Ok(worker_page(core, workers, limit))
+}
+
 fn unknown(subject: &str) -> ErrorBody {
     ErrorBody::new(
         ErrorCode::NotFound,
@@ -361,9 +465,12 @@ async fn processor_warnings(core: &Core, job: &Job, app: &str) -> Vec<String> {
         Ok(Route::Owner(owner)) => {
             let call = RemoteCall::WorkerList {
                 app_id: Some(job.app_id),
+                after: None,
+                limit: MAX_PAGE,
             };
-            forward::<Vec<WorkerSummary>>(core, &owner, &call)
+            forward::<Page<WorkerSummary>>(core, &owner, &call)
                 .await
+                .map(|p| p.items)
                 .unwrap_or_default()
         }
         Err(_) => Vec::new(),
@@ -467,16 +574,19 @@ async fn app_names(core: &Core) -> AdminResult<HashMap<i64, String>> {
         .collect())
 }
 
-async fn job_list(core: &Core, caller: &Caller, r: JobList) -> AdminResult<Vec<JobInfo>> {
+async fn job_list(core: &Core, caller: &Caller, r: JobList) -> AdminResult<Page<JobInfo>> {
     let app_id = scoped_app(core, caller, r.app.as_deref()).await?;
+    let limit = page_limit(r.limit, DEFAULT_PAGE);
+    let after = id_cursor(r.after.as_deref())?;
     let names = app_names(core).await?;
-    Ok(core
+    let jobs: Vec<JobInfo> = core
         .store
-        .list_jobs(app_id)
+        .list_jobs(app_id, after, limit as u64 + 1)
         .await?
         .iter()
         .map(|j| j.to_info(names.get(&j.app_id).map_or("?", String::as_str)))
-        .collect())
+        .collect();
+    Ok(paged(jobs, limit, page_budget(core), |j| j.id.to_string()))
 }
 
 async fn job_info(core: &Core, job: &Job) -> AdminResult<JobInfo> {
@@ -659,8 +769,14 @@ pub async fn handle_remote(core: &Core, msg: &Incoming) {
             t.respond(msg, instance_retry_via(core, r, via).await, key)
                 .await
         }
-        RemoteCall::WorkerList { app_id } => {
-            t.respond(msg, Ok(local_workers(core, app_id)), key).await
+        RemoteCall::WorkerList {
+            app_id,
+            after,
+            limit,
+        } => {
+            let limit = usize::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(100);
+            let page = local_worker_page(core, app_id, after.as_deref(), limit);
+            t.respond(msg, page, key).await
         }
     }
 }
@@ -782,16 +898,21 @@ async fn instance_list(
     core: &Core,
     caller: &Caller,
     r: InstanceList,
-) -> AdminResult<Vec<InstanceInfo>> {
+) -> AdminResult<Page<InstanceInfo>> {
     let app_id = scoped_app(core, caller, r.app.as_deref()).await?;
+    let limit = page_limit(r.limit, 50);
     let filter = InstanceFilter {
         app_id,
         job_id: r.job_id,
         status: r.status,
-        limit: r.limit.unwrap_or(50).clamp(1, 1000),
+        before_id: id_cursor(r.after.as_deref())?,
+        limit: limit as u64 + 1,
     };
     let models = core.store.list_instances(&filter).await?;
-    with_job_names(core, models).await
+    let instances = with_job_names(core, models).await?;
+    Ok(paged(instances, limit, page_budget(core), |i| {
+        i.id.to_string()
+    }))
 }
 
 /// Refuses an instance outside the caller's app scope.
@@ -915,26 +1036,26 @@ async fn logs_get(core: &Core, caller: &Caller, r: LogsGet) -> AdminResult<LogPa
     // flush an instance's logs before its terminal report).
     let inst = core.store.instance(r.instance_id).await?;
     caller.require_app(inst.app_id)?;
-    let lines = core
+    let limit = usize::try_from(r.limit.unwrap_or(1000).clamp(1, 10_000)).unwrap_or(1000);
+    let lines: Vec<LogEntry> = core
         .store
-        .logs_after(
-            r.instance_id,
-            r.after_id,
-            r.limit.unwrap_or(1000).clamp(1, 10_000),
-        )
-        .await?;
-    let last_id = lines.last().map_or(r.after_id, |l| l.id);
+        .logs_after(r.instance_id, r.after_id, limit as u64 + 1)
+        .await?
+        .into_iter()
+        .map(|l| LogEntry {
+            id: l.id,
+            attempt: l.attempt,
+            ts_ms: l.ts_ms,
+            level: l.level,
+            text: l.text,
+        })
+        .collect();
+    // Like every list, a page of lines ends at its limit or where the reply would not fit.
+    let page = paged(lines, limit, page_budget(core), |l| l.id.to_string());
+    let last_id = page.items.last().map_or(r.after_id, |l| l.id);
     Ok(LogPage {
-        lines: lines
-            .into_iter()
-            .map(|l| LogEntry {
-                id: l.id,
-                attempt: l.attempt,
-                ts_ms: l.ts_ms,
-                level: l.level,
-                text: l.text,
-            })
-            .collect(),
+        more: page.next.is_some(),
+        lines: page.items,
         last_id,
         finished: status_of(&inst).is_terminal(),
     })
@@ -946,13 +1067,16 @@ async fn worker_list(
     core: &Core,
     caller: &Caller,
     r: WorkerList,
-) -> AdminResult<Vec<WorkerSummary>> {
+) -> AdminResult<Page<WorkerSummary>> {
+    let limit = page_limit(r.limit, DEFAULT_PAGE);
     if let Some(app_id) = scoped_app(core, caller, r.app.as_deref()).await? {
         return match route(core, app_id, Via::Admin).await? {
-            Route::Here => Ok(local_workers(core, Some(app_id))),
+            Route::Here => local_worker_page(core, Some(app_id), r.after.as_deref(), limit),
             Route::Owner(owner) => {
                 let call = RemoteCall::WorkerList {
                     app_id: Some(app_id),
+                    after: r.after,
+                    limit: limit as u64,
                 };
                 forward(core, &owner, &call).await
             }
@@ -968,18 +1092,25 @@ async fn worker_list(
         .collect();
     owners.sort();
     owners.dedup();
-    let mut workers = local_workers(core, None);
+    // Every owner's first `limit + 1` after the cursor, merged: the first `limit` of them all
+    // are the first `limit` of the whole list, and one more says whether more exist.
+    let mut workers = local_workers_after(core, None, r.after.as_deref(), limit + 1)?;
     for owner in owners {
-        let call = RemoteCall::WorkerList { app_id: None };
-        match forward::<Vec<WorkerSummary>>(core, &owner, &call).await {
-            Ok(list) => workers.extend(list),
+        let call = RemoteCall::WorkerList {
+            app_id: None,
+            after: r.after.clone(),
+            limit: limit as u64 + 1,
+        };
+        match forward::<Page<WorkerSummary>>(core, &owner, &call).await {
+            Ok(page) => workers.extend(page.items),
             // A server that does not answer has no workers anyone can reach through it.
             Err(e) => tracing::info!(server = %owner, error = %e, "no worker list from server"),
         }
     }
-    workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-    workers.dedup_by(|a, b| a.worker_id == b.worker_id);
-    Ok(workers)
+    workers.sort_by_key(worker_key);
+    workers.dedup_by(|a, b| worker_key(a) == worker_key(b));
+    workers.truncate(limit + 1);
+    Ok(worker_page(core, workers, limit))
 }
 
 /// The live workers this server holds for the apps it owns.

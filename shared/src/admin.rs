@@ -73,6 +73,20 @@ macro_rules! admin_request {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done {}
 
+/// One page of a list, and where the next one begins. A page ends at its `limit` or where its
+/// reply would grow too large for NATS, whichever comes first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; `None` on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The most items a page may be asked for.
+pub const MAX_PAGE: u64 = 1_000;
+
 // === Apps ===
 
 /// `app.create`. The secret never travels: the CLI derives the app key from it and sends that,
@@ -326,11 +340,18 @@ pub struct JobUpdate {
     pub misfire: Option<MisfirePolicy>,
 }
 
+/// `job.list`: jobs in the order they were made, a page at a time.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobList {
     /// Only the jobs of this app (by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many (default 100, at most [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 /// `job.show`, `job.enable`, `job.disable` and `job.delete` name one job.
@@ -365,7 +386,7 @@ pub struct RunStarted {
 
 admin_request!(JobCreate, "job", "create", Admin, JobInfo);
 admin_request!(JobUpdate, "job", "update", Admin, JobInfo);
-admin_request!(JobList, "job", "list", Viewer, Vec<JobInfo>);
+admin_request!(JobList, "job", "list", Viewer, Page<JobInfo>);
 admin_request!(JobShow, "job", "show", Viewer, JobInfo);
 admin_request!(JobEnable, "job", "enable", Operator, JobInfo);
 admin_request!(JobDisable, "job", "disable", Operator, JobInfo);
@@ -406,9 +427,12 @@ pub struct InstanceList {
     pub job_id: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<InstanceStatus>,
-    /// Newest first; at most this many (default 50, at most 1000).
+    /// Newest first; at most this many (default 50, at most [`MAX_PAGE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -425,7 +449,7 @@ pub struct InstanceStop(pub InstanceId);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRetry(pub InstanceId);
 
-admin_request!(InstanceList, "instance", "list", Viewer, Vec<InstanceInfo>);
+admin_request!(InstanceList, "instance", "list", Viewer, Page<InstanceInfo>);
 admin_request!(InstanceShow, "instance", "show", Viewer, InstanceInfo);
 admin_request!(InstanceStop, "instance", "stop", Operator, InstanceInfo);
 admin_request!(InstanceRetry, "instance", "retry", Operator, RunStarted);
@@ -458,16 +482,26 @@ pub struct LogPage {
     pub last_id: i64,
     /// Whether the instance is terminal (a follower may stop once it has read everything).
     pub finished: bool,
+    /// More lines are stored after these: ask again from `last_id`.
+    #[serde(default)]
+    pub more: bool,
 }
 
 admin_request!(LogsGet, "logs", "get", Viewer, LogPage);
 
 // === Workers and servers ===
 
+/// `worker.list`: live workers by app and id, a page at a time.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many (default 100, at most [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -487,7 +521,7 @@ admin_request!(
     "worker",
     "list",
     Viewer,
-    Vec<crate::message::WorkerSummary>
+    Page<crate::message::WorkerSummary>
 );
 admin_request!(ServerList, "server", "list", Viewer, Vec<ServerInfo>);
 

@@ -372,9 +372,14 @@ pub enum RemoteCall {
     JobRun(crate::admin::JobRun),
     InstanceStop(crate::admin::InstanceId),
     InstanceRetry(crate::admin::InstanceId),
-    /// The live workers the owner knows, of one app or of every app it owns.
+    /// The live workers the owner knows, of one app or of every app it owns: a page of them,
+    /// after `after` (a worker cursor), at most `limit`.
     WorkerList {
         app_id: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default)]
+        limit: u64,
     },
 }
 
@@ -389,6 +394,13 @@ mod remote_call_tests {
         assert_eq!(json, r#"{"call":"instance_stop","id":4}"#);
         assert_eq!(serde_json::from_str::<RemoteCall>(&json).unwrap(), call);
         let list: RemoteCall = serde_json::from_str(r#"{"call":"worker_list"}"#).unwrap();
-        assert_eq!(list, RemoteCall::WorkerList { app_id: None });
+        assert_eq!(
+            list,
+            RemoteCall::WorkerList {
+                app_id: None,
+                after: None,
+                limit: 0
+            }
+        );
     }
 }

@@ -186,10 +186,11 @@ impl Deployment {
                 let list = admin
                     .call(&WorkerList {
                         app: Some(app.clone()),
+                        ..Default::default()
                     })
                     .await
                     .ok()?;
-                list.iter().any(|w| w.worker_id == id).then_some(())
+                list.items.iter().any(|w| w.worker_id == id).then_some(())
             },
         )
         .await;
@@ -217,16 +218,26 @@ impl Deployment {
         Ok(self.admin.call(&run).await?.instance_id)
     }
 
-    /// A job's instances, newest first (up to 1,000).
+    /// All of a job's instances, newest first (every page).
     pub async fn instances_of(&self, job_id: i64) -> anyhow::Result<Vec<InstanceInfo>> {
-        Ok(self
-            .admin
-            .call(&InstanceList {
-                job_id: Some(job_id),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await?)
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .admin
+                .call(&InstanceList {
+                    job_id: Some(job_id),
+                    limit: Some(MAX_PAGE),
+                    after,
+                    ..Default::default()
+                })
+                .await?;
+            all.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     pub async fn instance(&self, id: i64) -> anyhow::Result<InstanceInfo> {

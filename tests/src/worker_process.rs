@@ -104,13 +104,14 @@ impl WorkerProcess {
             let last_error = match admin
                 .call(&WorkerList {
                     app: Some(self.app.clone()),
+                    ..Default::default()
                 })
                 .await
             {
-                Ok(list) if list.iter().any(|w| w.worker_id == self.id) => return Ok(()),
+                Ok(list) if list.items.iter().any(|w| w.worker_id == self.id) => return Ok(()),
                 Ok(list) => format!(
                     "listed workers: {:?}",
-                    list.iter().map(|w| &w.worker_id).collect::<Vec<_>>()
+                    list.items.iter().map(|w| &w.worker_id).collect::<Vec<_>>()
                 ),
                 Err(e) => e.to_string(),
             };

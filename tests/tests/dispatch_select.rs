@@ -42,8 +42,10 @@ async fn workers(d: &Deployment, app: &str) -> anyhow::Result<Vec<WorkerSummary>
     Ok(d.admin
         .call(&WorkerList {
             app: Some(app.to_owned()),
+            ..Default::default()
         })
-        .await?)
+        .await?
+        .items)
 }
 
 /// Asserts that every instance succeeded on `worker` at its first dispatch.

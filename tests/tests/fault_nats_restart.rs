@@ -79,7 +79,8 @@ async fn running_work_survives_a_nats_restart() -> anyhow::Result<()> {
                     ..Default::default()
                 })
                 .await
-                .ok()?;
+                .ok()?
+                .items;
             let after = list
                 .iter()
                 .filter(|i| i.expected_trigger_time_ms.is_some_and(|t| t > restarted_at))

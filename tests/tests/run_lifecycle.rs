@@ -135,9 +135,11 @@ async fn wait_worker_idle(d: &Deployment, app: &str, worker_id: &str) {
                 .admin
                 .call(&WorkerList {
                     app: Some(app.to_owned()),
+                    ..Default::default()
                 })
                 .await
-                .ok()?;
+                .ok()?
+                .items;
             list.iter()
                 .any(|w| w.worker_id == worker_id && w.running == 0)
                 .then_some(())

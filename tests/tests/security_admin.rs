@@ -25,8 +25,15 @@ fn code<T: std::fmt::Debug>(result: Result<T, rota_client::ClientError>) -> Erro
 /// Everything an operator can see, to check that nothing changed.
 async fn state(d: &Deployment) -> anyhow::Result<String> {
     let apps = d.admin.call(&AppList {}).await?;
-    let jobs = d.admin.call(&JobList { app: None }).await?;
-    let instances = d.admin.call(&InstanceList::default()).await?;
+    let jobs = d
+        .admin
+        .call(&JobList {
+            app: None,
+            ..Default::default()
+        })
+        .await?
+        .items;
+    let instances = d.admin.call(&InstanceList::default()).await?.items;
     Ok(serde_json::to_string(&(apps, jobs, instances))?)
 }
 
@@ -93,7 +100,17 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
 
     // A viewer reads, and does nothing else.
     let viewer = d.client_with(&d.token(Role::Viewer, None).await?).await?;
-    assert_eq!(viewer.call(&JobList { app: None }).await?.len(), 2);
+    assert_eq!(
+        viewer
+            .call(&JobList {
+                app: None,
+                ..Default::default()
+            })
+            .await?
+            .items
+            .len(),
+        2
+    );
     viewer
         .call(&LogsGet {
             instance_id: inst_b,
@@ -120,8 +137,12 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
         .await?;
     operator.call(&run(job_a.id)).await?;
     let listed: Vec<String> = operator
-        .call(&JobList { app: None })
+        .call(&JobList {
+            app: None,
+            ..Default::default()
+        })
         .await?
+        .items
         .into_iter()
         .map(|j| j.spec.app)
         .collect();
@@ -134,7 +155,8 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
         code(
             operator
                 .call(&JobList {
-                    app: Some("b".into())
+                    app: Some("b".into()),
+                    ..Default::default()
                 })
                 .await
         ),
@@ -168,7 +190,7 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
         ),
         ErrorCode::Forbidden
     );
-    let listed_instances = operator.call(&InstanceList::default()).await?;
+    let listed_instances = operator.call(&InstanceList::default()).await?.items;
     assert!(
         listed_instances.iter().all(|i| i.job_id == job_a.id),
         "{listed_instances:?}"
@@ -177,7 +199,8 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
         code(
             operator
                 .call(&WorkerList {
-                    app: Some("b".into())
+                    app: Some("b".into()),
+                    ..Default::default()
                 })
                 .await
         ),

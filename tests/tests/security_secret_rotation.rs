@@ -50,9 +50,11 @@ async fn a_rotated_secret_reaches_running_workers_and_the_old_one_retires() -> a
             .admin
             .call(&WorkerList {
                 app: Some("app".into()),
+                ..Default::default()
             })
             .await
-            .ok()?;
+            .ok()?
+            .items;
         Some(list.into_iter().map(|w| w.worker_id).collect::<Vec<_>>())
     };
     wait::until("w-old to drop out", Duration::from_secs(20), || async {

@@ -211,8 +211,10 @@ async fn heartbeats_without_the_key_register_no_worker() -> anyhow::Result<()> {
         .admin
         .call(&rota_shared::admin::WorkerList {
             app: Some("app".into()),
+            ..Default::default()
         })
         .await?
+        .items
         .into_iter()
         .map(|w| w.worker_id)
         .collect();

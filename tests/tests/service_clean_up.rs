@@ -69,7 +69,8 @@ async fn finished_instances_past_retention_are_deleted_with_their_logs() -> anyh
             job_id: Some(slow.id),
             ..Default::default()
         })
-        .await?;
+        .await?
+        .items;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].status, InstanceStatus::Running);
 

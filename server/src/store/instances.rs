@@ -128,6 +128,8 @@ pub struct InstanceFilter {
     pub app_id: Option<i64>,
     pub job_id: Option<i64>,
     pub status: Option<InstanceStatus>,
+    /// Only instances older (with a smaller id) than this one: the next page, newest first.
+    pub before_id: Option<i64>,
     pub limit: u64,
 }
 
@@ -313,6 +315,9 @@ impl Store {
         }
         if let Some(status) = f.status {
             q = q.filter(instance::Column::Status.eq(status.code()));
+        }
+        if let Some(before) = f.before_id {
+            q = q.filter(instance::Column::Id.lt(before));
         }
         Ok(q.limit(f.limit).all(self.conn()).await?)
     }

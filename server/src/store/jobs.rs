@@ -230,12 +230,22 @@ impl Store {
             .collect()
     }
 
-    pub async fn list_jobs(&self, app_id: Option<i64>) -> StoreResult<Vec<Job>> {
+    /// Jobs in id order: of one app or all, after `after_id`, at most `limit`.
+    pub async fn list_jobs(
+        &self,
+        app_id: Option<i64>,
+        after_id: Option<i64>,
+        limit: u64,
+    ) -> StoreResult<Vec<Job>> {
         let mut q = job::Entity::find().order_by_asc(job::Column::Id);
         if let Some(app_id) = app_id {
             q = q.filter(job::Column::AppId.eq(app_id));
         }
-        q.all(self.conn())
+        if let Some(after) = after_id {
+            q = q.filter(job::Column::Id.gt(after));
+        }
+        q.limit(limit)
+            .all(self.conn())
             .await?
             .into_iter()
             .map(Job::from_model)
