@@ -12,6 +12,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_initial;
 mod m20261121_000002_job_misfire;
 mod m20261202_000001_security;
+mod m20261202_000002_long_text_on_mysql;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_initial::Migration),
             Box::new(m20261121_000002_job_misfire::Migration),
             Box::new(m20261202_000001_security::Migration),
+            Box::new(m20261202_000002_long_text_on_mysql::Migration),
         ]
     }
 }

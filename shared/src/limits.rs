@@ -27,8 +27,9 @@ pub const MAX_RESULT_BYTES: usize = 16 * 1024;
 pub const MAX_LOG_LINE_BYTES: usize = 32 * 1024;
 /// Log lines in one batch.
 pub const MAX_LOG_LINES: usize = 10_000;
-/// A job's processor configuration (a script, an HTTP request).
-pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+/// A job's processor configuration (a script, an HTTP request). The `shell` processor hands
+/// the script to `sh -c` as one argument, and Linux takes no argument longer than 128 KiB.
+pub const MAX_CONFIG_BYTES: usize = 120 * 1024;
 /// A job's or an instance's parameters.
 pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 pub const MAX_DESCRIPTION_BYTES: usize = 4 * 1024;

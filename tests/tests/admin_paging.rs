@@ -53,10 +53,10 @@ async fn jobs_instances_and_workers_are_listed_whole_a_page_at_a_time() -> anyho
     let ids: Vec<i64> = listed.iter().map(|j| j.id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "not in order");
 
-    // Jobs with 200 kB scripts: a page stops where its reply would be too large for NATS.
-    let big: Vec<Job> = (0..12)
+    // Jobs with 110 kB scripts: a page stops where its reply would be too large for NATS.
+    let big: Vec<Job> = (0..20)
         .map(|i| {
-            let script = format!("echo {}", "x".repeat(200_000));
+            let script = format!("echo {}", "x".repeat(110_000));
             Job::from_spec(&shell_job("app", &format!("big{i}"), &script), app.id, now)
         })
         .collect();
@@ -71,10 +71,10 @@ async fn jobs_instances_and_workers_are_listed_whole_a_page_at_a_time() -> anyho
             .await?)
     })
     .await?;
-    assert_eq!(listed.len(), 262);
+    assert_eq!(listed.len(), 270);
     assert!(
         pages >= 3,
-        "12 scripts of 200 kB need several 1 MB replies, got {pages} page(s)"
+        "20 scripts of 110 kB need several 1 MB replies, got {pages} page(s)"
     );
 
     // Instances, newest first, 50 a page by default.

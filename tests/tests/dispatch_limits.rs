@@ -35,3 +35,42 @@ async fn a_dispatch_over_the_nats_max_payload_fails_the_instance() -> anyhow::Re
     d.shutdown().await;
     Ok(())
 }
+
+/// A job at Rota's documented limits (a 120 KiB script, 64 KiB of job parameters, 64 KiB of run
+/// parameters) is stored and runs, on every database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_at_the_documented_limits_is_stored_and_runs() -> anyhow::Result<()> {
+    use rota_shared::limits::{MAX_CONFIG_BYTES, MAX_PARAMS_BYTES};
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
+        .await?;
+    let script_head = "echo \"params ${#ROTA_JOB_PARAMS} ${#ROTA_INSTANCE_PARAMS}\"\n#";
+    let script = format!(
+        "{script_head}{}",
+        "x".repeat(MAX_CONFIG_BYTES - script_head.len())
+    );
+    let mut spec = shell_job("app", "largest", &script);
+    spec.params = Some("p".repeat(MAX_PARAMS_BYTES));
+    let job = d.create_job(spec).await?;
+    assert_eq!(job.spec.config.len(), MAX_CONFIG_BYTES);
+    let run = rota_shared::admin::JobRun {
+        id: job.id,
+        params: Some("q".repeat(MAX_PARAMS_BYTES)),
+        delay_ms: 0,
+    };
+    let id = d.admin.call(&run).await?.instance_id;
+    let done = d.wait_terminal(id, Duration::from_secs(15)).await;
+    assert_eq!(done.status, InstanceStatus::Succeeded, "{:?}", done.result);
+    assert_eq!(
+        done.result.as_deref(),
+        Some(format!("params {MAX_PARAMS_BYTES} {MAX_PARAMS_BYTES}").as_str())
+    );
+    // One byte more is refused with a reason, not stored.
+    let mut over = shell_job("app", "over", &"x".repeat(MAX_CONFIG_BYTES + 1));
+    over.params = None;
+    let refused = d.create_job(over).await.unwrap_err().to_string();
+    assert!(refused.contains("INVALID_ARGUMENT"), "{refused}");
+    d.shutdown().await;
+    Ok(())
+}
