@@ -190,8 +190,15 @@ async fn apply_batch(core: &Core, batch: &mut [Pending]) {
     let verdicts = match decide_and_write(core, batch).await {
         Ok(v) => v,
         Err(e) => {
-            tracing::warn!(error = %e, "could not apply status reports; workers will resend");
-            let err = ErrorBody::new(ErrorCode::Unavailable, format!("reports not stored: {e}"));
+            // The code tells the workers whether to send them again: for as long as it takes
+            // while the database is away; otherwise a few times (INTERNAL), since the batch
+            // failed as a whole and each report may fare better in another batch.
+            let code = match e.code() {
+                ErrorCode::Unavailable => ErrorCode::Unavailable,
+                _ => ErrorCode::Internal,
+            };
+            tracing::warn!(error = %e, %code, "could not apply status reports");
+            let err = ErrorBody::new(code, format!("reports not stored: {e}"));
             batch.iter().map(|_| Err(err.clone())).collect()
         }
     };

@@ -63,6 +63,43 @@ impl ErrorCode {
             Self::Unknown => "UNKNOWN",
         }
     }
+
+    /// Whether the same request can succeed if it is sent again unchanged: the one
+    /// classification every retry loop uses.
+    pub fn retry(self) -> Retry {
+        match self {
+            // The server is away, not the owner, or cannot reach its database now; another
+            // server may answer, or this one later. An unauthorized answer is counted here
+            // because it is what a worker hears from a server that has not yet loaded a rotated
+            // key, and it asks discovery again before the next try.
+            Self::Unavailable | Self::NotOwner | Self::Unauthorized => Retry::Transient,
+            // The request itself is wrong, or what it concerns is gone or settled: the same
+            // bytes get the same answer forever.
+            Self::BadRequest
+            | Self::PayloadTooLarge
+            | Self::UnsupportedVersion
+            | Self::InvalidArgument
+            | Self::Forbidden
+            | Self::NotFound
+            | Self::AlreadyExists
+            | Self::Conflict
+            | Self::Unsupported => Retry::Permanent,
+            // A server bug, a refusal of the moment, or a code this version does not know:
+            // worth a few more tries, not an endless loop.
+            Self::Internal | Self::Rejected | Self::NoWorker | Self::Unknown => Retry::Unclear,
+        }
+    }
+}
+
+/// How a failed request may be retried; see [`ErrorCode::retry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Send it again, for as long as it takes, with a growing pause.
+    Transient,
+    /// Send it again a few times; then give up and say why.
+    Unclear,
+    /// Never send it again: the answer will not change.
+    Permanent,
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -19,7 +19,7 @@ pub mod schedule;
 pub mod status;
 pub mod subject;
 
-pub use envelope::{ErrorBody, ErrorCode, Reply};
+pub use envelope::{ErrorBody, ErrorCode, Reply, Retry};
 pub use status::InstanceStatus;
 pub use subject::Subjects;
 

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rota_shared::InstanceStatus;
 use rota_shared::admin::*;
 use rota_shared::schedule::Schedule;
+use rota_shared::{ErrorCode, InstanceStatus};
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::db::Backend;
 use rota_tests::proxy::TcpProxy;
@@ -159,6 +159,16 @@ async fn database_outage_of_ten_seconds() -> anyhow::Result<()> {
     let not_ready_after = not_ready_after.unwrap_or_else(|| {
         panic!("s1 never said it was not ready during the {OUTAGE:?} outage ({polls} polls)")
     });
+    // A request that needs the database is answered UNAVAILABLE (which senders retry), not
+    // INTERNAL (which they give up on after a few tries).
+    let err = d
+        .admin
+        .at_server("s1")
+        .with_timeout(Duration::from_secs(10))
+        .call(&JobList::default())
+        .await
+        .expect_err("the database is away");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
     assert!(
         not_ready_after <= Duration::from_secs(5),
         "s1 took {} ms to notice the database was gone",

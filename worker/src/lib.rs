@@ -47,6 +47,7 @@ mod logs;
 mod metrics;
 mod processor;
 mod reporter;
+mod retry;
 mod tracker;
 mod worker;
 

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
+use crate::retry::{Next, Policy, Retrier};
 
 /// How long a request to a server may take before the server counts as gone.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,10 +42,15 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// tracker and the log flusher noticing the same dead server) asks discovery once.
 const MIN_REACQUIRE_SPACING: Duration = Duration::from_millis(250);
 
-/// How often, and how far apart, the first acquire is tried before `start` gives up: servers
-/// that start together with the worker may need a moment to subscribe.
-const START_ACQUIRE_ATTEMPTS: u32 = 4;
-const START_ACQUIRE_PAUSE: Duration = Duration::from_millis(500);
+/// How the first discovery is retried before `start` gives up: a few times while no server
+/// answers yet (servers that start together with the worker may need a moment to subscribe);
+/// an unclear answer ends the start at once.
+const START_ACQUIRE_RETRY: Policy = Policy {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(2),
+    unclear_tries: 1,
+    transient_tries: Some(4),
+};
 
 /// The server that owns the worker's app, as discovery last answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,23 +252,30 @@ impl Link {
             worker_id: worker_id.clone(),
             current_server: None,
         };
-        let mut attempt = 1;
+        let mut retrier = Retrier::new(START_ACQUIRE_RETRY);
         let owner = loop {
             let result: Result<AcquireReply, CallError> = transport
                 .request(&subject, &req, REQUEST_TIMEOUT, Some(&keys.discovery))
                 .await
                 .map_err(CallError::from);
-            let transient = match &result {
-                Ok(_) => false,
-                Err(CallError::Remote(body)) => body.code == ErrorCode::Unavailable,
-                Err(
-                    CallError::NoResponders(_) | CallError::TimedOut(_) | CallError::Unverified(_),
-                ) => true,
-                Err(CallError::Transport(_)) => false,
+            let pause = match &result {
+                Ok(_) => None,
+                // Discovery re-reads the apps before it refuses a key, so its refusal is the
+                // deployment's answer: a wrong secret ends the start at once.
+                Err(CallError::Remote(body)) if body.code == ErrorCode::Unauthorized => None,
+                // A NATS connection that fails at start is a configuration error, said as such.
+                Err(CallError::Transport(_)) => None,
+                Err(e) => match retrier.failed(e) {
+                    Next::Pause(pause) => Some(pause),
+                    Next::GiveUp(_) => None,
+                },
             };
-            if transient && attempt < START_ACQUIRE_ATTEMPTS {
-                attempt += 1;
-                tokio::time::sleep(START_ACQUIRE_PAUSE).await;
+            if let Some(pause) = pause {
+                debug!(
+                    tries = retrier.tries(),
+                    "discovery not answered yet; retrying"
+                );
+                tokio::time::sleep(pause).await;
                 continue;
             }
             break match result {

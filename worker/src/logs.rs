@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 use rota_shared::subject::ServerEndpoint as Endpoint;
 
 use crate::link::{CallError, Link, REQUEST_TIMEOUT};
+use crate::retry::{Next, Policy, Retrier};
 
 /// The longest line kept; longer text is cut, so that a single line always fits in a batch.
 pub(crate) const MAX_LINE_BYTES: usize = 32 * 1024;
@@ -36,14 +37,15 @@ pub(crate) const MAX_LINE_BYTES: usize = 32 * 1024;
 /// The most JSON a batch's lines may take, well below `rota_shared::MAX_PAYLOAD_BYTES`.
 pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// The pause after the first failed try of a batch; it doubles up to [`MAX_RETRY_PAUSE`].
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(200);
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
-
-/// How often a batch refused for a reason that is neither an outage nor a fault of the batch
-/// (an `INTERNAL` answer, say) is tried before it is dropped: such a refusal may never end, and
-/// a batch that is never stored would hold the whole buffer up.
-const ODD_REFUSAL_TRIES: u32 = 5;
+/// How a batch is sent again: for as long as the server is away; a few times on an unclear
+/// answer (an `INTERNAL` one, say), which may never end, while a batch that is never stored
+/// would hold the whole buffer up; never on an answer that cannot change.
+const BATCH_RETRY: Policy = Policy {
+    first: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+    unclear_tries: 5,
+    transient_tries: None,
+};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under this lock is a handful of assignments that cannot panic half-way, so a
@@ -222,35 +224,6 @@ impl BatchSender for Link {
     }
 }
 
-/// What to do about a batch the server did not store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    /// The server is gone, is not the owner, or cannot store now: send it again, for as long
-    /// as it takes.
-    Outage,
-    /// The batch itself is unacceptable: sending it again cannot help.
-    Hopeless,
-    /// Anything else: a few more tries.
-    Odd,
-}
-
-fn refusal(error: &CallError) -> Refusal {
-    match error {
-        CallError::NoResponders(_)
-        | CallError::TimedOut(_)
-        | CallError::Unverified(_)
-        | CallError::Transport(_) => Refusal::Outage,
-        CallError::Remote(body) => match body.code {
-            ErrorCode::NotOwner | ErrorCode::Unavailable => Refusal::Outage,
-            ErrorCode::BadRequest
-            | ErrorCode::PayloadTooLarge
-            | ErrorCode::InvalidArgument
-            | ErrorCode::UnsupportedVersion => Refusal::Hopeless,
-            _ => Refusal::Odd,
-        },
-    }
-}
-
 /// The task that sends log batches.
 pub(crate) struct LogFlusher<S> {
     sender: Arc<S>,
@@ -325,11 +298,8 @@ impl<S: BatchSender> LogFlusher<S> {
     /// lines are then counted as dropped).
     async fn deliver(&mut self, lines: Vec<LogLine>) {
         let mut batch = self.batch(lines, 0);
-        let mut pause = FIRST_RETRY_PAUSE;
-        let mut tries: u32 = 0;
-        let mut odd_refusals: u32 = 0;
+        let mut retrier = Retrier::new(BATCH_RETRY);
         loop {
-            tries += 1;
             // Every try tells the drops up to now, so that they are reported without waiting for
             // the outage to end and the next batch to go.
             let dropped_total = self.sink.dropped();
@@ -337,35 +307,41 @@ impl<S: BatchSender> LogFlusher<S> {
             let error = match self.sender.send(&batch).await {
                 Ok(()) => {
                     self.reported_dropped = dropped_total;
-                    if tries > 1 {
-                        debug!(tries, "log batch stored after retrying");
+                    if retrier.tries() > 0 {
+                        debug!(
+                            tries = retrier.tries() + 1,
+                            "log batch stored after retrying"
+                        );
                     }
                     return;
                 }
                 Err(e) => e,
             };
-            let kind = refusal(&error);
-            if kind == Refusal::Odd {
-                odd_refusals += 1;
-            }
-            if kind == Refusal::Hopeless || odd_refusals >= ODD_REFUSAL_TRIES {
-                let lost = batch.lines.len() as u64;
-                self.sink.shared.dropped.fetch_add(lost, Ordering::Relaxed);
-                warn!(lines = lost, tries, "dropped a log batch: {error}");
-                return;
-            }
+            let pause = match retrier.failed(&error) {
+                Next::GiveUp(why) => {
+                    let lost = batch.lines.len() as u64;
+                    self.sink.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                    warn!(
+                        lines = lost,
+                        tries = retrier.tries(),
+                        "dropped a log batch, {why}: {error}"
+                    );
+                    return;
+                }
+                Next::Pause(pause) => pause,
+            };
             if matches!(&error, CallError::Remote(body) if body.code == ErrorCode::Unavailable) {
                 // The server cannot store now; another may have taken the app over, or will.
                 self.sender.reacquire();
             }
-            if tries == 1 || tries.is_multiple_of(10) {
+            if retrier.worth_logging() {
                 warn!(
                     lines = batch.lines.len(),
-                    tries, "log batch not stored: {error}; keeping it and retrying"
+                    tries = retrier.tries(),
+                    "log batch not stored: {error}; keeping it and retrying"
                 );
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
     }
 }
@@ -437,27 +413,6 @@ mod tests {
         assert_eq!(sink.try_recv().unwrap().text, "0");
         assert_eq!(sink.try_recv().unwrap().text, "1");
         assert!(sink.try_recv().is_none());
-    }
-
-    #[test]
-    fn refusals_are_sorted() {
-        let remote = |code| CallError::Remote(rota_shared::ErrorBody::new(code, "x"));
-        assert_eq!(
-            refusal(&CallError::NoResponders("s".into())),
-            Refusal::Outage
-        );
-        assert_eq!(refusal(&CallError::TimedOut("s".into())), Refusal::Outage);
-        assert_eq!(refusal(&remote(ErrorCode::Unavailable)), Refusal::Outage);
-        assert_eq!(refusal(&remote(ErrorCode::NotOwner)), Refusal::Outage);
-        assert_eq!(
-            refusal(&remote(ErrorCode::PayloadTooLarge)),
-            Refusal::Hopeless
-        );
-        assert_eq!(
-            refusal(&remote(ErrorCode::InvalidArgument)),
-            Refusal::Hopeless
-        );
-        assert_eq!(refusal(&remote(ErrorCode::Internal)), Refusal::Odd);
     }
 
     /// A log store that refuses with `error` until `down_until`, then stores.
@@ -598,7 +553,7 @@ mod tests {
         assert_eq!(sink.dropped(), 1);
         assert_eq!(
             store.tries.load(Ordering::Relaxed),
-            u64::from(ODD_REFUSAL_TRIES)
+            u64::from(BATCH_RETRY.unclear_tries)
         );
     }
 }

@@ -12,8 +12,8 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rota_shared::InstanceStatus;
 use rota_shared::message::{DispatchRequest, Frequent, LogLevel, LogLine, StatusReport};
-use rota_shared::{ErrorCode, InstanceStatus};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
@@ -24,8 +24,8 @@ use crate::frequent::{FrequentEnd, FrequentRunner, ProgressSink};
 use crate::instances::{InstanceState, StopCause};
 use rota_shared::subject::ServerEndpoint as Endpoint;
 
-use crate::link::CallError;
 use crate::processor::{ProcessResult, Processor};
+use crate::retry::{Next, Policy, Retrier};
 
 /// How long a cancelled processor gets to end, beyond the shell's kill grace, before its task
 /// is dropped.
@@ -34,8 +34,14 @@ const CANCEL_SLACK: Duration = Duration::from_secs(2);
 /// How long the tracker waits for the instance's log to be sent before its terminal report.
 const LOG_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How a terminal report is sent again: for as long as the server is away, a few times on an
+/// unclear answer (a server bug), never on one that cannot change.
+const REPORT_RETRY: Policy = Policy {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    unclear_tries: 5,
+    transient_tries: None,
+};
 
 /// The longest result message sent, so that a processor's huge message cannot make the terminal
 /// report too large to be accepted.
@@ -113,20 +119,6 @@ pub(crate) fn cap_result(mut text: String) -> String {
         text.truncate(end);
     }
     text
-}
-
-/// Whether a terminal report refused with this error can never be accepted as it is.
-fn hopeless(error: &CallError) -> bool {
-    matches!(
-        error,
-        CallError::Remote(body) if matches!(
-            body.code,
-            ErrorCode::BadRequest
-                | ErrorCode::PayloadTooLarge
-                | ErrorCode::InvalidArgument
-                | ErrorCode::UnsupportedVersion
-        )
-    )
 }
 
 struct Tracker {
@@ -422,34 +414,39 @@ impl Tracker {
     async fn send_terminal(&self, report: StatusReport) {
         // Every try carries the same report: it is one report, and a server that applied it but
         // whose answer was lost recognises the repeat by its sequence number.
-        let mut backoff = FIRST_BACKOFF;
-        let mut tries: u32 = 0;
+        let mut retrier = Retrier::new(REPORT_RETRY);
         loop {
-            tries += 1;
-            match self.agent.reporter.send(report.clone()).await {
+            let error = match self.agent.reporter.send(report.clone()).await {
                 Ok(_) => {
                     debug!(
                         instance = self.req.instance_id,
-                        tries, "terminal report acknowledged"
+                        tries = retrier.tries() + 1,
+                        "terminal report acknowledged"
                     );
                     return;
                 }
-                Err(e) if hopeless(&e) => {
+                Err(e) => e,
+            };
+            match retrier.failed(&error) {
+                Next::GiveUp(why) => {
+                    // The server settles the instance without it: its reconcile loop ends a run
+                    // that sends no report for `report_timeout`.
                     warn!(
                         instance = self.req.instance_id,
-                        "terminal report refused, giving up: {e}"
+                        tries = retrier.tries(),
+                        "terminal report given up, {why}: {error}"
                     );
                     return;
                 }
-                Err(e) => {
-                    if tries == 1 || tries.is_multiple_of(10) {
+                Next::Pause(pause) => {
+                    if retrier.worth_logging() {
                         warn!(
                             instance = self.req.instance_id,
-                            tries, "terminal report not acknowledged: {e}; retrying"
+                            tries = retrier.tries(),
+                            "terminal report not acknowledged: {error}; retrying"
                         );
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -459,7 +456,6 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rota_shared::ErrorBody;
 
     #[test]
     fn verdicts() {
@@ -507,16 +503,10 @@ mod tests {
     }
 
     #[test]
-    fn results_are_capped_and_bad_requests_are_not_retried() {
+    fn results_are_capped() {
         let long = "ü".repeat(MAX_RESULT_BYTES);
         let capped = cap_result(long);
         assert!(capped.len() <= MAX_RESULT_BYTES);
         assert_eq!(cap_result("short".to_owned()), "short");
-        assert!(hopeless(&CallError::Remote(ErrorBody::bad_request("x"))));
-        assert!(!hopeless(&CallError::Remote(ErrorBody::new(
-            ErrorCode::NotOwner,
-            "x"
-        ))));
-        assert!(!hopeless(&CallError::TimedOut("s".to_owned())));
     }
 }

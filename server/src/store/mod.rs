@@ -8,6 +8,7 @@ pub mod entity;
 
 pub mod apps;
 mod bulk;
+mod error;
 mod instances;
 mod jobs;
 mod logs;
@@ -15,6 +16,7 @@ mod secrets;
 mod servers;
 
 pub use apps::AppKey;
+pub use error::{StoreError, StoreResult};
 pub use instances::{
     FirePlan, Handover, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance, rule_state,
 };
@@ -24,50 +26,11 @@ pub use secrets::StoredToken;
 use std::time::Duration;
 
 use rota_migrations::{Migrator, MigratorTrait};
-use rota_shared::{ErrorBody, ErrorCode};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr,
-    SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
-use thiserror::Error;
-
-/// What went wrong in a storage operation, so that callers can answer with the right code.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    #[error("database: {0}")]
-    Db(#[from] DbErr),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl StoreError {
-    /// A unique-constraint violation becomes `AlreadyExists(what)`.
-    fn from_insert(err: DbErr, what: impl Into<String>) -> Self {
-        match err.sql_err() {
-            Some(SqlErr::UniqueConstraintViolation(_)) => Self::AlreadyExists(what.into()),
-            _ => Self::Db(err),
-        }
-    }
-}
-
-impl From<StoreError> for ErrorBody {
-    fn from(err: StoreError) -> Self {
-        let code = match &err {
-            StoreError::NotFound(_) => ErrorCode::NotFound,
-            StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
-            StoreError::Db(_) => ErrorCode::Unavailable,
-            StoreError::Corrupt(_) => ErrorCode::Internal,
-        };
-        ErrorBody::new(code, err.to_string())
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The database behind a server.
 #[derive(Clone, Debug)]
