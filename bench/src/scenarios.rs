@@ -140,17 +140,14 @@ async fn wait_all_terminal(
     store: &Store,
     ids: &[i64],
     timeout: Duration,
-) -> anyhow::Result<Vec<rota_server::store::entity::instance::Model>> {
+) -> anyhow::Result<Vec<rota_shared::Instance>> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut all = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(5_000) {
             all.extend(store.instances_by_ids(chunk).await?);
         }
-        let done = all
-            .iter()
-            .filter(|m| InstanceStatus::from_code(m.status).is_some_and(|s| s.is_terminal()))
-            .count();
+        let done = all.iter().filter(|m| m.status.is_terminal()).count();
         if done == ids.len() {
             return Ok(all);
         }
@@ -237,7 +234,7 @@ pub async fn latency(env: &Env, rate: u32, seconds: u64, warmup: u64) -> anyhow:
     }
     let succeeded = done
         .iter()
-        .filter(|m| m.status == InstanceStatus::Succeeded.code())
+        .filter(|m| m.status == InstanceStatus::Succeeded)
         .count();
     stand.stop().await;
     Ok(json!({
@@ -310,7 +307,7 @@ pub async fn throughput(env: &Env, seconds: u64, in_flight: usize) -> anyhow::Re
     let elapsed_s = (last_ms * 1000 - began_us) as f64 / 1e6;
     let succeeded = done
         .iter()
-        .filter(|m| m.status == InstanceStatus::Succeeded.code())
+        .filter(|m| m.status == InstanceStatus::Succeeded)
         .count();
     stand.stop().await;
     Ok(json!({

@@ -424,16 +424,16 @@ pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Resu
                 .iter()
                 .map(|i| {
                     vec![
-                        i.id.to_string(),
-                        i.job_id.to_string(),
+                        i.instance.id.to_string(),
+                        i.instance.job_id.to_string(),
                         i.job_name.clone(),
-                        i.status.to_string(),
-                        i.trigger.clone(),
-                        i.runs.to_string(),
-                        opt(i.worker_id.as_deref()),
-                        time(i.started_at_ms),
-                        time(i.finished_at_ms),
-                        opt(i.result.as_deref()),
+                        i.instance.status.to_string(),
+                        i.instance.trigger.to_string(),
+                        i.instance.runs.to_string(),
+                        opt(i.instance.worker_id.as_deref()),
+                        time(i.instance.started_at_ms),
+                        time(i.instance.finished_at_ms),
+                        opt(i.instance.result.as_deref()),
                     ]
                 })
                 .collect::<Vec<_>>();
@@ -474,20 +474,26 @@ fn show_instance(settings: &Settings, i: &InstanceInfo) -> anyhow::Result<()> {
         return print_json(i);
     }
     let rows = vec![
-        vec!["id".into(), i.id.to_string()],
-        vec!["job".into(), format!("{} ({})", i.job_id, i.job_name)],
-        vec!["status".into(), i.status.to_string()],
-        vec!["trigger".into(), i.trigger.clone()],
-        vec!["expected fire".into(), time(i.expected_trigger_time_ms)],
-        vec!["params".into(), opt(i.instance_params.as_deref())],
-        vec!["attempt".into(), i.attempt.to_string()],
-        vec!["runs".into(), i.runs.to_string()],
-        vec!["worker".into(), opt(i.worker_id.as_deref())],
-        vec!["result".into(), opt(i.result.as_deref())],
-        vec!["created".into(), time(Some(i.created_at_ms))],
-        vec!["started".into(), time(i.started_at_ms)],
-        vec!["finished".into(), time(i.finished_at_ms)],
-        vec!["due".into(), time(i.due_at_ms)],
+        vec!["id".into(), i.instance.id.to_string()],
+        vec![
+            "job".into(),
+            format!("{} ({})", i.instance.job_id, i.job_name),
+        ],
+        vec!["status".into(), i.instance.status.to_string()],
+        vec!["trigger".into(), i.instance.trigger.to_string()],
+        vec![
+            "expected fire".into(),
+            time(i.instance.expected_trigger_time_ms),
+        ],
+        vec!["params".into(), opt(i.instance.instance_params.as_deref())],
+        vec!["attempt".into(), i.instance.attempt.to_string()],
+        vec!["runs".into(), i.instance.runs.to_string()],
+        vec!["worker".into(), opt(i.instance.worker_id.as_deref())],
+        vec!["result".into(), opt(i.instance.result.as_deref())],
+        vec!["created".into(), time(Some(i.instance.created_at_ms))],
+        vec!["started".into(), time(i.instance.started_at_ms)],
+        vec!["finished".into(), time(i.instance.finished_at_ms)],
+        vec!["due".into(), time(i.instance.due_at_ms)],
     ];
     println!("{}", render(&["FIELD", "VALUE"], &rows));
     Ok(())
@@ -518,7 +524,7 @@ pub async fn logs(settings: &Settings, args: LogsArgs) -> anyhow::Result<()> {
                 println!(
                     "{} {:<5} {}",
                     time(Some(l.ts_ms)),
-                    safe(&l.level),
+                    l.level.as_str(),
                     safe(&l.text)
                 );
             }

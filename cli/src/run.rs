@@ -316,28 +316,30 @@ async fn follow_demo(admin: &AdminClient, job_id: i64, runs: Option<u32>) -> any
         let mut done: Vec<&InstanceInfo> = list
             .iter()
             .filter(|i| {
-                i.status.is_terminal() && i.created_at_ms >= started && !shown.contains(&i.id)
+                i.instance.status.is_terminal()
+                    && i.instance.created_at_ms >= started
+                    && !shown.contains(&i.instance.id)
             })
             .collect();
-        done.sort_by_key(|i| i.id);
+        done.sort_by_key(|i| i.instance.id);
         for i in done {
-            shown.insert(i.id);
+            shown.insert(i.instance.id);
             println!(
                 "instance {} {} (fire {}, result: {})",
-                i.id,
-                i.status,
-                time(i.expected_trigger_time_ms),
-                safe(i.result.as_deref().unwrap_or("-"))
+                i.instance.id,
+                i.instance.status,
+                time(i.instance.expected_trigger_time_ms),
+                safe(i.instance.result.as_deref().unwrap_or("-"))
             );
             let page = admin
                 .call(&LogsGet {
-                    instance_id: i.id,
+                    instance_id: i.instance.id,
                     after_id: 0,
                     limit: Some(100),
                 })
                 .await?;
             for l in page.lines {
-                println!("    {} {}", safe(&l.level), safe(&l.text));
+                println!("    {} {}", l.level.as_str(), safe(&l.text));
             }
             if runs.is_some_and(|n| shown.len() >= n as usize) {
                 return Ok(());

@@ -106,11 +106,11 @@ async fn cron_job_output_shows_in_rota_logs() -> anyhow::Result<()> {
     .await;
     ok(&d, &["job", "disable", &id]).await;
     for i in &done {
-        let logs = ok(&d, &["logs", &i.id.to_string()]).await;
+        let logs = ok(&d, &["logs", &i.instance.id.to_string()]).await;
         assert!(
-            logs.contains(&format!("tick {}", i.id)),
+            logs.contains(&format!("tick {}", i.instance.id)),
             "rota logs {} does not show the run's output: {logs}",
-            i.id
+            i.instance.id
         );
     }
     // The human table lists the job with its schedule.
@@ -148,13 +148,18 @@ async fn job_run_parameters_reach_the_processor_and_the_result_shows() -> anyhow
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected output of job run: {out:?}"));
     wait::until("the run to finish", Duration::from_secs(15), || async {
-        show(&d, id).await.status.is_terminal().then_some(())
+        show(&d, id)
+            .await
+            .instance
+            .status
+            .is_terminal()
+            .then_some(())
     })
     .await;
     let inst = show(&d, id).await;
-    assert_eq!(inst.status, InstanceStatus::Succeeded);
-    assert_eq!(inst.instance_params.as_deref(), Some("color=blue"));
-    assert_eq!(inst.result.as_deref(), Some("got color=blue"));
+    assert_eq!(inst.instance.status, InstanceStatus::Succeeded);
+    assert_eq!(inst.instance.instance_params.as_deref(), Some("color=blue"));
+    assert_eq!(inst.instance.result.as_deref(), Some("got color=blue"));
     let table = ok(&d, &["instance", "show", &id.to_string()]).await;
     assert!(
         table.contains("got color=blue") && table.contains("SUCCEEDED"),
@@ -194,7 +199,8 @@ async fn instance_stop_kills_the_process_group() -> anyhow::Result<()> {
         "the instance to be RUNNING",
         Duration::from_secs(10),
         || async {
-            (show(&d, id.parse().ok()?).await.status == InstanceStatus::Running).then_some(())
+            (show(&d, id.parse().ok()?).await.instance.status == InstanceStatus::Running)
+                .then_some(())
         },
     )
     .await;
@@ -202,7 +208,7 @@ async fn instance_stop_kills_the_process_group() -> anyhow::Result<()> {
 
     let stopped = ok(&d, &["--json", "instance", "stop", &id]).await;
     let stopped: InstanceInfo = serde_json::from_str(&stopped)?;
-    assert_eq!(stopped.status, InstanceStatus::Stopped);
+    assert_eq!(stopped.instance.status, InstanceStatus::Stopped);
     wait::until(
         "the process group to be gone",
         Duration::from_secs(10),
@@ -210,7 +216,10 @@ async fn instance_stop_kills_the_process_group() -> anyhow::Result<()> {
     )
     .await;
     // The worker's own report of the stop came later and changed nothing.
-    assert_eq!(show(&d, stopped.id).await.status, InstanceStatus::Stopped);
+    assert_eq!(
+        show(&d, stopped.instance.id).await.instance.status,
+        InstanceStatus::Stopped
+    );
     let again = rota(&d, &["instance", "stop", &id]).await;
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("CONFLICT"), "{}", again.stderr);
@@ -377,10 +386,10 @@ async fn output_reads_well_for_people() -> anyhow::Result<()> {
     let done = wait::until(
         "the retried run to fail",
         Duration::from_secs(20),
-        || async { Some(show(&d, id).await).filter(|i| i.status.is_terminal()) },
+        || async { Some(show(&d, id).await).filter(|i| i.instance.status.is_terminal()) },
     )
     .await;
-    assert_eq!(done.runs, 2, "{done:?}");
+    assert_eq!(done.instance.runs, 2, "{done:?}");
     let logs = ok(&d, &["logs", &id.to_string()]).await;
     let headers: Vec<&str> = logs
         .lines()

@@ -172,7 +172,7 @@ async fn text_from_jobs_and_workers_is_shown_escaped() -> anyhow::Result<()> {
     let job = d.create_job(shell_job("app", "esc", script)).await?;
     let id = d.run(job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
     let token = d.token.reveal();
     let id = id.to_string();
 
@@ -195,7 +195,10 @@ async fn text_from_jobs_and_workers_is_shown_escaped() -> anyhow::Result<()> {
         "instance show --json",
     );
     let shown: InstanceInfo = serde_json::from_str(&json)?;
-    assert_eq!(shown.result.as_deref(), Some("\u{1b}[1mbold-result"));
+    assert_eq!(
+        shown.instance.result.as_deref(),
+        Some("\u{1b}[1mbold-result")
+    );
     d.shutdown().await;
     Ok(())
 }

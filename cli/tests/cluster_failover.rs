@@ -119,25 +119,29 @@ async fn admin_calls_to_a_non_owner_give_the_owners_result() -> anyhow::Result<(
         let id = run(&at, echo.id, Some(other)).await?;
         let done = d.wait_terminal(id, Duration::from_secs(15)).await;
         assert_eq!(
-            done.status,
+            done.instance.status,
             InstanceStatus::Succeeded,
             "run via {other}: {done:?}"
         );
-        assert_eq!(done.result.as_deref(), Some(*other));
+        assert_eq!(done.instance.result.as_deref(), Some(*other));
         let retried = at
             .call(&InstanceRetry(InstanceId { id }))
             .await?
             .instance_id;
         let again = d.wait_terminal(retried, Duration::from_secs(15)).await;
         assert_eq!(
-            (again.status, again.result.as_deref()),
+            (again.instance.status, again.instance.result.as_deref()),
             (InstanceStatus::Succeeded, Some(*other))
         );
         let long = run(&at, sleeper.id, None).await?;
         d.wait_status(long, InstanceStatus::Running, Duration::from_secs(15))
             .await;
         let stopped = at.call(&InstanceStop(InstanceId { id: long })).await?;
-        assert_eq!(stopped.status, InstanceStatus::Stopped, "stop via {other}");
+        assert_eq!(
+            stopped.instance.status,
+            InstanceStatus::Stopped,
+            "stop via {other}"
+        );
         // Database-backed calls: the same data from any server.
         assert_eq!(at.call(&AppList {}).await?, expected_apps);
         assert_eq!(
@@ -186,7 +190,11 @@ async fn succeeded_fires_after(
         .items;
     Ok(list
         .iter()
-        .filter(|i| i.expected_trigger_time_ms.is_some_and(|t| t >= after_ms))
+        .filter(|i| {
+            i.instance
+                .expected_trigger_time_ms
+                .is_some_and(|t| t >= after_ms)
+        })
         .count())
 }
 
@@ -290,11 +298,19 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
     .await;
     // The long run's terminal report reached the new owner: it ends as it really ended.
     let done = d.wait_terminal(long_id, Duration::from_secs(20)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.result.as_deref(), Some("long-done"));
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.result.as_deref(), Some("long-done"));
     assert_eq!(
-        (done.attempt, done.runs, done.worker_id.as_deref()),
-        (running.attempt, 1, running.worker_id.as_deref())
+        (
+            done.instance.attempt,
+            done.instance.runs,
+            done.instance.worker_id.as_deref()
+        ),
+        (
+            running.instance.attempt,
+            1,
+            running.instance.worker_id.as_deref()
+        )
     );
 
     // The killed server comes back with the same configuration and rejoins.
@@ -336,9 +352,15 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
         })
         .await?
         .items;
-    let fires: HashSet<Option<i64>> = all.iter().map(|i| i.expected_trigger_time_ms).collect();
+    let fires: HashSet<Option<i64>> = all
+        .iter()
+        .map(|i| i.instance.expected_trigger_time_ms)
+        .collect();
     assert_eq!(fires.len(), all.len(), "a fire time has two instances");
-    assert!(all.iter().all(|i| i.runs <= 1), "an instance ran twice");
+    assert!(
+        all.iter().all(|i| i.instance.runs <= 1),
+        "an instance ran twice"
+    );
     // The same two workers, never restarted, find the new owner (an idle one at its next
     // periodic re-acquire).
     wait::until(

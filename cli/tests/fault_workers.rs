@@ -96,7 +96,12 @@ impl Drop for PidDir {
 
 /// What changes of an instance a test follows.
 fn snapshot(i: &InstanceInfo) -> (InstanceStatus, i32, Option<String>, Option<String>) {
-    (i.status, i.attempt, i.worker_id.clone(), i.result.clone())
+    (
+        i.instance.status,
+        i.instance.attempt,
+        i.instance.worker_id.clone(),
+        i.instance.result.clone(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,9 +131,10 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
     let first = d
         .wait_status(id1, InstanceStatus::Running, Duration::from_secs(15))
         .await;
-    assert_eq!(first.attempt, 1, "{first:?}");
+    assert_eq!(first.instance.attempt, 1, "{first:?}");
     pids.wait_pid(id1, 1).await;
     let victim = first
+        .instance
         .worker_id
         .clone()
         .expect("a running instance has a worker");
@@ -156,7 +162,7 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
                     seen.push(snapshot(&i));
                 }
             }
-            (i.status == InstanceStatus::Running && i.attempt == 2).then_some(i)
+            (i.instance.status == InstanceStatus::Running && i.instance.attempt == 2).then_some(i)
         },
     )
     .await;
@@ -166,8 +172,15 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
         "job 1 running again {} ms after the SIGKILL of {victim}; states seen: {seen:?}",
         took.as_millis()
     );
-    assert_eq!(again.worker_id.as_deref(), Some(survivor), "{again:?}");
-    assert_eq!(again.runs, 2, "the lost run and the retry: {again:?}");
+    assert_eq!(
+        again.instance.worker_id.as_deref(),
+        Some(survivor),
+        "{again:?}"
+    );
+    assert_eq!(
+        again.instance.runs, 2,
+        "the lost run and the retry: {again:?}"
+    );
     // The retry really runs: its shell saw attempt 2.
     pids.wait_pid(id1, 2).await;
     // Reconcile said why the first attempt ended, naming the lost worker.
@@ -186,7 +199,11 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
     );
 
     let stopped = d.admin.call(&InstanceStop(InstanceId { id: id1 })).await?;
-    assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
+    assert_eq!(
+        stopped.instance.status,
+        InstanceStatus::Stopped,
+        "{stopped:?}"
+    );
 
     // --- Job 2: no retries. Its run is lost with its worker and the instance fails.
     let mut spec = shell_job("app", "final", &script);
@@ -197,7 +214,7 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
         .wait_status(id2, InstanceStatus::Running, Duration::from_secs(15))
         .await;
     assert_eq!(
-        running.worker_id.as_deref(),
+        running.instance.worker_id.as_deref(),
         Some(survivor),
         "only {survivor} is alive: {running:?}"
     );
@@ -211,13 +228,17 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
         "job 2 failed {} ms after the SIGKILL of {survivor}: {failed:?}",
         took.as_millis()
     );
-    assert_eq!(failed.status, InstanceStatus::Failed, "{failed:?}");
-    let result = failed.result.clone().unwrap_or_default();
+    assert_eq!(failed.instance.status, InstanceStatus::Failed, "{failed:?}");
+    let result = failed.instance.result.clone().unwrap_or_default();
     assert!(
         result.contains("worker lost") && result.contains(survivor),
         "the result says the worker was lost: {result:?}"
     );
-    assert_eq!((failed.attempt, failed.runs), (1, 1), "{failed:?}");
+    assert_eq!(
+        (failed.instance.attempt, failed.instance.runs),
+        (1, 1),
+        "{failed:?}"
+    );
 
     let repairs = repairs(&d, "s1").await?;
     eprintln!("repairs at s1: {repairs:?}");
@@ -305,11 +326,11 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
         before.iter().map(snapshot).collect::<Vec<_>>()
     );
     for i in &before {
-        assert_eq!(i.status, InstanceStatus::Succeeded, "{i:?}");
-        assert_eq!(i.worker_id.as_deref(), Some("wb"), "{i:?}");
-        assert_eq!(i.runs, 1, "{i:?}");
+        assert_eq!(i.instance.status, InstanceStatus::Succeeded, "{i:?}");
+        assert_eq!(i.instance.worker_id.as_deref(), Some("wb"), "{i:?}");
+        assert_eq!(i.instance.runs, 1, "{i:?}");
     }
-    let tried_wa_first = before.iter().filter(|i| i.attempt >= 2).count();
+    let tried_wa_first = before.iter().filter(|i| i.instance.attempt >= 2).count();
     assert!(
         tried_wa_first >= 1,
         "no run was dispatched to the frozen worker first (the test did not test anything): \
@@ -320,7 +341,7 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
     lines.sort();
     let mut expected: Vec<(String, i64, i32)> = before
         .iter()
-        .map(|i| ("wb".to_owned(), i.id, i.attempt))
+        .map(|i| ("wb".to_owned(), i.instance.id, i.instance.attempt))
         .collect();
     expected.sort();
     assert_eq!(lines, expected, "what the job script recorded");
@@ -334,7 +355,7 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
     // Thawed, wa reads the dispatches that waited for it, finds them past their deadline and
     // refuses them; then it heartbeats again.
     wa.thaw()?;
-    let stale: i32 = before.iter().map(|i| i.attempt - 1).sum();
+    let stale: i32 = before.iter().map(|i| i.instance.attempt - 1).sum();
     let refused = wait::until(
         &format!("wa to refuse the {stale} dispatch(es) that expired while it was frozen"),
         Duration::from_secs(15),
@@ -373,8 +394,12 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
     eprintln!("wa refused {refused} stale dispatch(es) after the thaw");
 
     for b in &before {
-        let now = d.instance(b.id).await?;
-        assert_eq!(now, *b, "instance {} changed after wa was thawed", b.id);
+        let now = d.instance(b.instance.id).await?;
+        assert_eq!(
+            now, *b,
+            "instance {} changed after wa was thawed",
+            b.instance.id
+        );
     }
     let lines = runs_in(&file);
     assert!(

@@ -75,7 +75,7 @@ async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
     for job in [job_a.id, job_b.id] {
         let id = d.run(job).await?;
         let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-        assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+        assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
     }
     // The CLI works with the administrators' user.
     let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
@@ -175,7 +175,10 @@ async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
     // B's work goes on, and the refused subscription saw none of it.
     let id = d.run(job_b.id).await?;
     assert_eq!(
-        d.wait_terminal(id, Duration::from_secs(15)).await.status,
+        d.wait_terminal(id, Duration::from_secs(15))
+            .await
+            .instance
+            .status,
         InstanceStatus::Succeeded
     );
     assert!(

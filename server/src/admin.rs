@@ -10,7 +10,7 @@ use rota_shared::admin::*;
 use rota_shared::limits::Limited;
 use rota_shared::message::{RemoteCall, WorkerSummary};
 use rota_shared::subject::validate_token;
-use rota_shared::{ErrorBody, ErrorCode, InstanceStatus};
+use rota_shared::{ErrorBody, ErrorCode, Instance, InstanceStatus, Trigger};
 use rota_transport::keys::{APP_KEY_PURPOSE, TOKEN_PURPOSE, open_secret, seal_secret};
 use rota_transport::{AdminToken, Incoming, Key, RequestErrorKind, decode_message};
 
@@ -19,7 +19,6 @@ use crate::core::Core;
 use crate::dispatch::Handed;
 use crate::gate::Caller;
 use crate::ownership::ensure_owner;
-use crate::store::entity::{app, instance};
 use crate::store::{InstanceFilter, InstanceGuard, Job, NewInstance, StoredToken};
 use crate::worker_calls::{publish_stop, stop as send_stop};
 
@@ -220,16 +219,6 @@ async fn scoped_app(core: &Core, caller: &Caller, name: Option<&str>) -> AdminRe
     }
 }
 
-fn app_info(a: app::Model) -> AppInfo {
-    AppInfo {
-        id: a.id,
-        name: a.name,
-        current_server: a.current_server,
-        epoch: a.epoch,
-        created_at_ms: a.created_at_ms,
-    }
-}
-
 /// Names of jobs are plain words so that they read well in tables and logs.
 fn validate_name(kind: &str, name: &str, max: usize) -> AdminResult<()> {
     let ok = !name.is_empty()
@@ -265,7 +254,7 @@ async fn app_create(core: &Core, caller: &Caller, r: AppCreate) -> AdminResult<A
     let app = core.store.create_app(&r.name, &key, now).await?;
     // So that this server knows the app's workers at once; the others re-read within a second.
     core.gate.refresh_apps(&core.store, now).await?;
-    Ok(app_info(app))
+    Ok(app)
 }
 
 async fn app_rotate_secret(
@@ -281,7 +270,7 @@ async fn app_rotate_secret(
     core.store.rotate_app_key(app.id, &key, now, grace).await?;
     core.gate.refresh_apps(&core.store, now).await?;
     tracing::info!(app = %app.name, grace_ms = r.grace_ms, "app secret rotated");
-    Ok(app_info(app))
+    Ok(app)
 }
 
 async fn app_list(core: &Core, caller: &Caller, _: AppList) -> AdminResult<Vec<AppInfo>> {
@@ -291,7 +280,6 @@ async fn app_list(core: &Core, caller: &Caller, _: AppList) -> AdminResult<Vec<A
         .await?
         .into_iter()
         .filter(|a| caller.app_id.is_none_or(|scope| scope == a.id))
-        .map(app_info)
         .collect())
 }
 
@@ -634,7 +622,7 @@ async fn cancel_handed_fires(core: &Core, job_id: i64, reason: &str) -> AdminRes
         })
         .await?;
     let now = now_ms();
-    for inst in handed.iter().filter(|i| i.trigger == "schedule") {
+    for inst in handed.iter().filter(|i| i.trigger == Trigger::Schedule) {
         let guard = InstanceGuard::of(inst);
         let cancelled = core
             .store
@@ -807,7 +795,7 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
         .insert(NewInstance {
             job_id: job.id,
             app_id: job.app_id,
-            trigger: "api",
+            trigger: Trigger::Api,
             params: r.params,
             due_at_ms: due,
             handed_to: candidates.as_ref().map(|c| c[0].worker_id.clone()),
@@ -835,35 +823,7 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
 
 // === Instances ===
 
-fn status_of(m: &instance::Model) -> InstanceStatus {
-    InstanceStatus::from_code(m.status).unwrap_or(InstanceStatus::Failed)
-}
-
-fn instance_info(m: instance::Model, job_name: &str) -> InstanceInfo {
-    InstanceInfo {
-        status: status_of(&m),
-        id: m.id,
-        job_id: m.job_id,
-        app_id: m.app_id,
-        job_name: job_name.to_owned(),
-        trigger: m.trigger,
-        expected_trigger_time_ms: m.expected_trigger_time_ms,
-        instance_params: m.instance_params,
-        attempt: m.attempt,
-        runs: m.runs,
-        worker_id: m.worker_id,
-        result: m.result,
-        created_at_ms: m.created_at_ms,
-        started_at_ms: m.started_at_ms,
-        finished_at_ms: m.finished_at_ms,
-        due_at_ms: m.due_at_ms,
-    }
-}
-
-async fn with_job_names(
-    core: &Core,
-    models: Vec<instance::Model>,
-) -> AdminResult<Vec<InstanceInfo>> {
+async fn with_job_names(core: &Core, models: Vec<Instance>) -> AdminResult<Vec<InstanceInfo>> {
     let mut job_ids: Vec<i64> = models.iter().map(|m| m.job_id).collect();
     job_ids.sort_unstable();
     job_ids.dedup();
@@ -881,7 +841,10 @@ async fn with_job_names(
                 .get(&m.job_id)
                 .cloned()
                 .unwrap_or_else(|| "(deleted)".into());
-            instance_info(m, &name)
+            InstanceInfo {
+                instance: m,
+                job_name: name,
+            }
         })
         .collect())
 }
@@ -911,7 +874,7 @@ async fn instance_list(
     let models = core.store.list_instances(&filter).await?;
     let instances = with_job_names(core, models).await?;
     Ok(paged(instances, limit, page_budget(core), |i| {
-        i.id.to_string()
+        i.instance.id.to_string()
     }))
 }
 
@@ -943,7 +906,7 @@ async fn instance_stop(
 
 async fn instance_stop_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<InstanceInfo> {
     let inst = core.store.instance(r.id).await?;
-    let status = status_of(&inst);
+    let status = inst.status;
     if status.is_terminal() {
         return Err(ErrorBody::new(
             ErrorCode::Conflict,
@@ -964,7 +927,7 @@ async fn instance_stop_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<
         )
         .await?;
     if !stopped {
-        let now = status_of(&core.store.instance(inst.id).await?);
+        let now = core.store.instance(inst.id).await?.status;
         return Err(ErrorBody::new(
             ErrorCode::Conflict,
             format!(
@@ -994,7 +957,7 @@ async fn instance_retry(
 
 async fn instance_retry_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<RunStarted> {
     let inst = core.store.instance(r.id).await?;
-    let status = status_of(&inst);
+    let status = inst.status;
     if !status.is_terminal() {
         return Err(ErrorBody::new(
             ErrorCode::Conflict,
@@ -1015,7 +978,7 @@ async fn instance_retry_via(core: &Core, r: InstanceId, via: Via) -> AdminResult
             NewInstance {
                 job_id: job.id,
                 app_id: job.app_id,
-                trigger: "retry",
+                trigger: Trigger::Retry,
                 params: inst.instance_params,
                 due_at_ms: now,
                 handed_to: None,
@@ -1040,16 +1003,7 @@ async fn logs_get(core: &Core, caller: &Caller, r: LogsGet) -> AdminResult<LogPa
     let lines: Vec<LogEntry> = core
         .store
         .logs_after(r.instance_id, r.after_id, limit as u64 + 1)
-        .await?
-        .into_iter()
-        .map(|l| LogEntry {
-            id: l.id,
-            attempt: l.attempt,
-            ts_ms: l.ts_ms,
-            level: l.level,
-            text: l.text,
-        })
-        .collect();
+        .await?;
     // Like every list, a page of lines ends at its limit or where the reply would not fit.
     let page = paged(lines, limit, page_budget(core), |l| l.id.to_string());
     let last_id = page.items.last().map_or(r.after_id, |l| l.id);
@@ -1057,7 +1011,7 @@ async fn logs_get(core: &Core, caller: &Caller, r: LogsGet) -> AdminResult<LogPa
         more: page.next.is_some(),
         lines: page.items,
         last_id,
-        finished: status_of(&inst).is_terminal(),
+        finished: inst.status.is_terminal(),
     })
 }
 
@@ -1123,21 +1077,8 @@ fn local_workers(core: &Core, app_id: Option<i64>) -> Vec<WorkerSummary> {
 }
 
 async fn server_list(core: &Core, _: &Caller, _: ServerList) -> AdminResult<Vec<ServerInfo>> {
-    let now = now_ms();
     let window = 3 * i64::try_from(core.config.presence_interval.as_millis()).unwrap_or(0);
-    Ok(core
-        .store
-        .list_servers()
-        .await?
-        .into_iter()
-        .map(|s| ServerInfo {
-            alive: now - s.last_seen_ms <= window,
-            id: s.id,
-            version: s.version,
-            started_at_ms: s.started_at_ms,
-            last_seen_ms: s.last_seen_ms,
-        })
-        .collect())
+    Ok(core.store.list_servers(now_ms() - window).await?)
 }
 
 /// Answered from memory: it must work while the database does not.

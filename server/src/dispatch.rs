@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 
 use crate::clock::{millis, now_ms};
 use crate::core::Core;
-use crate::store::entity::instance;
 use crate::store::{Handover, InstanceGuard, Job, StoreError};
 use crate::worker_calls;
 use rota_shared::message::WorkerSummary;
+use rota_shared::{Instance, Trigger};
 
 /// How long a waiting instance sleeps before it looks for a worker again.
 const RETRY_DISPATCH_MS: i64 = 1_000;
@@ -30,7 +30,7 @@ const BATCH: usize = 512;
 /// An instance created already handed to a worker (an API run of a plain job, due now): only
 /// the dispatch request is left to send.
 pub struct Handed {
-    pub inst: instance::Model,
+    pub inst: Instance,
     pub job: Arc<Job>,
     /// The worker it was handed to first, then the others to try.
     pub candidates: Vec<WorkerSummary>,
@@ -92,10 +92,10 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
         seen.insert(inst.id);
         let job = jobs.get(&inst.job_id);
         let simple = job.filter(|job| {
-            inst.status == InstanceStatus::WaitingDispatch.code()
+            inst.status == InstanceStatus::WaitingDispatch
                 && core.ownership.owns(inst.app_id)
                 && inst.due_at_ms.is_none_or(|due| due <= now + ahead + 5)
-                && (job.enabled || inst.trigger != "schedule")
+                && (job.enabled || inst.trigger != Trigger::Schedule)
                 && job.max_instances == 0
                 && !job.schedule.is_frequent()
         });
@@ -159,7 +159,7 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
 async fn read_batch(
     core: &Core,
     ids: &[i64],
-) -> Result<(Vec<instance::Model>, HashMap<i64, Arc<Job>>), StoreError> {
+) -> Result<(Vec<Instance>, HashMap<i64, Arc<Job>>), StoreError> {
     let instances = core.store.instances_by_ids(ids).await?;
     let job_ids: Vec<i64> = instances.iter().map(|m| m.job_id).collect();
     let jobs = core.jobs(&job_ids).await?;
@@ -170,10 +170,10 @@ async fn read_batch(
 /// whichever is later, when that is still ahead (a fire dispatched ahead of its instant), else at
 /// once. The instant counts on its own because a dispatch that found no taker puts the instance
 /// back due a moment later, which can still be before the instant.
-fn start_at(inst: &instance::Model, now: i64) -> Option<i64> {
+fn start_at(inst: &Instance, now: i64) -> Option<i64> {
     let instant = inst
         .expected_trigger_time_ms
-        .filter(|_| inst.trigger == "schedule");
+        .filter(|_| inst.trigger == Trigger::Schedule);
     inst.due_at_ms.max(instant).filter(|at| *at > now)
 }
 
@@ -213,7 +213,7 @@ fn spawn_dispatch_one(core: Arc<Core>, id: i64) {
 /// wait.
 async fn hand_over(
     core: &Core,
-    inst: &instance::Model,
+    inst: &Instance,
     job: &Job,
     candidates: Vec<WorkerSummary>,
     attempt: i32,
@@ -280,7 +280,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         Err(StoreError::NotFound(_)) => return Ok(()),
         Err(e) => return Err(e),
     };
-    if inst.status != InstanceStatus::WaitingDispatch.code() || !core.ownership.owns(inst.app_id) {
+    if inst.status != InstanceStatus::WaitingDispatch || !core.ownership.owns(inst.app_id) {
         return Ok(());
     }
     let now = now_ms();
@@ -308,7 +308,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
     };
     // Fires are created ahead of time; one of a job disabled since then does not run. Runs
     // asked for by hand (API, retry) still do.
-    if !job.enabled && inst.trigger == "schedule" {
+    if !job.enabled && inst.trigger == Trigger::Schedule {
         core.store
             .cas_finish(
                 id,
@@ -402,7 +402,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
 
 fn dispatch_request(
     core: &Core,
-    inst: &instance::Model,
+    inst: &Instance,
     job: &Job,
     attempt: i32,
     start_at_ms: Option<i64>,
@@ -442,13 +442,13 @@ fn dispatch_request(
 mod tests {
     use super::*;
 
-    fn fire(due_at_ms: Option<i64>, instant: Option<i64>, trigger: &str) -> instance::Model {
-        instance::Model {
+    fn fire(due_at_ms: Option<i64>, instant: Option<i64>, trigger: Trigger) -> Instance {
+        Instance {
             id: 1,
             job_id: 1,
             app_id: 1,
-            status: InstanceStatus::WaitingDispatch.code(),
-            trigger: trigger.to_owned(),
+            status: InstanceStatus::WaitingDispatch,
+            trigger,
             expected_trigger_time_ms: instant,
             instance_params: None,
             attempt: 0,
@@ -468,29 +468,29 @@ mod tests {
     fn a_fire_never_starts_before_its_instant() {
         // Handed over ahead: starts at its instant.
         assert_eq!(
-            start_at(&fire(Some(10_000), Some(10_000), "schedule"), 8_500),
+            start_at(&fire(Some(10_000), Some(10_000), Trigger::Schedule), 8_500),
             Some(10_000)
         );
         // Put back after a refused dispatch, due again before its instant: still the instant.
         assert_eq!(
-            start_at(&fire(Some(9_000), Some(10_000), "schedule"), 9_000),
+            start_at(&fire(Some(9_000), Some(10_000), Trigger::Schedule), 9_000),
             Some(10_000)
         );
         // Due now or past: at once.
         assert_eq!(
-            start_at(&fire(Some(10_000), Some(10_000), "schedule"), 10_000),
+            start_at(&fire(Some(10_000), Some(10_000), Trigger::Schedule), 10_000),
             None
         );
         // A retry of a fire long past waits for its retry time only.
         assert_eq!(
-            start_at(&fire(Some(20_000), Some(10_000), "schedule"), 19_000),
+            start_at(&fire(Some(20_000), Some(10_000), Trigger::Schedule), 19_000),
             Some(20_000)
         );
         // An API run has no instant; a delayed one starts at its due time.
         assert_eq!(
-            start_at(&fire(Some(5_000), None, "api"), 4_000),
+            start_at(&fire(Some(5_000), None, Trigger::Api), 4_000),
             Some(5_000)
         );
-        assert_eq!(start_at(&fire(None, None, "api"), 4_000), None);
+        assert_eq!(start_at(&fire(None, None, Trigger::Api), 4_000), None);
     }
 }

@@ -6,13 +6,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::store::entity::instance;
 use crate::store::{NewInstance, Store};
+use rota_shared::Instance;
 
 /// Instances created in one statement at most.
 const BATCH: usize = 256;
 
-type Waiter = oneshot::Sender<Result<instance::Model, ErrorBody>>;
+type Waiter = oneshot::Sender<Result<Instance, ErrorBody>>;
 
 pub struct InsertQueue {
     tx: mpsc::Sender<(NewInstance, Waiter)>,
@@ -52,7 +52,7 @@ impl InsertQueue {
     }
 
     /// Creates one instance, together with whatever else is waiting.
-    pub async fn insert(&self, new: NewInstance) -> Result<instance::Model, ErrorBody> {
+    pub async fn insert(&self, new: NewInstance) -> Result<Instance, ErrorBody> {
         let (done, wait) = oneshot::channel();
         self.tx.send((new, done)).await.map_err(|_| {
             ErrorBody::new(rota_shared::ErrorCode::Unavailable, "server is stopping")

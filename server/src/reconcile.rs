@@ -19,8 +19,8 @@ use crate::clock::{millis, now_ms};
 use crate::core::Core;
 use crate::ownership;
 use crate::service::{Every, ScheduledService, ServiceError};
-use crate::store::entity::instance;
-use crate::store::{InstanceGuard, Job, NewInstance, StoreError, rule_state};
+use crate::store::{InstanceGuard, Job, NewInstance, StoreError};
+use rota_shared::{Instance, Trigger};
 
 /// Instances looked at per check and iteration.
 const LIMIT: u64 = 5_000;
@@ -144,7 +144,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
                 NewInstance {
                     job_id: job.id,
                     app_id: job.app_id,
-                    trigger: "schedule",
+                    trigger: Trigger::Schedule,
                     params: None,
                     due_at_ms: now,
                     handed_to: None,
@@ -162,7 +162,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
 /// Keeps the instances whose worker, asked directly, does not say it runs their attempt. A
 /// worker this server does not hear may be alive all the same (it heartbeats to a server that
 /// still believes it owns the app); one that is frozen or gone does not answer.
-async fn still_lost(core: &Core, candidates: Vec<instance::Model>) -> Vec<instance::Model> {
+async fn still_lost(core: &Core, candidates: Vec<Instance>) -> Vec<Instance> {
     let timeout = std::time::Duration::from_secs(1);
     let answers = futures::future::join_all(candidates.iter().map(|inst| async move {
         let Some(worker) = &inst.worker_id else {
@@ -184,7 +184,7 @@ async fn still_lost(core: &Core, candidates: Vec<instance::Model>) -> Vec<instan
 /// Applies [`lost_attempt`] to each instance with a compare-and-set; returns how many changed.
 async fn lose(
     core: &Core,
-    instances: Vec<instance::Model>,
+    instances: Vec<Instance>,
     reason: &str,
     now: i64,
 ) -> Result<u64, StoreError> {
@@ -208,7 +208,7 @@ async fn lose(
             Some(w) => format!("{reason} (worker {w}, attempt {})", inst.attempt),
             None => reason.to_owned(),
         };
-        if let Some(update) = lost_attempt(&rule_state(inst), &job.rules(), &detail, now) {
+        if let Some(update) = lost_attempt(&inst.rule_state(), &job.rules(), &detail, now) {
             writes.push((inst.id, InstanceGuard::of(inst), update));
         }
     }

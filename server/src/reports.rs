@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
 use crate::core::Core;
-use crate::store::entity::instance;
-use crate::store::{InstanceGuard, Job, StoreError, rule_state};
+use crate::store::{InstanceGuard, Job, StoreError};
 use crate::worker_calls::publish_stop;
+use rota_shared::Instance;
 
 /// Reports taken in one batch.
 const BATCH: usize = 256;
@@ -209,7 +209,7 @@ async fn apply_batch(core: &Core, batch: &mut [Pending]) {
 
 async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>, StoreError> {
     let ids: Vec<i64> = batch.iter().map(|p| p.report.instance_id).collect();
-    let mut instances: HashMap<i64, instance::Model> = core
+    let mut instances: HashMap<i64, Instance> = core
         .store
         .instances_by_ids(&ids)
         .await?
@@ -242,7 +242,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
         }
         let job = current.and_then(|m| jobs.get(&m.job_id)).map(AsRef::as_ref);
         let outcome = apply_report(
-            current.map(rule_state).as_ref(),
+            current.map(Instance::rule_state).as_ref(),
             &rules_of(job),
             report,
             now,
@@ -274,7 +274,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
                     }
                 }
                 // Later reports in this batch see the state this one leaves.
-                m.status = update.status.code();
+                m.status = update.status;
                 m.last_seq = update.last_seq;
                 m.runs = update.runs;
                 if update.retry_at_ms.is_some() {
@@ -318,7 +318,7 @@ async fn decide_alone(core: &Core, pending: &Pending) -> Result<Verdict, StoreEr
         };
         let now = now_ms();
         let outcome = apply_report(
-            current.as_ref().map(rule_state).as_ref(),
+            current.as_ref().map(Instance::rule_state).as_ref(),
             &rules_of(job.as_deref()),
             report,
             now,

@@ -6,6 +6,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::instance::Instance;
+use crate::message::LogLevel;
 use crate::schedule::{Lifecycle, Schedule};
 use crate::status::InstanceStatus;
 
@@ -395,28 +397,12 @@ admin_request!(JobRun, "job", "run", Operator, RunStarted);
 
 // === Instances ===
 
+/// An instance as `instance show` and `instance list` give it: with its job's name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceInfo {
-    pub id: i64,
-    pub job_id: i64,
-    pub app_id: i64,
+    #[serde(flatten)]
+    pub instance: Instance,
     pub job_name: String,
-    pub status: InstanceStatus,
-    /// How the instance came to be: `schedule`, `api`, `retry`.
-    pub trigger: String,
-    pub expected_trigger_time_ms: Option<i64>,
-    pub instance_params: Option<String>,
-    /// The current dispatch attempt (0 before the first dispatch).
-    pub attempt: i32,
-    /// How many times a worker started it.
-    pub runs: i64,
-    pub worker_id: Option<String>,
-    pub result: Option<String>,
-    pub created_at_ms: i64,
-    pub started_at_ms: Option<i64>,
-    pub finished_at_ms: Option<i64>,
-    /// When the next dispatch is due (for WAITING_DISPATCH).
-    pub due_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,11 +453,12 @@ pub struct LogsGet {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "sea-orm", derive(sea_orm::FromQueryResult))]
 pub struct LogEntry {
     pub id: i64,
     pub attempt: i32,
     pub ts_ms: i64,
-    pub level: String,
+    pub level: LogLevel,
     pub text: String,
 }
 

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod envelope;
+pub mod instance;
 pub mod limits;
 pub mod message;
 pub mod rules;
@@ -20,6 +21,7 @@ pub mod status;
 pub mod subject;
 
 pub use envelope::{ErrorBody, ErrorCode, Reply, Retry};
+pub use instance::{Instance, Trigger};
 pub use status::InstanceStatus;
 pub use subject::Subjects;
 

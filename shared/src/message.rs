@@ -149,12 +149,25 @@ pub struct StatusBatchAck {
     pub results: Vec<crate::envelope::Reply<ReportAck>>,
 }
 
+/// Stored as its upper-case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "sea-orm",
+    derive(sea_orm::EnumIter, sea_orm::DeriveActiveEnum),
+    sea_orm(
+        rs_type = "String",
+        db_type = "String(sea_orm::sea_query::StringLen::None)"
+    )
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
+    #[cfg_attr(feature = "sea-orm", sea_orm(string_value = "DEBUG"))]
     Debug,
+    #[cfg_attr(feature = "sea-orm", sea_orm(string_value = "INFO"))]
     Info,
+    #[cfg_attr(feature = "sea-orm", sea_orm(string_value = "WARN"))]
     Warn,
+    #[cfg_attr(feature = "sea-orm", sea_orm(string_value = "ERROR"))]
     Error,
 }
 

@@ -4,14 +4,26 @@ use serde::{Deserialize, Serialize};
 
 /// The status of a job instance. The numeric codes are stored in the database and are stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "sea-orm",
+    derive(sea_orm::EnumIter, sea_orm::DeriveActiveEnum),
+    sea_orm(rs_type = "i32", db_type = "Integer")
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum InstanceStatus {
+    #[cfg_attr(feature = "sea-orm", sea_orm(num_value = 1))]
     WaitingDispatch,
+    #[cfg_attr(feature = "sea-orm", sea_orm(num_value = 2))]
     WaitingWorkerReceive,
+    #[cfg_attr(feature = "sea-orm", sea_orm(num_value = 3))]
     Running,
+    #[cfg_attr(feature = "sea-orm", sea_orm(num_value = 4))]
     Failed,
+    #[cfg_attr(feature = "sea-orm", sea_orm(num_value = 5))]
     Succeeded,
+    #[cfg_attr(feature = "sea-orm", sea_orm(num_value = 9))]
     Canceled,
+    #[cfg_attr(feature = "sea-orm", sea_orm(num_value = 10))]
     Stopped,
 }
 

@@ -250,7 +250,7 @@ impl Deployment {
             self.instance(id)
                 .await
                 .ok()
-                .filter(|i| i.status.is_terminal())
+                .filter(|i| i.instance.status.is_terminal())
         })
         .await
     }
@@ -265,7 +265,12 @@ impl Deployment {
         wait::until(
             &format!("instance {id} to be {status}"),
             timeout,
-            || async { self.instance(id).await.ok().filter(|i| i.status == status) },
+            || async {
+                self.instance(id)
+                    .await
+                    .ok()
+                    .filter(|i| i.instance.status == status)
+            },
         )
         .await
     }

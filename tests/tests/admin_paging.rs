@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use rota_server::store::{Job, NewInstance, Store};
+use rota_shared::Trigger;
 use rota_shared::admin::{InstanceList, JobList, MAX_PAGE, Page, WorkerList};
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_worker::ProcessorRegistry;
@@ -82,7 +83,7 @@ async fn jobs_instances_and_workers_are_listed_whole_a_page_at_a_time() -> anyho
         .map(|_| NewInstance {
             job_id: ids[0],
             app_id: app.id,
-            trigger: "api",
+            trigger: Trigger::Api,
             params: None,
             due_at_ms: now + 3_600_000,
             handed_to: None,
@@ -101,7 +102,7 @@ async fn jobs_instances_and_workers_are_listed_whole_a_page_at_a_time() -> anyho
     })
     .await?;
     assert_eq!((listed.len(), pages), (120, 3));
-    let ids: Vec<i64> = listed.iter().map(|i| i.id).collect();
+    let ids: Vec<i64> = listed.iter().map(|i| i.instance.id).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "not newest first");
 
     // Workers, by app and id.

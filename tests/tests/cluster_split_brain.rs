@@ -61,8 +61,8 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
             let list = d.instances_of(job.id).await.ok()?;
             let workers: HashSet<String> = list
                 .iter()
-                .filter(|i| i.status == InstanceStatus::Succeeded)
-                .filter_map(|i| i.worker_id.clone())
+                .filter(|i| i.instance.status == InstanceStatus::Succeeded)
+                .filter_map(|i| i.instance.worker_id.clone())
                 .collect();
             (workers.len() == 2 && list.len() >= 6).then_some(list)
         },
@@ -79,6 +79,7 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
         .wait_status(id, InstanceStatus::Running, Duration::from_secs(10))
         .await;
     let tracker = running
+        .instance
         .worker_id
         .clone()
         .expect("a running instance has a tracker");
@@ -88,8 +89,8 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
     // them off here is the rules (another tracker, another attempt).
     for server in ["s1", "s2"] {
         for (attempt, worker) in [
-            (running.attempt, other),
-            (running.attempt + 1, tracker.as_str()),
+            (running.instance.attempt, other),
+            (running.instance.attempt + 1, tracker.as_str()),
         ] {
             let voice = WorkerVoice::new(nats.clone(), "app", worker, SECRET)?;
             let forged = StatusReport {
@@ -110,17 +111,25 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
         }
     }
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.result.as_deref(), Some("long-done"));
-    assert_eq!((done.attempt, done.runs), (running.attempt, 1));
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.result.as_deref(), Some("long-done"));
+    assert_eq!(
+        (done.instance.attempt, done.instance.runs),
+        (running.instance.attempt, 1)
+    );
 
     d.admin.call(&JobDisable(JobId { id: job.id })).await?;
     let all = wait::until("every fire to finish", Duration::from_secs(15), || async {
         let list = d.instances_of(job.id).await.ok()?;
-        list.iter().all(|i| i.status.is_terminal()).then_some(list)
+        list.iter()
+            .all(|i| i.instance.status.is_terminal())
+            .then_some(list)
     })
     .await;
-    let fires: HashSet<Option<i64>> = all.iter().map(|i| i.expected_trigger_time_ms).collect();
+    let fires: HashSet<Option<i64>> = all
+        .iter()
+        .map(|i| i.instance.expected_trigger_time_ms)
+        .collect();
     assert_eq!(
         fires.len(),
         all.len(),
@@ -128,11 +137,11 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
     );
     for i in &all {
         // Ran at most once, and only one attempt was ever made.
-        assert!(i.runs <= 1 && i.attempt <= 1, "{i:?}");
+        assert!(i.instance.runs <= 1 && i.instance.attempt <= 1, "{i:?}");
         assert!(
-            i.status == InstanceStatus::Succeeded
-                || (i.status == InstanceStatus::Canceled
-                    && i.result.as_deref() == Some("job was disabled")),
+            i.instance.status == InstanceStatus::Succeeded
+                || (i.instance.status == InstanceStatus::Canceled
+                    && i.instance.result.as_deref() == Some("job was disabled")),
             "{i:?}"
         );
     }

@@ -28,10 +28,14 @@ async fn a_dispatch_over_the_nats_max_payload_fails_the_instance() -> anyhow::Re
         .await?;
     let id = d.run(job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(10)).await;
-    assert_eq!(done.status, InstanceStatus::Failed, "{done:?}");
-    let reason = done.result.clone().unwrap_or_default();
+    assert_eq!(done.instance.status, InstanceStatus::Failed, "{done:?}");
+    let reason = done.instance.result.clone().unwrap_or_default();
     assert!(reason.contains("max payload of 16384 bytes"), "{reason}");
-    assert_eq!((done.attempt, done.runs), (1, 0), "{done:?}");
+    assert_eq!(
+        (done.instance.attempt, done.instance.runs),
+        (1, 0),
+        "{done:?}"
+    );
     d.shutdown().await;
     Ok(())
 }
@@ -61,9 +65,14 @@ async fn a_job_at_the_documented_limits_is_stored_and_runs() -> anyhow::Result<(
     };
     let id = d.admin.call(&run).await?.instance_id;
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{:?}", done.result);
     assert_eq!(
-        done.result.as_deref(),
+        done.instance.status,
+        InstanceStatus::Succeeded,
+        "{:?}",
+        done.instance.result
+    );
+    assert_eq!(
+        done.instance.result.as_deref(),
         Some(format!("params {MAX_PARAMS_BYTES} {MAX_PARAMS_BYTES}").as_str())
     );
     // One byte more is refused with a reason, not stored.

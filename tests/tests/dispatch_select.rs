@@ -51,14 +51,17 @@ async fn workers(d: &Deployment, app: &str) -> anyhow::Result<Vec<WorkerSummary>
 /// Asserts that every instance succeeded on `worker` at its first dispatch.
 fn assert_all_on(instances: &[InstanceInfo], worker: &str) {
     for i in instances {
-        assert_eq!(i.status, InstanceStatus::Succeeded, "{i:?}");
+        assert_eq!(i.instance.status, InstanceStatus::Succeeded, "{i:?}");
         assert_eq!(
-            i.worker_id.as_deref(),
+            i.instance.worker_id.as_deref(),
             Some(worker),
             "instance {} ran on the wrong worker: {i:?}",
-            i.id
+            i.instance.id
         );
-        assert_eq!(i.attempt, 1, "another worker was tried first: {i:?}");
+        assert_eq!(
+            i.instance.attempt, 1,
+            "another worker was tried first: {i:?}"
+        );
     }
 }
 
@@ -104,7 +107,8 @@ async fn tags_route_jobs_to_matching_workers() -> anyhow::Result<()> {
     let untagged = d.create_job(quick_job("app", "any")).await?;
     let done = run_many(&d, untagged.id, 2).await?;
     assert!(
-        done.iter().any(|i| i.worker_id.as_deref() == Some("w-cpu")),
+        done.iter()
+            .any(|i| i.instance.worker_id.as_deref() == Some("w-cpu")),
         "an untagged job never ran on w-cpu: {done:?}"
     );
 
@@ -147,9 +151,12 @@ async fn round_robin_alternates() -> anyhow::Result<()> {
     for _ in 0..6 {
         let id = run(&d, job.id).await?;
         let done = d.wait_terminal(id, FINISH).await;
-        assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-        assert_eq!(done.attempt, 1, "a worker refused the dispatch: {done:?}");
-        order.push(done.worker_id.unwrap_or_default());
+        assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+        assert_eq!(
+            done.instance.attempt, 1,
+            "a worker refused the dispatch: {done:?}"
+        );
+        order.push(done.instance.worker_id.unwrap_or_default());
     }
     let on = |w: &str| order.iter().filter(|o| *o == w).count();
     assert_eq!((on("w1"), on("w2")), (3, 3), "runs per worker: {order:?}");
@@ -197,7 +204,7 @@ async fn processor_routing() -> anyhow::Result<()> {
     assert_all_on(&done, "w-a");
     assert!(
         done.iter()
-            .all(|i| i.result.as_deref() == Some("ran only-a"))
+            .all(|i| i.instance.result.as_deref() == Some("ran only-a"))
     );
 
     // The other way round: shell is only on w-b.
@@ -220,7 +227,7 @@ async fn no_worker_for_the_job_keeps_it_waiting_then_dispatches_when_one_arrives
     spec.tags = vec!["late".to_owned()];
     let late = d.create_job(spec).await?;
     let waiting = run(&d, late.id).await?;
-    let created = d.instance(waiting).await?.created_at_ms;
+    let created = d.instance(waiting).await?.instance.created_at_ms;
 
     // Meanwhile other work runs on the untagged worker: a job that takes 2.5 s. When it has
     // succeeded, the server has been dispatching all along and has looked at the waiting
@@ -236,25 +243,25 @@ async fn no_worker_for_the_job_keeps_it_waiting_then_dispatches_when_one_arrives
         || async {
             let w = d.instance(waiting).await.ok()?;
             assert!(
-                w.status == InstanceStatus::WaitingDispatch
-                    && w.attempt == 0
-                    && w.worker_id.is_none(),
+                w.instance.status == InstanceStatus::WaitingDispatch
+                    && w.instance.attempt == 0
+                    && w.instance.worker_id.is_none(),
                 "the instance that no live worker may run left WAITING_DISPATCH: {w:?}"
             );
             d.instance(control_id)
                 .await
                 .ok()
-                .filter(|c| c.status.is_terminal())
+                .filter(|c| c.instance.status.is_terminal())
         },
     )
     .await;
     assert_eq!(
-        control_done.status,
+        control_done.instance.status,
         InstanceStatus::Succeeded,
         "{control_done:?}"
     );
-    assert_eq!(control_done.worker_id.as_deref(), Some("w-plain"));
-    let finished = control_done.finished_at_ms.expect("finished");
+    assert_eq!(control_done.instance.worker_id.as_deref(), Some("w-plain"));
+    let finished = control_done.instance.finished_at_ms.expect("finished");
     assert!(
         finished - created >= 2_500,
         "the window was only {} ms",
@@ -266,7 +273,11 @@ async fn no_worker_for_the_job_keeps_it_waiting_then_dispatches_when_one_arrives
         "only untagged workers are live: {live:?}"
     );
     let still = d.instance(waiting).await?;
-    assert_eq!(still.status, InstanceStatus::WaitingDispatch, "{still:?}");
+    assert_eq!(
+        still.instance.status,
+        InstanceStatus::WaitingDispatch,
+        "{still:?}"
+    );
 
     // A worker with the tag arrives and gets the instance.
     let mut late_worker = d.worker_config("app", "w-late");
@@ -274,10 +285,14 @@ async fn no_worker_for_the_job_keeps_it_waiting_then_dispatches_when_one_arrives
     d.start_worker(late_worker, ProcessorRegistry::new())
         .await?;
     let done = d.wait_terminal(waiting, FINISH).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.worker_id.as_deref(), Some("w-late"), "{done:?}");
-    assert_eq!(done.attempt, 1, "{done:?}");
-    assert_eq!(done.runs, 1, "{done:?}");
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(
+        done.instance.worker_id.as_deref(),
+        Some("w-late"),
+        "{done:?}"
+    );
+    assert_eq!(done.instance.attempt, 1, "{done:?}");
+    assert_eq!(done.instance.runs, 1, "{done:?}");
 
     d.shutdown().await;
     Ok(())
@@ -312,8 +327,8 @@ async fn an_unknown_processor_is_warned_about_and_fails_with_its_name() -> anyho
     );
     let id = run(&d, job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-    assert_eq!(done.status, InstanceStatus::Failed, "{done:?}");
-    let reason = done.result.unwrap_or_default();
+    assert_eq!(done.instance.status, InstanceStatus::Failed, "{done:?}");
+    let reason = done.instance.result.unwrap_or_default();
     assert!(reason.contains("\"sehll\""), "{reason}");
     d.shutdown().await;
     Ok(())

@@ -84,8 +84,12 @@ async fn succeeded_fires_after(d: &Deployment, job_id: i64, after_ms: i64) -> Op
     let list = d.instances_of(job_id).await.ok()?;
     Some(
         list.iter()
-            .filter(|i| i.status == InstanceStatus::Succeeded)
-            .filter(|i| i.expected_trigger_time_ms.is_some_and(|t| t > after_ms))
+            .filter(|i| i.instance.status == InstanceStatus::Succeeded)
+            .filter(|i| {
+                i.instance
+                    .expected_trigger_time_ms
+                    .is_some_and(|t| t > after_ms)
+            })
             .count(),
     )
 }
@@ -201,9 +205,17 @@ async fn database_outage_of_ten_seconds() -> anyhow::Result<()> {
         "slow instance final {} ms after the restore: {done:?}",
         restored.elapsed().as_millis()
     );
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.result.as_deref(), Some("slow-done"), "{done:?}");
-    assert_eq!((done.attempt, done.runs), (1, 1), "{done:?}");
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(
+        done.instance.result.as_deref(),
+        Some("slow-done"),
+        "{done:?}"
+    );
+    assert_eq!(
+        (done.instance.attempt, done.instance.runs),
+        (1, 1),
+        "{done:?}"
+    );
     // The terminal report does not wait for an unreachable log store for ever, so the log may
     // be stored a moment after the instance is final.
     let line = wait::until(
@@ -237,7 +249,9 @@ async fn database_outage_of_ten_seconds() -> anyhow::Result<()> {
     let all = d.instances_of(tick.id).await?;
     let mut per_fire: HashMap<Option<i64>, usize> = HashMap::new();
     for i in &all {
-        *per_fire.entry(i.expected_trigger_time_ms).or_default() += 1;
+        *per_fire
+            .entry(i.instance.expected_trigger_time_ms)
+            .or_default() += 1;
     }
     let doubled: Vec<_> = per_fire.iter().filter(|(_, n)| **n > 1).collect();
     assert!(

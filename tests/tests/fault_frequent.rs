@@ -58,11 +58,12 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         || async {
             let list = d.instances_of(job.id).await.ok()?;
             list.into_iter()
-                .find(|i| i.status == InstanceStatus::Running && i.runs >= 5)
+                .find(|i| i.instance.status == InstanceStatus::Running && i.instance.runs >= 5)
         },
     )
     .await;
     let first_worker = first
+        .instance
         .worker_id
         .clone()
         .expect("a running instance has a worker");
@@ -80,31 +81,44 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         Duration::from_secs(15),
         || async {
             let list = d.instances_of(job.id).await.ok()?;
-            list.into_iter()
-                .find(|i| i.id != first.id && i.status == InstanceStatus::Running && i.runs >= 5)
+            list.into_iter().find(|i| {
+                i.instance.id != first.instance.id
+                    && i.instance.status == InstanceStatus::Running
+                    && i.instance.runs >= 5
+            })
         },
     )
     .await;
-    assert_ne!(second.worker_id.as_deref(), Some(first_worker.as_str()));
-    let lost = d.instance(first.id).await?;
-    assert_eq!(lost.status, InstanceStatus::Failed);
+    assert_ne!(
+        second.instance.worker_id.as_deref(),
+        Some(first_worker.as_str())
+    );
+    let lost = d.instance(first.instance.id).await?;
+    assert_eq!(lost.instance.status, InstanceStatus::Failed);
     assert!(
-        lost.result
+        lost.instance
+            .result
             .as_deref()
             .is_some_and(|r| r.contains("worker lost")),
         "{lost:?}"
     );
 
     // At its lifecycle end it stops, successfully, and nothing starts it again.
-    let done = d.wait_terminal(second.id, Duration::from_secs(25)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    let finished = done.finished_at_ms.unwrap_or_default();
+    let done = d
+        .wait_terminal(second.instance.id, Duration::from_secs(25))
+        .await;
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    let finished = done.instance.finished_at_ms.unwrap_or_default();
     assert!(
         finished >= end_ms && finished < end_ms + 5_000,
         "finished {} ms after the end",
         finished - end_ms
     );
-    assert!(done.runs >= 20, "only {} runs at 100 ms", done.runs);
+    assert!(
+        done.instance.runs >= 20,
+        "only {} runs at 100 ms",
+        done.instance.runs
+    );
     let at_end = d.instances_of(job.id).await?.len();
     // Two more reconcile iterations after the end start nothing.
     let s1 = d.admin.at_server("s1");

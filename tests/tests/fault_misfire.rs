@@ -40,7 +40,7 @@ async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
         wait::until("each job to fire once", Duration::from_secs(15), || async {
             let list = d.instances_of(job.id).await.ok()?;
             list.iter()
-                .any(|i| i.status == InstanceStatus::Succeeded)
+                .any(|i| i.instance.status == InstanceStatus::Succeeded)
                 .then_some(())
         })
         .await;
@@ -64,8 +64,10 @@ async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
                 let list = d.instances_of(job.id).await.ok()?;
                 list.iter()
                     .any(|i| {
-                        i.status == InstanceStatus::Succeeded
-                            && i.expected_trigger_time_ms.is_some_and(|t| t > up_at)
+                        i.instance.status == InstanceStatus::Succeeded
+                            && i.instance
+                                .expected_trigger_time_ms
+                                .is_some_and(|t| t > up_at)
                     })
                     .then_some(())
             },
@@ -76,7 +78,7 @@ async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
     let missed = |list: &[InstanceInfo]| -> Vec<i64> {
         let mut fires: Vec<i64> = list
             .iter()
-            .filter_map(|i| i.expected_trigger_time_ms)
+            .filter_map(|i| i.instance.expected_trigger_time_ms)
             .filter(|t| *t > missed_from && *t <= up_at)
             .collect();
         fires.sort_unstable();
@@ -96,7 +98,10 @@ async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
         "{caught:?} up at {up_at}"
     );
     for list in [&once, &skip, &catch_up] {
-        let mut fires: Vec<Option<i64>> = list.iter().map(|i| i.expected_trigger_time_ms).collect();
+        let mut fires: Vec<Option<i64>> = list
+            .iter()
+            .map(|i| i.instance.expected_trigger_time_ms)
+            .collect();
         let n = fires.len();
         fires.sort_unstable();
         fires.dedup();

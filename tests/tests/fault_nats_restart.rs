@@ -55,9 +55,13 @@ async fn running_work_survives_a_nats_restart() -> anyhow::Result<()> {
     // reconnected, acknowledged it. Nothing was declared lost.
     for id in &ids {
         let done = d.wait_terminal(*id, Duration::from_secs(30)).await;
-        assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-        assert_eq!(done.result, Some(format!("done-{id}")));
-        assert_eq!((done.attempt, done.runs), (1, 1), "{done:?}");
+        assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+        assert_eq!(done.instance.result, Some(format!("done-{id}")));
+        assert_eq!(
+            (done.instance.attempt, done.instance.runs),
+            (1, 1),
+            "{done:?}"
+        );
         let logs = d.logs(*id).await?;
         let texts: Vec<&str> = logs.iter().map(|l| l.text.as_str()).collect();
         assert!(
@@ -83,7 +87,11 @@ async fn running_work_survives_a_nats_restart() -> anyhow::Result<()> {
                 .items;
             let after = list
                 .iter()
-                .filter(|i| i.expected_trigger_time_ms.is_some_and(|t| t > restarted_at))
+                .filter(|i| {
+                    i.instance
+                        .expected_trigger_time_ms
+                        .is_some_and(|t| t > restarted_at)
+                })
                 .count();
             (after >= 2).then_some(())
         },

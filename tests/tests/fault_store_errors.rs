@@ -65,7 +65,7 @@ async fn a_refused_statement_is_internal_and_is_not_retried_for_ever() -> anyhow
     let sniffer = Sniffer::start(&nats, &logs_subject).await?;
     let id = d.run(job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(30)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
     sniffer
         .wait_for(
             "the worker to tell the server it dropped the batch",

@@ -251,7 +251,7 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
     assert_eq!(decode_reply::<Pong>(&pong.payload)?.server_id, sid);
     let id = d.run(job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
     d.shutdown().await;
     Ok(())
 }

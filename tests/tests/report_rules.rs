@@ -25,12 +25,12 @@ fn essence(
     Option<i64>,
 ) {
     (
-        i.status,
-        i.attempt,
-        i.runs,
-        i.worker_id.clone(),
-        i.result.clone(),
-        i.finished_at_ms,
+        i.instance.status,
+        i.instance.attempt,
+        i.instance.runs,
+        i.instance.worker_id.clone(),
+        i.instance.result.clone(),
+        i.instance.finished_at_ms,
     )
 }
 
@@ -67,8 +67,8 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
     let running = d
         .wait_status(id, InstanceStatus::Running, Duration::from_secs(10))
         .await;
-    assert_eq!(running.worker_id.as_deref(), Some(worker.as_str()));
-    let attempt = running.attempt;
+    assert_eq!(running.instance.worker_id.as_deref(), Some(worker.as_str()));
+    let attempt = running.instance.attempt;
     let before = essence(&running);
 
     let nats = async_nats::connect(d.nats.url()).await?;
@@ -144,9 +144,9 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
     // The instance is unaffected by all of that: released, it ends as its real tracker says.
     release.notify_one();
     let done = d.wait_terminal(id, Duration::from_secs(10)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded);
-    assert_eq!(done.result.as_deref(), Some("released"));
-    assert_eq!(done.runs, 1);
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded);
+    assert_eq!(done.instance.result.as_deref(), Some("released"));
+    assert_eq!(done.instance.runs, 1);
     let after = essence(&done);
 
     // Terminal is final, even for the right tracker and attempt.

@@ -171,11 +171,18 @@ async fn api_run_parameters_reach_the_processor() -> anyhow::Result<()> {
 
     let id = run(&d, job.id, Some(r#"{"n":42}"#)).await?;
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.result.as_deref(), Some(r#"{"n":42}"#), "{done:?}");
-    assert_eq!(done.instance_params.as_deref(), Some(r#"{"n":42}"#));
-    assert_eq!(done.worker_id.as_deref(), Some("w1"));
-    assert_eq!(done.runs, 1);
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(
+        done.instance.result.as_deref(),
+        Some(r#"{"n":42}"#),
+        "{done:?}"
+    );
+    assert_eq!(
+        done.instance.instance_params.as_deref(),
+        Some(r#"{"n":42}"#)
+    );
+    assert_eq!(done.instance.worker_id.as_deref(), Some("w1"));
+    assert_eq!(done.instance.runs, 1);
 
     // The tracker flushes the log before its terminal report, so the line is stored by now.
     let logs = d.logs(id).await?;
@@ -202,9 +209,9 @@ async fn failing_job_retries_at_its_delay_and_ends_failed_after_three_runs() -> 
 
     let id = run(&d, job.id, None).await?;
     let done = d.wait_terminal(id, Duration::from_secs(30)).await;
-    assert_eq!(done.status, InstanceStatus::Failed, "{done:?}");
-    assert_eq!(done.runs, 3, "one run and two retries: {done:?}");
-    let result = done.result.clone().unwrap_or_default();
+    assert_eq!(done.instance.status, InstanceStatus::Failed, "{done:?}");
+    assert_eq!(done.instance.runs, 3, "one run and two retries: {done:?}");
+    let result = done.instance.result.clone().unwrap_or_default();
     assert!(
         result.starts_with("exit status 3"),
         "unexpected result {result:?}"
@@ -235,7 +242,7 @@ async fn failing_job_retries_at_its_delay_and_ends_failed_after_three_runs() -> 
         "attempts rise run by run: {runs:?}"
     );
     assert_eq!(
-        done.attempt, attempts[2],
+        done.instance.attempt, attempts[2],
         "the final attempt is the last run's"
     );
 
@@ -288,16 +295,18 @@ async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
     .await;
 
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-    assert_eq!(done.status, InstanceStatus::Failed, "{done:?}");
+    assert_eq!(done.instance.status, InstanceStatus::Failed, "{done:?}");
     assert_eq!(
-        done.result.as_deref(),
+        done.instance.result.as_deref(),
         Some("timeout: exceeded 1000 ms"),
         "{done:?}"
     );
     let started = done
+        .instance
         .started_at_ms
         .expect("a run that started has a start time");
     let finished = done
+        .instance
         .finished_at_ms
         .expect("a final instance has a finish time");
     assert!(
@@ -342,27 +351,31 @@ async fn stop_kills_a_running_shell_job() -> anyhow::Result<()> {
     );
 
     let stopped = d.admin.call(&InstanceStop(InstanceId { id })).await?;
-    assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
-    assert!(stopped.finished_at_ms.is_some(), "{stopped:?}");
+    assert_eq!(
+        stopped.instance.status,
+        InstanceStatus::Stopped,
+        "{stopped:?}"
+    );
+    assert!(stopped.instance.finished_at_ms.is_some(), "{stopped:?}");
 
     wait_group_gone(pgid, Duration::from_secs(10)).await;
     // The worker sends its own terminal report after killing the group; once it runs nothing,
     // that report has been acknowledged, so the re-read below sees whatever it did.
     wait_worker_idle(&d, "app", "w1").await;
     let after = d.instance(id).await?;
-    assert_eq!(after.status, InstanceStatus::Stopped, "{after:?}");
+    assert_eq!(after.instance.status, InstanceStatus::Stopped, "{after:?}");
     assert_eq!(
         (
-            &after.result,
-            after.finished_at_ms,
-            after.attempt,
-            after.runs
+            &after.instance.result,
+            after.instance.finished_at_ms,
+            after.instance.attempt,
+            after.instance.runs
         ),
         (
-            &stopped.result,
-            stopped.finished_at_ms,
-            stopped.attempt,
-            stopped.runs
+            &stopped.instance.result,
+            stopped.instance.finished_at_ms,
+            stopped.instance.attempt,
+            stopped.instance.runs
         ),
         "the worker's later report changed a stopped instance"
     );
@@ -405,20 +418,28 @@ async fn max_instances_skip_cancels_the_extra_fire() -> anyhow::Result<()> {
         .await;
     let second = run(&d, job.id, None).await?;
     let skipped = d.wait_terminal(second, Duration::from_secs(15)).await;
-    assert_eq!(skipped.status, InstanceStatus::Canceled, "{skipped:?}");
-    let reason = skipped.result.clone().unwrap_or_default();
+    assert_eq!(
+        skipped.instance.status,
+        InstanceStatus::Canceled,
+        "{skipped:?}"
+    );
+    let reason = skipped.instance.result.clone().unwrap_or_default();
     assert!(
         reason.contains("max_instances"),
         "the reason should name max_instances: {reason:?}"
     );
     assert_eq!(
-        (skipped.attempt, skipped.runs, skipped.worker_id.as_deref()),
+        (
+            skipped.instance.attempt,
+            skipped.instance.runs,
+            skipped.instance.worker_id.as_deref()
+        ),
         (0, 0, None),
         "the skipped instance was never dispatched: {skipped:?}"
     );
     let still = d.instance(first).await?;
     assert_eq!(
-        still.status,
+        still.instance.status,
         InstanceStatus::Running,
         "the first instance is untouched by the skip: {still:?}"
     );
@@ -427,7 +448,11 @@ async fn max_instances_skip_cancels_the_extra_fire() -> anyhow::Result<()> {
         .admin
         .call(&InstanceStop(InstanceId { id: first }))
         .await?;
-    assert_eq!(stopped.status, InstanceStatus::Stopped, "{stopped:?}");
+    assert_eq!(
+        stopped.instance.status,
+        InstanceStatus::Stopped,
+        "{stopped:?}"
+    );
     wait_worker_idle(&d, "app", "w1").await;
 
     d.shutdown().await;
@@ -472,7 +497,7 @@ async fn max_instances_queue_waits_for_a_free_slot() -> anyhow::Result<()> {
     let running = d
         .wait_status(first, InstanceStatus::Running, Duration::from_secs(15))
         .await;
-    assert_eq!(running.worker_id.as_deref(), Some("w1"));
+    assert_eq!(running.instance.worker_id.as_deref(), Some("w1"));
     let second = run(&d, job.id, None).await?;
 
     // The server looks at a queued instance again every second; over three seconds it has
@@ -483,10 +508,10 @@ async fn max_instances_queue_waits_for_a_free_slot() -> anyhow::Result<()> {
         || async {
             let s = d.instance(second).await.map_err(|e| e.to_string())?;
             let f = d.instance(first).await.map_err(|e| e.to_string())?;
-            if f.status != InstanceStatus::Running {
+            if f.instance.status != InstanceStatus::Running {
                 return Err(format!("the first is not RUNNING: {f:?}"));
             }
-            if s.status != InstanceStatus::WaitingDispatch || s.attempt != 0 {
+            if s.instance.status != InstanceStatus::WaitingDispatch || s.instance.attempt != 0 {
                 return Err(format!("the second left WAITING_DISPATCH: {s:?}"));
             }
             Ok(())
@@ -498,12 +523,16 @@ async fn max_instances_queue_waits_for_a_free_slot() -> anyhow::Result<()> {
     let first_done = d.wait_terminal(first, Duration::from_secs(15)).await;
     let second_done = d.wait_terminal(second, Duration::from_secs(15)).await;
     for done in [&first_done, &second_done] {
-        assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-        assert_eq!(done.result.as_deref(), Some("released"), "{done:?}");
-        assert_eq!(done.runs, 1, "{done:?}");
+        assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+        assert_eq!(
+            done.instance.result.as_deref(),
+            Some("released"),
+            "{done:?}"
+        );
+        assert_eq!(done.instance.runs, 1, "{done:?}");
     }
-    let first_finished = first_done.finished_at_ms.expect("finished");
-    let second_started = second_done.started_at_ms.expect("started");
+    let first_finished = first_done.instance.finished_at_ms.expect("finished");
+    let second_started = second_done.instance.started_at_ms.expect("started");
     assert!(
         second_started >= first_finished,
         "the queued instance started at {second_started}, before the first finished at \
@@ -552,7 +581,7 @@ async fn max_instances_holds_for_runs_asked_for_at_the_same_moment() -> anyhow::
                 || async {
                     let ia = d.instance(a).await.ok()?;
                     let ib = d.instance(b).await.ok()?;
-                    match (ia.status, ib.status) {
+                    match (ia.instance.status, ib.instance.status) {
                         (InstanceStatus::Running, _) => Some((a, b)),
                         (_, InstanceStatus::Running) => Some((b, a)),
                         _ => None,
@@ -568,7 +597,7 @@ async fn max_instances_holds_for_runs_asked_for_at_the_same_moment() -> anyhow::
                 || async {
                     let ia = d.instance(a).await.map_err(|e| e.to_string())?;
                     let ib = d.instance(b).await.map_err(|e| e.to_string())?;
-                    if is_live(ia.status) && is_live(ib.status) {
+                    if is_live(ia.instance.status) && is_live(ib.instance.status) {
                         return Err(format!("both are live: {ia:?} / {ib:?}"));
                     }
                     Ok(())
@@ -582,7 +611,11 @@ async fn max_instances_holds_for_runs_asked_for_at_the_same_moment() -> anyhow::
             match overlap {
                 OverlapPolicy::Skip => {
                     let skipped = d.wait_terminal(other, Duration::from_secs(15)).await;
-                    assert_eq!(skipped.status, InstanceStatus::Canceled, "{skipped:?}");
+                    assert_eq!(
+                        skipped.instance.status,
+                        InstanceStatus::Canceled,
+                        "{skipped:?}"
+                    );
                 }
                 OverlapPolicy::Queue => {
                     // The queued one takes the freed slot.
@@ -623,10 +656,10 @@ async fn a_short_run_starts_when_the_worker_started_it() -> anyhow::Result<()> {
     let job = d.create_job(spec).await?;
     let id = run(&d, job.id, None).await?;
     let done = d.wait_terminal(id, Duration::from_secs(10)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
     let (started, finished) = (
-        done.started_at_ms.expect("a started run"),
-        done.finished_at_ms.expect("a finished run"),
+        done.instance.started_at_ms.expect("a started run"),
+        done.instance.finished_at_ms.expect("a finished run"),
     );
     assert!(
         finished - started >= 15,

@@ -27,21 +27,23 @@ async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<(
     // Five fires in a row must have finished; the first four lie within five seconds.
     let finished = wait::until("five finished fires", Duration::from_secs(20), || async {
         let mut list = d.instances_of(job.id).await.ok()?;
-        list.retain(|i| i.status.is_terminal());
+        list.retain(|i| i.instance.status.is_terminal());
         (list.len() >= 5).then_some(list)
     })
     .await;
     d.admin.call(&JobDisable(JobId { id: job.id })).await?;
 
     let mut fires: Vec<&InstanceInfo> = finished.iter().collect();
-    fires.sort_by_key(|i| i.expected_trigger_time_ms);
+    fires.sort_by_key(|i| i.instance.expected_trigger_time_ms);
     let first = fires[0]
+        .instance
         .expected_trigger_time_ms
         .expect("a scheduled fire has a fire time");
     let in_window: Vec<&&InstanceInfo> = fires
         .iter()
         .filter(|i| {
-            i.expected_trigger_time_ms
+            i.instance
+                .expected_trigger_time_ms
                 .is_some_and(|t| t < first + 5_000)
         })
         .collect();
@@ -51,22 +53,26 @@ async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<(
         in_window.len()
     );
     for i in &in_window {
-        assert_eq!(i.status, InstanceStatus::Succeeded, "{i:?}");
-        let fire = i.expected_trigger_time_ms.unwrap_or_default();
+        assert_eq!(i.instance.status, InstanceStatus::Succeeded, "{i:?}");
+        let fire = i.instance.expected_trigger_time_ms.unwrap_or_default();
         assert_eq!(fire % 1000, 0, "CRON fires on whole seconds: {i:?}");
-        let started = i.started_at_ms.expect("a succeeded instance has started");
+        let started = i
+            .instance
+            .started_at_ms
+            .expect("a succeeded instance has started");
         // Runs start at their fire time; the bound only has to absorb a loaded 2-core machine.
         assert!(
             (fire..fire + 2_000).contains(&started),
             "instance {} started {} ms after its fire time",
-            i.id,
+            i.instance.id,
             started - fire
         );
-        let logs = d.logs(i.id).await?;
+        let logs = d.logs(i.instance.id).await?;
         assert!(
-            logs.iter().any(|l| l.text == format!("tick {}", i.id)),
+            logs.iter()
+                .any(|l| l.text == format!("tick {}", i.instance.id)),
             "output of instance {} missing from its log: {logs:?}",
-            i.id
+            i.instance.id
         );
     }
     // Disabled, the job stops: fires already created ahead of time are canceled, not run, and
@@ -76,17 +82,25 @@ async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<(
         Duration::from_secs(10),
         || async {
             let list = d.instances_of(job.id).await.ok()?;
-            list.iter().all(|i| i.status.is_terminal()).then_some(list)
+            list.iter()
+                .all(|i| i.instance.status.is_terminal())
+                .then_some(list)
         },
     )
     .await;
     for i in &all {
-        let disabled =
-            i.status == InstanceStatus::Canceled && i.result.as_deref() == Some("job was disabled");
-        assert!(i.status == InstanceStatus::Succeeded || disabled, "{i:?}");
+        let disabled = i.instance.status == InstanceStatus::Canceled
+            && i.instance.result.as_deref() == Some("job was disabled");
+        assert!(
+            i.instance.status == InstanceStatus::Succeeded || disabled,
+            "{i:?}"
+        );
     }
     // A fire time never has two instances.
-    let distinct: HashSet<Option<i64>> = all.iter().map(|i| i.expected_trigger_time_ms).collect();
+    let distinct: HashSet<Option<i64>> = all
+        .iter()
+        .map(|i| i.instance.expected_trigger_time_ms)
+        .collect();
     assert_eq!(distinct.len(), all.len(), "a fire time has two instances");
     d.shutdown().await;
     Ok(())
@@ -107,12 +121,12 @@ async fn one_shot_job_fires_once_at_its_time() -> anyhow::Result<()> {
 
     let done = wait::until("the one-shot run", Duration::from_secs(15), || async {
         let list = d.instances_of(job.id).await.ok()?;
-        list.into_iter().find(|i| i.status.is_terminal())
+        list.into_iter().find(|i| i.instance.status.is_terminal())
     })
     .await;
-    assert_eq!(done.status, InstanceStatus::Succeeded);
-    assert_eq!(done.expected_trigger_time_ms, Some(at_ms));
-    let started = done.started_at_ms.unwrap_or_default();
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded);
+    assert_eq!(done.instance.expected_trigger_time_ms, Some(at_ms));
+    let started = done.instance.started_at_ms.unwrap_or_default();
     assert!(
         (at_ms..at_ms + 2_000).contains(&started),
         "started {} ms after its time",
@@ -208,7 +222,7 @@ async fn cron_fires_across_daylight_saving_changes_as_wall_times() -> anyhow::Re
                     .await
                     .ok()?
                     .iter()
-                    .filter_map(|i| i.expected_trigger_time_ms)
+                    .filter_map(|i| i.instance.expected_trigger_time_ms)
                     .collect();
                 times.sort_unstable();
                 (times.len() >= want.len()).then_some(times)

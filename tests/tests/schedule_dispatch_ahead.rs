@@ -77,12 +77,15 @@ async fn fires_due_at_one_instant_are_handed_over_early_and_start_on_time() -> a
             let list = d.instances_of(job_ids[0]).await.ok()?;
             let now = chrono::Utc::now().timestamp_millis();
             list.into_iter()
-                .find(|i| i.status != InstanceStatus::WaitingDispatch)
+                .find(|i| i.instance.status != InstanceStatus::WaitingDispatch)
                 .map(|i| (i, now))
         },
     )
     .await;
-    assert_eq!(handed.0.status, InstanceStatus::WaitingWorkerReceive);
+    assert_eq!(
+        handed.0.instance.status,
+        InstanceStatus::WaitingWorkerReceive
+    );
     assert!(
         handed.1 < at_ms,
         "the fire was handed over only {} ms after its instant",
@@ -106,10 +109,12 @@ async fn fires_due_at_one_instant_are_handed_over_early_and_start_on_time() -> a
     for job_id in &job_ids {
         let list = d.instances_of(*job_id).await?;
         assert_eq!(list.len(), 1, "job {job_id}: {list:?}");
-        let done = d.wait_terminal(list[0].id, Duration::from_secs(10)).await;
-        assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
+        let done = d
+            .wait_terminal(list[0].instance.id, Duration::from_secs(10))
+            .await;
+        assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
         assert!(
-            done.started_at_ms.is_some_and(|t| t >= at_ms),
+            done.instance.started_at_ms.is_some_and(|t| t >= at_ms),
             "RUNNING was stored before the instant: {done:?}"
         );
     }
@@ -133,7 +138,7 @@ async fn a_fire_handed_over_early_and_then_disabled_never_runs() -> anyhow::Resu
         || async {
             let list = d.instances_of(job.id).await.ok()?;
             list.into_iter()
-                .find(|i| i.status == InstanceStatus::WaitingWorkerReceive)
+                .find(|i| i.instance.status == InstanceStatus::WaitingWorkerReceive)
         },
     )
     .await;
@@ -142,9 +147,16 @@ async fn a_fire_handed_over_early_and_then_disabled_never_runs() -> anyhow::Resu
         "the fire was handed over too late to test a disable before its instant"
     );
     d.admin.call(&JobDisable(JobId { id: job.id })).await?;
-    let cancelled = d.instance(handed.id).await?;
-    assert_eq!(cancelled.status, InstanceStatus::Canceled, "{cancelled:?}");
-    assert_eq!(cancelled.result.as_deref(), Some("job was disabled"));
+    let cancelled = d.instance(handed.instance.id).await?;
+    assert_eq!(
+        cancelled.instance.status,
+        InstanceStatus::Canceled,
+        "{cancelled:?}"
+    );
+    assert_eq!(
+        cancelled.instance.result.as_deref(),
+        Some("job was disabled")
+    );
 
     // The instant passes (the scenario itself: what must not happen is a run at the instant).
     wait::until(
@@ -155,8 +167,8 @@ async fn a_fire_handed_over_early_and_then_disabled_never_runs() -> anyhow::Resu
     .await;
     let started = starts.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(started.is_empty(), "a disabled fire ran: {started:?}");
-    let after = d.instance(handed.id).await?;
-    assert_eq!(after.status, InstanceStatus::Canceled, "{after:?}");
+    let after = d.instance(handed.instance.id).await?;
+    assert_eq!(after.instance.status, InstanceStatus::Canceled, "{after:?}");
     d.shutdown().await;
     Ok(())
 }

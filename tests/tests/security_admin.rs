@@ -192,7 +192,9 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
     );
     let listed_instances = operator.call(&InstanceList::default()).await?.items;
     assert!(
-        listed_instances.iter().all(|i| i.job_id == job_a.id),
+        listed_instances
+            .iter()
+            .all(|i| i.instance.job_id == job_a.id),
         "{listed_instances:?}"
     );
     assert_eq!(

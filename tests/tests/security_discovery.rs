@@ -242,7 +242,10 @@ async fn forwarded_calls_cannot_be_forged_or_replayed() -> anyhow::Result<()> {
         .await?
         .instance_id;
     assert_eq!(
-        d.wait_terminal(id, Duration::from_secs(15)).await.status,
+        d.wait_terminal(id, Duration::from_secs(15))
+            .await
+            .instance
+            .status,
         InstanceStatus::Succeeded
     );
     let sniffed = sniffer

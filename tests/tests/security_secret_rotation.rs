@@ -40,7 +40,10 @@ async fn a_rotated_secret_reaches_running_workers_and_the_old_one_retires() -> a
     // During the grace, a worker on the old secret still works.
     let id = d.run(on_old.id).await?;
     assert_eq!(
-        d.wait_terminal(id, Duration::from_secs(10)).await.status,
+        d.wait_terminal(id, Duration::from_secs(10))
+            .await
+            .instance
+            .status,
         InstanceStatus::Succeeded
     );
 
@@ -67,8 +70,8 @@ async fn a_rotated_secret_reaches_running_workers_and_the_old_one_retires() -> a
     );
     let id = d.run(on_file.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(10)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.worker_id.as_deref(), Some("w-file"));
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.worker_id.as_deref(), Some("w-file"));
     // A new worker with the old secret is refused at once.
     let refused =
         rota_worker::Worker::start(d.worker_config("app", "w-late"), ProcessorRegistry::new())

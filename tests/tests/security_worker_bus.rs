@@ -81,7 +81,10 @@ async fn a_dispatch_without_the_servers_seal_runs_nothing() -> anyhow::Result<()
     let job = d.create_job(shell_job("app", "ok", "echo fine")).await?;
     let id = d.run(job.id).await?;
     assert_eq!(
-        d.wait_terminal(id, Duration::from_secs(15)).await.status,
+        d.wait_terminal(id, Duration::from_secs(15))
+            .await
+            .instance
+            .status,
         InstanceStatus::Succeeded
     );
     assert!(!marker.exists(), "the forged dispatch ran");
@@ -114,7 +117,10 @@ async fn a_sniffed_dispatch_replayed_or_altered_runs_nothing() -> anyhow::Result
         .await?;
     let first = d.run(job.id).await?;
     assert_eq!(
-        d.wait_terminal(first, Duration::from_secs(15)).await.status,
+        d.wait_terminal(first, Duration::from_secs(15))
+            .await
+            .instance
+            .status,
         InstanceStatus::Succeeded
     );
     let sniffed = sniffer
@@ -146,12 +152,17 @@ async fn a_sniffed_dispatch_replayed_or_altered_runs_nothing() -> anyhow::Result
     assert_eq!(
         d.wait_terminal(second, Duration::from_secs(15))
             .await
+            .instance
             .status,
         InstanceStatus::Succeeded
     );
     assert_eq!(std::fs::read_to_string(&runs)?, "run\nrun\n");
     let first = d.instance(first).await?;
-    assert_eq!((first.attempt, first.runs), (1, 1), "{first:?}");
+    assert_eq!(
+        (first.instance.attempt, first.instance.runs),
+        (1, 1),
+        "{first:?}"
+    );
     d.shutdown().await;
     Ok(())
 }
@@ -224,7 +235,7 @@ async fn heartbeats_without_the_key_register_no_worker() -> anyhow::Result<()> {
     for _ in 0..3 {
         let id = d.run(job.id).await?;
         let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-        assert_eq!(done.worker_id.as_deref(), Some(real.as_str()));
+        assert_eq!(done.instance.worker_id.as_deref(), Some(real.as_str()));
     }
     let targets: Vec<String> = ghosts
         .seen()
@@ -275,7 +286,7 @@ async fn forged_status_reports_change_nothing() -> anyhow::Result<()> {
 
     let forged = |status: InstanceStatus, seq: i64| StatusReport {
         instance_id: id,
-        attempt: running.attempt,
+        attempt: running.instance.attempt,
         seq,
         worker_id: worker.clone(),
         status,
@@ -312,14 +323,18 @@ async fn forged_status_reports_change_nothing() -> anyhow::Result<()> {
 
     let still = d.instance(id).await?;
     assert_eq!(
-        (still.status, still.attempt, still.result.clone()),
-        (InstanceStatus::Running, running.attempt, None),
+        (
+            still.instance.status,
+            still.instance.attempt,
+            still.instance.result.clone()
+        ),
+        (InstanceStatus::Running, running.instance.attempt, None),
         "{still:?}"
     );
     release.notify_one();
     let done = d.wait_terminal(id, Duration::from_secs(10)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.result.as_deref(), Some("released"));
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.result.as_deref(), Some("released"));
     d.shutdown().await;
     Ok(())
 }
@@ -436,8 +451,8 @@ async fn a_forged_stop_or_query_does_nothing() -> anyhow::Result<()> {
     attacker.flush().await?;
 
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.result.as_deref(), Some("done"));
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.result.as_deref(), Some("done"));
     d.shutdown().await;
     Ok(())
 }

@@ -33,7 +33,7 @@ async fn finished_instances_past_retention_are_deleted_with_their_logs() -> anyh
     for _ in 0..3 {
         let id = d.admin.call(&run(quick.id)).await?.instance_id;
         let done = d.wait_terminal(id, Duration::from_secs(15)).await;
-        assert_eq!(done.status, InstanceStatus::Succeeded);
+        assert_eq!(done.instance.status, InstanceStatus::Succeeded);
         // Its two lines, and the shell's exit status.
         assert_eq!(d.logs(id).await?.len(), 3);
         finished.push(id);
@@ -72,7 +72,7 @@ async fn finished_instances_past_retention_are_deleted_with_their_logs() -> anyh
         .await?
         .items;
     assert_eq!(left.len(), 1);
-    assert_eq!(left[0].status, InstanceStatus::Running);
+    assert_eq!(left[0].instance.status, InstanceStatus::Running);
 
     let stats = d.admin.at_server("s1").call(&ServerStats {}).await?;
     assert_eq!(

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use rota_server::store::{FirePlan, Handover, InstanceGuard, Job, NewInstance, Store};
-use rota_shared::InstanceStatus;
 use rota_shared::rules::Update;
+use rota_shared::{InstanceStatus, Trigger};
 use rota_tests::cluster::shell_job;
 use rota_tests::db::TestDatabase;
 
@@ -100,7 +100,7 @@ async fn racing_dispatches_hand_an_attempt_to_one_worker() -> anyhow::Result<()>
         }
         assert_eq!(won, vec![1], "round {round}: attempts handed out: {won:?}");
         let after = store.instance(inst.id).await?;
-        assert_eq!(after.status, InstanceStatus::WaitingWorkerReceive.code());
+        assert_eq!(after.status, InstanceStatus::WaitingWorkerReceive);
         assert_eq!(after.attempt, 1);
     }
     Ok(())
@@ -153,7 +153,7 @@ async fn a_batched_insert_returns_each_instance_in_the_order_given() -> anyhow::
         .map(|i| NewInstance {
             job_id: job.id,
             app_id: job.app_id,
-            trigger: "api",
+            trigger: Trigger::Api,
             params: Some(format!("p{i}")),
             due_at_ms: i,
             handed_to: None,
@@ -178,7 +178,7 @@ async fn waiting(store: &Store, job: &Job, n: usize) -> anyhow::Result<Vec<i64>>
         .map(|_| NewInstance {
             job_id: job.id,
             app_id: job.app_id,
-            trigger: "api",
+            trigger: Trigger::Api,
             params: None,
             due_at_ms: 0,
             handed_to: None,
@@ -241,7 +241,7 @@ async fn racing_batched_dispatches_hand_each_attempt_to_one_worker() -> anyhow::
     );
     for id in &ids {
         let m = store.instance(*id).await?;
-        assert_eq!(m.status, InstanceStatus::WaitingWorkerReceive.code());
+        assert_eq!(m.status, InstanceStatus::WaitingWorkerReceive);
         assert_eq!((m.attempt, m.last_report_at_ms), (1, Some(7)));
         assert_eq!(m.worker_id.as_ref(), winner_of.get(id));
     }
@@ -319,7 +319,7 @@ async fn a_batched_report_write_applies_only_the_rows_whose_guard_holds() -> any
     assert_eq!(applied, vec![true, false, true]);
 
     let done = store.instance(ids[0]).await?;
-    assert_eq!(done.status, InstanceStatus::Succeeded.code());
+    assert_eq!(done.status, InstanceStatus::Succeeded);
     assert_eq!(done.result.as_deref(), Some("done"));
     assert_eq!(
         (
@@ -332,14 +332,11 @@ async fn a_batched_report_write_applies_only_the_rows_whose_guard_holds() -> any
     assert_eq!(done.worker_id.as_deref(), Some("w1"));
 
     let untouched = store.instance(ids[1]).await?;
-    assert_eq!(
-        untouched.status,
-        InstanceStatus::WaitingWorkerReceive.code()
-    );
+    assert_eq!(untouched.status, InstanceStatus::WaitingWorkerReceive);
     assert_eq!((untouched.last_seq, untouched.result), (0, None));
 
     let retried = store.instance(ids[2]).await?;
-    assert_eq!(retried.status, InstanceStatus::WaitingDispatch.code());
+    assert_eq!(retried.status, InstanceStatus::WaitingDispatch);
     assert_eq!((retried.due_at_ms, retried.worker_id), (Some(99), None));
     assert_eq!(retried.finished_at_ms, None);
     Ok(())
@@ -351,13 +348,13 @@ async fn an_instance_created_handed_over_is_attempt_one_of_its_worker() -> anyho
     let news = vec![NewInstance {
         job_id: job.id,
         app_id: job.app_id,
-        trigger: "api",
+        trigger: Trigger::Api,
         params: None,
         due_at_ms: 5,
         handed_to: Some("w1".into()),
     }];
     let m = store.insert_instances(news, 5).await?.remove(0);
-    assert_eq!(m.status, InstanceStatus::WaitingWorkerReceive.code());
+    assert_eq!(m.status, InstanceStatus::WaitingWorkerReceive);
     assert_eq!((m.attempt, m.worker_id.as_deref()), (1, Some("w1")));
     assert_eq!((m.due_at_ms, m.last_report_at_ms), (None, Some(5)));
     // Its fence is attempt 1 of w1: a dispatch racing from WAITING_DISPATCH finds nothing.

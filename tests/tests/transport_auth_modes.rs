@@ -28,8 +28,8 @@ async fn a_job_runs(nats: NatsServer, options: NatsOptions) -> anyhow::Result<()
         .await?;
     let id = d.run(job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(20)).await;
-    assert_eq!(done.status, InstanceStatus::Succeeded, "{done:?}");
-    assert_eq!(done.result.as_deref(), Some("logged-in"));
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.result.as_deref(), Some("logged-in"));
     d.shutdown().await;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Apps, their keys and their ownership.
 
+use rota_shared::admin::AppInfo;
 use rota_transport::Key;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
@@ -31,6 +32,17 @@ impl AppKey {
     }
 }
 
+/// The one mapping from a stored app to the domain type (its unused `secret_hash` stays here).
+fn app_info(m: app::Model) -> AppInfo {
+    AppInfo {
+        id: m.id,
+        name: m.name,
+        current_server: m.current_server,
+        epoch: m.epoch,
+        created_at_ms: m.created_at_ms,
+    }
+}
+
 fn key_row(app_id: i64, key: &Key, now_ms: i64) -> app_key::ActiveModel {
     app_key::ActiveModel {
         app_id: Set(app_id),
@@ -44,7 +56,7 @@ fn key_row(app_id: i64, key: &Key, now_ms: i64) -> app_key::ActiveModel {
 
 impl Store {
     /// Creates an app with its first key (derived from its secret by the caller).
-    pub async fn create_app(&self, name: &str, key: &Key, now_ms: i64) -> StoreResult<app::Model> {
+    pub async fn create_app(&self, name: &str, key: &Key, now_ms: i64) -> StoreResult<AppInfo> {
         let txn = self.write_txn().await?;
         let model = app::ActiveModel {
             name: Set(name.to_owned()),
@@ -60,7 +72,7 @@ impl Store {
             .map_err(|e| StoreError::from_insert(e, format!("app {name:?}")))?;
         key_row(app.id, key, now_ms).insert(&txn).await?;
         txn.commit().await?;
-        Ok(app)
+        Ok(app_info(app))
     }
 
     /// Gives an app a new key; its other keys stop authenticating at `now_ms + grace_ms` (or
@@ -108,25 +120,30 @@ impl Store {
             .collect()
     }
 
-    pub async fn list_apps(&self) -> StoreResult<Vec<app::Model>> {
+    pub async fn list_apps(&self) -> StoreResult<Vec<AppInfo>> {
         Ok(app::Entity::find()
             .order_by_asc(app::Column::Id)
             .all(self.conn())
-            .await?)
+            .await?
+            .into_iter()
+            .map(app_info)
+            .collect())
     }
 
-    pub async fn app_by_name(&self, name: &str) -> StoreResult<app::Model> {
+    pub async fn app_by_name(&self, name: &str) -> StoreResult<AppInfo> {
         app::Entity::find()
             .filter(app::Column::Name.eq(name))
             .one(self.conn())
             .await?
+            .map(app_info)
             .ok_or_else(|| StoreError::NotFound(format!("app {name:?}")))
     }
 
-    pub async fn app_by_id(&self, id: i64) -> StoreResult<app::Model> {
+    pub async fn app_by_id(&self, id: i64) -> StoreResult<AppInfo> {
         app::Entity::find_by_id(id)
             .one(self.conn())
             .await?
+            .map(app_info)
             .ok_or_else(|| StoreError::NotFound(format!("app {id}")))
     }
 
@@ -149,10 +166,13 @@ impl Store {
     }
 
     /// The apps `server_id` owns, with their epochs.
-    pub async fn owned_apps(&self, server_id: &str) -> StoreResult<Vec<app::Model>> {
+    pub async fn owned_apps(&self, server_id: &str) -> StoreResult<Vec<AppInfo>> {
         Ok(app::Entity::find()
             .filter(app::Column::CurrentServer.eq(server_id))
             .all(self.conn())
-            .await?)
+            .await?
+            .into_iter()
+            .map(app_info)
+            .collect())
     }
 }

@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 
-use rota_shared::InstanceStatus;
 use rota_shared::rules::Update;
+use rota_shared::{Instance, InstanceStatus, Trigger};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
@@ -40,7 +40,7 @@ pub struct ScheduledInstance {
 pub struct NewInstance {
     pub job_id: i64,
     pub app_id: i64,
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     pub params: Option<String>,
     pub due_at_ms: i64,
     /// Created already handed to this worker as attempt 1 (WAITING_WORKER_RECEIVE): a run due
@@ -67,11 +67,36 @@ pub struct InstanceGuard {
 }
 
 impl InstanceGuard {
-    pub fn of(m: &instance::Model) -> Self {
+    pub fn of(i: &Instance) -> Self {
         Self {
-            status: InstanceStatus::from_code(m.status).unwrap_or(InstanceStatus::Failed),
+            status: i.status,
+            attempt: i.attempt,
+            last_seq: i.last_seq,
+        }
+    }
+}
+
+/// The one mapping from a stored row to the domain type.
+impl From<instance::Model> for Instance {
+    fn from(m: instance::Model) -> Self {
+        Self {
+            id: m.id,
+            job_id: m.job_id,
+            app_id: m.app_id,
+            status: m.status,
+            trigger: m.trigger,
+            expected_trigger_time_ms: m.expected_trigger_time_ms,
+            instance_params: m.instance_params,
             attempt: m.attempt,
+            runs: m.runs,
+            worker_id: m.worker_id,
             last_seq: m.last_seq,
+            result: m.result,
+            created_at_ms: m.created_at_ms,
+            started_at_ms: m.started_at_ms,
+            finished_at_ms: m.finished_at_ms,
+            due_at_ms: m.due_at_ms,
+            last_report_at_ms: m.last_report_at_ms,
         }
     }
 }
@@ -87,8 +112,8 @@ fn new_row(new: NewInstance, now_ms: i64) -> instance::ActiveModel {
     instance::ActiveModel {
         job_id: Set(new.job_id),
         app_id: Set(new.app_id),
-        status: Set(status.code()),
-        trigger: Set(new.trigger.to_owned()),
+        status: Set(status),
+        trigger: Set(new.trigger),
         expected_trigger_time_ms: Set(None),
         instance_params: Set(new.params),
         attempt: Set(i32::from(handed)),
@@ -110,17 +135,6 @@ fn of_apps_in(app_ids: &[i64], status: InstanceStatus) -> sea_orm::Select<instan
     instance::Entity::find()
         .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
         .filter(instance::Column::Status.eq(status.code()))
-}
-
-/// What the status rules need to know of a stored instance.
-pub fn rule_state(m: &instance::Model) -> rota_shared::rules::InstanceState {
-    rota_shared::rules::InstanceState {
-        status: InstanceStatus::from_code(m.status).unwrap_or(InstanceStatus::Failed),
-        attempt: m.attempt,
-        worker_id: m.worker_id.clone(),
-        last_seq: m.last_seq,
-        runs: m.runs,
-    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -182,8 +196,8 @@ impl Store {
                 rows.push(instance::ActiveModel {
                     job_id: Set(plan.job_id),
                     app_id: Set(plan.app_id),
-                    status: Set(InstanceStatus::WaitingDispatch.code()),
-                    trigger: Set("schedule".to_owned()),
+                    status: Set(InstanceStatus::WaitingDispatch),
+                    trigger: Set(Trigger::Schedule),
                     expected_trigger_time_ms: Set(Some(fire)),
                     instance_params: Set(None),
                     attempt: Set(0),
@@ -245,15 +259,12 @@ impl Store {
     }
 
     /// Creates one instance outside the schedule (an API run or an operator's retry).
-    pub async fn insert_instance(
-        &self,
-        new: NewInstance,
-        now_ms: i64,
-    ) -> StoreResult<instance::Model> {
+    pub async fn insert_instance(&self, new: NewInstance, now_ms: i64) -> StoreResult<Instance> {
         // One round trip where the backend has RETURNING (PostgreSQL, SQLite).
         Ok(instance::Entity::insert(new_row(new, now_ms))
             .exec_with_returning(self.conn())
-            .await?)
+            .await?
+            .into())
     }
 
     /// Creates instances outside the schedule in one statement, returned in the order given.
@@ -261,7 +272,7 @@ impl Store {
         &self,
         news: Vec<NewInstance>,
         now_ms: i64,
-    ) -> StoreResult<Vec<instance::Model>> {
+    ) -> StoreResult<Vec<Instance>> {
         if !self.db.support_returning() {
             // MySQL has no RETURNING: one statement each.
             let mut out = Vec::with_capacity(news.len());
@@ -284,28 +295,32 @@ impl Store {
                 models.len()
             )));
         }
-        Ok(models)
+        Ok(models.into_iter().map(Instance::from).collect())
     }
 
-    pub async fn instance(&self, id: i64) -> StoreResult<instance::Model> {
+    pub async fn instance(&self, id: i64) -> StoreResult<Instance> {
         instance::Entity::find_by_id(id)
             .one(self.conn())
             .await?
+            .map(Instance::from)
             .ok_or_else(|| StoreError::NotFound(format!("instance {id}")))
     }
 
-    pub async fn instances_by_ids(&self, ids: &[i64]) -> StoreResult<Vec<instance::Model>> {
+    pub async fn instances_by_ids(&self, ids: &[i64]) -> StoreResult<Vec<Instance>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         Ok(instance::Entity::find()
             .filter(instance::Column::Id.is_in(ids.iter().copied()))
             .all(self.conn())
-            .await?)
+            .await?
+            .into_iter()
+            .map(Instance::from)
+            .collect())
     }
 
     /// Newest first.
-    pub async fn list_instances(&self, f: &InstanceFilter) -> StoreResult<Vec<instance::Model>> {
+    pub async fn list_instances(&self, f: &InstanceFilter) -> StoreResult<Vec<Instance>> {
         let mut q = instance::Entity::find().order_by_desc(instance::Column::Id);
         if let Some(app_id) = f.app_id {
             q = q.filter(instance::Column::AppId.eq(app_id));
@@ -319,7 +334,12 @@ impl Store {
         if let Some(before) = f.before_id {
             q = q.filter(instance::Column::Id.lt(before));
         }
-        Ok(q.limit(f.limit).all(self.conn()).await?)
+        Ok(q.limit(f.limit)
+            .all(self.conn())
+            .await?
+            .into_iter()
+            .map(Instance::from)
+            .collect())
     }
 
     /// Instances of a job that hold a concurrency slot: handed to a worker or running.
@@ -369,7 +389,7 @@ impl Store {
         status: InstanceStatus,
         before_ms: i64,
         limit: u64,
-    ) -> StoreResult<Vec<instance::Model>> {
+    ) -> StoreResult<Vec<Instance>> {
         if app_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -382,7 +402,10 @@ impl Store {
             .order_by_asc(instance::Column::LastReportAtMs)
             .limit(limit)
             .all(self.conn())
-            .await?)
+            .await?
+            .into_iter()
+            .map(Instance::from)
+            .collect())
     }
 
     /// Instances of `app_ids` in `status`.
@@ -391,14 +414,17 @@ impl Store {
         app_ids: &[i64],
         status: InstanceStatus,
         limit: u64,
-    ) -> StoreResult<Vec<instance::Model>> {
+    ) -> StoreResult<Vec<Instance>> {
         if app_ids.is_empty() {
             return Ok(Vec::new());
         }
         Ok(of_apps_in(app_ids, status)
             .limit(limit)
             .all(self.conn())
-            .await?)
+            .await?
+            .into_iter()
+            .map(Instance::from)
+            .collect())
     }
 
     /// The job ids among `job_ids` that have an instance that is not terminal.

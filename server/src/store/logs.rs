@@ -1,5 +1,6 @@
 //! Instance log lines. Writes are batched: one multi-row insert per chunk.
 
+use rota_shared::admin::LogEntry;
 use rota_shared::message::LogLine;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 
@@ -24,7 +25,7 @@ impl Store {
                 instance_id: Set(l.instance_id),
                 attempt: Set(l.attempt),
                 ts_ms: Set(l.ts_ms),
-                level: Set(l.level.as_str().to_owned()),
+                level: Set(l.level),
                 text: Set(truncate_chars(&l.text, MAX_LINE_CHARS)),
                 ..Default::default()
             });
@@ -42,12 +43,13 @@ impl Store {
         instance_id: i64,
         after_id: i64,
         limit: u64,
-    ) -> StoreResult<Vec<instance_log::Model>> {
+    ) -> StoreResult<Vec<LogEntry>> {
         Ok(instance_log::Entity::find()
             .filter(instance_log::Column::InstanceId.eq(instance_id))
             .filter(instance_log::Column::Id.gt(after_id))
             .order_by_asc(instance_log::Column::Id)
             .limit(limit)
+            .into_model::<LogEntry>()
             .all(self.conn())
             .await?)
     }

@@ -4,9 +4,9 @@
 //! speaks in terms of apps, jobs, instances and log lines, so that batching and backend quirks stay
 //! in one place.
 
-pub mod entity;
+mod entity;
 
-pub mod apps;
+mod apps;
 mod bulk;
 mod error;
 mod instances;
@@ -18,7 +18,7 @@ mod servers;
 pub use apps::AppKey;
 pub use error::{StoreError, StoreResult};
 pub use instances::{
-    FirePlan, Handover, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance, rule_state,
+    FirePlan, Handover, InstanceFilter, InstanceGuard, NewInstance, ScheduledInstance,
 };
 pub use jobs::Job;
 pub use secrets::StoredToken;

@@ -1,5 +1,6 @@
 //! The server registry table.
 
+use rota_shared::admin::ServerInfo;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 
@@ -51,10 +52,20 @@ impl Store {
         Ok(())
     }
 
-    pub async fn list_servers(&self) -> StoreResult<Vec<server::Model>> {
+    /// Every registered server; those seen at or after `alive_since_ms` are alive.
+    pub async fn list_servers(&self, alive_since_ms: i64) -> StoreResult<Vec<ServerInfo>> {
         Ok(server::Entity::find()
             .order_by_asc(server::Column::Id)
             .all(self.conn())
-            .await?)
+            .await?
+            .into_iter()
+            .map(|s| ServerInfo {
+                alive: s.last_seen_ms >= alive_since_ms,
+                id: s.id,
+                version: s.version,
+                started_at_ms: s.started_at_ms,
+                last_seen_ms: s.last_seen_ms,
+            })
+            .collect())
     }
 }

@@ -1,3 +1,4 @@
+use rota_shared::{InstanceStatus, Trigger};
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -7,9 +8,8 @@ pub struct Model {
     pub id: i64,
     pub job_id: i64,
     pub app_id: i64,
-    /// `rota_shared::InstanceStatus::code()`.
-    pub status: i32,
-    pub trigger: String,
+    pub status: InstanceStatus,
+    pub trigger: Trigger,
     pub expected_trigger_time_ms: Option<i64>,
     pub instance_params: Option<String>,
     pub attempt: i32,

@@ -1,3 +1,4 @@
+use rota_shared::message::LogLevel;
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -8,7 +9,7 @@ pub struct Model {
     pub instance_id: i64,
     pub attempt: i32,
     pub ts_ms: i64,
-    pub level: String,
+    pub level: LogLevel,
     pub text: String,
 }
 
