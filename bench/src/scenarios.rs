@@ -120,9 +120,9 @@ impl Stand {
     }
 
     async fn noop_job(&self) -> anyhow::Result<i64> {
-        let mut spec = shell_job(APP, "noop", "");
-        spec.processor = "noop".into();
-        Ok(self.admin.call(&JobCreate { spec }).await?.id)
+        let mut job = shell_job(APP, "noop", "");
+        job.spec.processor = "noop".into();
+        Ok(self.admin.call(&job).await?.id)
     }
 
     async fn stop(mut self) {
@@ -374,16 +374,17 @@ pub async fn cron(env: &Env, jobs: usize, seconds: u64) -> anyhow::Result<Value>
     let created = Instant::now();
     let mut batch = Vec::with_capacity(jobs);
     for i in 0..jobs {
-        let mut spec = shell_job(APP, &format!("cron-{i}"), "");
+        let mut spec = shell_job(APP, &format!("cron-{i}"), "").spec;
         spec.processor = "noop".into();
         spec.schedule = Schedule::Cron {
             expression: format!("{} * * * * *", i % 60),
             time_zone: None,
         };
-        let mut job = Job::from_spec(&spec, app.id, now_ms);
-        job.next_trigger_time_ms = spec
+        let mut job = Job::new(spec, app.id, now_ms);
+        job.next_trigger_time_ms = job
+            .spec
             .schedule
-            .next_fire_after(now_ms + 5_000, spec.lifecycle)?;
+            .next_fire_after(now_ms + 5_000, job.spec.lifecycle)?;
         batch.push(job);
     }
     store.insert_jobs(&batch).await?;

@@ -177,6 +177,70 @@ fn dispatch_of(s: &Option<String>) -> anyhow::Result<Option<DispatchStrategy>> {
         .transpose()
 }
 
+/// The job fields the flags set, as the JSON object of [`JobSpec`] fields that `job create` reads
+/// a job from and `job update` sends as its changes. A new job field needs its flag here.
+fn changes_of(fields: &JobFields) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    use serde_json::{Value, to_value};
+    let mut changes = serde_json::Map::new();
+    let mut set = |key: &str, value: Value| {
+        changes.insert(key.to_owned(), value);
+    };
+    if let Some(schedule) = schedule_of(fields)? {
+        set("schedule", to_value(schedule)?);
+    }
+    if let Some(lifecycle) = lifecycle_of(fields)? {
+        set("lifecycle", to_value(lifecycle)?);
+    }
+    if let Some(misfire) = misfire_of(fields)? {
+        set("misfire", to_value(misfire)?);
+    }
+    if let Some(overlap) = overlap_of(&fields.overlap)? {
+        set("overlap", to_value(overlap)?);
+    }
+    if let Some(dispatch) = dispatch_of(&fields.dispatch)? {
+        set("dispatch", to_value(dispatch)?);
+    }
+    if let Some(v) = &fields.processor {
+        set("processor", v.as_str().into());
+    }
+    if let Some(v) = &fields.processor_config {
+        set("config", v.as_str().into());
+    }
+    if let Some(v) = &fields.params {
+        // An empty value clears the parameters.
+        set(
+            "params",
+            if v.is_empty() {
+                Value::Null
+            } else {
+                v.as_str().into()
+            },
+        );
+    }
+    if let Some(v) = &fields.description {
+        set("description", v.as_str().into());
+    }
+    if let Some(v) = fields.max_retries {
+        set("max_retries", v.into());
+    }
+    if let Some(v) = fields.retry_delay {
+        set("retry_delay_ms", v.into());
+    }
+    if let Some(v) = fields.timeout {
+        set("timeout_ms", v.into());
+    }
+    if let Some(v) = fields.max_instances {
+        set("max_instances", v.into());
+    }
+    if !fields.tags.is_empty() {
+        set("tags", to_value(&fields.tags)?);
+    }
+    if !fields.workers.is_empty() {
+        set("designated_workers", to_value(&fields.workers)?);
+    }
+    Ok(changes)
+}
+
 pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
     let c = client(settings).await?;
     let cmd_is_enable = matches!(cmd, JobCommand::Enable { .. });
@@ -187,33 +251,19 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
             fields,
             disabled,
         } => {
-            let schedule = schedule_of(&fields)?
-                .ok_or_else(|| usage!("say when the job runs: --cron EXPR, --at TIME, --fixed-rate D, --fixed-delay D or --api"))?;
-            let processor = fields
-                .processor
-                .clone()
-                .ok_or_else(|| usage!("say what runs: --processor shell|http|NAME"))?;
-            let spec = JobSpec {
-                app,
-                name,
-                description: fields.description.clone().unwrap_or_default(),
-                schedule,
-                lifecycle: lifecycle_of(&fields)?.unwrap_or_default(),
-                processor,
-                config: fields.processor_config.clone().unwrap_or_default(),
-                params: fields.params.clone(),
-                enabled: !disabled,
-                max_instances: fields.max_instances.unwrap_or(0),
-                overlap: overlap_of(&fields.overlap)?.unwrap_or_default(),
-                max_retries: fields.max_retries.unwrap_or(0),
-                retry_delay_ms: fields.retry_delay.unwrap_or(10_000),
-                timeout_ms: fields.timeout.unwrap_or(0),
-                dispatch: dispatch_of(&fields.dispatch)?.unwrap_or_default(),
-                tags: fields.tags.clone(),
-                designated_workers: fields.workers.clone(),
-                misfire: misfire_of(&fields)?.unwrap_or_default(),
-            };
-            let job = c.call(&JobCreate { spec }).await?;
+            let mut changes = changes_of(&fields)?;
+            if !changes.contains_key("schedule") {
+                return Err(usage!(
+                    "say when the job runs: --cron EXPR, --at TIME, --fixed-rate D, --fixed-delay D or --api"
+                ));
+            }
+            if !changes.contains_key("processor") {
+                return Err(usage!("say what runs: --processor shell|http|NAME"));
+            }
+            changes.insert("name".into(), name.into());
+            changes.insert("enabled".into(), (!disabled).into());
+            let spec = JobSpec::from_object(changes).map_err(|e| usage!("{e}"))?;
+            let job = c.call(&JobCreate { app, spec }).await?;
             for warning in &job.warnings {
                 eprintln!("warning: {}", safe(warning));
             }
@@ -223,26 +273,14 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
             vec![job]
         }
         JobCommand::Update { id, name, fields } => {
-            let update = JobUpdate {
-                id,
-                name,
-                description: fields.description.clone(),
-                schedule: schedule_of(&fields)?,
-                lifecycle: lifecycle_of(&fields)?,
-                processor: fields.processor.clone(),
-                config: fields.processor_config.clone(),
-                params: fields.params.clone(),
-                max_instances: fields.max_instances,
-                overlap: overlap_of(&fields.overlap)?,
-                max_retries: fields.max_retries,
-                retry_delay_ms: fields.retry_delay,
-                timeout_ms: fields.timeout,
-                dispatch: dispatch_of(&fields.dispatch)?,
-                tags: (!fields.tags.is_empty()).then(|| fields.tags.clone()),
-                designated_workers: (!fields.workers.is_empty()).then(|| fields.workers.clone()),
-                misfire: misfire_of(&fields)?,
-            };
-            let job = c.call(&update).await?;
+            let mut changes = changes_of(&fields)?;
+            if let Some(name) = name {
+                changes.insert("name".into(), name.into());
+            }
+            if changes.is_empty() {
+                return Err(usage!("say what changes: see `rota job update --help`"));
+            }
+            let job = c.call(&JobUpdate { id, changes }).await?;
             if settings.json {
                 return print_json(&job);
             }
@@ -318,7 +356,7 @@ fn print_jobs(jobs: &[JobInfo]) {
         .map(|j| {
             vec![
                 j.id.to_string(),
-                j.spec.app.clone(),
+                j.app.clone(),
                 j.spec.name.clone(),
                 schedule_text(&j.spec.schedule),
                 j.spec.processor.clone(),
@@ -367,7 +405,7 @@ fn print_job_detail(j: &JobInfo) -> anyhow::Result<()> {
     let s = &j.spec;
     let rows = vec![
         vec!["id".into(), j.id.to_string()],
-        vec!["app".into(), s.app.clone()],
+        vec!["app".into(), j.app.clone()],
         vec!["name".into(), s.name.clone()],
         vec!["description".into(), opt(Some(&s.description))],
         vec!["schedule".into(), schedule_text(&s.schedule)],

@@ -207,7 +207,6 @@ async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
         return Ok(job.id);
     }
     let spec = JobSpec {
-        app: DEMO_APP.into(),
         name: DEMO_JOB.into(),
         description: "The rota dev demo: a shell job every 5 seconds".into(),
         schedule: Schedule::Cron {
@@ -229,7 +228,11 @@ async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
         designated_workers: vec![],
         misfire: MisfirePolicy::FireOnce,
     };
-    Ok(admin.call(&JobCreate { spec }).await?.id)
+    let job = JobCreate {
+        app: DEMO_APP.into(),
+        spec,
+    };
+    Ok(admin.call(&job).await?.id)
 }
 
 pub async fn dev(settings: &Settings, args: DevArgs) -> anyhow::Result<()> {

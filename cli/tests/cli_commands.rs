@@ -432,3 +432,73 @@ async fn output_reads_well_for_people() -> anyhow::Result<()> {
     d.shutdown().await;
     Ok(())
 }
+
+/// `job update` changes only what its flags name: the rest of the job, its lifecycle and schedule
+/// among them, stays as it was; an empty `--params` clears the parameters; an update without a
+/// change is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_update_changes_only_what_it_names() -> anyhow::Result<()> {
+    let d = deployment().await?;
+    let job = create_job(
+        &d,
+        &[
+            "--name",
+            "upd",
+            "--cron",
+            "0 30 2 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "--script",
+            "echo one",
+            "--params",
+            "p=1",
+            "--tag",
+            "eu",
+            "--max-retries",
+            "1",
+            "--ends-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    let id = job.id.to_string();
+    let json = ok(
+        &d,
+        &[
+            "--json",
+            "job",
+            "update",
+            &id,
+            "--max-retries",
+            "4",
+            "--params",
+            "",
+            "--description",
+            "now documented",
+        ],
+    )
+    .await;
+    let updated: JobInfo = serde_json::from_str(&json).expect("job update --json prints the job");
+    let mut expected = job.spec.clone();
+    expected.max_retries = 4;
+    expected.params = None;
+    expected.description = "now documented".into();
+    assert_eq!(updated.spec, expected);
+    assert_eq!(
+        updated.next_trigger_time_ms, job.next_trigger_time_ms,
+        "the schedule did not change, so neither does the next fire"
+    );
+    let json = ok(&d, &["--json", "job", "show", &id]).await;
+    let shown: JobInfo = serde_json::from_str(&json).expect("job show --json prints the job");
+    assert_eq!(shown.spec, expected, "the change is stored");
+
+    let nothing = rota(&d, &["job", "update", &id]).await;
+    assert_eq!(nothing.code, 2, "{}", nothing.stderr);
+    assert!(
+        nothing.stderr.contains("say what changes"),
+        "{}",
+        nothing.stderr
+    );
+    d.shutdown().await;
+    Ok(())
+}

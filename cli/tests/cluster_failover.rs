@@ -73,7 +73,7 @@ async fn admin_calls_to_a_non_owner_give_the_owners_result() -> anyhow::Result<(
         .await?
         .expect("the workers made a server own the app");
     let mut echo = shell_job("app", "echo", "");
-    echo.processor = "echo".into();
+    echo.spec.processor = "echo".into();
     let echo = d.create_job(echo).await?;
     let sleeper = d
         .create_job(shell_job("app", "sleeper", "sleep 600"))
@@ -257,7 +257,7 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
     d.start_worker(d.worker_config("app", "w2"), ProcessorRegistry::new())
         .await?;
     let mut tick = shell_job("app", "tick", "echo tick");
-    tick.schedule = Schedule::Cron {
+    tick.spec.schedule = Schedule::Cron {
         expression: "* * * * * *".into(),
         time_zone: None,
     };

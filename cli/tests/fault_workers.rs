@@ -123,9 +123,9 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
 
     // --- Job 1: one retry left. Its run is lost with its worker and goes to the other one.
     let mut spec = shell_job("app", "retried", &script);
-    spec.max_retries = 1;
-    spec.retry_delay_ms = 500;
-    spec.dispatch = DispatchStrategy::RoundRobin;
+    spec.spec.max_retries = 1;
+    spec.spec.retry_delay_ms = 500;
+    spec.spec.dispatch = DispatchStrategy::RoundRobin;
     let job1 = d.create_job(spec).await?;
     let id1 = d.run(job1.id).await?;
     let first = d
@@ -207,7 +207,7 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
 
     // --- Job 2: no retries. Its run is lost with its worker and the instance fails.
     let mut spec = shell_job("app", "final", &script);
-    spec.max_retries = 0;
+    spec.spec.max_retries = 0;
     let job2 = d.create_job(spec).await?;
     let id2 = d.run(job2.id).await?;
     let running = d
@@ -303,7 +303,7 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
             file.display()
         ),
     );
-    spec.dispatch = DispatchStrategy::RoundRobin;
+    spec.spec.dispatch = DispatchStrategy::RoundRobin;
     let job = d.create_job(spec).await?;
 
     // Frozen now, wa still counts as live until it misses three heartbeats (1.5 s and more):

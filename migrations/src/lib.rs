@@ -13,6 +13,7 @@ mod m20261121_000001_initial;
 mod m20261121_000002_job_misfire;
 mod m20261202_000001_security;
 mod m20261202_000002_long_text_on_mysql;
+mod m20261202_000003_job_settings;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_job_misfire::Migration),
             Box::new(m20261202_000001_security::Migration),
             Box::new(m20261202_000002_long_text_on_mysql::Migration),
+            Box::new(m20261202_000003_job_settings::Migration),
         ]
     }
 }

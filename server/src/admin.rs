@@ -380,19 +380,20 @@ async fn token_revoke(core: &Core, caller: &Caller, r: TokenRevoke) -> AdminResu
 // === Jobs ===
 
 fn validate_job(job: &Job) -> AdminResult<()> {
-    validate_name("job", &job.name, 255)?;
-    job.schedule
+    validate_name("job", &job.spec.name, 255)?;
+    job.spec
+        .schedule
         .validate()
         .map_err(|e| ErrorBody::invalid(e.to_string()))?;
-    if job.processor.trim().is_empty() {
+    if job.spec.processor.trim().is_empty() {
         return Err(ErrorBody::invalid("a job needs a processor"));
     }
-    if let (Some(start), Some(end)) = (job.lifecycle.start_ms, job.lifecycle.end_ms)
+    if let (Some(start), Some(end)) = (job.spec.lifecycle.start_ms, job.spec.lifecycle.end_ms)
         && start > end
     {
         return Err(ErrorBody::invalid("the lifecycle ends before it starts"));
     }
-    for t in job.tags.iter().chain(&job.designated_workers) {
+    for t in job.spec.tags.iter().chain(&job.spec.designated_workers) {
         if t.is_empty() {
             return Err(ErrorBody::invalid("tags and worker ids may not be empty"));
         }
@@ -402,9 +403,10 @@ fn validate_job(job: &Job) -> AdminResult<()> {
 
 /// Sets the next fire from now, for a job that is new, changed or enabled.
 fn reschedule(job: &mut Job, now: i64) -> AdminResult<()> {
-    job.next_trigger_time_ms = if job.enabled {
-        job.schedule
-            .next_fire_after(now, job.lifecycle)
+    job.next_trigger_time_ms = if job.spec.enabled {
+        job.spec
+            .schedule
+            .next_fire_after(now, job.spec.lifecycle)
             .map_err(|e| ErrorBody::invalid(e.to_string()))?
     } else {
         None
@@ -415,8 +417,9 @@ fn reschedule(job: &mut Job, now: i64) -> AdminResult<()> {
 /// Refuses a CRON expression that matches no time from now on (`0 0 0 30 2 *`): such a job would
 /// be stored and never run.
 fn check_fires(job: &Job, now: i64) -> AdminResult<()> {
-    if let rota_shared::schedule::Schedule::Cron { expression, .. } = &job.schedule {
+    if let rota_shared::schedule::Schedule::Cron { expression, .. } = &job.spec.schedule {
         let next = job
+            .spec
             .schedule
             .next_fire_after(now, Default::default())
             .map_err(|e| ErrorBody::invalid(e.to_string()))?;
@@ -431,10 +434,10 @@ fn check_fires(job: &Job, now: i64) -> AdminResult<()> {
 
 async fn job_create(core: &Core, caller: &Caller, r: JobCreate) -> AdminResult<JobInfo> {
     r.spec.check_limits()?;
-    let app = core.store.app_by_name(&r.spec.app).await?;
+    let app = core.store.app_by_name(&r.app).await?;
     caller.require_app(app.id)?;
     let now = now_ms();
-    let mut job = Job::from_spec(&r.spec, app.id, now);
+    let mut job = Job::new(r.spec, app.id, now);
     validate_job(&job)?;
     check_fires(&job, now)?;
     reschedule(&mut job, now)?;
@@ -465,7 +468,7 @@ async fn processor_warnings(core: &Core, job: &Job, app: &str) -> Vec<String> {
     };
     if workers
         .iter()
-        .any(|w| w.processors.contains(&job.processor))
+        .any(|w| w.processors.contains(&job.spec.processor))
     {
         return Vec::new();
     }
@@ -476,7 +479,7 @@ async fn processor_warnings(core: &Core, job: &Job, app: &str) -> Vec<String> {
     vec![format!(
         "no live worker of app {app:?} offers processor {:?} (offered: {}); its instances wait for \
          one and fail after {} s",
-        job.processor,
+        job.spec.processor,
         if offered.is_empty() {
             "none".to_owned()
         } else {
@@ -487,59 +490,16 @@ async fn processor_warnings(core: &Core, job: &Job, app: &str) -> Vec<String> {
 }
 
 async fn job_update(core: &Core, caller: &Caller, r: JobUpdate) -> AdminResult<JobInfo> {
-    r.check_limits()?;
     let mut job = core.store.job(r.id).await?;
     caller.require_app(job.app_id)?;
     let app = core.store.app_by_id(job.app_id).await?;
-    let timing_changed = r.schedule.is_some() || r.lifecycle.is_some();
-    if let Some(v) = r.name {
-        job.name = v;
-    }
-    if let Some(v) = r.description {
-        job.description = v;
-    }
-    if let Some(v) = r.schedule {
-        job.schedule = v;
-    }
-    if let Some(v) = r.lifecycle {
-        job.lifecycle = v;
-    }
-    if let Some(v) = r.processor {
-        job.processor = v;
-    }
-    if let Some(v) = r.config {
-        job.config = v;
-    }
-    if let Some(v) = r.params {
-        job.params = (!v.is_empty()).then_some(v);
-    }
-    if let Some(v) = r.max_instances {
-        job.max_instances = v;
-    }
-    if let Some(v) = r.overlap {
-        job.overlap = v;
-    }
-    if let Some(v) = r.max_retries {
-        job.max_retries = v;
-    }
-    if let Some(v) = r.retry_delay_ms {
-        job.retry_delay_ms = v;
-    }
-    if let Some(v) = r.timeout_ms {
-        job.timeout_ms = v;
-    }
-    if let Some(v) = r.dispatch {
-        job.dispatch = v;
-    }
-    if let Some(v) = r.tags {
-        job.tags = v;
-    }
-    if let Some(v) = r.designated_workers {
-        job.designated_workers = v;
-    }
-    if let Some(v) = r.misfire {
-        job.misfire = v;
-    }
+    let spec = job
+        .spec
+        .patched(&r.changes)
+        .map_err(|e| ErrorBody::invalid(e.to_string()))?;
+    spec.check_limits()?;
+    let timing_changed = spec.schedule != job.spec.schedule || spec.lifecycle != job.spec.lifecycle;
+    job.spec = spec;
     validate_job(&job)?;
     let now = now_ms();
     if timing_changed {
@@ -597,7 +557,7 @@ async fn job_show(core: &Core, caller: &Caller, JobShow(r): JobShow) -> AdminRes
 async fn set_enabled(core: &Core, caller: &Caller, id: i64, enabled: bool) -> AdminResult<JobInfo> {
     let mut job = job_of(core, caller, id).await?;
     let now = now_ms();
-    job.enabled = enabled;
+    job.spec.enabled = enabled;
     reschedule(&mut job, now)?;
     job.updated_at_ms = now;
     let job = core.store.save_job(&job).await?;
@@ -787,9 +747,10 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
     let due = now.saturating_add(i64::try_from(r.delay_ms).unwrap_or(i64::MAX / 2));
     // A run due now of a job without a concurrency limit is created already handed to a
     // worker: one statement instead of an insert and a dispatch compare-and-set.
-    let candidates = (due <= now && job.max_instances == 0 && !job.schedule.is_frequent())
-        .then(|| core.workers.candidates(&job))
-        .filter(|c| !c.is_empty());
+    let candidates =
+        (due <= now && job.spec.max_instances == 0 && !job.spec.schedule.is_frequent())
+            .then(|| core.workers.candidates(&job))
+            .filter(|c| !c.is_empty());
     let inst = core
         .inserts
         .insert(NewInstance {
@@ -832,7 +793,7 @@ async fn with_job_names(core: &Core, models: Vec<Instance>) -> AdminResult<Vec<I
         .jobs_by_ids(&job_ids)
         .await?
         .into_iter()
-        .map(|j| (j.id, j.name))
+        .map(|j| (j.id, j.spec.name))
         .collect();
     Ok(models
         .into_iter()

@@ -95,9 +95,9 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
             inst.status == InstanceStatus::WaitingDispatch
                 && core.ownership.owns(inst.app_id)
                 && inst.due_at_ms.is_none_or(|due| due <= now + ahead + 5)
-                && (job.enabled || inst.trigger != Trigger::Schedule)
-                && job.max_instances == 0
-                && !job.schedule.is_frequent()
+                && (job.spec.enabled || inst.trigger != Trigger::Schedule)
+                && job.spec.max_instances == 0
+                && !job.spec.schedule.is_frequent()
         });
         let candidates = simple.map(|job| core.workers.candidates(job));
         match (simple, candidates) {
@@ -308,7 +308,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
     };
     // Fires are created ahead of time; one of a job disabled since then does not run. Runs
     // asked for by hand (API, retry) still do.
-    if !job.enabled && inst.trigger == Trigger::Schedule {
+    if !job.spec.enabled && inst.trigger == Trigger::Schedule {
         core.store
             .cas_finish(
                 id,
@@ -324,10 +324,10 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
     // Held until the instance is handed over (or not), so that no other dispatch of this job
     // counts the live instances in between.
     // A frequent job runs as one long-lived instance: a second one is skipped.
-    let (max_instances, overlap) = if job.schedule.is_frequent() {
+    let (max_instances, overlap) = if job.spec.schedule.is_frequent() {
         (1, OverlapPolicy::Skip)
     } else {
-        (job.max_instances, job.overlap)
+        (job.spec.max_instances, job.spec.overlap)
     };
     let _slot = match max_instances {
         0 => None,
@@ -366,8 +366,8 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
             let reason = format!(
                 "no live worker could run it for {} s (processor {:?}, tags {:?})",
                 limit / 1000,
-                job.processor,
-                job.tags
+                job.spec.processor,
+                job.spec.tags
             );
             core.store
                 .cas_finish(id, Some(guard), InstanceStatus::Failed, &reason, now)
@@ -411,25 +411,25 @@ fn dispatch_request(
         server_id: core.id.clone(),
         app_id: job.app_id,
         job_id: job.id,
-        job_name: job.name.clone(),
+        job_name: job.spec.name.clone(),
         instance_id: inst.id,
         attempt,
-        processor: job.processor.clone(),
-        config: job.config.clone(),
-        job_params: job.params.clone(),
+        processor: job.spec.processor.clone(),
+        config: job.spec.config.clone(),
+        job_params: job.spec.params.clone(),
         instance_params: inst.instance_params.clone(),
-        timeout_ms: job.timeout_ms,
+        timeout_ms: job.spec.timeout_ms,
         expected_trigger_time_ms: inst.expected_trigger_time_ms,
-        frequent: match job.schedule {
+        frequent: match job.spec.schedule {
             Schedule::FixedRate { interval_ms } => Some(Frequent {
                 mode: FrequentMode::FixedRate,
                 interval_ms,
-                lifecycle_end_ms: job.lifecycle.end_ms,
+                lifecycle_end_ms: job.spec.lifecycle.end_ms,
             }),
             Schedule::FixedDelay { interval_ms } => Some(Frequent {
                 mode: FrequentMode::FixedDelay,
                 interval_ms,
-                lifecycle_end_ms: job.lifecycle.end_ms,
+                lifecycle_end_ms: job.spec.lifecycle.end_ms,
             }),
             _ => None,
         },

@@ -132,8 +132,8 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     let running = core.store.jobs_with_live_instances(&ids).await?;
     let mut started = 0;
     for job in frequent.iter().filter(|j| !running.contains(&j.id)) {
-        let in_lifecycle = job.lifecycle.start_ms.is_none_or(|s| s <= now)
-            && job.lifecycle.end_ms.is_none_or(|e| now < e);
+        let in_lifecycle = job.spec.lifecycle.start_ms.is_none_or(|s| s <= now)
+            && job.spec.lifecycle.end_ms.is_none_or(|e| now < e);
         if !in_lifecycle || job.next_trigger_time_ms.is_some() {
             // Outside its lifecycle, or the schedule loop is about to start it.
             continue;

@@ -69,7 +69,7 @@ impl WorkerRegistry {
             .into_iter()
             .filter(|w| may_run(w, job))
             .collect();
-        match job.dispatch {
+        match job.spec.dispatch {
             DispatchStrategy::HealthFirst => {
                 eligible.sort_by(|a, b| b.health.total_cmp(&a.health));
             }
@@ -91,9 +91,10 @@ impl WorkerRegistry {
 /// A worker may run a job when it has the processor, all the job's tags, is designated (if the
 /// job names workers) and has a free slot by its last heartbeat.
 fn may_run(w: &WorkerSummary, job: &Job) -> bool {
-    w.processors.contains(&job.processor)
-        && job.tags.iter().all(|t| w.tags.contains(t))
-        && (job.designated_workers.is_empty() || job.designated_workers.contains(&w.worker_id))
+    w.processors.contains(&job.spec.processor)
+        && job.spec.tags.iter().all(|t| w.tags.contains(t))
+        && (job.spec.designated_workers.is_empty()
+            || job.spec.designated_workers.contains(&w.worker_id))
         && w.running < w.capacity
 }
 

@@ -348,7 +348,7 @@ fn after_update(core: &Core, id: i64, update: &rota_shared::rules::Update, job: 
     if update.alert {
         tracing::warn!(
             instance = id,
-            job = job.map(|j| j.name.as_str()).unwrap_or("?"),
+            job = job.map(|j| j.spec.name.as_str()).unwrap_or("?"),
             status = %update.status,
             result = update.result.as_deref().unwrap_or(""),
             "alert: instance needs attention"

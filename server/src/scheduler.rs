@@ -104,7 +104,7 @@ fn plan(
     horizon: i64,
 ) -> Option<(FirePlan, Option<&'static str>)> {
     let old_next = job.next_trigger_time_ms?;
-    if matches!(job.schedule, Schedule::Api) {
+    if matches!(job.spec.schedule, Schedule::Api) {
         return None;
     }
     let base = FirePlan {
@@ -114,7 +114,7 @@ fn plan(
         new_next: None,
         fires: Vec::new(),
     };
-    if job.schedule.is_frequent() {
+    if job.spec.schedule.is_frequent() {
         // A frequent job runs as one long-lived instance, started once here; reconcile starts
         // another if it ends while the job should still run.
         return Some((
@@ -153,7 +153,7 @@ fn plan(
 /// index still holds another server to the same decision.
 fn misfire(job: &Job, base: FirePlan, now: i64) -> (FirePlan, Option<&'static str>) {
     let next = next_after(job, now);
-    let (fires, reason) = match job.misfire {
+    let (fires, reason) = match job.spec.misfire {
         MisfirePolicy::FireOnce => (vec![base.old_next], "misfire_fired_once"),
         MisfirePolicy::Skip => (Vec::new(), "misfire_skipped"),
         MisfirePolicy::CatchUp { max } => {
@@ -185,7 +185,7 @@ fn misfire(job: &Job, base: FirePlan, now: i64) -> (FirePlan, Option<&'static st
 }
 
 fn next_after(job: &Job, after: i64) -> Option<i64> {
-    match job.schedule.next_fire_after(after, job.lifecycle) {
+    match job.spec.schedule.next_fire_after(after, job.spec.lifecycle) {
         Ok(next) => next,
         Err(e) => {
             tracing::warn!(job = job.id, error = %e, "job's schedule cannot be computed; it stops firing");

@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::instance::Instance;
+pub use crate::job::{DispatchStrategy, JobSpec, MisfirePolicy, OverlapPolicy, PatchError};
 use crate::message::LogLevel;
-use crate::schedule::{Lifecycle, Schedule};
 use crate::status::InstanceStatus;
 
 /// What an admin token may do. Each role may do everything the ones before it may.
@@ -134,157 +134,12 @@ admin_request!(AppList, "app", "list", Viewer, Vec<AppInfo>);
 
 // === Jobs ===
 
-/// What happens to a fire when the job already has `max_instances` live instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OverlapPolicy {
-    /// The new instance ends CANCELED with a reason; nothing waits.
-    #[default]
-    Skip,
-    /// The new instance waits until a slot is free.
-    Queue,
-}
-
-/// How a worker is picked among the eligible ones.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DispatchStrategy {
-    #[default]
-    HealthFirst,
-    Random,
-    RoundRobin,
-}
-
-impl DispatchStrategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::HealthFirst => "health_first",
-            Self::Random => "random",
-            Self::RoundRobin => "round_robin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.replace('-', "_").to_ascii_lowercase().as_str() {
-            "health_first" => Some(Self::HealthFirst),
-            "random" => Some(Self::Random),
-            "round_robin" => Some(Self::RoundRobin),
-            _ => None,
-        }
-    }
-}
-
-impl OverlapPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Skip => "skip",
-            Self::Queue => "queue",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "skip" => Some(Self::Skip),
-            "queue" => Some(Self::Queue),
-            _ => None,
-        }
-    }
-}
-
-/// What a CRON or one-shot job does about fires that were missed while no server scheduled its
-/// app (every server was down, or the database was unreachable).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "policy", rename_all = "snake_case")]
-pub enum MisfirePolicy {
-    /// One instance for all the missed fires, now.
-    #[default]
-    FireOnce,
-    /// No instance for the missed fires; the schedule resumes from now.
-    Skip,
-    /// One instance for each of the most recent `max` missed fires.
-    CatchUp { max: u32 },
-}
-
-impl MisfirePolicy {
-    pub fn as_text(self) -> String {
-        match self {
-            Self::FireOnce => "fire_once".to_owned(),
-            Self::Skip => "skip".to_owned(),
-            Self::CatchUp { max } => format!("catch_up:{max}"),
-        }
-    }
-
-    /// Parses `fire_once`, `skip` or `catch_up:N`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().replace('-', "_").to_ascii_lowercase().as_str() {
-            "fire_once" => Some(Self::FireOnce),
-            "skip" => Some(Self::Skip),
-            other => other
-                .strip_prefix("catch_up:")
-                .and_then(|n| n.parse().ok())
-                .map(|max| Self::CatchUp { max }),
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_retry_delay_ms() -> u64 {
-    10_000
-}
-
-/// Everything that defines a job. Used to create one, and returned by `job show`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSpec {
-    /// The app's name.
-    pub app: String,
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    pub schedule: Schedule,
-    #[serde(default)]
-    pub lifecycle: Lifecycle,
-    /// Name of the processor in the worker's registry (`shell`, `http`, or a user's).
-    pub processor: String,
-    /// The processor's configuration: a script for `shell`, a JSON request for `http`.
-    #[serde(default)]
-    pub config: String,
-    /// Parameters every instance of the job gets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub params: Option<String>,
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Live instances at most; `0` means no limit.
-    #[serde(default)]
-    pub max_instances: u32,
-    #[serde(default)]
-    pub overlap: OverlapPolicy,
-    /// Runs after the first that a failing instance gets.
-    #[serde(default)]
-    pub max_retries: u32,
-    #[serde(default = "default_retry_delay_ms")]
-    pub retry_delay_ms: u64,
-    /// Kill a run after this long; `0` means no limit.
-    #[serde(default)]
-    pub timeout_ms: u64,
-    #[serde(default)]
-    pub dispatch: DispatchStrategy,
-    /// A worker must carry all of these tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// If not empty, only these workers may run the job.
-    #[serde(default)]
-    pub designated_workers: Vec<String>,
-    #[serde(default)]
-    pub misfire: MisfirePolicy,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobInfo {
     pub id: i64,
     pub app_id: i64,
+    /// The app's name.
+    pub app: String,
     #[serde(flatten)]
     pub spec: JobSpec,
     pub next_trigger_time_ms: Option<i64>,
@@ -299,47 +154,19 @@ pub struct JobInfo {
 /// `job.create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCreate {
+    /// The app's name.
+    pub app: String,
     #[serde(flatten)]
     pub spec: JobSpec,
 }
 
-/// `job.update`: every field that is set replaces the job's.
+/// `job.update`: changes to the job's [`JobSpec`] as a JSON object of its fields (see
+/// [`JobSpec::patched`]): a field given replaces the job's, `null` resets it to its default, and
+/// an unknown field is refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobUpdate {
     pub id: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<Schedule>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lifecycle: Option<Lifecycle>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub processor: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<String>,
-    /// `Some(None)` is not expressible in JSON; an empty string clears the parameters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub params: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_instances: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overlap: Option<OverlapPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_delay_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dispatch: Option<DispatchStrategy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tags: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub designated_workers: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub misfire: Option<MisfirePolicy>,
+    pub changes: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `job.list`: jobs in the order they were made, a page at a time.

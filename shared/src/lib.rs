@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod envelope;
 pub mod instance;
+pub mod job;
 pub mod limits;
 pub mod message;
 pub mod rules;

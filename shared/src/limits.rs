@@ -3,7 +3,7 @@
 //! over its limit: the sender is at fault, and nothing of it is kept.
 
 use crate::ErrorBody;
-use crate::admin::{JobRun, JobSpec, JobUpdate};
+use crate::admin::{JobRun, JobSpec};
 use crate::message::{
     AcquireRequest, ClusterQuery, DispatchRequest, LogBatch, StatusReport, StatusReportBatch,
     WorkerHeartbeat,
@@ -171,27 +171,6 @@ impl Limited for JobSpec {
             MAX_DESIGNATED_WORKERS,
             MAX_ID_BYTES,
         )
-    }
-}
-
-impl Limited for JobUpdate {
-    fn check_limits(&self) -> Result<(), ErrorBody> {
-        opt_text("description", &self.description, MAX_DESCRIPTION_BYTES)?;
-        opt_text("processor", &self.processor, MAX_PROCESSOR_BYTES)?;
-        opt_text("config", &self.config, MAX_CONFIG_BYTES)?;
-        opt_text("params", &self.params, MAX_PARAMS_BYTES)?;
-        if let Some(tags) = &self.tags {
-            list("tags", tags, MAX_TAGS, MAX_TAG_BYTES)?;
-        }
-        if let Some(workers) = &self.designated_workers {
-            list(
-                "designated_workers",
-                workers,
-                MAX_DESIGNATED_WORKERS,
-                MAX_ID_BYTES,
-            )?;
-        }
-        Ok(())
     }
 }
 

@@ -204,8 +204,8 @@ impl Deployment {
         }
     }
 
-    pub async fn create_job(&self, spec: JobSpec) -> anyhow::Result<JobInfo> {
-        Ok(self.admin.call(&JobCreate { spec }).await?)
+    pub async fn create_job(&self, job: JobCreate) -> anyhow::Result<JobInfo> {
+        Ok(self.admin.call(&job).await?)
     }
 
     /// Runs a job now (as `rota job run` does) and returns the new instance's id.
@@ -356,10 +356,9 @@ pub fn hold_registry() -> (ProcessorRegistry, std::sync::Arc<tokio::sync::Notify
     (registry, release)
 }
 
-/// A job spec with the defaults tests start from: API-triggered, the shell processor.
-pub fn shell_job(app: &str, name: &str, script: &str) -> JobSpec {
-    JobSpec {
-        app: app.to_owned(),
+/// A job of `app` with the defaults tests start from: API-triggered, the shell processor.
+pub fn shell_job(app: &str, name: &str, script: &str) -> JobCreate {
+    let spec = JobSpec {
         name: name.to_owned(),
         description: String::new(),
         schedule: rota_shared::schedule::Schedule::Api,
@@ -377,5 +376,9 @@ pub fn shell_job(app: &str, name: &str, script: &str) -> JobSpec {
         tags: Vec::new(),
         designated_workers: Vec::new(),
         misfire: MisfirePolicy::FireOnce,
+    };
+    JobCreate {
+        app: app.to_owned(),
+        spec,
     }
 }

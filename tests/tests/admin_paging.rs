@@ -33,7 +33,7 @@ async fn jobs_instances_and_workers_are_listed_whole_a_page_at_a_time() -> anyho
     let store = Store::connect(d.db.url()).await?;
     let now = rota_transport::wall_ms();
     let jobs: Vec<Job> = (0..250)
-        .map(|i| Job::from_spec(&shell_job("app", &format!("j{i}"), "true"), app.id, now))
+        .map(|i| Job::new(shell_job("app", &format!("j{i}"), "true").spec, app.id, now))
         .collect();
     store.insert_jobs(&jobs).await?;
 
@@ -58,7 +58,11 @@ async fn jobs_instances_and_workers_are_listed_whole_a_page_at_a_time() -> anyho
     let big: Vec<Job> = (0..20)
         .map(|i| {
             let script = format!("echo {}", "x".repeat(110_000));
-            Job::from_spec(&shell_job("app", &format!("big{i}"), &script), app.id, now)
+            Job::new(
+                shell_job("app", &format!("big{i}"), &script).spec,
+                app.id,
+                now,
+            )
         })
         .collect();
     store.insert_jobs(&big).await?;

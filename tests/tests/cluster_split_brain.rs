@@ -48,7 +48,7 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
         .await?;
 
     let mut spec = shell_job("app", "tick", "echo tick");
-    spec.schedule = Schedule::Cron {
+    spec.spec.schedule = Schedule::Cron {
         expression: "* * * * * *".into(),
         time_zone: None,
     };

@@ -24,7 +24,7 @@ async fn a_dispatch_over_the_nats_max_payload_fails_the_instance() -> anyhow::Re
     let store = Store::connect(d.db.url()).await?;
     let spec = shell_job("app", "big", &format!("echo {}", "x".repeat(20_000)));
     let job = store
-        .insert_job(&Job::from_spec(&spec, app.id, rota_transport::wall_ms()))
+        .insert_job(&Job::new(spec.spec, app.id, rota_transport::wall_ms()))
         .await?;
     let id = d.run(job.id).await?;
     let done = d.wait_terminal(id, Duration::from_secs(10)).await;
@@ -55,7 +55,7 @@ async fn a_job_at_the_documented_limits_is_stored_and_runs() -> anyhow::Result<(
         "x".repeat(MAX_CONFIG_BYTES - script_head.len())
     );
     let mut spec = shell_job("app", "largest", &script);
-    spec.params = Some("p".repeat(MAX_PARAMS_BYTES));
+    spec.spec.params = Some("p".repeat(MAX_PARAMS_BYTES));
     let job = d.create_job(spec).await?;
     assert_eq!(job.spec.config.len(), MAX_CONFIG_BYTES);
     let run = rota_shared::admin::JobRun {
@@ -77,7 +77,7 @@ async fn a_job_at_the_documented_limits_is_stored_and_runs() -> anyhow::Result<(
     );
     // One byte more is refused with a reason, not stored.
     let mut over = shell_job("app", "over", &"x".repeat(MAX_CONFIG_BYTES + 1));
-    over.params = None;
+    over.spec.params = None;
     let refused = d.create_job(over).await.unwrap_err().to_string();
     assert!(refused.contains("INVALID_ARGUMENT"), "{refused}");
     d.shutdown().await;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use rota_shared::InstanceStatus;
-use rota_shared::admin::{DispatchStrategy, InstanceInfo, JobSpec, WorkerList};
+use rota_shared::admin::{DispatchStrategy, InstanceInfo, JobCreate, WorkerList};
 use rota_shared::message::WorkerSummary;
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::wait;
@@ -66,9 +66,9 @@ fn assert_all_on(instances: &[InstanceInfo], worker: &str) {
 }
 
 /// A quick shell job that picks workers by round robin.
-fn quick_job(app: &str, name: &str) -> JobSpec {
+fn quick_job(app: &str, name: &str) -> JobCreate {
     let mut spec = shell_job(app, name, "echo ok");
-    spec.dispatch = DispatchStrategy::RoundRobin;
+    spec.spec.dispatch = DispatchStrategy::RoundRobin;
     spec
 }
 
@@ -97,7 +97,7 @@ async fn tags_route_jobs_to_matching_workers() -> anyhow::Result<()> {
     );
 
     let mut spec = quick_job("app", "needs-gpu");
-    spec.tags = vec!["gpu".to_owned()];
+    spec.spec.tags = vec!["gpu".to_owned()];
     let job = d.create_job(spec).await?;
     let done = run_many(&d, job.id, 5).await?;
     assert_all_on(&done, "w-gpu");
@@ -126,7 +126,7 @@ async fn designated_workers_only() -> anyhow::Result<()> {
         .await?;
 
     let mut spec = quick_job("app", "only-w2");
-    spec.designated_workers = vec!["w2".to_owned()];
+    spec.spec.designated_workers = vec!["w2".to_owned()];
     let job = d.create_job(spec).await?;
     let done = run_many(&d, job.id, 5).await?;
     assert_all_on(&done, "w2");
@@ -198,7 +198,7 @@ async fn processor_routing() -> anyhow::Result<()> {
     );
 
     let mut spec = quick_job("app", "sdk");
-    spec.processor = "only-a".into();
+    spec.spec.processor = "only-a".into();
     let job = d.create_job(spec).await?;
     let done = run_many(&d, job.id, 4).await?;
     assert_all_on(&done, "w-a");
@@ -224,7 +224,7 @@ async fn no_worker_for_the_job_keeps_it_waiting_then_dispatches_when_one_arrives
     d.start_worker(d.worker_config("app", "w-plain"), ProcessorRegistry::new())
         .await?;
     let mut spec = quick_job("app", "late");
-    spec.tags = vec!["late".to_owned()];
+    spec.spec.tags = vec!["late".to_owned()];
     let late = d.create_job(spec).await?;
     let waiting = run(&d, late.id).await?;
     let created = d.instance(waiting).await?.instance.created_at_ms;
@@ -310,7 +310,7 @@ async fn an_unknown_processor_is_warned_about_and_fails_with_its_name() -> anyho
     d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
         .await?;
     let mut spec = shell_job("app", "typo", "");
-    spec.processor = "sehll".into();
+    spec.spec.processor = "sehll".into();
     let job = d.create_job(spec).await?;
     assert_eq!(job.warnings.len(), 1, "{job:?}");
     assert!(

@@ -112,7 +112,7 @@ async fn database_outage_of_ten_seconds() -> anyhow::Result<()> {
     d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
         .await?;
     let mut tick = shell_job("app", "tick", "echo tick");
-    tick.schedule = Schedule::Cron {
+    tick.spec.schedule = Schedule::Cron {
         expression: "* * * * * *".into(),
         time_zone: None,
     };

@@ -43,9 +43,9 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         .await?;
     let end_ms = chrono::Utc::now().timestamp_millis() + 14_000;
     let mut spec = shell_job("app", "every-100ms", "");
-    spec.processor = "count".into();
-    spec.schedule = Schedule::FixedRate { interval_ms: 100 };
-    spec.lifecycle = Lifecycle {
+    spec.spec.processor = "count".into();
+    spec.spec.schedule = Schedule::FixedRate { interval_ms: 100 };
+    spec.spec.lifecycle = Lifecycle {
         start_ms: None,
         end_ms: Some(end_ms),
     };

@@ -29,11 +29,11 @@ async fn each_misfire_policy_does_what_it_says() -> anyhow::Result<()> {
         ("catch-up", MisfirePolicy::CatchUp { max: 2 }),
     ] {
         let mut spec = shell_job("app", name, "echo tick");
-        spec.schedule = Schedule::Cron {
+        spec.spec.schedule = Schedule::Cron {
             expression: "*/2 * * * * *".into(),
             time_zone: None,
         };
-        spec.misfire = policy;
+        spec.spec.misfire = policy;
         jobs.insert(name, d.create_job(spec).await?);
     }
     for job in jobs.values() {

@@ -26,7 +26,7 @@ async fn running_work_survives_a_nats_restart() -> anyhow::Result<()> {
         ))
         .await?;
     let mut tick = shell_job("app", "tick", "echo tick");
-    tick.schedule = Schedule::Cron {
+    tick.spec.schedule = Schedule::Cron {
         expression: "* * * * * *".into(),
         time_zone: None,
     };

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use rota_shared::admin::{AppList, InstanceList, JobList};
+use rota_shared::admin::{AppList, InstanceList, JobList, JobUpdate};
 use rota_shared::envelope::decode_reply;
 use rota_shared::message::{
     MAX_REPORTS_PER_BATCH, Ping, Pong, ReportAction, StatusBatchAck, StatusReport,
@@ -232,6 +232,29 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         decode_reply::<Pong>(&reply.payload).map_err(|e| e.code),
         Err(ErrorCode::UnsupportedVersion)
     );
+
+    // Job changes that name what a job does not have, or give a field the wrong type or a bad
+    // value, are refused whole: among them an attempt to move the job to another app.
+    for changes in [
+        serde_json::json!({"app_id": 2}),
+        serde_json::json!({"app": "other", "max_retries": 3}),
+        serde_json::json!({"id": 99}),
+        serde_json::json!({"max_retry": 3}),
+        serde_json::json!({"max_retries": "three"}),
+        serde_json::json!({"processor": " "}),
+        serde_json::json!({"schedule": {"type": "cron", "expression": "0 0 0 30 2 *"}}),
+    ] {
+        let update = JobUpdate {
+            id: job.id,
+            changes: changes.as_object().cloned().unwrap_or_default(),
+        };
+        let refused = d.admin.call(&update).await;
+        assert_eq!(
+            refused.as_ref().map_err(|e| e.code()).err().flatten(),
+            Some(ErrorCode::InvalidArgument),
+            "job update {changes}: {refused:?}"
+        );
+    }
 
     assert_eq!(
         state(&d).await?,

@@ -61,7 +61,7 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
         .start_worker(d.worker_config("app", "w1"), registry)
         .await?;
     let mut spec = shell_job("app", "hold", "");
-    spec.processor = "hold".into();
+    spec.spec.processor = "hold".into();
     let job = d.create_job(spec).await?;
     let id = d.run(job.id).await?;
     let running = d

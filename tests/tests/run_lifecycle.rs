@@ -166,7 +166,7 @@ async fn api_run_parameters_reach_the_processor() -> anyhow::Result<()> {
     d.start_worker(d.worker_config("app", "w1"), registry)
         .await?;
     let mut spec = shell_job("app", "echo", "");
-    spec.processor = "echo".into();
+    spec.spec.processor = "echo".into();
     let job = d.create_job(spec).await?;
 
     let id = run(&d, job.id, Some(r#"{"n":42}"#)).await?;
@@ -203,8 +203,8 @@ async fn failing_job_retries_at_its_delay_and_ends_failed_after_three_runs() -> 
     d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
         .await?;
     let mut spec = shell_job("app", "fails", r#"echo "run $ROTA_ATTEMPT"; exit 3"#);
-    spec.max_retries = 2;
-    spec.retry_delay_ms = DELAY_MS as u64;
+    spec.spec.max_retries = 2;
+    spec.spec.retry_delay_ms = DELAY_MS as u64;
     let job = d.create_job(spec).await?;
 
     let id = run(&d, job.id, None).await?;
@@ -276,7 +276,7 @@ async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
     // group ends it.
     let script = format!("echo $$ > '{}'; sleep 600 & sleep 600", pid_file.display());
     let mut spec = shell_job("app", "slow", &script);
-    spec.timeout_ms = 1_000;
+    spec.spec.timeout_ms = 1_000;
     let job = d.create_job(spec).await?;
 
     let id = run(&d, job.id, None).await?;
@@ -408,9 +408,9 @@ async fn max_instances_skip_cancels_the_extra_fire() -> anyhow::Result<()> {
     )
     .await?;
     let mut spec = shell_job("app", "single", "");
-    spec.processor = "wait".into();
-    spec.max_instances = 1;
-    spec.overlap = OverlapPolicy::Skip;
+    spec.spec.processor = "wait".into();
+    spec.spec.max_instances = 1;
+    spec.spec.overlap = OverlapPolicy::Skip;
     let job = d.create_job(spec).await?;
 
     let first = run(&d, job.id, None).await?;
@@ -486,9 +486,9 @@ async fn max_instances_queue_waits_for_a_free_slot() -> anyhow::Result<()> {
     d.start_worker(d.worker_config("app", "w1"), registry)
         .await?;
     let mut spec = shell_job("app", "queued", "");
-    spec.processor = "gate".into();
-    spec.max_instances = 1;
-    spec.overlap = OverlapPolicy::Queue;
+    spec.spec.processor = "gate".into();
+    spec.spec.max_instances = 1;
+    spec.spec.overlap = OverlapPolicy::Queue;
     let job = d.create_job(spec).await?;
 
     // The second run is asked for once the first holds the only slot, so which of the two
@@ -567,9 +567,9 @@ async fn max_instances_holds_for_runs_asked_for_at_the_same_moment() -> anyhow::
     for round in 0..3 {
         for overlap in [OverlapPolicy::Skip, OverlapPolicy::Queue] {
             let mut spec = shell_job("app", &format!("pair-{round}-{}", overlap.as_str()), "");
-            spec.processor = "wait".into();
-            spec.max_instances = 1;
-            spec.overlap = overlap;
+            spec.spec.processor = "wait".into();
+            spec.spec.max_instances = 1;
+            spec.spec.overlap = overlap;
             let job = d.create_job(spec).await?;
             let (a, b) = tokio::join!(run(&d, job.id, None), run(&d, job.id, None));
             let (a, b) = (a?, b?);
@@ -652,7 +652,7 @@ async fn a_short_run_starts_when_the_worker_started_it() -> anyhow::Result<()> {
     d.start_worker(d.worker_config("app", "w1"), registry)
         .await?;
     let mut spec = shell_job("app", "brief", "");
-    spec.processor = "brief".into();
+    spec.spec.processor = "brief".into();
     let job = d.create_job(spec).await?;
     let id = run(&d, job.id, None).await?;
     let done = d.wait_terminal(id, Duration::from_secs(10)).await;

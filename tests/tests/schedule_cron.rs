@@ -18,7 +18,7 @@ async fn every_second_cron_runs_four_times_in_five_seconds() -> anyhow::Result<(
     d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
         .await?;
     let mut spec = shell_job("app", "tick", r#"echo "tick $ROTA_INSTANCE_ID""#);
-    spec.schedule = Schedule::Cron {
+    spec.spec.schedule = Schedule::Cron {
         expression: "* * * * * *".into(),
         time_zone: Some("Europe/Berlin".into()),
     };
@@ -115,7 +115,7 @@ async fn one_shot_job_fires_once_at_its_time() -> anyhow::Result<()> {
     // A whole second at least 2 s ahead, so the instance is created before it is due.
     let at_ms = (chrono::Utc::now().timestamp_millis() / 1000 + 3) * 1000;
     let mut spec = shell_job("app", "once", "echo once");
-    spec.schedule = Schedule::At { at_ms };
+    spec.spec.schedule = Schedule::At { at_ms };
     let job = d.create_job(spec).await?;
     assert_eq!(job.next_trigger_time_ms, Some(at_ms));
 
@@ -195,15 +195,15 @@ async fn cron_fires_across_daylight_saving_changes_as_wall_times() -> anyhow::Re
     let mut jobs = Vec::new();
     for (i, (expression, zone, (from, to), expected)) in cases.iter().enumerate() {
         let mut spec = shell_job("app", &format!("dst-{i}"), "true");
-        spec.schedule = Schedule::Cron {
+        spec.spec.schedule = Schedule::Cron {
             expression: (*expression).to_owned(),
             time_zone: Some((*zone).to_owned()),
         };
-        spec.lifecycle = rota_shared::schedule::Lifecycle {
+        spec.spec.lifecycle = rota_shared::schedule::Lifecycle {
             start_ms: Some(at(from)),
             end_ms: Some(at(to)),
         };
-        spec.misfire = rota_shared::admin::MisfirePolicy::CatchUp { max: 100 };
+        spec.spec.misfire = rota_shared::admin::MisfirePolicy::CatchUp { max: 100 };
         let job = d.create_job(spec).await?;
         // The window has passed, so the job has no next fire; put it at the window's first.
         store

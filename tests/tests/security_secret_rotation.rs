@@ -27,7 +27,7 @@ async fn a_rotated_secret_reaches_running_workers_and_the_old_one_retires() -> a
         .await?;
     let on = |worker: &str| {
         let mut spec = shell_job("app", &format!("on-{worker}"), "echo ok");
-        spec.designated_workers = vec![worker.to_owned()];
+        spec.spec.designated_workers = vec![worker.to_owned()];
         spec
     };
     let on_file = d.create_job(on("w-file")).await?;

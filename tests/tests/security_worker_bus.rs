@@ -269,7 +269,7 @@ async fn forged_status_reports_change_nothing() -> anyhow::Result<()> {
         .start_worker(d.worker_config("app", "w1"), registry)
         .await?;
     let mut spec = shell_job("app", "hold", "");
-    spec.processor = "hold".into();
+    spec.spec.processor = "hold".into();
     let job = d.create_job(spec).await?;
     let id = d.run(job.id).await?;
     let running = d

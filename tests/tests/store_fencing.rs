@@ -21,7 +21,7 @@ async fn setup() -> anyhow::Result<(TestDatabase, Store, Job)> {
         .create_app("app", &rota_transport::Key::from_bytes([1; 32]), 0)
         .await?;
     let job = store
-        .insert_job(&Job::from_spec(&shell_job("app", "j", "true"), app.id, 0))
+        .insert_job(&Job::new(shell_job("app", "j", "true").spec, app.id, 0))
         .await?;
     Ok((db, store, job))
 }

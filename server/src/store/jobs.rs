@@ -1,105 +1,92 @@
 //! Jobs.
 
-use rota_shared::admin::{DispatchStrategy, JobInfo, JobSpec, MisfirePolicy, OverlapPolicy};
-use rota_shared::schedule::{Lifecycle, Schedule};
+use rota_shared::admin::{JobInfo, JobSpec};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
+use serde_json::{Map, Value};
 
 use super::entity::job;
-use super::{Store, StoreError, StoreResult, decode_list, encode_list};
+use super::{Store, StoreError, StoreResult};
 
-/// A job as the scheduler and dispatcher use it: the stored row with its JSON decoded once.
+/// A job as the scheduler and dispatcher use it: its one definition, [`JobSpec`], with the
+/// server's bookkeeping around it.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: i64,
     pub app_id: i64,
-    pub name: String,
-    pub schedule: Schedule,
-    pub lifecycle: Lifecycle,
-    pub processor: String,
-    pub config: String,
-    pub params: Option<String>,
-    pub enabled: bool,
-    pub max_instances: u32,
-    pub overlap: OverlapPolicy,
-    pub max_retries: u32,
-    pub retry_delay_ms: u64,
-    pub timeout_ms: u64,
-    pub dispatch: DispatchStrategy,
-    pub tags: Vec<String>,
-    pub designated_workers: Vec<String>,
+    pub spec: JobSpec,
     pub next_trigger_time_ms: Option<i64>,
-    pub description: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
-    pub misfire: MisfirePolicy,
 }
 
+/// The `JobSpec` fields that are columns of their own; the others are kept in `settings`.
+const COLUMNS: [&str; 3] = ["name", "schedule", "enabled"];
+
 impl Job {
-    pub fn from_model(m: job::Model) -> StoreResult<Self> {
-        let schedule: Schedule = serde_json::from_str(&m.schedule)
-            .map_err(|e| StoreError::Corrupt(format!("job {} schedule: {e}", m.id)))?;
+    fn from_model(m: job::Model) -> StoreResult<Self> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("job {} {what}: {e}", m.id))
+        };
+        let mut object: Map<String, Value> =
+            serde_json::from_str(&m.settings).map_err(|e| corrupt("settings", &e))?;
+        let schedule: Value =
+            serde_json::from_str(&m.schedule).map_err(|e| corrupt("schedule", &e))?;
+        object.insert("name".into(), Value::String(m.name));
+        object.insert("schedule".into(), schedule);
+        object.insert("enabled".into(), Value::Bool(m.enabled));
+        let spec = JobSpec::from_object(object).map_err(|e| corrupt("settings", &e))?;
         Ok(Self {
             id: m.id,
             app_id: m.app_id,
-            name: m.name,
-            schedule,
-            lifecycle: Lifecycle {
-                start_ms: m.lifecycle_start_ms,
-                end_ms: m.lifecycle_end_ms,
-            },
-            processor: m.processor,
-            config: m.config,
-            params: m.params,
-            enabled: m.enabled,
-            max_instances: u32::try_from(m.max_instances).unwrap_or(0),
-            overlap: OverlapPolicy::parse(&m.overlap).unwrap_or_default(),
-            max_retries: u32::try_from(m.max_retries).unwrap_or(0),
-            retry_delay_ms: u64::try_from(m.retry_delay_ms).unwrap_or(0),
-            timeout_ms: u64::try_from(m.timeout_ms).unwrap_or(0),
-            dispatch: DispatchStrategy::parse(&m.dispatch).unwrap_or_default(),
-            tags: decode_list(&m.tags)?,
-            designated_workers: decode_list(&m.designated_workers)?,
+            spec,
             next_trigger_time_ms: m.next_trigger_time_ms,
-            description: m.description,
             created_at_ms: m.created_at_ms,
             updated_at_ms: m.updated_at_ms,
-            misfire: MisfirePolicy::parse(&m.misfire).unwrap_or_default(),
         })
     }
 
-    pub fn to_spec(&self, app_name: &str) -> JobSpec {
-        JobSpec {
-            app: app_name.to_owned(),
-            name: self.name.clone(),
-            description: self.description.clone(),
-            schedule: self.schedule.clone(),
-            lifecycle: self.lifecycle,
-            processor: self.processor.clone(),
-            config: self.config.clone(),
-            params: self.params.clone(),
-            enabled: self.enabled,
-            max_instances: self.max_instances,
-            overlap: self.overlap,
-            max_retries: self.max_retries,
-            retry_delay_ms: self.retry_delay_ms,
-            timeout_ms: self.timeout_ms,
-            dispatch: self.dispatch,
-            tags: self.tags.clone(),
-            designated_workers: self.designated_workers.clone(),
-            misfire: self.misfire,
+    fn to_active(&self) -> StoreResult<job::ActiveModel> {
+        let mut settings = self.spec.to_object();
+        for column in COLUMNS {
+            settings.remove(column);
+        }
+        let schedule = serde_json::to_string(&self.spec.schedule)
+            .map_err(|e| StoreError::Corrupt(format!("job {:?} schedule: {e}", self.spec.name)))?;
+        Ok(job::ActiveModel {
+            id: Default::default(),
+            app_id: Set(self.app_id),
+            name: Set(self.spec.name.clone()),
+            schedule: Set(schedule),
+            enabled: Set(self.spec.enabled),
+            settings: Set(Value::Object(settings).to_string()),
+            next_trigger_time_ms: Set(self.next_trigger_time_ms),
+            created_at_ms: Set(self.created_at_ms),
+            updated_at_ms: Set(self.updated_at_ms),
+        })
+    }
+
+    /// A job not yet stored (its id is 0).
+    pub fn new(spec: JobSpec, app_id: i64, now_ms: i64) -> Self {
+        Self {
+            id: 0,
+            app_id,
+            spec,
+            next_trigger_time_ms: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
         }
     }
 
     /// The job's settings the status rules depend on.
     pub fn rules(&self) -> rota_shared::rules::JobRules {
         rota_shared::rules::JobRules {
-            frequent: self.schedule.is_frequent(),
-            max_retries: self.max_retries,
-            retry_delay_ms: self.retry_delay_ms,
-            lifecycle_end_ms: self.lifecycle.end_ms,
+            frequent: self.spec.schedule.is_frequent(),
+            max_retries: self.spec.max_retries,
+            retry_delay_ms: self.spec.retry_delay_ms,
+            lifecycle_end_ms: self.spec.lifecycle.end_ms,
         }
     }
 
@@ -107,69 +94,12 @@ impl Job {
         JobInfo {
             id: self.id,
             app_id: self.app_id,
-            spec: self.to_spec(app_name),
+            app: app_name.to_owned(),
+            spec: self.spec.clone(),
             next_trigger_time_ms: self.next_trigger_time_ms,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             warnings: Vec::new(),
-        }
-    }
-
-    fn to_active(&self) -> job::ActiveModel {
-        let clamp_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-        let clamp_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        job::ActiveModel {
-            id: Default::default(),
-            app_id: Set(self.app_id),
-            name: Set(self.name.clone()),
-            description: Set(self.description.clone()),
-            schedule: Set(serde_json::to_string(&self.schedule).unwrap_or_default()),
-            lifecycle_start_ms: Set(self.lifecycle.start_ms),
-            lifecycle_end_ms: Set(self.lifecycle.end_ms),
-            processor: Set(self.processor.clone()),
-            config: Set(self.config.clone()),
-            params: Set(self.params.clone()),
-            enabled: Set(self.enabled),
-            max_instances: Set(clamp_i32(self.max_instances)),
-            overlap: Set(self.overlap.as_str().to_owned()),
-            max_retries: Set(clamp_i32(self.max_retries)),
-            retry_delay_ms: Set(clamp_i64(self.retry_delay_ms)),
-            timeout_ms: Set(clamp_i64(self.timeout_ms)),
-            dispatch: Set(self.dispatch.as_str().to_owned()),
-            tags: Set(encode_list(&self.tags)),
-            designated_workers: Set(encode_list(&self.designated_workers)),
-            next_trigger_time_ms: Set(self.next_trigger_time_ms),
-            created_at_ms: Set(self.created_at_ms),
-            updated_at_ms: Set(self.updated_at_ms),
-            misfire: Set(self.misfire.as_text()),
-        }
-    }
-
-    /// A job from a spec, not yet stored (its id is 0).
-    pub fn from_spec(spec: &JobSpec, app_id: i64, now_ms: i64) -> Self {
-        Self {
-            id: 0,
-            app_id,
-            name: spec.name.clone(),
-            schedule: spec.schedule.clone(),
-            lifecycle: spec.lifecycle,
-            processor: spec.processor.clone(),
-            config: spec.config.clone(),
-            params: spec.params.clone(),
-            enabled: spec.enabled,
-            max_instances: spec.max_instances,
-            overlap: spec.overlap,
-            max_retries: spec.max_retries,
-            retry_delay_ms: spec.retry_delay_ms,
-            timeout_ms: spec.timeout_ms,
-            dispatch: spec.dispatch,
-            tags: spec.tags.clone(),
-            designated_workers: spec.designated_workers.clone(),
-            next_trigger_time_ms: None,
-            description: spec.description.clone(),
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-            misfire: spec.misfire,
         }
     }
 }
@@ -177,19 +107,23 @@ impl Job {
 impl Store {
     pub async fn insert_job(&self, job: &Job) -> StoreResult<Job> {
         let model = job
-            .to_active()
+            .to_active()?
             .insert(self.conn())
             .await
-            .map_err(|e| StoreError::from_insert(e, format!("job {:?}", job.name)))?;
+            .map_err(|e| StoreError::from_insert(e, format!("job {:?}", job.spec.name)))?;
         Job::from_model(model)
     }
 
     /// Stores many new jobs in multi-row inserts (for bulk loads: imports, benchmarks).
     pub async fn insert_jobs(&self, jobs: &[Job]) -> StoreResult<()> {
         let txn = self.write_txn().await?;
-        // 24 columns a row: 500 rows stay below every backend's bind-parameter limit.
+        // 9 columns a row: 500 rows stay below every backend's bind-parameter limit.
         for chunk in jobs.chunks(500) {
-            job::Entity::insert_many(chunk.iter().map(Job::to_active))
+            let rows = chunk
+                .iter()
+                .map(Job::to_active)
+                .collect::<StoreResult<Vec<_>>>()?;
+            job::Entity::insert_many(rows)
                 .exec_without_returning(&txn)
                 .await
                 .map_err(|e| StoreError::from_insert(e, "a job of the batch"))?;
@@ -200,12 +134,12 @@ impl Store {
 
     /// Replaces every column of a stored job.
     pub async fn save_job(&self, job: &Job) -> StoreResult<Job> {
-        let mut active = job.to_active();
+        let mut active = job.to_active()?;
         active.id = Set(job.id);
         let model = active
             .update(self.conn())
             .await
-            .map_err(|e| StoreError::from_insert(e, format!("job {:?}", job.name)))?;
+            .map_err(|e| StoreError::from_insert(e, format!("job {:?}", job.spec.name)))?;
         Job::from_model(model)
     }
 

@@ -108,15 +108,6 @@ fn normalize_sqlite_url(url: &str) -> String {
     format!("{url}{sep}mode=rwc")
 }
 
-/// Encodes a list of strings for a JSON text column.
-fn encode_list(items: &[String]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
-}
-
-fn decode_list(text: &str) -> StoreResult<Vec<String>> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("string list: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 use sea_orm::entity::prelude::*;
 
+/// A job: the columns queries filter or index on, and the rest of its `JobSpec` as JSON.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "job")]
 pub struct Model {
@@ -7,30 +8,14 @@ pub struct Model {
     pub id: i64,
     pub app_id: i64,
     pub name: String,
-    pub description: String,
-    /// `rota_shared::schedule::Schedule` as JSON.
+    /// `rota_shared::schedule::Schedule` as JSON (its `type` first: frequent jobs are found by it).
     pub schedule: String,
-    pub lifecycle_start_ms: Option<i64>,
-    pub lifecycle_end_ms: Option<i64>,
-    pub processor: String,
-    pub config: String,
-    pub params: Option<String>,
     pub enabled: bool,
-    pub max_instances: i32,
-    pub overlap: String,
-    pub max_retries: i32,
-    pub retry_delay_ms: i64,
-    pub timeout_ms: i64,
-    pub dispatch: String,
-    /// A JSON array of strings.
-    pub tags: String,
-    /// A JSON array of strings.
-    pub designated_workers: String,
+    /// The other fields of `rota_shared::job::JobSpec` as a JSON object.
+    pub settings: String,
     pub next_trigger_time_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
-    /// `rota_shared::admin::MisfirePolicy` as text.
-    pub misfire: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
