@@ -2,7 +2,7 @@
 //! the scheduler uses (`Schedule::next_fire_after`), so that what it shows is what will run.
 
 use anyhow::{anyhow, bail};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use chrono_tz::Tz;
 use rota_shared::schedule::{Lifecycle, Schedule};
 use serde::Serialize;
@@ -50,7 +50,7 @@ pub fn run(settings: &Settings, cmd: ScheduleCommand) -> anyhow::Result<()> {
             // The first fire may be at --from itself.
             - 1
         }
-        None => Utc::now().timestamp_millis(),
+        None => rota_transport::wall_ms(),
     };
     let mut fires = Vec::with_capacity(count);
     while fires.len() < count {

@@ -302,7 +302,7 @@ pub async fn dev(settings: &Settings, args: DevArgs) -> anyhow::Result<()> {
 
 /// Prints each demo run as it finishes, with its log.
 async fn follow_demo(admin: &AdminClient, job_id: i64, runs: Option<u32>) -> anyhow::Result<()> {
-    let started = chrono::Utc::now().timestamp_millis();
+    let started = rota_transport::wall_ms();
     let mut shown: HashSet<i64> = HashSet::new();
     loop {
         let list = admin

@@ -287,7 +287,7 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
         "failover: {successor} owns the app {} ms after {owner} was SIGKILLed",
         took.as_millis()
     );
-    let taken_at = chrono::Utc::now().timestamp_millis();
+    let taken_at = rota_transport::wall_ms();
 
     // The CRON job goes on firing under the new owner.
     wait::until(
@@ -334,7 +334,7 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
         "failover: restarted {owner} owns the app {} ms after the others were SIGKILLed",
         t1.elapsed().as_millis()
     );
-    let back_at = chrono::Utc::now().timestamp_millis();
+    let back_at = rota_transport::wall_ms();
     wait::until(
         "two fires under the restarted server",
         Duration::from_secs(20),

@@ -14,7 +14,6 @@ use rota_shared::{ErrorBody, ErrorCode, Instance, InstanceStatus, Trigger};
 use rota_transport::keys::{APP_KEY_PURPOSE, TOKEN_PURPOSE, open_secret, seal_secret};
 use rota_transport::{AdminToken, Incoming, Key, RequestErrorKind, decode_message};
 
-use crate::clock::now_ms;
 use crate::core::Core;
 use crate::dispatch::Handed;
 use crate::gate::Caller;
@@ -56,7 +55,7 @@ pub async fn handle(core: &Core, msg: &Incoming) {
     };
     let caller = match core
         .gate
-        .verify_admin(&core.store, msg.message(), now_ms())
+        .verify_admin(&core.store, msg.message(), core.clock.now_ms())
         .await
     {
         Ok(caller) => caller,
@@ -250,7 +249,7 @@ async fn app_create(core: &Core, caller: &Caller, r: AppCreate) -> AdminResult<A
     // An app's name is a subject token: its workers' subjects carry it.
     validate_token(&r.name).map_err(|e| ErrorBody::invalid(format!("invalid app name: {e}")))?;
     let key = app_key_of(caller, &r.sealed_key)?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let app = core.store.create_app(&r.name, &key, now).await?;
     // So that this server knows the app's workers at once; the others re-read within a second.
     core.gate.refresh_apps(&core.store, now).await?;
@@ -265,7 +264,7 @@ async fn app_rotate_secret(
     caller.require_unscoped()?;
     let app = core.store.app_by_name(&r.name).await?;
     let key = app_key_of(caller, &r.sealed_key)?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let grace = i64::try_from(r.grace_ms).unwrap_or(i64::MAX / 2);
     core.store.rotate_app_key(app.id, &key, now, grace).await?;
     core.gate.refresh_apps(&core.store, now).await?;
@@ -310,7 +309,10 @@ pub async fn create_token(
         Some(name) => Some(store.app_by_name(name).await?),
         None => None,
     };
-    let (token, stored) = make_token(store, role, app.as_ref().map(|a| a.id), description).await?;
+    // Outside a running server: the system's clock.
+    let now = crate::clock::Clock::system().now_ms();
+    let (token, stored) =
+        make_token(store, role, app.as_ref().map(|a| a.id), description, now).await?;
     let names = app.map(|a| (a.id, a.name)).into_iter().collect();
     Ok((token_info(&stored, &names), token))
 }
@@ -321,6 +323,7 @@ async fn make_token(
     role: Role,
     app_id: Option<i64>,
     description: &str,
+    now_ms: i64,
 ) -> AdminResult<(AdminToken, StoredToken)> {
     if description.len() > 255 {
         return Err(ErrorBody::invalid(
@@ -334,7 +337,7 @@ async fn make_token(
         app_id,
         description: description.to_owned(),
         key: token.key(),
-        created_at_ms: now_ms(),
+        created_at_ms: now_ms,
         revoked_at_ms: None,
     };
     store.insert_token(&stored).await?;
@@ -347,7 +350,14 @@ async fn token_create(core: &Core, caller: &Caller, r: TokenCreate) -> AdminResu
         Some(name) => Some(core.store.app_by_name(name).await?.id),
         None => None,
     };
-    let (token, stored) = make_token(&core.store, r.role, app_id, &r.description).await?;
+    let (token, stored) = make_token(
+        &core.store,
+        r.role,
+        app_id,
+        &r.description,
+        core.clock.now_ms(),
+    )
+    .await?;
     let sealed_token = seal_secret(&caller.key, TOKEN_PURPOSE, token.reveal().as_bytes())
         .map_err(|e| ErrorBody::internal(e.to_string()))?;
     tracing::info!(token = %stored.id, role = %stored.role, by = %caller.token_id, "token created");
@@ -371,7 +381,7 @@ async fn token_list(core: &Core, caller: &Caller, _: TokenList) -> AdminResult<V
 
 async fn token_revoke(core: &Core, caller: &Caller, r: TokenRevoke) -> AdminResult<TokenInfo> {
     caller.require_unscoped()?;
-    let token = core.store.revoke_token(&r.id, now_ms()).await?;
+    let token = core.store.revoke_token(&r.id, core.clock.now_ms()).await?;
     core.gate.forget_token(&token.id);
     tracing::info!(token = %token.id, by = %caller.token_id, "token revoked");
     Ok(token_info(&token, &app_names(core).await?))
@@ -436,7 +446,7 @@ async fn job_create(core: &Core, caller: &Caller, r: JobCreate) -> AdminResult<J
     r.spec.check_limits()?;
     let app = core.store.app_by_name(&r.app).await?;
     caller.require_app(app.id)?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let mut job = Job::new(r.spec, app.id, now);
     validate_job(&job)?;
     check_fires(&job, now)?;
@@ -501,7 +511,7 @@ async fn job_update(core: &Core, caller: &Caller, r: JobUpdate) -> AdminResult<J
     let timing_changed = spec.schedule != job.spec.schedule || spec.lifecycle != job.spec.lifecycle;
     job.spec = spec;
     validate_job(&job)?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     if timing_changed {
         check_fires(&job, now)?;
         reschedule(&mut job, now)?;
@@ -556,7 +566,7 @@ async fn job_show(core: &Core, caller: &Caller, JobShow(r): JobShow) -> AdminRes
 
 async fn set_enabled(core: &Core, caller: &Caller, id: i64, enabled: bool) -> AdminResult<JobInfo> {
     let mut job = job_of(core, caller, id).await?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     job.spec.enabled = enabled;
     reschedule(&mut job, now)?;
     job.updated_at_ms = now;
@@ -581,7 +591,7 @@ async fn cancel_handed_fires(core: &Core, job_id: i64, reason: &str) -> AdminRes
             ..Default::default()
         })
         .await?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     for inst in handed.iter().filter(|i| i.trigger == Trigger::Schedule) {
         let guard = InstanceGuard::of(inst);
         let cancelled = core
@@ -621,7 +631,7 @@ async fn job_delete(core: &Core, caller: &Caller, JobDelete(r): JobDelete) -> Ad
             ..Default::default()
         })
         .await?;
-    let now = now_ms();
+    let now = core.clock.now_ms();
     for inst in waiting {
         core.store
             .cas_finish(
@@ -697,7 +707,7 @@ async fn forward<T: serde::de::DeserializeOwned>(
 
 /// Answers a call forwarded by another server of the deployment (sealed with the cluster key).
 pub async fn handle_remote(core: &Core, msg: &Incoming) {
-    if let Err(e) = core.gate.verify_cluster(msg.message(), now_ms()) {
+    if let Err(e) = core.gate.verify_cluster(msg.message(), core.clock.now_ms()) {
         return core.transport.respond::<()>(msg, Err(e), None).await;
     }
     let key = Some(core.gate.cluster_credential().key());
@@ -743,7 +753,7 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
     if let Route::Owner(owner) = route(core, job.app_id, via).await? {
         return forward(core, &owner, &RemoteCall::JobRun(r)).await;
     }
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let due = now.saturating_add(i64::try_from(r.delay_ms).unwrap_or(i64::MAX / 2));
     // A run due now of a job without a concurrency limit is created already handed to a
     // worker: one statement instead of an insert and a dispatch compare-and-set.
@@ -884,7 +894,7 @@ async fn instance_stop_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<
             None,
             InstanceStatus::Stopped,
             "stopped by an operator",
-            now_ms(),
+            core.clock.now_ms(),
         )
         .await?;
     if !stopped {
@@ -932,7 +942,7 @@ async fn instance_retry_via(core: &Core, r: InstanceId, via: Via) -> AdminResult
     if let Route::Owner(owner) = route(core, job.app_id, via).await? {
         return forward(core, &owner, &RemoteCall::InstanceRetry(r)).await;
     }
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let new = core
         .store
         .insert_instance(
@@ -1038,8 +1048,11 @@ fn local_workers(core: &Core, app_id: Option<i64>) -> Vec<WorkerSummary> {
 }
 
 async fn server_list(core: &Core, _: &Caller, _: ServerList) -> AdminResult<Vec<ServerInfo>> {
-    let window = 3 * i64::try_from(core.config.presence_interval.as_millis()).unwrap_or(0);
-    Ok(core.store.list_servers(now_ms() - window).await?)
+    let window = 3 * crate::clock::millis(core.config.presence_interval);
+    Ok(core
+        .store
+        .list_servers(core.clock.now_ms() - window)
+        .await?)
 }
 
 /// Answered from memory: it must work while the database does not.

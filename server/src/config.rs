@@ -7,6 +7,9 @@ use rota_transport::NatsOptions;
 /// Everything a server needs to run. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The clock the server reads the time from: the system's, unless a test gives one that
+    /// follows tokio's (paused) time.
+    pub clock: crate::clock::Clock,
     /// Where NATS is and how to log in to it.
     pub nats: NatsOptions,
     /// The subject prefix shared by a deployment's servers and workers.
@@ -62,6 +65,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            clock: crate::clock::Clock::system(),
             nats: NatsOptions::new("nats://127.0.0.1:4222"),
             prefix: rota_shared::subject::DEFAULT_PREFIX.to_owned(),
             database_url: "sqlite://rota.db".to_owned(),

@@ -23,6 +23,8 @@ const JOB_CACHE_MAX: usize = 100_000;
 
 pub struct Core {
     pub id: String,
+    /// The one clock every part reads the time from.
+    pub clock: crate::clock::Clock,
     pub started_at_ms: i64,
     pub config: ServerConfig,
     pub transport: Transport,

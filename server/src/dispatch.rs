@@ -14,7 +14,7 @@ use rota_shared::message::{DispatchRequest, Frequent, FrequentMode};
 use rota_shared::schedule::Schedule;
 use tokio::sync::mpsc;
 
-use crate::clock::{millis, now_ms};
+use crate::clock::millis;
 use crate::core::Core;
 use crate::store::{Handover, InstanceGuard, Job, StoreError};
 use crate::worker_calls;
@@ -78,7 +78,8 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
         Err(e) => {
             tracing::warn!(instances = ids.len(), error = %e, "dispatch failed; will retry");
             for id in ids {
-                core.timer.schedule(id, now_ms() + RETRY_DISPATCH_MS);
+                core.timer
+                    .schedule(id, core.clock.now_ms() + RETRY_DISPATCH_MS);
                 core.end_dispatch(id);
             }
             return;
@@ -86,7 +87,7 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
     };
     let mut seen: HashSet<i64> = HashSet::with_capacity(instances.len());
     let mut plain = Vec::new();
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let ahead = millis(core.config.dispatch_ahead);
     for inst in instances {
         seen.insert(inst.id);
@@ -114,7 +115,7 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
     if plain.is_empty() {
         return;
     }
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let handovers: Vec<Handover<'_>> = plain
         .iter()
         .map(|(inst, _, candidates)| Handover {
@@ -129,7 +130,8 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
         Err(e) => {
             tracing::warn!(instances = plain.len(), error = %e, "dispatch failed; will retry");
             for (inst, ..) in &plain {
-                core.timer.schedule(inst.id, now_ms() + RETRY_DISPATCH_MS);
+                core.timer
+                    .schedule(inst.id, core.clock.now_ms() + RETRY_DISPATCH_MS);
                 core.end_dispatch(inst.id);
             }
             return;
@@ -142,7 +144,7 @@ async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
             core.end_dispatch(inst.id);
             continue;
         };
-        let start_at_ms = start_at(&inst, now_ms());
+        let start_at_ms = start_at(&inst, core.clock.now_ms());
         spawn_send(
             core.clone(),
             Handed {
@@ -202,7 +204,8 @@ fn spawn_dispatch_one(core: Arc<Core>, id: i64) {
     tokio::spawn(async move {
         if let Err(e) = dispatch_one(&core, id).await {
             tracing::warn!(instance = id, error = %e, "dispatch failed; will retry");
-            core.timer.schedule(id, now_ms() + RETRY_DISPATCH_MS);
+            core.timer
+                .schedule(id, core.clock.now_ms() + RETRY_DISPATCH_MS);
         }
         core.end_dispatch(id);
     });
@@ -228,7 +231,7 @@ async fn hand_over(
         if i > 0 {
             let Some(next) = core
                 .store
-                .cas_dispatch(inst.id, guard, &worker.worker_id, now_ms())
+                .cas_dispatch(inst.id, guard, &worker.worker_id, core.clock.now_ms())
                 .await?
             else {
                 return Ok(());
@@ -256,7 +259,7 @@ async fn hand_over(
                         Some(guard),
                         InstanceStatus::Failed,
                         &reason,
-                        now_ms(),
+                        core.clock.now_ms(),
                     )
                     .await?;
                 return Ok(());
@@ -267,7 +270,7 @@ async fn hand_over(
         }
     }
     // Nobody took it: wait a moment and try again.
-    let due = now_ms() + RETRY_DISPATCH_MS;
+    let due = core.clock.now_ms() + RETRY_DISPATCH_MS;
     if core.store.cas_requeue(inst.id, guard, due).await? {
         core.timer.schedule(inst.id, due);
     }
@@ -283,7 +286,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
     if inst.status != InstanceStatus::WaitingDispatch || !core.ownership.owns(inst.app_id) {
         return Ok(());
     }
-    let now = now_ms();
+    let now = core.clock.now_ms();
     if let Some(due) = inst.due_at_ms.filter(|due| *due > now + 5) {
         // Fired early (a stale timer entry after a requeue): wait for the real time.
         core.timer.schedule(id, due);
@@ -361,7 +364,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
     let candidates = core.workers.candidates(&job);
     if candidates.is_empty() {
         let waiting_since = inst.due_at_ms.unwrap_or(inst.created_at_ms);
-        let limit = i64::try_from(core.config.no_worker_timeout.as_millis()).unwrap_or(i64::MAX);
+        let limit = millis(core.config.no_worker_timeout);
         if now.saturating_sub(waiting_since) > limit {
             let reason = format!(
                 "no live worker could run it for {} s (processor {:?}, tags {:?})",
@@ -383,7 +386,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
     };
     let Some(attempt) = core
         .store
-        .cas_dispatch(id, guard, &first.worker_id, now_ms())
+        .cas_dispatch(id, guard, &first.worker_id, core.clock.now_ms())
         .await?
     else {
         // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
@@ -395,7 +398,7 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         &job,
         candidates,
         attempt,
-        start_at(&inst, now_ms()),
+        start_at(&inst, core.clock.now_ms()),
     )
     .await
 }
@@ -433,7 +436,7 @@ fn dispatch_request(
             }),
             _ => None,
         },
-        deadline_ms: Some(now_ms() + millis(core.config.dispatch_timeout)),
+        deadline_ms: Some(core.clock.now_ms() + millis(core.config.dispatch_timeout)),
         start_at_ms,
     }
 }

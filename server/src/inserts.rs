@@ -5,7 +5,7 @@ use rota_shared::ErrorBody;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::store::{NewInstance, Store};
 use rota_shared::Instance;
 
@@ -19,7 +19,7 @@ pub struct InsertQueue {
 }
 
 impl InsertQueue {
-    pub fn start(store: Store, shutdown: CancellationToken) -> Self {
+    pub fn start(store: Store, clock: Clock, shutdown: CancellationToken) -> Self {
         let (tx, mut rx) = mpsc::channel::<(NewInstance, Waiter)>(4 * BATCH);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
@@ -33,7 +33,7 @@ impl InsertQueue {
                     break;
                 }
                 let (news, waiters): (Vec<NewInstance>, Vec<Waiter>) = batch.drain(..).unzip();
-                match store.insert_instances(news, now_ms()).await {
+                match store.insert_instances(news, clock.now_ms()).await {
                     Ok(models) => {
                         for (waiter, model) in waiters.into_iter().zip(models) {
                             let _ = waiter.send(Ok(model));

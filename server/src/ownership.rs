@@ -47,7 +47,7 @@ impl Ownership {
             .map(|(_, since)| since.elapsed())
     }
 
-    fn insert(&self, app_id: i64, epoch: i64) {
+    pub(crate) fn insert(&self, app_id: i64, epoch: i64) {
         let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
         match apps.get(&app_id) {
             Some((known, _)) if *known == epoch => {}

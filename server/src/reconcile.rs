@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rota_shared::InstanceStatus;
+use rota_shared::repair::{Hearing, RunningFacts, RunningVerdict, Timeouts, classify_running};
 use rota_shared::rules::lost_attempt;
 
-use crate::clock::{millis, now_ms};
+use crate::clock::millis;
 use crate::core::Core;
 use crate::ownership;
 use crate::service::{Every, ScheduledService, ServiceError};
@@ -50,7 +51,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     if owned.is_empty() {
         return Ok(());
     }
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let cfg = &core.config;
 
     // Waiting instances that nobody is dispatching.
@@ -84,14 +85,15 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     let n = lose(core, unacknowledged, "dispatch was never acknowledged", now).await?;
     core.repaired("dispatch_unacknowledged", n);
 
-    // Running instances whose worker stopped heartbeating. A server that took an app over only
-    // just now, or whose own NATS connection was just restored, has not heard every worker yet:
-    // it waits one worker timeout first.
-    let heard_long_enough = core.connected_for() >= cfg.worker_timeout;
-    // Silence in the database means something only if the database could have stored the
-    // reports for the whole window (and the server could hear them).
-    let stored_long_enough =
-        core.ready_for() >= cfg.report_timeout && core.connected_for() >= cfg.report_timeout;
+    // Running instances whose worker stopped heartbeating, or that report nothing.
+    let hearing = Hearing {
+        connected_for_ms: millis(core.connected_for()),
+        stored_for_ms: millis(core.ready_for()),
+    };
+    let timeouts = Timeouts {
+        worker_ms: millis(cfg.worker_timeout),
+        report_ms: millis(cfg.report_timeout),
+    };
     let running = core
         .store
         .instances_in(&owned, InstanceStatus::Running, LIMIT)
@@ -99,13 +101,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     let mut live: HashMap<i64, Vec<String>> = HashMap::new();
     let mut lost = Vec::new();
     let mut silent = Vec::new();
-    let report_cutoff = now - millis(cfg.report_timeout);
     for inst in running {
-        let settled = heard_long_enough
-            && core
-                .ownership
-                .owned_for(inst.app_id)
-                .is_some_and(|d| d >= cfg.worker_timeout);
         let workers = live.entry(inst.app_id).or_insert_with(|| {
             core.workers
                 .live(Some(inst.app_id))
@@ -113,11 +109,15 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
                 .map(|w| w.worker_id)
                 .collect()
         });
-        let worker_live = inst.worker_id.as_ref().is_some_and(|w| workers.contains(w));
-        if settled && !worker_live {
-            lost.push(inst);
-        } else if stored_long_enough && inst.last_report_at_ms.is_none_or(|t| t < report_cutoff) {
-            silent.push(inst);
+        let facts = RunningFacts {
+            owned_for_ms: core.ownership.owned_for(inst.app_id).map(millis),
+            worker_live: inst.worker_id.as_ref().is_some_and(|w| workers.contains(w)),
+            last_report_at_ms: inst.last_report_at_ms,
+        };
+        match classify_running(facts, hearing, timeouts, now) {
+            RunningVerdict::WorkerLost => lost.push(inst),
+            RunningVerdict::Silent => silent.push(inst),
+            RunningVerdict::Fine => {}
         }
     }
     let lost = still_lost(core, lost).await;
@@ -258,7 +258,7 @@ impl ScheduledService for CleanUp {
 
     async fn run_one_iteration(&mut self) -> Result<(), ServiceError> {
         let core = &self.core;
-        let cutoff = now_ms() - millis(core.config.retention);
+        let cutoff = core.clock.now_ms() - millis(core.config.retention);
         loop {
             let (instances, lines) = core.store.delete_finished_before(cutoff, 1_000).await?;
             core.repaired("cleaned_instances", instances);
@@ -267,5 +267,73 @@ impl ScheduledService for CleanUp {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::{Instant, advance};
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::ownership::Ownership;
+
+    /// 2026-12-02T00:00:00Z.
+    const T0: i64 = 1_796_169_600_000;
+
+    /// Reconcile's judgement of a RUNNING instance on paused time, from the same sources it
+    /// reads in a server: the clock, the ownership table's and the connection's tokio instants.
+    #[tokio::test(start_paused = true)]
+    async fn on_paused_time_lost_workers_and_silent_runs_are_judged_at_their_timeouts() {
+        let clock = Clock::following_tokio(T0);
+        let ownership = Ownership::default();
+        ownership.insert(1, 1);
+        let connected_since = Instant::now();
+        let timeouts = Timeouts {
+            worker_ms: 30_000,
+            report_ms: 120_000,
+        };
+        let last_report = clock.now_ms();
+        let judge = |ready_since: Instant, worker_live: bool| {
+            let facts = RunningFacts {
+                owned_for_ms: ownership.owned_for(1).map(millis),
+                worker_live,
+                last_report_at_ms: Some(last_report),
+            };
+            let hearing = Hearing {
+                connected_for_ms: millis(connected_since.elapsed()),
+                stored_for_ms: millis(ready_since.elapsed()),
+            };
+            classify_running(facts, hearing, timeouts, clock.now_ms())
+        };
+        let ready_since = Instant::now();
+
+        // The app was just taken over: a worker not heard yet is not lost before one worker
+        // timeout, and is lost from then on.
+        advance(Duration::from_millis(29_999)).await;
+        assert_eq!(judge(ready_since, false), RunningVerdict::Fine);
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(judge(ready_since, false), RunningVerdict::WorkerLost);
+
+        // A live worker's run is silent once the report timeout has passed since its last
+        // report, not a millisecond before.
+        advance(Duration::from_secs(90)).await;
+        assert_eq!(judge(ready_since, true), RunningVerdict::Fine);
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(judge(ready_since, true), RunningVerdict::Silent);
+
+        // The database was away and answers again from now: the silence is judged only after a
+        // whole report timeout of answering.
+        let ready_again = Instant::now();
+        assert_eq!(judge(ready_again, true), RunningVerdict::Fine);
+        advance(Duration::from_secs(120)).await;
+        assert_eq!(judge(ready_again, true), RunningVerdict::Silent);
+        assert_eq!(
+            clock.now_ms(),
+            T0 + 240_001,
+            "four minutes of judging ran on paused time"
+        );
     }
 }

@@ -18,7 +18,6 @@ use rota_shared::{ErrorBody, ErrorCode};
 use rota_transport::{Incoming, Key};
 use tokio::sync::mpsc;
 
-use crate::clock::now_ms;
 use crate::core::Core;
 use crate::store::{InstanceGuard, Job, StoreError};
 use crate::worker_calls::publish_stop;
@@ -219,7 +218,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
     let job_ids: Vec<i64> = instances.values().map(|m| m.job_id).collect();
     let jobs = core.jobs(&job_ids).await?;
 
-    let now = now_ms();
+    let now = core.clock.now_ms();
     let mut verdicts = Vec::with_capacity(batch.len());
     // One write per instance: several reports of an instance in one batch (a fast job's
     // RUNNING and SUCCEEDED) merge into one change, guarded by the state the batch started from.
@@ -316,7 +315,7 @@ async fn decide_alone(core: &Core, pending: &Pending) -> Result<Verdict, StoreEr
             Some(m) => core.jobs(&[m.job_id]).await?.remove(&m.job_id),
             None => None,
         };
-        let now = now_ms();
+        let now = core.clock.now_ms();
         let outcome = apply_report(
             current.as_ref().map(Instance::rule_state).as_ref(),
             &rules_of(job.as_deref()),

@@ -5,11 +5,9 @@
 
 use std::sync::Arc;
 
-use rota_shared::admin::MisfirePolicy;
-use rota_shared::schedule::Schedule;
+use rota_shared::fires;
 use tokio::time::Instant;
 
-use crate::clock::now_ms;
 use crate::core::Core;
 use crate::ownership;
 use crate::service::{Every, ScheduledService, ServiceError};
@@ -43,7 +41,9 @@ impl ScheduledService for ScheduleLoop {
             .is_none_or(|t| t.elapsed() >= core.config.ownership_refresh)
         {
             ownership::refresh(core).await?;
-            core.gate.refresh_apps(&core.store, now_ms()).await?;
+            core.gate
+                .refresh_apps(&core.store, core.clock.now_ms())
+                .await?;
             self.refreshed = Some(Instant::now());
         }
         Ok(pass(core).await?)
@@ -56,8 +56,8 @@ pub async fn pass(core: &Core) -> Result<(), StoreError> {
     if owned.is_empty() {
         return Ok(());
     }
-    let now = now_ms();
-    let lookahead = i64::try_from(core.config.schedule_lookahead.as_millis()).unwrap_or(0);
+    let now = core.clock.now_ms();
+    let lookahead = crate::clock::millis(core.config.schedule_lookahead);
     let horizon = now + lookahead;
 
     loop {
@@ -66,7 +66,7 @@ pub async fn pass(core: &Core) -> Result<(), StoreError> {
         let mut plans = Vec::with_capacity(due.len());
         let mut misfires = Vec::new();
         for job in &due {
-            if let Some((plan, misfire)) = plan(core, job, now, horizon) {
+            if let Some((plan, misfire)) = plan(job, now, horizon, core.config.misfire_threshold) {
                 plans.push(plan);
                 misfires.extend(misfire);
             }
@@ -95,103 +95,35 @@ pub async fn pass(core: &Core) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The fires of one due job up to `horizon`, its next fire after them, and the misfire repair
-/// it made, if any.
+/// The fires of one due job up to `horizon` (decided by [`rota_shared::fires::plan`]), and the
+/// misfire repair it made, if any.
 fn plan(
-    core: &Core,
     job: &Job,
     now: i64,
     horizon: i64,
+    misfire_threshold: std::time::Duration,
 ) -> Option<(FirePlan, Option<&'static str>)> {
     let old_next = job.next_trigger_time_ms?;
-    if matches!(job.spec.schedule, Schedule::Api) {
-        return None;
-    }
-    let base = FirePlan {
-        job_id: job.id,
-        app_id: job.app_id,
-        old_next,
-        new_next: None,
-        fires: Vec::new(),
+    let window = fires::Window {
+        now_ms: now,
+        horizon_ms: horizon,
+        misfire_threshold_ms: crate::clock::millis(misfire_threshold),
+        max_fires: FIRES_PER_JOB,
     };
-    if job.spec.schedule.is_frequent() {
-        // A frequent job runs as one long-lived instance, started once here; reconcile starts
-        // another if it ends while the job should still run.
-        return Some((
-            FirePlan {
-                fires: vec![old_next],
-                ..base
-            },
-            None,
-        ));
+    let planned = fires::plan(&job.spec, old_next, window)?;
+    if let Some(e) = &planned.error {
+        tracing::warn!(job = job.id, error = %e, "job's schedule cannot be computed; it stops firing");
     }
-    let misfire_threshold = i64::try_from(core.config.misfire_threshold.as_millis()).unwrap_or(0);
-    if old_next < now - misfire_threshold {
-        return Some(misfire(job, base, now));
-    }
-    let mut fires = Vec::new();
-    let mut cursor = old_next;
-    let next = loop {
-        fires.push(cursor);
-        match next_after(job, cursor) {
-            Some(n) if n <= horizon && fires.len() < FIRES_PER_JOB => cursor = n,
-            other => break other,
-        }
-    };
     Some((
         FirePlan {
-            new_next: next,
-            fires,
-            ..base
+            job_id: job.id,
+            app_id: job.app_id,
+            old_next,
+            new_next: planned.next,
+            fires: planned.fires,
         },
-        None,
+        planned.repair,
     ))
-}
-
-/// Fires missed while no server scheduled the app: the job's misfire policy decides which run,
-/// and the schedule resumes from now. Every missed fire keeps its own fire time, so the unique
-/// index still holds another server to the same decision.
-fn misfire(job: &Job, base: FirePlan, now: i64) -> (FirePlan, Option<&'static str>) {
-    let next = next_after(job, now);
-    let (fires, reason) = match job.spec.misfire {
-        MisfirePolicy::FireOnce => (vec![base.old_next], "misfire_fired_once"),
-        MisfirePolicy::Skip => (Vec::new(), "misfire_skipped"),
-        MisfirePolicy::CatchUp { max } => {
-            // The most recent `max` missed fires, found by walking from the first one (bounded,
-            // so a job down for a year at one fire a second costs a bounded walk).
-            let mut missed = Vec::new();
-            let mut cursor = Some(base.old_next);
-            let mut steps = 0;
-            while let Some(t) = cursor.filter(|t| *t <= now) {
-                missed.push(t);
-                steps += 1;
-                if steps >= 100_000 {
-                    break;
-                }
-                cursor = next_after(job, t);
-            }
-            let keep = missed.len().saturating_sub(max as usize);
-            (missed.split_off(keep), "misfire_caught_up")
-        }
-    };
-    (
-        FirePlan {
-            new_next: next,
-            fires,
-            ..base
-        },
-        Some(reason),
-    )
-}
-
-fn next_after(job: &Job, after: i64) -> Option<i64> {
-    match job.spec.schedule.next_fire_after(after, job.spec.lifecycle) {
-        Ok(next) => next,
-        Err(e) => {
-            tracing::warn!(job = job.id, error = %e, "job's schedule cannot be computed; it stops firing");
-            None
-        }
-    }
 }
 
 /// Keeps this server's row in the server registry fresh.
@@ -212,7 +144,7 @@ impl ScheduledService for Presence {
         Ok(self
             .core
             .store
-            .touch_server(&self.core.id, now_ms())
+            .touch_server(&self.core.id, self.core.clock.now_ms())
             .await?)
     }
 }
@@ -258,5 +190,81 @@ impl ScheduledService for Health {
         } else {
             Err("the database does not answer".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rota_shared::admin::{JobSpec, MisfirePolicy};
+    use rota_shared::schedule::Schedule;
+
+    use super::*;
+    use crate::clock::{Clock, millis};
+
+    /// 2026-12-02T00:00:00Z.
+    const T0: i64 = 1_796_169_600_000;
+
+    /// The schedule loop's planning on paused time, pass by pass at the default interval: while
+    /// the server runs, every fire is created once, ahead of its time; after a ten-minute outage
+    /// the job's misfire policy decides what runs, and the schedule resumes from now.
+    #[tokio::test(start_paused = true)]
+    async fn on_paused_time_fires_are_made_once_and_an_outage_is_caught_up_by_policy() {
+        let clock = Clock::following_tokio(T0);
+        let interval = Duration::from_millis(500);
+        let lookahead = Duration::from_secs(5);
+        let threshold = Duration::from_secs(5);
+        let object = serde_json::json!({"name": "j", "processor": "shell",
+            "schedule": {"type": "cron", "expression": "*/10 * * * * *"}});
+        let mut spec =
+            JobSpec::from_object(object.as_object().cloned().unwrap_or_default()).expect("a job");
+        spec.misfire = MisfirePolicy::CatchUp { max: 2 };
+        assert!(matches!(spec.schedule, Schedule::Cron { .. }));
+        let mut job = Job::new(spec, 1, T0);
+        job.id = 1;
+        job.next_trigger_time_ms = Some(T0 + 10_000);
+
+        let mut created = Vec::new();
+        let mut repairs = Vec::new();
+        // One pass: the job is due when its next fire is within the lookahead.
+        let pass = |job: &mut Job, created: &mut Vec<i64>, repairs: &mut Vec<&str>| {
+            let now = clock.now_ms();
+            let horizon = now + millis(lookahead);
+            if job.next_trigger_time_ms.is_none_or(|next| next > horizon) {
+                return;
+            }
+            let (fired, repair) = plan(job, now, horizon, threshold).expect("a cron job fires");
+            created.extend(fired.fires);
+            repairs.extend(repair);
+            job.next_trigger_time_ms = fired.new_next;
+        };
+
+        for _ in 0..120 {
+            pass(&mut job, &mut created, &mut repairs);
+            tokio::time::advance(interval).await;
+        }
+        assert_eq!(
+            created,
+            (1..=6).map(|i| T0 + i * 10_000).collect::<Vec<_>>(),
+            "one instance per fire in the first minute, none twice"
+        );
+        assert!(repairs.is_empty(), "{repairs:?}");
+
+        created.clear();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        pass(&mut job, &mut created, &mut repairs);
+        assert_eq!(clock.now_ms(), T0 + 660_000);
+        assert_eq!(
+            created,
+            vec![T0 + 650_000, T0 + 660_000],
+            "the two most recent missed fires"
+        );
+        assert_eq!(repairs, vec!["misfire_caught_up"]);
+        assert_eq!(
+            job.next_trigger_time_ms,
+            Some(T0 + 670_000),
+            "resumes from now"
+        );
     }
 }

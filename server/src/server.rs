@@ -24,7 +24,6 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
 use crate::config::ServerConfig;
 use crate::core::Core;
 use crate::gate::{Gate, WorkerPeer};
@@ -138,7 +137,7 @@ impl Server {
             None => format!("s-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
         };
         let store = Store::connect(&config.database_url).await?;
-        let started_at_ms = now_ms();
+        let started_at_ms = config.clock.now_ms();
         let gate = Gate::new(&id, store.cluster_key(started_at_ms).await?, started_at_ms);
         gate.refresh_apps(&store, started_at_ms).await?;
 
@@ -166,10 +165,12 @@ impl Server {
         let shutdown = CancellationToken::new();
         let (fired_tx, fired_rx) = mpsc::unbounded_channel();
         let (handed_tx, handed_rx) = mpsc::unbounded_channel();
-        let inserts = crate::inserts::InsertQueue::start(store.clone(), shutdown.clone());
-        let timer = timer::start(fired_tx, shutdown.clone());
+        let inserts =
+            crate::inserts::InsertQueue::start(store.clone(), config.clock, shutdown.clone());
+        let timer = timer::start(fired_tx, config.clock, shutdown.clone());
         let core = Arc::new(Core {
             id: id.clone(),
+            clock: config.clock,
             started_at_ms,
             workers: WorkerRegistry::new(config.worker_timeout),
             config,
@@ -377,7 +378,7 @@ async fn serve_own(
             Own::Ping => {
                 let result = core
                     .gate
-                    .verify_cluster(incoming.message(), now_ms())
+                    .verify_cluster(incoming.message(), core.clock.now_ms())
                     .and_then(|_| decode_message::<Ping>(incoming.message()))
                     .map(|_| Pong {
                         server_id: core.id.clone(),
@@ -397,7 +398,8 @@ async fn serve_own(
                     .parse_to_server(&core.id, incoming.subject())
                     .ok_or_else(|| ErrorBody::bad_request("malformed subject"))
                     .and_then(|(app, _)| {
-                        core.gate.verify_worker(app, incoming.message(), now_ms())
+                        core.gate
+                            .verify_worker(app, incoming.message(), core.clock.now_ms())
                     });
                 match verified {
                     Ok(peer) => {
@@ -551,7 +553,7 @@ async fn discover(
     };
     let (entry, key, sender) = match core
         .gate
-        .verify_discovery(&core.store, app, msg, now_ms())
+        .verify_discovery(&core.store, app, msg, core.clock.now_ms())
         .await
     {
         Ok(verified) => verified,

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key;
 
-use crate::clock::{now_ms, until};
+use crate::clock::Clock;
 
 #[derive(Clone)]
 pub struct TimerHandle {
@@ -47,7 +47,11 @@ impl TimerHandle {
 }
 
 /// Starts the timer task; due instance ids come out of `fired`.
-pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> TimerHandle {
+pub fn start(
+    fired: mpsc::UnboundedSender<i64>,
+    clock: Clock,
+    shutdown: CancellationToken,
+) -> TimerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel::<(i64, i64)>();
     let queued: Arc<Mutex<HashSet<i64>>> = Arc::default();
     let fired_ids = queued.clone();
@@ -61,7 +65,7 @@ pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> 
                 next = rx.recv() => {
                     let Some((id, due)) = next else { break };
                     if let Entry::Vacant(slot) = keys.entry(id) {
-                        slot.insert(queue.insert(id, until(due, now_ms())));
+                        slot.insert(queue.insert(id, clock.until(due)));
                     }
                 }
                 Some(expired) = queue.next(), if !queue.is_empty() => {
@@ -79,5 +83,45 @@ pub fn start(fired: mpsc::UnboundedSender<i64>, shutdown: CancellationToken) -> 
         tx,
         queued,
         fired: direct,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// 2026-12-02T00:00:00Z.
+    const T0: i64 = 1_796_169_600_000;
+
+    /// The timer fires by the server's clock: on paused time, an instance due in 90 s (a retry
+    /// after its job's `retry_delay`, say) fires exactly 90 s of clock time later, not a
+    /// millisecond before; one already due fires at once; a second schedule keeps the first.
+    #[tokio::test(start_paused = true)]
+    async fn instances_fire_at_their_due_time_on_the_clock() {
+        let clock = Clock::following_tokio(T0);
+        let (fired_tx, mut fired) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let timer = start(fired_tx, clock, shutdown.clone());
+
+        assert!(timer.schedule(7, T0 + 90_000));
+        assert!(
+            !timer.schedule(7, T0 + 10),
+            "an instance on the timer keeps its place"
+        );
+        assert!(timer.schedule(8, T0 - 5_000));
+        assert_eq!(fired.recv().await, Some(8), "a past due time fires at once");
+        assert_eq!(clock.now_ms(), T0);
+
+        let early = tokio::time::timeout(Duration::from_millis(89_999), fired.recv()).await;
+        assert!(early.is_err(), "fired before its due time: {early:?}");
+        // Nothing else is pending, so paused time runs on to the next timer: the instance's.
+        assert_eq!(fired.recv().await, Some(7));
+        assert_eq!(clock.now_ms(), T0 + 90_000, "fired late");
+
+        // Once fired, it may be put on the timer again.
+        assert!(timer.schedule(7, T0 + 100_000));
+        shutdown.cancel();
     }
 }

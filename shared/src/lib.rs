@@ -12,10 +12,12 @@
 
 pub mod admin;
 pub mod envelope;
+pub mod fires;
 pub mod instance;
 pub mod job;
 pub mod limits;
 pub mod message;
+pub mod repair;
 pub mod rules;
 pub mod schedule;
 pub mod status;

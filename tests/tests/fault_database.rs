@@ -25,7 +25,7 @@ const OUTAGE: Duration = Duration::from_secs(10);
 const STATS_EVERY: Duration = Duration::from_millis(200);
 
 fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    rota_transport::wall_ms()
 }
 
 /// Splits a database URL into the `host:port` it connects to and the same URL pointed at

@@ -41,7 +41,7 @@ async fn a_frequent_job_outlives_its_worker_and_stops_at_lifecycle_end() -> anyh
         .await?;
     d.start_worker(d.worker_config("app", "w2"), counting(counts.clone()))
         .await?;
-    let end_ms = chrono::Utc::now().timestamp_millis() + 14_000;
+    let end_ms = rota_transport::wall_ms() + 14_000;
     let mut spec = shell_job("app", "every-100ms", "");
     spec.spec.processor = "count".into();
     spec.spec.schedule = Schedule::FixedRate { interval_ms: 100 };

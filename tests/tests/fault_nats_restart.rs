@@ -49,7 +49,7 @@ async fn running_work_survives_a_nats_restart() -> anyhow::Result<()> {
     d.nats.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     d.nats.restart()?;
-    let restarted_at = chrono::Utc::now().timestamp_millis();
+    let restarted_at = rota_transport::wall_ms();
 
     // Every run ends as it really ended: its terminal report was retried until the server,
     // reconnected, acknowledged it. Nothing was declared lost.

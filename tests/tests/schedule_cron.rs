@@ -113,7 +113,7 @@ async fn one_shot_job_fires_once_at_its_time() -> anyhow::Result<()> {
     d.start_worker(d.worker_config("app", "w1"), ProcessorRegistry::new())
         .await?;
     // A whole second at least 2 s ahead, so the instance is created before it is due.
-    let at_ms = (chrono::Utc::now().timestamp_millis() / 1000 + 3) * 1000;
+    let at_ms = (rota_transport::wall_ms() / 1000 + 3) * 1000;
     let mut spec = shell_job("app", "once", "echo once");
     spec.spec.schedule = Schedule::At { at_ms };
     let job = d.create_job(spec).await?;

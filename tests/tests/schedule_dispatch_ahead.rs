@@ -22,7 +22,7 @@ fn recording(starts: Starts) -> ProcessorRegistry {
         processor_fn(move |ctx: TaskContext| {
             let starts = starts.clone();
             async move {
-                let now = chrono::Utc::now().timestamp_millis();
+                let now = rota_transport::wall_ms();
                 starts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -36,7 +36,7 @@ fn recording(starts: Starts) -> ProcessorRegistry {
 
 /// A whole second at least `secs` ahead.
 fn instant_in(secs: i64) -> i64 {
-    (chrono::Utc::now().timestamp_millis() / 1000 + secs + 1) * 1000
+    (rota_transport::wall_ms() / 1000 + secs + 1) * 1000
 }
 
 /// A deployment whose server hands fires over `ahead` early, with a lookahead that creates
@@ -75,7 +75,7 @@ async fn fires_due_at_one_instant_are_handed_over_early_and_start_on_time() -> a
         Duration::from_secs(10),
         || async {
             let list = d.instances_of(job_ids[0]).await.ok()?;
-            let now = chrono::Utc::now().timestamp_millis();
+            let now = rota_transport::wall_ms();
             list.into_iter()
                 .find(|i| i.instance.status != InstanceStatus::WaitingDispatch)
                 .map(|i| (i, now))
@@ -143,7 +143,7 @@ async fn a_fire_handed_over_early_and_then_disabled_never_runs() -> anyhow::Resu
     )
     .await;
     assert!(
-        chrono::Utc::now().timestamp_millis() < at_ms - 500,
+        rota_transport::wall_ms() < at_ms - 500,
         "the fire was handed over too late to test a disable before its instant"
     );
     d.admin.call(&JobDisable(JobId { id: job.id })).await?;
@@ -162,7 +162,7 @@ async fn a_fire_handed_over_early_and_then_disabled_never_runs() -> anyhow::Resu
     wait::until(
         "the fire's instant to pass",
         Duration::from_secs(10),
-        || async { (chrono::Utc::now().timestamp_millis() > at_ms + 1_000).then_some(()) },
+        || async { (rota_transport::wall_ms() > at_ms + 1_000).then_some(()) },
     )
     .await;
     let started = starts.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -134,7 +134,7 @@ fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Val
     let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
     let claims = serde_json::json!({
         "jti": format!("{:X}", uuid::Uuid::new_v4().as_u128()),
-        "iat": chrono::Utc::now().timestamp(),
+        "iat": rota_transport::wall_ms() / 1000,
         "iss": issuer.public_key(),
         "name": name,
         "sub": subject,

@@ -1,7 +1,6 @@
 //! `TaskContext`: what a processor gets to know about the instance it runs, and its log.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rota_shared::message::{DispatchRequest, LogLevel, LogLine};
 use tokio_util::sync::CancellationToken;
@@ -108,10 +107,7 @@ impl fmt::Debug for TaskContext {
 /// Milliseconds since the Unix epoch by the wall clock, which is what reports and log lines
 /// carry; zero if the clock is before 1970.
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    rota_transport::wall_ms()
 }
 
 /// A context for unit tests, with the sink its log goes to (read it with `LogSink::try_recv`).

@@ -111,6 +111,18 @@ impl Retrier {
         Next::Pause(self.backoff.next().unwrap_or(self.policy.max))
     }
 
+    /// Records a failed try and waits out the pause before the next one (on tokio's clock);
+    /// says why when there is no next one.
+    pub(crate) async fn wait_after(&mut self, error: &CallError) -> Result<(), GiveUp> {
+        match self.failed(error) {
+            Next::GiveUp(why) => Err(why),
+            Next::Pause(pause) => {
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
+        }
+    }
+
     /// Whether this failure is worth a line in the log: the first, then every tenth, so that an
     /// outage is visible without flooding the log.
     pub(crate) fn worth_logging(&self) -> bool {
@@ -220,6 +232,44 @@ mod tests {
             })
             .collect();
         assert_ne!(theirs, pauses[..20], "the pauses are not jittered");
+    }
+
+    /// A ten-minute outage on paused time: the loop keeps trying, its pauses grow to the cap
+    /// and stay there, and it gets through within one (jittered) pause of the end.
+    #[tokio::test(start_paused = true)]
+    async fn on_paused_time_an_outage_is_ridden_out_with_capped_pauses() {
+        let start = tokio::time::Instant::now();
+        let outage = Duration::from_secs(600);
+        let mut r = Retrier::new(POLICY);
+        let mut tries = 1;
+        while start.elapsed() < outage {
+            r.wait_after(&CallError::NoResponders("s".into()))
+                .await
+                .expect("a transient error is retried");
+            tries += 1;
+        }
+        let took = start.elapsed();
+        assert!(took < outage + POLICY.max * 2, "{took:?}");
+        // About 6 growing pauses, then pauses of 5 to 10 s for the rest of the ten minutes.
+        assert!((60..=130).contains(&tries), "{tries} tries");
+    }
+
+    /// An unclear error on paused time: given up after its tries, having waited only the first
+    /// pauses.
+    #[tokio::test(start_paused = true)]
+    async fn on_paused_time_an_unclear_error_is_given_up_after_the_first_pauses() {
+        let start = tokio::time::Instant::now();
+        let mut r = Retrier::new(POLICY);
+        let error = remote(ErrorCode::Internal);
+        assert_eq!(r.wait_after(&error).await, Ok(()));
+        assert_eq!(r.wait_after(&error).await, Ok(()));
+        assert_eq!(r.wait_after(&error).await, Err(GiveUp::Exhausted));
+        let waited = start.elapsed();
+        // Two pauses: 100 ms and 200 ms, each jittered up to twice as long.
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(600),
+            "{waited:?}"
+        );
     }
 
     #[test]

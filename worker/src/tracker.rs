@@ -25,7 +25,7 @@ use crate::instances::{InstanceState, StopCause};
 use rota_shared::subject::ServerEndpoint as Endpoint;
 
 use crate::processor::{ProcessResult, Processor};
-use crate::retry::{Next, Policy, Retrier};
+use crate::retry::{Policy, Retrier};
 
 /// How long a cancelled processor gets to end, beyond the shell's kill grace, before its task
 /// is dropped.
@@ -427,27 +427,22 @@ impl Tracker {
                 }
                 Err(e) => e,
             };
-            match retrier.failed(&error) {
-                Next::GiveUp(why) => {
-                    // The server settles the instance without it: its reconcile loop ends a run
-                    // that sends no report for `report_timeout`.
-                    warn!(
-                        instance = self.req.instance_id,
-                        tries = retrier.tries(),
-                        "terminal report given up, {why}: {error}"
-                    );
-                    return;
-                }
-                Next::Pause(pause) => {
-                    if retrier.worth_logging() {
-                        warn!(
-                            instance = self.req.instance_id,
-                            tries = retrier.tries(),
-                            "terminal report not acknowledged: {error}; retrying"
-                        );
-                    }
-                    tokio::time::sleep(pause).await;
-                }
+            if let Err(why) = retrier.wait_after(&error).await {
+                // The server settles the instance without it: its reconcile loop ends a run
+                // that sends no report for `report_timeout`.
+                warn!(
+                    instance = self.req.instance_id,
+                    tries = retrier.tries(),
+                    "terminal report given up, {why}: {error}"
+                );
+                return;
+            }
+            if retrier.worth_logging() {
+                warn!(
+                    instance = self.req.instance_id,
+                    tries = retrier.tries(),
+                    "terminal report not acknowledged: {error}; retrying now"
+                );
             }
         }
     }

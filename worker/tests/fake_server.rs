@@ -13,7 +13,7 @@ mod over_nats {
     use std::process::Stdio;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::Duration;
 
     use async_nats::Client;
     use futures::StreamExt;
@@ -30,10 +30,7 @@ mod over_nats {
     const WORKER: &str = "w-it1";
 
     fn now_ms() -> i64 {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        rota_transport::wall_ms()
     }
 
     fn nats_binary() -> Option<PathBuf> {
