@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rota_shared::InstanceStatus;
-use rota_shared::admin::OverlapPolicy;
+use rota_shared::admission::{Admission, DispatchFacts, Limit, admit};
 use rota_shared::message::{DispatchRequest, Frequent, FrequentMode};
 use rota_shared::schedule::Schedule;
 use tokio::sync::mpsc;
@@ -287,11 +287,6 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         return Ok(());
     }
     let now = core.clock.now_ms();
-    if let Some(due) = inst.due_at_ms.filter(|due| *due > now + 5) {
-        // Fired early (a stale timer entry after a requeue): wait for the real time.
-        core.timer.schedule(id, due);
-        return Ok(());
-    }
     let guard = InstanceGuard::of(&inst);
     let job = match core.job(inst.job_id).await {
         Ok(job) => job,
@@ -309,76 +304,54 @@ async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
         }
         Err(e) => return Err(e),
     };
-    // Fires are created ahead of time; one of a job disabled since then does not run. Runs
-    // asked for by hand (API, retry) still do.
-    if !job.spec.enabled && inst.trigger == Trigger::Schedule {
-        core.store
-            .cas_finish(
-                id,
-                Some(guard),
-                InstanceStatus::Canceled,
-                "job was disabled",
-                now,
-            )
-            .await?;
-        return Ok(());
-    }
 
     // Held until the instance is handed over (or not), so that no other dispatch of this job
     // counts the live instances in between.
-    // A frequent job runs as one long-lived instance: a second one is skipped.
-    let (max_instances, overlap) = if job.spec.schedule.is_frequent() {
-        (1, OverlapPolicy::Skip)
-    } else {
-        (job.spec.max_instances, job.spec.overlap)
+    let limit = Limit::of(&job.spec);
+    let _slot = match limit.counts() {
+        false => None,
+        true => Some(core.job_slot(job.id).lock_owned().await),
     };
-    let _slot = match max_instances {
-        0 => None,
-        _ => Some(core.job_slot(job.id).lock_owned().await),
-    };
-    if max_instances > 0 {
+    let live = if limit.counts() {
         // The state may have moved while this task waited for the slot.
         let fresh = core.store.instance(id).await?;
         if InstanceGuard::of(&fresh) != guard {
             return Ok(());
         }
-        let live = core.store.count_live(job.id).await?;
-        if live >= u64::from(max_instances) {
-            match overlap {
-                OverlapPolicy::Skip => {
-                    let reason = format!(
-                        "skipped: {live} instance(s) of the job already run (max_instances {max_instances})"
-                    );
-                    core.store
-                        .cas_finish(id, Some(guard), InstanceStatus::Canceled, &reason, now)
-                        .await?;
-                }
-                OverlapPolicy::Queue => {
-                    core.timer.schedule(id, now + RETRY_DISPATCH_MS);
-                }
-            }
+        core.store.count_live(job.id).await?
+    } else {
+        0
+    };
+    let candidates = core.workers.candidates(&job);
+    let facts = DispatchFacts {
+        now_ms: now,
+        due_at_ms: inst.due_at_ms,
+        created_at_ms: inst.created_at_ms,
+        trigger: inst.trigger,
+        job: &job.spec,
+        live,
+        eligible_workers: candidates.len(),
+        no_worker_timeout_ms: millis(core.config.no_worker_timeout),
+        recheck_ms: RETRY_DISPATCH_MS,
+    };
+    match admit(&facts) {
+        Admission::Dispatch => {}
+        Admission::WaitUntil(at) => {
+            core.timer.schedule(id, at);
             return Ok(());
         }
-    }
-
-    let candidates = core.workers.candidates(&job);
-    if candidates.is_empty() {
-        let waiting_since = inst.due_at_ms.unwrap_or(inst.created_at_ms);
-        let limit = millis(core.config.no_worker_timeout);
-        if now.saturating_sub(waiting_since) > limit {
-            let reason = format!(
-                "no live worker could run it for {} s (processor {:?}, tags {:?})",
-                limit / 1000,
-                job.spec.processor,
-                job.spec.tags
-            );
+        Admission::Cancel(reason) => {
+            core.store
+                .cas_finish(id, Some(guard), InstanceStatus::Canceled, &reason, now)
+                .await?;
+            return Ok(());
+        }
+        Admission::Fail(reason) => {
             core.store
                 .cas_finish(id, Some(guard), InstanceStatus::Failed, &reason, now)
                 .await?;
-        } else {
-            core.timer.schedule(id, now + RETRY_DISPATCH_MS);
+            return Ok(());
         }
-        return Ok(());
     }
 
     let Some(first) = candidates.first() else {
