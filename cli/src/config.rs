@@ -265,7 +265,10 @@ mod tests {
         file.server.apply(&mut config).unwrap();
         assert_eq!(config.reconcile_interval, std::time::Duration::from_secs(2));
         assert_eq!(config.retention, std::time::Duration::from_secs(3600));
-        let bad: FileConfig = toml::from_str("[server]\nretention = \"1 week\"\n").unwrap();
+        let spelt: FileConfig = toml::from_str("[server]\nretention = \"1 week\"\n").unwrap();
+        spelt.server.apply(&mut config).unwrap();
+        assert_eq!(config.retention, std::time::Duration::from_secs(7 * 86_400));
+        let bad: FileConfig = toml::from_str("[server]\nretention = \"a week\"\n").unwrap();
         assert!(bad.server.apply(&mut config).is_err());
     }
 

@@ -1,27 +1,16 @@
-//! Durations on the command line: `500ms`, `10s`, `2m`, `1h`, `7d`, or a bare number of milliseconds.
+//! Durations on the command line and in the TOML file: `500ms`, `10s`, `2m`, `1h 30m`, `7d`
+//! (humantime's syntax), or a bare number of milliseconds.
 
 /// Parses a duration into milliseconds.
 pub fn parse_ms(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 10s, 2m, 1h, 7d"))?;
-    let factor = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "invalid duration unit {unit:?} in {s:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("duration {s:?} is too long"))
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let d = humantime::parse_duration(s).map_err(|e| {
+        format!("invalid duration {s:?}: {e} (use e.g. 500ms, 10s, 2m, 1h 30m, 7d)")
+    })?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?} is too long"))
 }
 
 #[cfg(test)]
@@ -35,9 +24,12 @@ mod tests {
         assert_eq!(parse_ms("3s"), Ok(3_000));
         assert_eq!(parse_ms("2m"), Ok(120_000));
         assert_eq!(parse_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_ms("1h 30m"), Ok(5_400_000));
         assert_eq!(parse_ms("7d"), Ok(7 * 86_400_000));
-        assert!(parse_ms("1w").is_err());
-        assert!(parse_ms("s").is_err());
-        assert!(parse_ms("").is_err());
+        assert_eq!(parse_ms("1w"), Ok(7 * 86_400_000));
+        for bad in ["s", "", "5 parsecs", "-3s"] {
+            let error = parse_ms(bad).expect_err(bad);
+            assert!(error.contains("invalid duration"), "{bad}: {error}");
+        }
     }
 }
