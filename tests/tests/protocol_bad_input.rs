@@ -131,6 +131,19 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
     let reports = s.to_server("app", &sid, ServerEndpoint::Reports);
     for (subject, payload, credential) in [
         (s.admin("job", "run"), r#"{"id":"seven"}"#, &as_admin),
+        // `job.update` carries its changes as an object of job fields.
+        (s.admin("job", "update"), r#"{"id":1}"#, &as_admin),
+        (
+            s.admin("job", "update"),
+            r#"{"id":1,"changes":[["max_retries",3]]}"#,
+            &as_admin,
+        ),
+        // `job.create` names its app beside the job's fields.
+        (
+            s.admin("job", "create"),
+            r#"{"app":["app"],"name":"x","schedule":{"type":"api"},"processor":"shell"}"#,
+            &as_admin,
+        ),
         (
             s.admin("app", "create"),
             r#"{"name":5,"sealed_key":true}"#,
