@@ -19,7 +19,6 @@ use crate::dispatch::Handed;
 use crate::gate::Caller;
 use crate::ownership::ensure_owner;
 use crate::store::{InstanceFilter, InstanceGuard, Job, NewInstance, StoredToken};
-use crate::worker_calls::{publish_stop, stop as send_stop};
 
 type AdminResult<T> = Result<T, ErrorBody>;
 
@@ -518,7 +517,7 @@ async fn job_update(core: &Core, caller: &Caller, r: JobUpdate) -> AdminResult<J
     }
     job.updated_at_ms = now;
     let saved = core.store.save_job(&job).await?;
-    core.forget_job(saved.id);
+    core.jobs.forget(saved.id);
     Ok(saved.to_info(&app.name))
 }
 
@@ -571,7 +570,7 @@ async fn set_enabled(core: &Core, caller: &Caller, id: i64, enabled: bool) -> Ad
     reschedule(&mut job, now)?;
     job.updated_at_ms = now;
     let job = core.store.save_job(&job).await?;
-    core.forget_job(job.id);
+    core.jobs.forget(job.id);
     if !enabled {
         cancel_handed_fires(core, job.id, "job was disabled").await?;
     }
@@ -599,7 +598,9 @@ async fn cancel_handed_fires(core: &Core, job_id: i64, reason: &str) -> AdminRes
             .cas_finish(inst.id, Some(guard), InstanceStatus::Canceled, reason, now)
             .await?;
         if let (true, Some(worker_id)) = (cancelled, &inst.worker_id) {
-            publish_stop(core, inst.app_id, worker_id, inst.id).await;
+            core.calls
+                .publish_stop(inst.app_id, worker_id, inst.id)
+                .await;
         }
     }
     Ok(())
@@ -621,7 +622,7 @@ async fn job_disable(
 async fn job_delete(core: &Core, caller: &Caller, JobDelete(r): JobDelete) -> AdminResult<Done> {
     job_of(core, caller, r.id).await?;
     core.store.delete_job(r.id).await?;
-    core.forget_job(r.id);
+    core.jobs.forget(r.id);
     let waiting = core
         .store
         .list_instances(&InstanceFilter {
@@ -742,14 +743,14 @@ pub async fn handle_remote(core: &Core, msg: &Incoming) {
 async fn job_run(core: &Core, caller: &Caller, r: JobRun) -> AdminResult<RunStarted> {
     r.check_limits()?;
     // Through the job cache, like the run itself.
-    caller.require_app(core.job(r.id).await?.app_id)?;
+    caller.require_app(core.jobs.job(r.id).await?.app_id)?;
     job_run_via(core, r, Via::Admin).await
 }
 
 async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted> {
     // Through the job cache: API runs come in bursts, and a job deleted meanwhile on another
     // server only means its run is cancelled at dispatch.
-    let job = core.job(r.id).await?;
+    let job = core.jobs.job(r.id).await?;
     if let Route::Owner(owner) = route(core, job.app_id, via).await? {
         return forward(core, &owner, &RemoteCall::JobRun(r)).await;
     }
@@ -780,9 +781,7 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
                 job,
                 candidates,
             };
-            if core.handed.send(handed).is_err() {
-                return Err(ErrorBody::new(ErrorCode::Unavailable, "server is stopping"));
-            }
+            core.dispatcher.send_handed(handed);
         }
         None if due <= now => core.timer.fire_now(id),
         None => {
@@ -910,7 +909,7 @@ async fn instance_stop_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<
     // The instance is STOPPED whatever the worker says; stopping its work is best effort, and
     // a worker that missed this is told to stop by its next report.
     if let Some(worker) = &inst.worker_id
-        && let Err(e) = send_stop(core, inst.app_id, worker, inst.id).await
+        && let Err(e) = core.calls.stop(inst.app_id, worker, inst.id).await
     {
         tracing::info!(instance = inst.id, worker = %worker, error = %e, "stop not delivered");
     }
@@ -1059,8 +1058,7 @@ async fn server_list(core: &Core, _: &Caller, _: ServerList) -> AdminResult<Vec<
 async fn server_stats(core: &Core, _: &Caller, _: ServerStats) -> AdminResult<ServerStatsInfo> {
     let services = core
         .services
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .probes()
         .iter()
         .map(|p| {
             let (iterations, failed_iterations) = p.iterations();
@@ -1074,15 +1072,11 @@ async fn server_stats(core: &Core, _: &Caller, _: ServerStats) -> AdminResult<Se
         .collect();
     Ok(ServerStatsInfo {
         server_id: core.id.clone(),
-        ready: core.is_ready(),
+        ready: core.readiness.is_ready(),
         owned_apps: core.ownership.app_ids(),
         live_workers: local_workers(core, None).len() as u64,
         refused: core.gate.refusals(),
-        repairs: core
-            .repairs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
+        repairs: core.repairs.snapshot(),
         services,
     })
 }

@@ -4,22 +4,28 @@
 //! worker and a new attempt number, then a request to the worker. A worker that does not answer
 //! or refuses makes room for the next one; the attempt it may still run is fenced off, since
 //! reports for an old attempt change nothing.
+//!
+//! The [`Dispatcher`] is the only part that hands instances to workers: it owns the set of
+//! instances being dispatched in this process and the per-job locks of concurrency limits.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rota_shared::InstanceStatus;
 use rota_shared::admission::{Admission, DispatchFacts, Limit, admit};
-use rota_shared::message::{DispatchRequest, Frequent, FrequentMode};
+use rota_shared::message::{DispatchRequest, Frequent, FrequentMode, WorkerSummary};
 use rota_shared::schedule::Schedule;
+use rota_shared::{Instance, InstanceStatus, Trigger};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::clock::millis;
-use crate::core::Core;
-use crate::store::{Handover, InstanceGuard, Job, StoreError};
-use crate::worker_calls;
-use rota_shared::message::WorkerSummary;
-use rota_shared::{Instance, Trigger};
+use crate::clock::{Clock, millis};
+use crate::job_cache::JobCache;
+use crate::ownership::Ownership;
+use crate::registry::WorkerRegistry;
+use crate::store::{Handover, InstanceGuard, Job, Store, StoreError};
+use crate::timer::TimerHandle;
+use crate::worker_calls::WorkerCalls;
 
 /// How long a waiting instance sleeps before it looks for a worker again.
 const RETRY_DISPATCH_MS: i64 = 1_000;
@@ -36,136 +42,458 @@ pub struct Handed {
     pub candidates: Vec<WorkerSummary>,
 }
 
-/// Runs the dispatcher: the instance ids the timer fires are taken in batches, and each batch
-/// hands its plain instances to workers with one compare-and-set statement. Instances created
-/// already handed over only have their request sent.
-pub fn start(
-    core: Arc<Core>,
-    mut fired: mpsc::UnboundedReceiver<i64>,
-    mut handed: mpsc::UnboundedReceiver<Handed>,
-) {
-    tokio::spawn(async move {
-        loop {
-            // Grown by `recv_many` only when ids arrive: a hand-over costs no allocation here.
-            let mut ids = Vec::new();
-            let got = tokio::select! {
-                _ = core.shutdown.cancelled() => break,
-                Some(h) = handed.recv() => {
-                    spawn_hand_over(core.clone(), h);
+/// What the dispatcher reads and calls, given by the server.
+pub struct DispatcherParts {
+    pub server_id: String,
+    pub clock: Clock,
+    pub store: Store,
+    pub jobs: Arc<JobCache>,
+    pub ownership: Arc<Ownership>,
+    pub workers: Arc<WorkerRegistry>,
+    pub timer: TimerHandle,
+    pub calls: WorkerCalls,
+    /// How long before its instant a scheduled fire is handed to its worker.
+    pub dispatch_ahead: Duration,
+    /// How long a worker has to take a dispatch; written into the request as its deadline.
+    pub dispatch_timeout: Duration,
+    /// How long an instance may wait for an eligible worker before it fails.
+    pub no_worker_timeout: Duration,
+}
+
+pub struct Dispatcher {
+    parts: DispatcherParts,
+    /// Instances a dispatch task is working on now, so that the timer and the waiting scan
+    /// never run two dispatches of one instance in this process.
+    in_flight: Mutex<HashSet<i64>>,
+    /// One lock per job with a concurrency limit: counting a job's live instances and handing
+    /// one more to a worker must not interleave with another dispatch of the same job.
+    job_slots: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Dispatcher {
+    pub fn new(parts: DispatcherParts) -> Arc<Self> {
+        Arc::new(Self {
+            parts,
+            in_flight: Mutex::default(),
+            job_slots: Mutex::default(),
+        })
+    }
+
+    /// Puts an instance due at `due_ms` on the timer, `dispatch_ahead` early: a plain instance
+    /// is handed to its worker then and starts at `due_ms`; one that needs care (a concurrency
+    /// limit, a frequent job) waits on the timer again until `due_ms`.
+    pub fn schedule(&self, instance_id: i64, due_ms: i64) -> bool {
+        let ahead = millis(self.parts.dispatch_ahead);
+        self.parts
+            .timer
+            .schedule(instance_id, due_ms.saturating_sub(ahead))
+    }
+
+    /// Whether a dispatch of the instance is under way in this process.
+    pub fn is_dispatching(&self, id: i64) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    /// Sends an instance created already handed over (see [`Handed`]) to its worker.
+    pub fn send_handed(self: &Arc<Self>, h: Handed) {
+        if self.begin(h.inst.id) {
+            let attempt = h.inst.attempt;
+            self.spawn_send(h, attempt, None);
+        }
+    }
+
+    /// Marks an instance as being dispatched; `false` if it already is.
+    fn begin(&self, id: i64) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
+    }
+
+    fn end(&self, id: i64) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// The lock that serializes the dispatches of one job.
+    fn job_slot(&self, job_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.job_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id)
+            .or_default()
+            .clone()
+    }
+
+    fn retry_later(&self, id: i64) {
+        let p = &self.parts;
+        p.timer.schedule(id, p.clock.now_ms() + RETRY_DISPATCH_MS);
+    }
+
+    /// Runs the dispatcher: the instance ids the timer fires are taken in batches, and each
+    /// batch hands its plain instances to workers with one compare-and-set statement.
+    pub fn start(
+        self: &Arc<Self>,
+        mut fired: mpsc::UnboundedReceiver<i64>,
+        shutdown: CancellationToken,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // Grown by `recv_many` only when ids arrive.
+                let mut ids = Vec::new();
+                let got = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    n = fired.recv_many(&mut ids, BATCH) => n,
+                };
+                if got == 0 {
+                    break;
+                }
+                ids.retain(|id| this.begin(*id));
+                if ids.is_empty() {
                     continue;
                 }
-                n = fired.recv_many(&mut ids, BATCH) => n,
-            };
-            if got == 0 {
-                break;
+                let this = this.clone();
+                tokio::spawn(async move { this.dispatch_batch(ids).await });
             }
-            ids.retain(|id| core.begin_dispatch(*id));
-            if ids.is_empty() {
-                continue;
-            }
-            let core = core.clone();
-            tokio::spawn(async move { dispatch_batch(core, ids).await });
-        }
-    });
-}
-
-/// Dispatches a batch of fired instances. Those that need care (a concurrency limit, a frequent
-/// job, a deleted or disabled job, no worker) go one by one through [`dispatch_one`]; the rest
-/// are handed over together. Every id in `ids` has been marked with `begin_dispatch`.
-async fn dispatch_batch(core: Arc<Core>, ids: Vec<i64>) {
-    let (instances, jobs) = match read_batch(&core, &ids).await {
-        Ok(read) => read,
-        Err(e) => {
-            tracing::warn!(instances = ids.len(), error = %e, "dispatch failed; will retry");
-            for id in ids {
-                core.timer
-                    .schedule(id, core.clock.now_ms() + RETRY_DISPATCH_MS);
-                core.end_dispatch(id);
-            }
-            return;
-        }
-    };
-    let mut seen: HashSet<i64> = HashSet::with_capacity(instances.len());
-    let mut plain = Vec::new();
-    let now = core.clock.now_ms();
-    let ahead = millis(core.config.dispatch_ahead);
-    for inst in instances {
-        seen.insert(inst.id);
-        let job = jobs.get(&inst.job_id);
-        let simple = job.filter(|job| {
-            inst.status == InstanceStatus::WaitingDispatch
-                && core.ownership.owns(inst.app_id)
-                && inst.due_at_ms.is_none_or(|due| due <= now + ahead + 5)
-                && (job.spec.enabled || inst.trigger != Trigger::Schedule)
-                && job.spec.max_instances == 0
-                && !job.spec.schedule.is_frequent()
         });
-        let candidates = simple.map(|job| core.workers.candidates(job));
-        match (simple, candidates) {
-            (Some(job), Some(candidates)) if !candidates.is_empty() => {
-                plain.push((inst, job.clone(), candidates));
+    }
+
+    /// Dispatches a batch of fired instances. Those that need care (a concurrency limit, a
+    /// frequent job, a deleted or disabled job, no worker) go one by one through
+    /// [`Self::dispatch_one`]; the rest are handed over together. Every id in `ids` has been
+    /// marked with `begin`.
+    async fn dispatch_batch(self: Arc<Self>, ids: Vec<i64>) {
+        let p = &self.parts;
+        let (instances, jobs) = match self.read_batch(&ids).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(instances = ids.len(), error = %e, "dispatch failed; will retry");
+                for id in ids {
+                    self.retry_later(id);
+                    self.end(id);
+                }
+                return;
             }
-            _ => spawn_dispatch_one(core.clone(), inst.id),
+        };
+        let mut seen: HashSet<i64> = HashSet::with_capacity(instances.len());
+        let mut plain = Vec::new();
+        let now = p.clock.now_ms();
+        let ahead = millis(p.dispatch_ahead);
+        for inst in instances {
+            seen.insert(inst.id);
+            let job = jobs.get(&inst.job_id);
+            let simple = job.filter(|job| {
+                inst.status == InstanceStatus::WaitingDispatch
+                    && p.ownership.owns(inst.app_id)
+                    && inst.due_at_ms.is_none_or(|due| due <= now + ahead + 5)
+                    && (job.spec.enabled || inst.trigger != Trigger::Schedule)
+                    && job.spec.max_instances == 0
+                    && !job.spec.schedule.is_frequent()
+            });
+            let candidates = simple.map(|job| p.workers.candidates(job));
+            match (simple, candidates) {
+                (Some(job), Some(candidates)) if !candidates.is_empty() => {
+                    plain.push((inst, job.clone(), candidates));
+                }
+                _ => self.spawn_dispatch_one(inst.id),
+            }
         }
-    }
-    for id in ids.iter().filter(|id| !seen.contains(id)) {
-        // Deleted since it was put on the timer: nothing to do.
-        core.end_dispatch(*id);
-    }
-    if plain.is_empty() {
-        return;
-    }
-    let now = core.clock.now_ms();
-    let handovers: Vec<Handover<'_>> = plain
-        .iter()
-        .map(|(inst, _, candidates)| Handover {
-            id: inst.id,
-            guard: InstanceGuard::of(inst),
-            worker_id: candidates[0].worker_id.as_str(),
-            start_at_ms: start_at(inst, now),
-        })
-        .collect();
-    let attempts = match core.store.cas_dispatch_many(&handovers, now).await {
-        Ok(attempts) => attempts,
-        Err(e) => {
-            tracing::warn!(instances = plain.len(), error = %e, "dispatch failed; will retry");
-            for (inst, ..) in &plain {
-                core.timer
-                    .schedule(inst.id, core.clock.now_ms() + RETRY_DISPATCH_MS);
-                core.end_dispatch(inst.id);
-            }
+        for id in ids.iter().filter(|id| !seen.contains(id)) {
+            // Deleted since it was put on the timer: nothing to do.
+            self.end(*id);
+        }
+        if plain.is_empty() {
             return;
         }
-    };
-    drop(handovers);
-    for ((inst, job, candidates), attempt) in plain.into_iter().zip(attempts) {
-        let Some(attempt) = attempt else {
-            // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
-            core.end_dispatch(inst.id);
-            continue;
+        let now = p.clock.now_ms();
+        let handovers: Vec<Handover<'_>> = plain
+            .iter()
+            .map(|(inst, _, candidates)| Handover {
+                id: inst.id,
+                guard: InstanceGuard::of(inst),
+                worker_id: candidates[0].worker_id.as_str(),
+                start_at_ms: start_at(inst, now),
+            })
+            .collect();
+        let attempts = match p.store.cas_dispatch_many(&handovers, now).await {
+            Ok(attempts) => attempts,
+            Err(e) => {
+                tracing::warn!(instances = plain.len(), error = %e, "dispatch failed; will retry");
+                for (inst, ..) in &plain {
+                    self.retry_later(inst.id);
+                    self.end(inst.id);
+                }
+                return;
+            }
         };
-        let start_at_ms = start_at(&inst, core.clock.now_ms());
-        spawn_send(
-            core.clone(),
-            Handed {
-                inst,
-                job,
-                candidates,
-            },
-            attempt,
-            start_at_ms,
-        );
+        drop(handovers);
+        for ((inst, job, candidates), attempt) in plain.into_iter().zip(attempts) {
+            let Some(attempt) = attempt else {
+                // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
+                self.end(inst.id);
+                continue;
+            };
+            let start_at_ms = start_at(&inst, p.clock.now_ms());
+            self.spawn_send(
+                Handed {
+                    inst,
+                    job,
+                    candidates,
+                },
+                attempt,
+                start_at_ms,
+            );
+        }
     }
-}
 
-async fn read_batch(
-    core: &Core,
-    ids: &[i64],
-) -> Result<(Vec<Instance>, HashMap<i64, Arc<Job>>), StoreError> {
-    let instances = core.store.instances_by_ids(ids).await?;
-    let job_ids: Vec<i64> = instances.iter().map(|m| m.job_id).collect();
-    let jobs = core.jobs(&job_ids).await?;
-    Ok((instances, jobs))
+    async fn read_batch(
+        &self,
+        ids: &[i64],
+    ) -> Result<(Vec<Instance>, HashMap<i64, Arc<Job>>), StoreError> {
+        let instances = self.parts.store.instances_by_ids(ids).await?;
+        let job_ids: Vec<i64> = instances.iter().map(|m| m.job_id).collect();
+        let jobs = self.parts.jobs.jobs(&job_ids).await?;
+        Ok((instances, jobs))
+    }
+
+    /// Sends an instance already handed over as `attempt` (see [`Self::hand_over`]) and ends
+    /// its dispatch. Should that fail, the instance stays WAITING_WORKER_RECEIVE and reconcile
+    /// dispatches it again.
+    fn spawn_send(self: &Arc<Self>, h: Handed, attempt: i32, start_at_ms: Option<i64>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = h.inst.id;
+            if let Err(e) = this
+                .hand_over(&h.inst, &h.job, h.candidates, attempt, start_at_ms)
+                .await
+            {
+                tracing::warn!(instance = id, error = %e, "dispatch failed");
+            }
+            this.end(id);
+        });
+    }
+
+    fn spawn_dispatch_one(self: &Arc<Self>, id: i64) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.dispatch_one(id).await {
+                tracing::warn!(instance = id, error = %e, "dispatch failed; will retry");
+                this.retry_later(id);
+            }
+            this.end(id);
+        });
+    }
+
+    /// Sends an instance, already handed to `candidates[0]` as `attempt`, to that worker; when
+    /// it does not take it, tries the other candidates in turn and finally puts the instance
+    /// back to wait.
+    async fn hand_over(
+        &self,
+        inst: &Instance,
+        job: &Job,
+        candidates: Vec<WorkerSummary>,
+        attempt: i32,
+        start_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let p = &self.parts;
+        let mut guard = InstanceGuard {
+            status: InstanceStatus::WaitingWorkerReceive,
+            attempt,
+            last_seq: 0,
+        };
+        for (i, worker) in candidates.iter().enumerate() {
+            if i > 0 {
+                let Some(next) = p
+                    .store
+                    .cas_dispatch(inst.id, guard, &worker.worker_id, p.clock.now_ms())
+                    .await?
+                else {
+                    return Ok(());
+                };
+                guard.attempt = next;
+            }
+            let request = self.dispatch_request(inst, job, guard.attempt, start_at_ms);
+            match p.calls.dispatch(&worker.worker_id, &request).await {
+                Ok(_) => {
+                    tracing::debug!(instance = inst.id, attempt = guard.attempt, worker = %worker.worker_id, "dispatched");
+                    return Ok(());
+                }
+                // No worker can ever take it as it is: fail it now rather than try it forever.
+                Err(e) if e.kind() == rota_transport::RequestErrorKind::TooLarge => {
+                    let size = serde_json::to_vec(&request).map_or(0, |v| v.len());
+                    let reason = format!(
+                        "the dispatch is {size} bytes, larger than the NATS server's max payload \
+                         of {} bytes: make the job's configuration or parameters smaller",
+                        p.calls.max_payload()
+                    );
+                    tracing::warn!(instance = inst.id, "{reason}");
+                    p.store
+                        .cas_finish(
+                            inst.id,
+                            Some(guard),
+                            InstanceStatus::Failed,
+                            &reason,
+                            p.clock.now_ms(),
+                        )
+                        .await?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::info!(instance = inst.id, worker = %worker.worker_id, error = %e, "worker did not take the dispatch");
+                }
+            }
+        }
+        // Nobody took it: wait a moment and try again.
+        let due = p.clock.now_ms() + RETRY_DISPATCH_MS;
+        if p.store.cas_requeue(inst.id, guard, due).await? {
+            p.timer.schedule(inst.id, due);
+        }
+        Ok(())
+    }
+
+    async fn dispatch_one(&self, id: i64) -> Result<(), StoreError> {
+        let p = &self.parts;
+        let inst = match p.store.instance(id).await {
+            Ok(inst) => inst,
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if inst.status != InstanceStatus::WaitingDispatch || !p.ownership.owns(inst.app_id) {
+            return Ok(());
+        }
+        let now = p.clock.now_ms();
+        let guard = InstanceGuard::of(&inst);
+        let job = match p.jobs.job(inst.job_id).await {
+            Ok(job) => job,
+            Err(StoreError::NotFound(_)) => {
+                p.store
+                    .cas_finish(
+                        id,
+                        Some(guard),
+                        InstanceStatus::Canceled,
+                        "job was deleted",
+                        now,
+                    )
+                    .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+
+        // Held until the instance is handed over (or not), so that no other dispatch of this
+        // job counts the live instances in between.
+        let limit = Limit::of(&job.spec);
+        let _slot = match limit.counts() {
+            false => None,
+            true => Some(self.job_slot(job.id).lock_owned().await),
+        };
+        let live = if limit.counts() {
+            // The state may have moved while this task waited for the slot.
+            let fresh = p.store.instance(id).await?;
+            if InstanceGuard::of(&fresh) != guard {
+                return Ok(());
+            }
+            p.store.count_live(job.id).await?
+        } else {
+            0
+        };
+        let candidates = p.workers.candidates(&job);
+        let facts = DispatchFacts {
+            now_ms: now,
+            due_at_ms: inst.due_at_ms,
+            created_at_ms: inst.created_at_ms,
+            trigger: inst.trigger,
+            job: &job.spec,
+            live,
+            eligible_workers: candidates.len(),
+            no_worker_timeout_ms: millis(p.no_worker_timeout),
+            recheck_ms: RETRY_DISPATCH_MS,
+        };
+        match admit(&facts) {
+            Admission::Dispatch => {}
+            Admission::WaitUntil(at) => {
+                p.timer.schedule(id, at);
+                return Ok(());
+            }
+            Admission::Cancel(reason) => {
+                p.store
+                    .cas_finish(id, Some(guard), InstanceStatus::Canceled, &reason, now)
+                    .await?;
+                return Ok(());
+            }
+            Admission::Fail(reason) => {
+                p.store
+                    .cas_finish(id, Some(guard), InstanceStatus::Failed, &reason, now)
+                    .await?;
+                return Ok(());
+            }
+        }
+
+        let Some(first) = candidates.first() else {
+            return Ok(());
+        };
+        let Some(attempt) = p
+            .store
+            .cas_dispatch(id, guard, &first.worker_id, p.clock.now_ms())
+            .await?
+        else {
+            // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
+            return Ok(());
+        };
+        self.hand_over(
+            &inst,
+            &job,
+            candidates,
+            attempt,
+            start_at(&inst, p.clock.now_ms()),
+        )
+        .await
+    }
+
+    fn dispatch_request(
+        &self,
+        inst: &Instance,
+        job: &Job,
+        attempt: i32,
+        start_at_ms: Option<i64>,
+    ) -> DispatchRequest {
+        let p = &self.parts;
+        DispatchRequest {
+            server_id: p.server_id.clone(),
+            app_id: job.app_id,
+            job_id: job.id,
+            job_name: job.spec.name.clone(),
+            instance_id: inst.id,
+            attempt,
+            processor: job.spec.processor.clone(),
+            config: job.spec.config.clone(),
+            job_params: job.spec.params.clone(),
+            instance_params: inst.instance_params.clone(),
+            timeout_ms: job.spec.timeout_ms,
+            expected_trigger_time_ms: inst.expected_trigger_time_ms,
+            frequent: match job.spec.schedule {
+                Schedule::FixedRate { interval_ms } => Some(Frequent {
+                    mode: FrequentMode::FixedRate,
+                    interval_ms,
+                    lifecycle_end_ms: job.spec.lifecycle.end_ms,
+                }),
+                Schedule::FixedDelay { interval_ms } => Some(Frequent {
+                    mode: FrequentMode::FixedDelay,
+                    interval_ms,
+                    lifecycle_end_ms: job.spec.lifecycle.end_ms,
+                }),
+                _ => None,
+            },
+            deadline_ms: Some(p.clock.now_ms() + millis(p.dispatch_timeout)),
+            start_at_ms,
+        }
+    }
 }
 
 /// When an instance handed over now should start: its due time or its scheduled instant,
@@ -177,241 +505,6 @@ fn start_at(inst: &Instance, now: i64) -> Option<i64> {
         .expected_trigger_time_ms
         .filter(|_| inst.trigger == Trigger::Schedule);
     inst.due_at_ms.max(instant).filter(|at| *at > now)
-}
-
-fn spawn_hand_over(core: Arc<Core>, h: Handed) {
-    if core.begin_dispatch(h.inst.id) {
-        let attempt = h.inst.attempt;
-        spawn_send(core, h, attempt, None);
-    }
-}
-
-/// Sends an instance already handed over as `attempt` (see [`hand_over`]) and ends its
-/// dispatch. Should that fail, the instance stays WAITING_WORKER_RECEIVE and reconcile
-/// dispatches it again.
-fn spawn_send(core: Arc<Core>, h: Handed, attempt: i32, start_at_ms: Option<i64>) {
-    tokio::spawn(async move {
-        let id = h.inst.id;
-        if let Err(e) = hand_over(&core, &h.inst, &h.job, h.candidates, attempt, start_at_ms).await
-        {
-            tracing::warn!(instance = id, error = %e, "dispatch failed");
-        }
-        core.end_dispatch(id);
-    });
-}
-
-fn spawn_dispatch_one(core: Arc<Core>, id: i64) {
-    tokio::spawn(async move {
-        if let Err(e) = dispatch_one(&core, id).await {
-            tracing::warn!(instance = id, error = %e, "dispatch failed; will retry");
-            core.timer
-                .schedule(id, core.clock.now_ms() + RETRY_DISPATCH_MS);
-        }
-        core.end_dispatch(id);
-    });
-}
-
-/// Sends an instance, already handed to `candidates[0]` as `attempt`, to that worker; when it
-/// does not take it, tries the other candidates in turn and finally puts the instance back to
-/// wait.
-async fn hand_over(
-    core: &Core,
-    inst: &Instance,
-    job: &Job,
-    candidates: Vec<WorkerSummary>,
-    attempt: i32,
-    start_at_ms: Option<i64>,
-) -> Result<(), StoreError> {
-    let mut guard = InstanceGuard {
-        status: InstanceStatus::WaitingWorkerReceive,
-        attempt,
-        last_seq: 0,
-    };
-    for (i, worker) in candidates.iter().enumerate() {
-        if i > 0 {
-            let Some(next) = core
-                .store
-                .cas_dispatch(inst.id, guard, &worker.worker_id, core.clock.now_ms())
-                .await?
-            else {
-                return Ok(());
-            };
-            guard.attempt = next;
-        }
-        let request = dispatch_request(core, inst, job, guard.attempt, start_at_ms);
-        match worker_calls::dispatch(core, &worker.worker_id, &request).await {
-            Ok(_) => {
-                tracing::debug!(instance = inst.id, attempt = guard.attempt, worker = %worker.worker_id, "dispatched");
-                return Ok(());
-            }
-            // No worker can ever take it as it is: fail it now rather than try it forever.
-            Err(e) if e.kind() == rota_transport::RequestErrorKind::TooLarge => {
-                let size = serde_json::to_vec(&request).map_or(0, |v| v.len());
-                let reason = format!(
-                    "the dispatch is {size} bytes, larger than the NATS server's max payload of {} \
-                     bytes: make the job's configuration or parameters smaller",
-                    core.transport.client().server_info().max_payload
-                );
-                tracing::warn!(instance = inst.id, "{reason}");
-                core.store
-                    .cas_finish(
-                        inst.id,
-                        Some(guard),
-                        InstanceStatus::Failed,
-                        &reason,
-                        core.clock.now_ms(),
-                    )
-                    .await?;
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::info!(instance = inst.id, worker = %worker.worker_id, error = %e, "worker did not take the dispatch");
-            }
-        }
-    }
-    // Nobody took it: wait a moment and try again.
-    let due = core.clock.now_ms() + RETRY_DISPATCH_MS;
-    if core.store.cas_requeue(inst.id, guard, due).await? {
-        core.timer.schedule(inst.id, due);
-    }
-    Ok(())
-}
-
-async fn dispatch_one(core: &Core, id: i64) -> Result<(), StoreError> {
-    let inst = match core.store.instance(id).await {
-        Ok(inst) => inst,
-        Err(StoreError::NotFound(_)) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if inst.status != InstanceStatus::WaitingDispatch || !core.ownership.owns(inst.app_id) {
-        return Ok(());
-    }
-    let now = core.clock.now_ms();
-    let guard = InstanceGuard::of(&inst);
-    let job = match core.job(inst.job_id).await {
-        Ok(job) => job,
-        Err(StoreError::NotFound(_)) => {
-            core.store
-                .cas_finish(
-                    id,
-                    Some(guard),
-                    InstanceStatus::Canceled,
-                    "job was deleted",
-                    now,
-                )
-                .await?;
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-
-    // Held until the instance is handed over (or not), so that no other dispatch of this job
-    // counts the live instances in between.
-    let limit = Limit::of(&job.spec);
-    let _slot = match limit.counts() {
-        false => None,
-        true => Some(core.job_slot(job.id).lock_owned().await),
-    };
-    let live = if limit.counts() {
-        // The state may have moved while this task waited for the slot.
-        let fresh = core.store.instance(id).await?;
-        if InstanceGuard::of(&fresh) != guard {
-            return Ok(());
-        }
-        core.store.count_live(job.id).await?
-    } else {
-        0
-    };
-    let candidates = core.workers.candidates(&job);
-    let facts = DispatchFacts {
-        now_ms: now,
-        due_at_ms: inst.due_at_ms,
-        created_at_ms: inst.created_at_ms,
-        trigger: inst.trigger,
-        job: &job.spec,
-        live,
-        eligible_workers: candidates.len(),
-        no_worker_timeout_ms: millis(core.config.no_worker_timeout),
-        recheck_ms: RETRY_DISPATCH_MS,
-    };
-    match admit(&facts) {
-        Admission::Dispatch => {}
-        Admission::WaitUntil(at) => {
-            core.timer.schedule(id, at);
-            return Ok(());
-        }
-        Admission::Cancel(reason) => {
-            core.store
-                .cas_finish(id, Some(guard), InstanceStatus::Canceled, &reason, now)
-                .await?;
-            return Ok(());
-        }
-        Admission::Fail(reason) => {
-            core.store
-                .cas_finish(id, Some(guard), InstanceStatus::Failed, &reason, now)
-                .await?;
-            return Ok(());
-        }
-    }
-
-    let Some(first) = candidates.first() else {
-        return Ok(());
-    };
-    let Some(attempt) = core
-        .store
-        .cas_dispatch(id, guard, &first.worker_id, core.clock.now_ms())
-        .await?
-    else {
-        // Someone else (an operator's stop, another dispatch) changed it: nothing to do.
-        return Ok(());
-    };
-    hand_over(
-        core,
-        &inst,
-        &job,
-        candidates,
-        attempt,
-        start_at(&inst, core.clock.now_ms()),
-    )
-    .await
-}
-
-fn dispatch_request(
-    core: &Core,
-    inst: &Instance,
-    job: &Job,
-    attempt: i32,
-    start_at_ms: Option<i64>,
-) -> DispatchRequest {
-    DispatchRequest {
-        server_id: core.id.clone(),
-        app_id: job.app_id,
-        job_id: job.id,
-        job_name: job.spec.name.clone(),
-        instance_id: inst.id,
-        attempt,
-        processor: job.spec.processor.clone(),
-        config: job.spec.config.clone(),
-        job_params: job.spec.params.clone(),
-        instance_params: inst.instance_params.clone(),
-        timeout_ms: job.spec.timeout_ms,
-        expected_trigger_time_ms: inst.expected_trigger_time_ms,
-        frequent: match job.spec.schedule {
-            Schedule::FixedRate { interval_ms } => Some(Frequent {
-                mode: FrequentMode::FixedRate,
-                interval_ms,
-                lifecycle_end_ms: job.spec.lifecycle.end_ms,
-            }),
-            Schedule::FixedDelay { interval_ms } => Some(Frequent {
-                mode: FrequentMode::FixedDelay,
-                interval_ms,
-                lifecycle_end_ms: job.spec.lifecycle.end_ms,
-            }),
-            _ => None,
-        },
-        deadline_ms: Some(core.clock.now_ms() + millis(core.config.dispatch_timeout)),
-        start_at_ms,
-    }
 }
 
 #[cfg(test)]

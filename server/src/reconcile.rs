@@ -61,16 +61,12 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
         .await?;
     let mut requeued = 0;
     for (id, _) in overdue {
-        let busy = core
-            .dispatching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id);
+        let busy = core.dispatcher.is_dispatching(id);
         if !busy && core.timer.schedule(id, now) {
             requeued += 1;
         }
     }
-    core.repaired("waiting_overdue", requeued);
+    core.repairs.count("waiting_overdue", requeued);
 
     // Dispatches never acknowledged.
     let unacknowledged = core
@@ -83,12 +79,12 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
         )
         .await?;
     let n = lose(core, unacknowledged, "dispatch was never acknowledged", now).await?;
-    core.repaired("dispatch_unacknowledged", n);
+    core.repairs.count("dispatch_unacknowledged", n);
 
     // Running instances whose worker stopped heartbeating, or that report nothing.
     let hearing = Hearing {
-        connected_for_ms: millis(core.connected_for()),
-        stored_for_ms: millis(core.ready_for()),
+        connected_for_ms: millis(core.readiness.connected_for()),
+        stored_for_ms: millis(core.readiness.ready_for()),
     };
     let timeouts = Timeouts {
         worker_ms: millis(cfg.worker_timeout),
@@ -122,9 +118,9 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
     }
     let lost = still_lost(core, lost).await;
     let n = lose(core, lost, "worker lost", now).await?;
-    core.repaired("worker_lost", n);
+    core.repairs.count("worker_lost", n);
     let n = lose(core, silent, "no report from the worker", now).await?;
-    core.repaired("report_timeout", n);
+    core.repairs.count("report_timeout", n);
 
     // Frequent jobs that should run but have no live instance.
     let frequent = core.store.frequent_jobs(&owned).await?;
@@ -155,7 +151,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
         core.timer.schedule(inst.id, now);
         started += 1;
     }
-    core.repaired("frequent_started", started);
+    core.repairs.count("frequent_started", started);
     Ok(())
 }
 
@@ -169,7 +165,7 @@ async fn still_lost(core: &Core, candidates: Vec<Instance>) -> Vec<Instance> {
             return false;
         };
         matches!(
-            crate::worker_calls::query(core, inst.app_id, worker, inst.id, timeout).await,
+            core.calls.query(inst.app_id, worker, inst.id, timeout).await,
             Ok(runtime) if runtime.attempt == inst.attempt
         )
     }))
@@ -236,7 +232,7 @@ async fn lose(
             .find(|i| i.id == *id)
             .and_then(|i| Some((i.app_id, i.worker_id.clone()?)))
         {
-            crate::worker_calls::publish_stop(core, app_id, &worker, *id).await;
+            core.calls.publish_stop(app_id, &worker, *id).await;
         }
     }
     Ok(changed)
@@ -261,8 +257,8 @@ impl ScheduledService for CleanUp {
         let cutoff = core.clock.now_ms() - millis(core.config.retention);
         loop {
             let (instances, lines) = core.store.delete_finished_before(cutoff, 1_000).await?;
-            core.repaired("cleaned_instances", instances);
-            core.repaired("cleaned_log_lines", lines);
+            core.repairs.count("cleaned_instances", instances);
+            core.repairs.count("cleaned_log_lines", lines);
             if instances < 1_000 {
                 return Ok(());
             }

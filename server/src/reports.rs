@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 
 use crate::core::Core;
 use crate::store::{InstanceGuard, Job, StoreError};
-use crate::worker_calls::publish_stop;
 use rota_shared::Instance;
 
 /// Reports taken in one batch.
@@ -80,7 +79,9 @@ pub async fn answer(core: &Core, pending: &Pending, result: Result<ReportAck, Er
             }) = result
             {
                 let r = &pending.report;
-                publish_stop(core, pending.app_id, &r.worker_id, r.instance_id).await;
+                core.calls
+                    .publish_stop(pending.app_id, &r.worker_id, r.instance_id)
+                    .await;
             }
         }
         ReplyTo::Batch { batch, index } => {
@@ -216,7 +217,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
         .map(|m| (m.id, m))
         .collect();
     let job_ids: Vec<i64> = instances.values().map(|m| m.job_id).collect();
-    let jobs = core.jobs(&job_ids).await?;
+    let jobs = core.jobs.jobs(&job_ids).await?;
 
     let now = core.clock.now_ms();
     let mut verdicts = Vec::with_capacity(batch.len());
@@ -312,7 +313,7 @@ async fn decide_alone(core: &Core, pending: &Pending) -> Result<Verdict, StoreEr
             Err(e) => return Err(e),
         };
         let job = match &current {
-            Some(m) => core.jobs(&[m.job_id]).await?.remove(&m.job_id),
+            Some(m) => core.jobs.jobs(&[m.job_id]).await?.remove(&m.job_id),
             None => None,
         };
         let now = core.clock.now_ms();
@@ -342,7 +343,7 @@ async fn decide_alone(core: &Core, pending: &Pending) -> Result<Verdict, StoreEr
 /// What follows a stored change: a retry goes on the timer, a final failure raises an alert.
 fn after_update(core: &Core, id: i64, update: &rota_shared::rules::Update, job: Option<&Job>) {
     if let Some(at) = update.retry_at_ms {
-        core.schedule_dispatch(id, at);
+        core.dispatcher.schedule(id, at);
     }
     if update.alert {
         tracing::warn!(

@@ -73,10 +73,11 @@ pub async fn pass(core: &Core) -> Result<(), StoreError> {
         }
         let created = core.store.fire(&plans, now).await?;
         for inst in created {
-            core.schedule_dispatch(inst.id, inst.expected_trigger_time_ms);
+            core.dispatcher
+                .schedule(inst.id, inst.expected_trigger_time_ms);
         }
         for reason in misfires {
-            core.repaired(reason, 1);
+            core.repairs.count(reason, 1);
         }
         if !full_batch {
             break;
@@ -90,7 +91,7 @@ pub async fn pass(core: &Core) -> Result<(), StoreError> {
         .waiting_instances(&owned, horizon, WAITING_PER_PASS)
         .await?
     {
-        core.schedule_dispatch(id, due);
+        core.dispatcher.schedule(id, due);
     }
     Ok(())
 }
@@ -169,21 +170,10 @@ impl ScheduledService for Health {
                 .await,
             Ok(Ok(()))
         );
-        let was = self
-            .core
-            .ready
-            .swap(answered, std::sync::atomic::Ordering::Relaxed);
-        if was != answered {
-            if answered {
-                *self
-                    .core
-                    .ready_since
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
-                tracing::info!("the database answers again: ready");
-            } else {
-                tracing::warn!("the database does not answer: not ready");
-            }
+        match self.core.readiness.database_answered(answered) {
+            Some(true) => tracing::info!("the database answers again: ready"),
+            Some(false) => tracing::warn!("the database does not answer: not ready"),
+            None => {}
         }
         if answered {
             Ok(())

@@ -26,13 +26,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::core::Core;
+use crate::dispatch::{Dispatcher, DispatcherParts};
 use crate::gate::{Gate, WorkerPeer};
+use crate::inserts::InsertQueue;
+use crate::job_cache::JobCache;
 use crate::ownership::{Ownership, ensure_owner};
+use crate::readiness::Readiness;
 use crate::registry::WorkerRegistry;
+use crate::repairs::Repairs;
 use crate::reports::{self, BatchReply, Pending, Queued, ReplyTo, ReportQueue};
-use crate::service::{self, ServiceHandle};
+use crate::service::{self, ServiceBoard, ServiceHandle};
 use crate::store::{Store, StoreError};
-use crate::{admin, dispatch, reconcile, scheduler, timer};
+use crate::worker_calls::WorkerCalls;
+use crate::{admin, reconcile, scheduler, timer};
 
 /// The server's software version, reported by pings, the service API and the server registry.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -141,16 +147,15 @@ impl Server {
         let gate = Gate::new(&id, store.cluster_key(started_at_ms).await?, started_at_ms);
         gate.refresh_apps(&store, started_at_ms).await?;
 
-        let connected_since = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+        let readiness = Arc::new(Readiness::new());
         let mut connection =
             Connection::new(format!("rota-server {id}"), subjects.server_inbox(&id));
         connection.retry_initial = true;
         connection.on_event = Some({
-            let connected_since = connected_since.clone();
+            let readiness = readiness.clone();
             Arc::new(move |event: &async_nats::Event| match event {
                 async_nats::Event::Connected => {
-                    *connected_since.lock().unwrap_or_else(|e| e.into_inner()) =
-                        tokio::time::Instant::now();
+                    readiness.connected();
                     tracing::info!("connected to NATS");
                 }
                 async_nats::Event::Disconnected => {
@@ -164,33 +169,52 @@ impl Server {
 
         let shutdown = CancellationToken::new();
         let (fired_tx, fired_rx) = mpsc::unbounded_channel();
-        let (handed_tx, handed_rx) = mpsc::unbounded_channel();
-        let inserts =
-            crate::inserts::InsertQueue::start(store.clone(), config.clock, shutdown.clone());
+        let inserts = InsertQueue::start(store.clone(), config.clock, shutdown.clone());
         let timer = timer::start(fired_tx, config.clock, shutdown.clone());
+        let transport = Transport::new(client.clone());
+        let gate = Arc::new(gate);
+        let calls = WorkerCalls::new(
+            transport.clone(),
+            subjects.clone(),
+            gate.clone(),
+            config.dispatch_timeout,
+        );
+        let jobs = Arc::new(JobCache::new(store.clone()));
+        let workers = Arc::new(WorkerRegistry::new(config.worker_timeout));
+        let ownership = Arc::new(Ownership::default());
+        let dispatcher = Dispatcher::new(DispatcherParts {
+            server_id: id.clone(),
+            clock: config.clock,
+            store: store.clone(),
+            jobs: jobs.clone(),
+            ownership: ownership.clone(),
+            workers: workers.clone(),
+            timer: timer.clone(),
+            calls: calls.clone(),
+            dispatch_ahead: config.dispatch_ahead,
+            dispatch_timeout: config.dispatch_timeout,
+            no_worker_timeout: config.no_worker_timeout,
+        });
+        dispatcher.start(fired_rx, shutdown.clone());
         let core = Arc::new(Core {
             id: id.clone(),
             clock: config.clock,
             started_at_ms,
-            workers: WorkerRegistry::new(config.worker_timeout),
             config,
-            transport: Transport::new(client.clone()),
+            transport,
             subjects: subjects.clone(),
             store,
             gate,
-            ownership: Ownership::default(),
+            workers,
+            ownership,
             timer,
             inserts,
-            handed: handed_tx,
-            dispatching: Default::default(),
-            job_slots: Default::default(),
-            repairs: Default::default(),
-            // The database answered the migrations a moment ago.
-            ready: true.into(),
-            services: Default::default(),
-            connected_since,
-            ready_since: std::sync::Mutex::new(tokio::time::Instant::now()),
-            job_cache: Default::default(),
+            jobs,
+            calls,
+            dispatcher,
+            readiness,
+            repairs: Repairs::default(),
+            services: ServiceBoard::default(),
             shutdown,
         });
 
@@ -252,7 +276,6 @@ impl Server {
         round_trip(&client).await?;
 
         let reports_tx = reports::start(core.clone());
-        dispatch::start(core.clone(), fired_rx, handed_rx);
         let token = &core.shutdown;
         let services = vec![
             service::spawn(
@@ -267,8 +290,8 @@ impl Server {
             service::spawn(reconcile::Reconcile { core: core.clone() }, token),
             service::spawn(reconcile::CleanUp { core: core.clone() }, token),
         ];
-        *core.services.lock().unwrap_or_else(|e| e.into_inner()) =
-            services.iter().map(ServiceHandle::probe).collect();
+        core.services
+            .show(services.iter().map(ServiceHandle::probe).collect());
         let tasks = vec![
             tokio::spawn(serve_own(
                 core.clone(),

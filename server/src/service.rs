@@ -83,6 +83,25 @@ pub struct ServiceProbe {
     counters: Arc<Counters>,
 }
 
+/// The services of a running server, for their states in `rota server stats`: filled once,
+/// after they were spawned.
+#[derive(Default)]
+pub struct ServiceBoard {
+    probes: std::sync::OnceLock<Vec<ServiceProbe>>,
+}
+
+impl ServiceBoard {
+    /// Shows these services; a second call changes nothing.
+    pub fn show(&self, probes: Vec<ServiceProbe>) {
+        let _ = self.probes.set(probes);
+    }
+
+    /// The services shown (none before `show`).
+    pub fn probes(&self) -> &[ServiceProbe] {
+        self.probes.get().map_or(&[], Vec::as_slice)
+    }
+}
+
 impl ServiceProbe {
     pub fn state(&self) -> ServiceState {
         *self.state.borrow()
