@@ -8,6 +8,7 @@
 #![allow(elided_lifetimes_in_paths)]
 
 pub use sea_orm_migration::prelude::*;
+pub use sea_orm_migration::seaql_migrations;
 
 mod m20261121_000001_initial;
 mod m20261121_000002_job_misfire;

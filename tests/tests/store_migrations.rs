@@ -93,3 +93,66 @@ async fn a_job_stored_in_columns_reads_back_whole_after_the_settings_migration()
     expect(&jobs[0]);
     Ok(())
 }
+
+/// Two servers of a Helm deploy start at the same moment on an empty database: the migrations
+/// run under a database-wide lock, so one applies them and the others find nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_starting_at_once_on_a_fresh_database_all_run() -> anyhow::Result<()> {
+    rota_tests::init_tracing();
+    let nats = rota_tests::nats::NatsServer::start()?;
+    let db = TestDatabase::create().await?;
+    let config = |id: &str| rota_server::ServerConfig {
+        nats: rota_transport::NatsOptions::new(nats.url()),
+        database_url: db.url().to_owned(),
+        server_id: Some(id.to_owned()),
+        ..rota_server::ServerConfig::default()
+    };
+    let started = futures::future::join_all(
+        ["s1", "s2", "s3"].map(|id| rota_server::Server::start(config(id))),
+    )
+    .await;
+    let mut handles = Vec::new();
+    for (id, result) in ["s1", "s2", "s3"].iter().zip(started) {
+        match result {
+            Ok(handle) => handles.push(handle),
+            Err(e) => panic!("server {id} did not start: {e}"),
+        }
+    }
+    let store = Store::connect(db.url()).await?;
+    let mut registered: Vec<String> = store
+        .list_servers(0)
+        .await?
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    registered.sort();
+    assert_eq!(registered, ["s1", "s2", "s3"]);
+    for handle in handles {
+        handle.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A server older than the schema (a newer Rota migrated the database) refuses to start, saying
+/// why, instead of running against tables it does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_the_binary_is_refused_with_a_clear_message() -> anyhow::Result<()> {
+    rota_tests::init_tracing();
+    let db = TestDatabase::create().await?;
+    Store::connect(db.url()).await?;
+    let conn = Database::connect(db.url()).await?;
+    conn.execute_unprepared(
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m29990101_000001_future', 0)",
+    )
+    .await?;
+    let err = Store::connect(db.url())
+        .await
+        .expect_err("a schema from a newer Rota must be refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("newer") && message.contains("m29990101_000001_future"),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one line: {message}");
+    Ok(())
+}

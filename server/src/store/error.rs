@@ -27,6 +27,14 @@ pub enum StoreError {
     Internal(DbErr),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The schema was migrated by a newer Rota: this binary does not know what it holds.
+    #[error(
+        "the database schema is newer than this Rota ({}): it has migrations this binary does \
+         not know ({}); run the newer version, or restore the database from before it",
+        env!("CARGO_PKG_VERSION"),
+        .0.join(", ")
+    )]
+    SchemaNewer(Vec<String>),
 }
 
 /// The three things a database error can mean.
@@ -63,7 +71,7 @@ impl StoreError {
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::Unavailable(_) => ErrorCode::Unavailable,
-            Self::Internal(_) | Self::Corrupt(_) => ErrorCode::Internal,
+            Self::Internal(_) | Self::Corrupt(_) | Self::SchemaNewer(_) => ErrorCode::Internal,
         }
     }
 }

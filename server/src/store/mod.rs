@@ -12,6 +12,7 @@ mod error;
 mod instances;
 mod jobs;
 mod logs;
+mod migrate;
 mod secrets;
 mod servers;
 
@@ -25,7 +26,6 @@ pub use secrets::StoredToken;
 
 use std::time::Duration;
 
-use rota_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
@@ -40,7 +40,7 @@ pub struct Store {
 
 impl Store {
     /// Connects to `url` (`sqlite://path?mode=rwc`, `postgres://…`, `mysql://…`) and applies the
-    /// migrations. A SQLite file is created when missing and runs in WAL mode with a busy timeout.
+    /// migrations (under a lock: see `migrate`). A SQLite file is created when missing and runs in WAL mode with a busy timeout.
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let url = normalize_sqlite_url(url);
         let mut opts = ConnectOptions::new(url.clone());
@@ -64,7 +64,7 @@ impl Store {
             opts.max_connections(16).min_connections(4);
         }
         let db = Database::connect(opts).await?;
-        Migrator::up(&db, None).await?;
+        migrate::migrate(&db).await?;
         Ok(Self { db })
     }
 
