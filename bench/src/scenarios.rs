@@ -204,6 +204,7 @@ pub async fn latency(env: &Env, rate: u32, seconds: u64, warmup: u64) -> anyhow:
                 id: job,
                 params: None,
                 delay_ms: 0,
+                idempotency_key: None,
             };
             if let (Ok(started), true) = (admin.call(&run).await, measured) {
                 triggers
@@ -286,6 +287,7 @@ pub async fn throughput(env: &Env, seconds: u64, in_flight: usize) -> anyhow::Re
                 id: job,
                 params: None,
                 delay_ms: 0,
+                idempotency_key: None,
             };
             if let Ok(started) = admin.call(&run).await {
                 ids.lock()

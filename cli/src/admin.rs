@@ -28,11 +28,46 @@ pub fn token(settings: &Settings) -> anyhow::Result<Option<AdminToken>> {
 
 pub async fn client(settings: &Settings) -> anyhow::Result<AdminClient> {
     let token = token(settings)?;
-    let client = AdminClient::connect(&settings.nats, &settings.prefix, token.as_ref()).await?;
+    let mut client = AdminClient::connect(&settings.nats, &settings.prefix, token.as_ref()).await?;
+    if let Some(timeout) = settings.request_timeout {
+        client = client.with_timeout(timeout);
+    }
     Ok(match &settings.server {
         Some(server) => client.at_server(server),
         None => client,
     })
+}
+
+/// How often a request that is safe to repeat is sent again after its answer timed out.
+const TIMEOUT_RETRIES: usize = 2;
+
+/// Sends a request that is safe to repeat (an idempotent one), again when its answer times out
+/// or nobody answers yet: a server that is frozen or taking over must not make the command fail
+/// while a repeat would have worked.
+async fn call_retrying_timeouts<R: AdminRequest>(
+    c: &AdminClient,
+    request: &R,
+) -> anyhow::Result<R::Reply> {
+    let mut tries = 0;
+    loop {
+        match c.call(request).await {
+            Err(rota_client::ClientError::Request(e))
+                if tries < TIMEOUT_RETRIES
+                    && matches!(
+                        e.kind(),
+                        rota_transport::RequestErrorKind::TimedOut
+                            | rota_transport::RequestErrorKind::NoResponders
+                    ) =>
+            {
+                tries += 1;
+                eprintln!("no answer ({e}); asking again with the same idempotency key");
+                if e.kind() == rota_transport::RequestErrorKind::NoResponders {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// A list request's pages: the one `paging` names, or all of them with `--all`.
@@ -308,16 +343,30 @@ pub async fn job(settings: &Settings, cmd: JobCommand) -> anyhow::Result<()> {
                 print_job_detail(&job)
             };
         }
-        JobCommand::Run { id, params, delay } => {
-            let started = c
-                .call(&JobRun {
-                    id,
-                    params,
-                    delay_ms: delay.unwrap_or(0),
-                })
-                .await?;
+        JobCommand::Run {
+            id,
+            params,
+            delay,
+            idempotency_key,
+        } => {
+            let run = JobRun {
+                id,
+                params,
+                delay_ms: delay.unwrap_or(0),
+                idempotency_key: Some(
+                    idempotency_key
+                        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple())),
+                ),
+            };
+            let started = call_retrying_timeouts(&c, &run).await?;
             return if settings.json {
                 print_json(&started)
+            } else if started.reused {
+                println!(
+                    "instance {} was started before with this idempotency key",
+                    started.instance_id
+                );
+                Ok(())
             } else {
                 println!("started instance {}", started.instance_id);
                 Ok(())

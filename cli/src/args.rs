@@ -41,6 +41,9 @@ pub struct Global {
     /// Print the reply's data as JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long to wait for a server's answer to an admin request, e.g. 5s (default 15s).
+    #[arg(long, global = true, env = "ROTA_REQUEST_TIMEOUT", value_parser = crate::duration::parse_ms)]
+    pub request_timeout: Option<u64>,
     // Last: its help heading applies to what follows it.
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -392,6 +395,11 @@ pub enum JobCommand {
         /// Start after this delay, e.g. 30s.
         #[arg(long, value_parser = crate::duration::parse_ms)]
         delay: Option<u64>,
+        /// Makes the run safe to repeat: a run of this job with the same key returns the
+        /// instance the first one created. Without it, one is made up for this command, whose
+        /// own retries after a timeout are then safe too.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     Enable {
         id: i64,

@@ -180,6 +180,8 @@ pub struct Settings {
     pub json: bool,
     /// Admin requests go to this server when set.
     pub server: Option<String>,
+    /// How long an admin request waits for its answer.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -232,6 +234,7 @@ impl Settings {
                 .unwrap_or_else(|| "sqlite://rota.db".to_owned()),
             json: global.json,
             server: global.server.clone(),
+            request_timeout: global.request_timeout.map(std::time::Duration::from_millis),
         }
     }
 }

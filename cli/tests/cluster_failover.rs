@@ -41,6 +41,7 @@ async fn run(admin: &AdminClient, job_id: i64, params: Option<&str>) -> anyhow::
             id: job_id,
             params: params.map(str::to_owned),
             delay_ms: 0,
+            idempotency_key: None,
         })
         .await?
         .instance_id)

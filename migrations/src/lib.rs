@@ -15,6 +15,7 @@ mod m20261121_000002_job_misfire;
 mod m20261202_000001_security;
 mod m20261202_000002_long_text_on_mysql;
 mod m20261202_000003_job_settings;
+mod m20261202_000004_run_idempotency;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_security::Migration),
             Box::new(m20261202_000002_long_text_on_mysql::Migration),
             Box::new(m20261202_000003_job_settings::Migration),
+            Box::new(m20261202_000004_run_idempotency::Migration),
         ]
     }
 }

@@ -762,17 +762,27 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
         (due <= now && job.spec.max_instances == 0 && !job.spec.schedule.is_frequent())
             .then(|| core.workers.candidates(&job))
             .filter(|c| !c.is_empty());
-    let inst = core
-        .inserts
-        .insert(NewInstance {
-            job_id: job.id,
-            app_id: job.app_id,
-            trigger: Trigger::Api,
-            params: r.params,
-            due_at_ms: due,
-            handed_to: candidates.as_ref().map(|c| c[0].worker_id.clone()),
-        })
-        .await?;
+    let new = NewInstance {
+        job_id: job.id,
+        app_id: job.app_id,
+        trigger: Trigger::Api,
+        params: r.params.clone(),
+        due_at_ms: due,
+        handed_to: candidates.as_ref().map(|c| c[0].worker_id.clone()),
+        idempotency_key: r.idempotency_key.clone(),
+    };
+    // A keyed run is created on its own, not in a batch: should its key be taken, a batch would
+    // fail whole.
+    let inst = match new.idempotency_key {
+        Some(_) => {
+            let (inst, created) = core.store.insert_keyed_instance(new, now).await?;
+            if !created {
+                return reused_run(inst, &r);
+            }
+            inst
+        }
+        None => core.inserts.insert(new).await?,
+    };
     let id = inst.id;
     match candidates {
         Some(candidates) => {
@@ -788,7 +798,29 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
             core.timer.schedule(id, due);
         }
     }
-    Ok(RunStarted { instance_id: id })
+    Ok(RunStarted {
+        instance_id: id,
+        reused: false,
+    })
+}
+
+/// The answer to a run whose idempotency key an earlier run used: that run's instance, unless
+/// the two ask for different parameters, which is a caller's mistake rather than a repeat.
+fn reused_run(inst: Instance, r: &JobRun) -> AdminResult<RunStarted> {
+    if inst.instance_params != r.params {
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!(
+                "idempotency key {:?} was used by instance {} with other parameters",
+                r.idempotency_key.as_deref().unwrap_or_default(),
+                inst.id
+            ),
+        ));
+    }
+    Ok(RunStarted {
+        instance_id: inst.id,
+        reused: true,
+    })
 }
 
 // === Instances ===
@@ -952,6 +984,7 @@ async fn instance_retry_via(core: &Core, r: InstanceId, via: Via) -> AdminResult
                 params: inst.instance_params,
                 due_at_ms: now,
                 handed_to: None,
+                idempotency_key: None,
             },
             now,
         )
@@ -959,6 +992,7 @@ async fn instance_retry_via(core: &Core, r: InstanceId, via: Via) -> AdminResult
     core.timer.schedule(new.id, now);
     Ok(RunStarted {
         instance_id: new.id,
+        reused: false,
     })
 }
 

@@ -530,6 +530,7 @@ mod tests {
             finished_at_ms: None,
             due_at_ms,
             last_report_at_ms: None,
+            idempotency_key: None,
         }
     }
 

@@ -144,6 +144,7 @@ pub async fn reconcile(core: &Core) -> Result<(), StoreError> {
                     params: None,
                     due_at_ms: now,
                     handed_to: None,
+                    idempotency_key: None,
                 },
                 now,
             )

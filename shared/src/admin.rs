@@ -206,11 +206,18 @@ pub struct JobRun {
     pub params: Option<String>,
     #[serde(default)]
     pub delay_ms: u64,
+    /// Makes the request safe to repeat: another request with this key for the same job, while
+    /// the instance it created is kept, returns that instance instead of creating one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunStarted {
     pub instance_id: i64,
+    /// The request repeated an idempotency key: this instance was created by an earlier one.
+    #[serde(default)]
+    pub reused: bool,
 }
 
 admin_request!(JobCreate, "job", "create", Admin, JobInfo);

@@ -74,6 +74,10 @@ pub struct Instance {
     /// When the last report of the current attempt was applied.
     #[serde(default)]
     pub last_report_at_ms: Option<i64>,
+    /// The key of the `job run` request that created it, which returns this instance again
+    /// when repeated (API runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Instance {

@@ -176,8 +176,28 @@ impl Limited for JobSpec {
 
 impl Limited for JobRun {
     fn check_limits(&self) -> Result<(), ErrorBody> {
-        opt_text("params", &self.params, MAX_PARAMS_BYTES)
+        opt_text("params", &self.params, MAX_PARAMS_BYTES)?;
+        match &self.idempotency_key {
+            Some(key) => idempotency_key(key),
+            None => Ok(()),
+        }
     }
+}
+
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// An idempotency key: 1 to 128 characters of letters, digits and `-_.:` (a UUID, a fire
+/// time, a caller's request id).
+fn idempotency_key(key: &str) -> Result<(), ErrorBody> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !key.chars().all(allowed) {
+        return Err(ErrorBody::invalid(format!(
+            "idempotency_key: must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} letters, digits or -_.: \
+             characters"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -234,6 +254,7 @@ mod tests {
             id: 1,
             params: Some("x".repeat(MAX_PARAMS_BYTES + 1)),
             delay_ms: 0,
+            idempotency_key: None,
         };
         assert!(run.check_limits().is_err());
     }

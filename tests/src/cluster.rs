@@ -214,6 +214,7 @@ impl Deployment {
             id: job_id,
             params: None,
             delay_ms: 0,
+            idempotency_key: None,
         };
         Ok(self.admin.call(&run).await?.instance_id)
     }

@@ -129,6 +129,27 @@ impl ServerProcess {
         Ok(())
     }
 
+    /// Freezes the server (SIGSTOP), as a long pause or a stuck host would: it holds its
+    /// connections and answers nothing until [`Self::thaw`].
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("the server is not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), signal)?;
+        Ok(())
+    }
+
     /// Starts the server again with the same id and configuration.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;

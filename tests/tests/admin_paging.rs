@@ -91,6 +91,7 @@ async fn jobs_instances_and_workers_are_listed_whole_a_page_at_a_time() -> anyho
             params: None,
             due_at_ms: now + 3_600_000,
             handed_to: None,
+            idempotency_key: None,
         })
         .collect();
     store.insert_instances(news, now).await?;

@@ -62,6 +62,7 @@ async fn a_job_at_the_documented_limits_is_stored_and_runs() -> anyhow::Result<(
         id: job.id,
         params: Some("q".repeat(MAX_PARAMS_BYTES)),
         delay_ms: 0,
+        idempotency_key: None,
     };
     let id = d.admin.call(&run).await?.instance_id;
     let done = d.wait_terminal(id, Duration::from_secs(15)).await;

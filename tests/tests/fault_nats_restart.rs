@@ -37,6 +37,7 @@ async fn running_work_survives_a_nats_restart() -> anyhow::Result<()> {
             id: slow.id,
             params: None,
             delay_ms: 0,
+            idempotency_key: None,
         };
         ids.push(d.admin.call(&run).await?.instance_id);
     }

@@ -25,6 +25,7 @@ async fn run(d: &Deployment, job_id: i64, params: Option<&str>) -> anyhow::Resul
             id: job_id,
             params: params.map(str::to_owned),
             delay_ms: 0,
+            idempotency_key: None,
         })
         .await?
         .instance_id)

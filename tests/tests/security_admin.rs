@@ -42,6 +42,7 @@ fn run(id: i64) -> JobRun {
         id,
         params: None,
         delay_ms: 0,
+        idempotency_key: None,
     }
 }
 

@@ -205,6 +205,7 @@ async fn forwarded_calls_cannot_be_forged_or_replayed() -> anyhow::Result<()> {
         id: job.id,
         params: None,
         delay_ms: 0,
+        idempotency_key: None,
     }))?;
     // Unsealed, and sealed with a cluster key of the attacker's own.
     let reply = raw_request(&attacker, &rpc, call.clone(), None, None).await?;
@@ -238,6 +239,7 @@ async fn forwarded_calls_cannot_be_forged_or_replayed() -> anyhow::Result<()> {
             id: job.id,
             params: None,
             delay_ms: 0,
+            idempotency_key: None,
         })
         .await?
         .instance_id;

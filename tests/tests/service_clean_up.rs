@@ -27,6 +27,7 @@ async fn finished_instances_past_retention_are_deleted_with_their_logs() -> anyh
         id,
         params: None,
         delay_ms: 0,
+        idempotency_key: None,
     };
     let long = d.admin.call(&run(slow.id)).await?.instance_id;
     let mut finished = Vec::new();

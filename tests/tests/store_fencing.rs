@@ -157,6 +157,7 @@ async fn a_batched_insert_returns_each_instance_in_the_order_given() -> anyhow::
             params: Some(format!("p{i}")),
             due_at_ms: i,
             handed_to: None,
+            idempotency_key: None,
         })
         .collect();
     let models = store.insert_instances(news, 0).await?;
@@ -182,6 +183,7 @@ async fn waiting(store: &Store, job: &Job, n: usize) -> anyhow::Result<Vec<i64>>
             params: None,
             due_at_ms: 0,
             handed_to: None,
+            idempotency_key: None,
         })
         .collect();
     Ok(store
@@ -352,6 +354,7 @@ async fn an_instance_created_handed_over_is_attempt_one_of_its_worker() -> anyho
         params: None,
         due_at_ms: 5,
         handed_to: Some("w1".into()),
+        idempotency_key: None,
     }];
     let m = store.insert_instances(news, 5).await?.remove(0);
     assert_eq!(m.status, InstanceStatus::WaitingWorkerReceive);

@@ -46,6 +46,8 @@ pub struct NewInstance {
     /// Created already handed to this worker as attempt 1 (WAITING_WORKER_RECEIVE): a run due
     /// now skips the separate dispatch compare-and-set.
     pub handed_to: Option<String>,
+    /// The key of an idempotent run (see [`Store::insert_keyed_instance`]).
+    pub idempotency_key: Option<String>,
 }
 
 /// An instance to hand to a worker ([`Store::cas_dispatch_many`]).
@@ -97,6 +99,7 @@ impl From<instance::Model> for Instance {
             finished_at_ms: m.finished_at_ms,
             due_at_ms: m.due_at_ms,
             last_report_at_ms: m.last_report_at_ms,
+            idempotency_key: m.idempotency_key,
         }
     }
 }
@@ -126,6 +129,7 @@ fn new_row(new: NewInstance, now_ms: i64) -> instance::ActiveModel {
         finished_at_ms: Set(None),
         due_at_ms: Set((!handed).then_some(new.due_at_ms)),
         last_report_at_ms: Set(handed.then_some(now_ms)),
+        idempotency_key: Set(new.idempotency_key),
         ..Default::default()
     }
 }
@@ -210,11 +214,12 @@ impl Store {
                     finished_at_ms: Set(None),
                     due_at_ms: Set(Some(fire)),
                     last_report_at_ms: Set(None),
+                    idempotency_key: Set(None),
                     ..Default::default()
                 });
             }
         }
-        // 17 columns a row: 500 rows stay below every backend's bind-parameter limit.
+        // 18 columns a row: 500 rows stay below every backend's bind-parameter limit.
         for chunk in rows.chunks(500) {
             instance::Entity::insert_many(chunk.to_vec())
                 .on_conflict(
@@ -265,6 +270,52 @@ impl Store {
             .exec_with_returning(self.conn())
             .await?
             .into())
+    }
+
+    /// The instance a run with this idempotency key created for the job, while it is kept.
+    pub async fn instance_by_key(&self, job_id: i64, key: &str) -> StoreResult<Option<Instance>> {
+        Ok(instance::Entity::find()
+            .filter(instance::Column::JobId.eq(job_id))
+            .filter(instance::Column::IdempotencyKey.eq(key))
+            .one(self.conn())
+            .await?
+            .map(Instance::from))
+    }
+
+    /// Creates an API run's instance under its idempotency key, or finds the one an earlier run
+    /// with that key created: `(instance, created)`. Two requests racing with one key create one
+    /// instance, since the key is unique per job.
+    pub async fn insert_keyed_instance(
+        &self,
+        new: NewInstance,
+        now_ms: i64,
+    ) -> StoreResult<(Instance, bool)> {
+        let job_id = new.job_id;
+        let Some(key) = new.idempotency_key.clone() else {
+            return Ok((self.insert_instance(new, now_ms).await?, true));
+        };
+        if let Some(found) = self.instance_by_key(job_id, &key).await? {
+            return Ok((found, false));
+        }
+        match instance::Entity::insert(new_row(new, now_ms))
+            .exec_with_returning(self.conn())
+            .await
+        {
+            Ok(model) => Ok((model.into(), true)),
+            Err(e)
+                if matches!(
+                    e.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                ) =>
+            {
+                // Another request with this key was first.
+                match self.instance_by_key(job_id, &key).await? {
+                    Some(found) => Ok((found, false)),
+                    None => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates instances outside the schedule in one statement, returned in the order given.

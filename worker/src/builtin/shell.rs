@@ -36,7 +36,10 @@ const PIPE_DRAIN_WAIT: Duration = Duration::from_secs(2);
 ///
 /// The script's environment describes the work: `ROTA_INSTANCE_ID`, `ROTA_WORKER_ID`,
 /// `ROTA_JOB_ID`, `ROTA_JOB_NAME`, `ROTA_ATTEMPT`, `ROTA_JOB_PARAMS` and `ROTA_INSTANCE_PARAMS`
-/// (the last two empty when absent).
+/// (the last two empty when absent), and for a scheduled fire its instant, `ROTA_FIRE_TIME`
+/// (RFC 3339, UTC, milliseconds) and `ROTA_FIRE_TIME_MS` (milliseconds since the Unix epoch),
+/// both empty for other runs: the same for every attempt of a fire, so that a script can make
+/// its work idempotent per fire.
 #[derive(Debug, Clone)]
 pub struct ShellProcessor {
     kill_grace: Duration,
@@ -86,6 +89,13 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// A fire's instant as RFC 3339 in UTC with milliseconds; empty when there is none.
+fn fire_time_rfc3339(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 fn truncate_chars(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((end, _)) => text[..end].to_owned(),
@@ -111,6 +121,16 @@ fn command(ctx: &TaskContext) -> Command {
         .env(
             "ROTA_INSTANCE_PARAMS",
             ctx.instance_params.as_deref().unwrap_or(""),
+        )
+        .env(
+            "ROTA_FIRE_TIME",
+            fire_time_rfc3339(ctx.expected_trigger_time_ms),
+        )
+        .env(
+            "ROTA_FIRE_TIME_MS",
+            ctx.expected_trigger_time_ms
+                .map(|ms| ms.to_string())
+                .unwrap_or_default(),
         );
     cmd
 }
@@ -298,6 +318,23 @@ mod tests {
             shell("echo \"$ROTA_INSTANCE_ID/$ROTA_JOB_ID/$ROTA_ATTEMPT/$ROTA_WORKER_ID/$ROTA_JOB_PARAMS/$ROTA_INSTANCE_PARAMS.\"")
                 .await;
         assert_eq!(result, ProcessResult::ok("42/7/1/w-test/jp/."));
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_fire_exports_its_instant_and_other_runs_leave_it_empty() {
+        let script = "echo \"$ROTA_FIRE_TIME|$ROTA_FIRE_TIME_MS\"";
+        let mut request = crate::context::test_request(script);
+        request.expected_trigger_time_ms = Some(1_767_225_600_250);
+        let sink = LogSink::new(1000, 500);
+        let ctx = TaskContext::new(&request, "w-test", sink, CancellationToken::new());
+        let result = ShellProcessor::new(Duration::from_secs(1))
+            .process(ctx)
+            .await;
+        assert_eq!(
+            result,
+            ProcessResult::ok("2026-01-01T00:00:00.250Z|1767225600250")
+        );
+        assert_eq!(shell(script).await.0, ProcessResult::ok("|"));
     }
 
     #[tokio::test]

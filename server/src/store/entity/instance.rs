@@ -22,6 +22,7 @@ pub struct Model {
     pub finished_at_ms: Option<i64>,
     pub due_at_ms: Option<i64>,
     pub last_report_at_ms: Option<i64>,
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
