@@ -207,6 +207,11 @@ pub struct WorkerArgs {
     /// Allow the `shell` processor: jobs can then run any command on this machine.
     #[arg(long, env = "ROTA_ALLOW_SHELL")]
     pub allow_shell: bool,
+    /// Where the worker records its running shell jobs' process groups, so that, started
+    /// again with the same --worker-id after a crash, it kills what the crash left (default
+    /// with a --worker-id: $XDG_STATE_HOME/rota or ~/.local/state/rota).
+    #[arg(long, env = "ROTA_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     /// Disable the `http` processor.
     #[arg(long)]
     pub no_http: bool,

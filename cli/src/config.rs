@@ -155,6 +155,7 @@ pub struct FileWorker {
     pub tags: Option<Vec<String>>,
     pub capacity: Option<u32>,
     pub allow_shell: Option<bool>,
+    pub state_dir: Option<PathBuf>,
 }
 
 pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {

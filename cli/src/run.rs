@@ -69,6 +69,22 @@ pub async fn server(
     Ok(())
 }
 
+/// The state directory of a worker with a stable id: `$XDG_STATE_HOME/rota`, else
+/// `~/.local/state/rota`. A worker with a generated id is never started again as itself, so
+/// it keeps no state.
+fn default_state_dir(stable_id: bool) -> Option<std::path::PathBuf> {
+    if !stable_id {
+        return None;
+    }
+    let xdg = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty());
+    match xdg {
+        Some(dir) => Some(std::path::PathBuf::from(dir).join("rota")),
+        None => std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|home| std::path::PathBuf::from(home).join(".local/state/rota")),
+    }
+}
+
 pub async fn worker(
     settings: &Settings,
     file: &FileConfig,
@@ -82,6 +98,7 @@ pub async fn worker(
             "give the app's secret: --secret S, --secret-file FILE (or ROTA_SECRET)"
         ));
     }
+    let stable_id = args.worker_id.is_some() || fw.worker_id.is_some();
     let config = WorkerConfig {
         nats: settings.nats.clone(),
         prefix: settings.prefix.clone(),
@@ -99,6 +116,10 @@ pub async fn worker(
         },
         capacity: args.capacity.or(fw.capacity).unwrap_or(16),
         allow_shell: args.allow_shell || fw.allow_shell.unwrap_or(false),
+        state_dir: args
+            .state_dir
+            .or_else(|| fw.state_dir.clone())
+            .or_else(|| default_state_dir(stable_id)),
         allow_http: !args.no_http,
         heartbeat_interval: args.heartbeat_interval.map_or(
             WorkerConfig::default().heartbeat_interval,

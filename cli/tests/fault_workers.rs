@@ -94,6 +94,39 @@ impl Drop for PidDir {
     }
 }
 
+/// The processes of a process group that are alive (not zombies), from `/proc`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // Fields after the name: state, ppid, pgrp.
+            fields.first().is_some_and(|state| *state != "Z")
+                && fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+        })
+        .collect()
+}
+
+/// Waits, at most a second, until no process of the group is alive.
+async fn wait_group_gone(pgid: i32, what: &str) {
+    wait::until(
+        &format!("every process of {what} (process group {pgid}) to be gone"),
+        Duration::from_secs(1),
+        || async { group_members(pgid).is_empty().then_some(()) },
+    )
+    .await;
+}
+
 /// What changes of an instance a test follows.
 fn snapshot(i: &InstanceInfo) -> (InstanceStatus, i32, Option<String>, Option<String>) {
     (
@@ -132,7 +165,11 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
         .wait_status(id1, InstanceStatus::Running, Duration::from_secs(15))
         .await;
     assert_eq!(first.instance.attempt, 1, "{first:?}");
-    pids.wait_pid(id1, 1).await;
+    let first_group = pids.wait_pid(id1, 1).await;
+    assert!(
+        !group_members(first_group).is_empty(),
+        "the run's shell and its sleep are alive"
+    );
     let victim = first
         .instance
         .worker_id
@@ -147,6 +184,8 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
     let mut killed = workers.remove(pos);
     let killed_at = Instant::now();
     killed.kill().await;
+    // The run dies with its worker, or it would go on beside its retry.
+    wait_group_gone(first_group, "the killed worker's run").await;
 
     // Every state the instance passes through is recorded, so the reason reconcile gave can be
     // checked even though the instance moves on from the state that shows it.
@@ -218,10 +257,11 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
         Some(survivor),
         "only {survivor} is alive: {running:?}"
     );
-    pids.wait_pid(id2, 1).await;
+    let second_group = pids.wait_pid(id2, 1).await;
     let mut last = workers.pop().expect("the survivor");
     let killed_at = Instant::now();
     last.kill().await;
+    wait_group_gone(second_group, "the last worker's run").await;
     let failed = d.wait_terminal(id2, AFTER_KILL).await;
     let took = killed_at.elapsed();
     eprintln!(

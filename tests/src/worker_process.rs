@@ -67,7 +67,11 @@ impl WorkerProcess {
                 "500ms",
                 "--reacquire-interval",
                 "2s",
+                // The test's own directory: another test's worker of the same id must never
+                // take this one's process groups for its own leftovers.
+                "--state-dir",
             ])
+            .arg(log_dir)
             .env("ROTA_NATS_URL", nats_url)
             .env("RUST_LOG", "info")
             // Nothing from the test's own environment may change the worker's settings.

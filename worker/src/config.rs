@@ -52,6 +52,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How long a shell process group gets between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// Where the worker keeps what must outlive it: the process groups of its running shell
+    /// jobs, which a worker started again with the same id kills should they have outlived a
+    /// crash. None keeps nothing (the watcher process still kills them when the worker dies).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -66,6 +70,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("capacity", &self.capacity)
             .field("allow_shell", &self.allow_shell)
             .field("allow_http", &self.allow_http)
+            .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +97,7 @@ impl Default for WorkerConfig {
             log_buffer_lines: 10_000,
             shutdown_grace: Duration::from_secs(30),
             kill_grace: Duration::from_secs(1),
+            state_dir: None,
         }
     }
 }

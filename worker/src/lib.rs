@@ -46,6 +46,7 @@ mod link;
 mod logs;
 mod metrics;
 mod processor;
+mod reaper;
 mod reporter;
 mod retry;
 mod tracker;

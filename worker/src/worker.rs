@@ -17,6 +17,7 @@ use crate::instances::{Instances, StopCause};
 use crate::link::{self, Link};
 use crate::logs::{LogFlusher, LogSink};
 use crate::processor::ProcessorRegistry;
+use crate::reaper::Reaper;
 use crate::{acks, dedupe, endpoints, heartbeat};
 
 /// After the shutdown grace, how long stopped instances get to end and report.
@@ -27,6 +28,23 @@ const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for NATS to take the last messages and close.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Where the process groups of this worker's shell runs are recorded: a file of the state
+/// directory named after the app and the worker id, so that the same worker started again
+/// finds it (and no other worker does).
+fn process_group_record(
+    config: &WorkerConfig,
+    worker_id: &str,
+) -> Result<Option<std::path::PathBuf>, String> {
+    let Some(dir) = &config.state_dir else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("state directory {}: {e}", dir.display()))?;
+    Ok(Some(dir.join(format!(
+        "process-groups-{}-{worker_id}",
+        config.app
+    ))))
+}
 
 /// The worker agent.
 #[derive(Debug)]
@@ -43,7 +61,13 @@ impl Worker {
         let mut registry = registry;
         // A user's processor of the same name wins over a built-in.
         if config.allow_shell && !registry.contains("shell") {
-            registry.register("shell", ShellProcessor::new(config.kill_grace));
+            let reaper = Arc::new(Reaper::start(
+                process_group_record(&config, &worker_id).map_err(WorkerError::InvalidConfig)?,
+            ));
+            registry.register(
+                "shell",
+                ShellProcessor::new(config.kill_grace).watched_by(reaper),
+            );
         }
         if config.allow_http && !registry.contains("http") {
             registry.register("http", HttpProcessor::new());

@@ -8,6 +8,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -21,6 +22,7 @@ use tracing::debug;
 use crate::context::TaskContext;
 use crate::logs::MAX_LINE_BYTES;
 use crate::processor::{ProcessResult, Processor};
+use crate::reaper::Reaper;
 
 use super::lines::pump;
 
@@ -40,28 +42,49 @@ const PIPE_DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// (RFC 3339, UTC, milliseconds) and `ROTA_FIRE_TIME_MS` (milliseconds since the Unix epoch),
 /// both empty for other runs: the same for every attempt of a fire, so that a script can make
 /// its work idempotent per fire.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ShellProcessor {
     kill_grace: Duration,
+    /// Kills the runs' process groups should the worker die (see `reaper`).
+    reaper: Arc<Reaper>,
+}
+
+impl std::fmt::Debug for ShellProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShellProcessor")
+            .field("kill_grace", &self.kill_grace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ShellProcessor {
-    /// A shell processor that waits `kill_grace` between SIGTERM and SIGKILL.
+    /// A shell processor that waits `kill_grace` between SIGTERM and SIGKILL. The worker
+    /// registers its own, whose runs also die with the worker.
     pub fn new(kill_grace: Duration) -> Self {
-        Self { kill_grace }
+        Self {
+            kill_grace,
+            reaper: Arc::new(Reaper::none()),
+        }
+    }
+
+    pub(crate) fn watched_by(mut self, reaper: Arc<Reaper>) -> Self {
+        self.reaper = reaper;
+        self
     }
 }
 
 impl Processor for ShellProcessor {
     fn process(&self, ctx: TaskContext) -> BoxFuture<'static, ProcessResult> {
-        Box::pin(run(ctx, self.kill_grace))
+        Box::pin(run(ctx, self.kill_grace, Arc::clone(&self.reaper)))
     }
 }
 
-/// A process group that is SIGKILLed when this guard is dropped while armed.
+/// A process group that is SIGKILLed when this guard is dropped while armed, and watched by the
+/// reaper while it lives.
 struct ProcessGroup {
     pgid: Pid,
     armed: bool,
+    reaper: Arc<Reaper>,
 }
 
 impl ProcessGroup {
@@ -78,6 +101,7 @@ impl ProcessGroup {
     fn kill_rest(mut self) {
         self.signal(Signal::SIGKILL);
         self.armed = false;
+        self.reaper.release(self.pgid.as_raw());
     }
 }
 
@@ -85,6 +109,7 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         if self.armed {
             self.signal(Signal::SIGKILL);
+            self.reaper.release(self.pgid.as_raw());
         }
     }
 }
@@ -157,7 +182,7 @@ async fn wait_or_kill(
     }
 }
 
-async fn run(ctx: TaskContext, kill_grace: Duration) -> ProcessResult {
+async fn run(ctx: TaskContext, kill_grace: Duration, reaper: Arc<Reaper>) -> ProcessResult {
     let mut child = match command(&ctx).spawn() {
         Ok(child) => child,
         Err(e) => return ProcessResult::failed(format!("cannot start /bin/sh: {e}")),
@@ -166,9 +191,11 @@ async fn run(ctx: TaskContext, kill_grace: Duration) -> ProcessResult {
     let Some(pgid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
         return ProcessResult::failed("the shell has no process id");
     };
+    reaper.watch(pgid);
     let group = ProcessGroup {
         pgid: Pid::from_raw(pgid),
         armed: true,
+        reaper,
     };
 
     let stdout = pump(child.stdout.take(), MAX_LINE_BYTES, |line| ctx.info(line));
