@@ -463,6 +463,7 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
                 processors: vec!["noop".into()],
                 capacity: 16,
                 running: vec![],
+                held: vec![],
                 metrics: SystemMetrics {
                     cpu_cores: 2,
                     ..SystemMetrics::default()

@@ -762,6 +762,9 @@ async fn job_run_via(core: &Core, r: JobRun, via: Via) -> AdminResult<RunStarted
         (due <= now && job.spec.max_instances == 0 && !job.spec.schedule.is_frequent())
             .then(|| core.workers.candidates(&job))
             .filter(|c| !c.is_empty());
+    if let Some(first) = candidates.as_ref().and_then(|c| c.first()) {
+        core.workers.note_handed(job.app_id, &first.worker_id);
+    }
     let new = NewInstance {
         job_id: job.id,
         app_id: job.app_id,

@@ -199,6 +199,8 @@ impl Dispatcher {
             let candidates = simple.map(|job| p.workers.candidates(job));
             match (simple, candidates) {
                 (Some(job), Some(candidates)) if !candidates.is_empty() => {
+                    // Counted at once, so that the next instance of the batch sees it.
+                    p.workers.note_handed(inst.app_id, &candidates[0].worker_id);
                     plain.push((inst, job.clone(), candidates));
                 }
                 _ => self.spawn_dispatch_one(inst.id),
@@ -309,6 +311,7 @@ impl Dispatcher {
         };
         for (i, worker) in candidates.iter().enumerate() {
             if i > 0 {
+                p.workers.note_handed(inst.app_id, &worker.worker_id);
                 let Some(next) = p
                     .store
                     .cas_dispatch(inst.id, guard, &worker.worker_id, p.clock.now_ms())
@@ -438,6 +441,7 @@ impl Dispatcher {
         let Some(first) = candidates.first() else {
             return Ok(());
         };
+        p.workers.note_handed(inst.app_id, &first.worker_id);
         let Some(attempt) = p
             .store
             .cas_dispatch(id, guard, &first.worker_id, p.clock.now_ms())

@@ -16,6 +16,8 @@ struct Entry {
     app_id: i64,
     heartbeat: WorkerHeartbeat,
     last_seen: Instant,
+    /// Dispatches handed to it since this heartbeat.
+    handed: u32,
 }
 
 pub struct WorkerRegistry {
@@ -43,8 +45,19 @@ impl WorkerRegistry {
                 app_id,
                 heartbeat,
                 last_seen: Instant::now(),
+                handed: 0,
             },
         );
+    }
+
+    /// Counts a dispatch handed to a worker, so that the next choice, before its heartbeat
+    /// says how busy it is, sees it busier: a burst is spread instead of all going to the
+    /// worker that looked best a moment ago.
+    pub fn note_handed(&self, app_id: i64, worker_id: &str) {
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = apps.get_mut(&app_id).and_then(|w| w.get_mut(worker_id)) {
+            entry.handed = entry.handed.saturating_add(1);
+        }
     }
 
     /// Live workers of an app (all apps with `None`), dropping the dead ones.
@@ -70,9 +83,7 @@ impl WorkerRegistry {
             .filter(|w| may_run(w, job))
             .collect();
         match job.spec.dispatch {
-            DispatchStrategy::HealthFirst => {
-                eligible.sort_by(|a, b| b.health.total_cmp(&a.health));
-            }
+            DispatchStrategy::HealthFirst => spread(&mut eligible),
             DispatchStrategy::Random => eligible.shuffle(&mut rand::rng()),
             DispatchStrategy::RoundRobin => {
                 if !eligible.is_empty() {
@@ -86,6 +97,25 @@ impl WorkerRegistry {
         }
         eligible
     }
+}
+
+/// Orders workers for a health-first dispatch: by free capacity weighted by health, counting
+/// what was handed to each since its heartbeat (and the fires it holds), then by that load
+/// alone, so that equally healthy workers take turns.
+pub fn spread(workers: &mut [WorkerSummary]) {
+    let load = |w: &WorkerSummary| {
+        let busy = w.running.saturating_add(w.held).saturating_add(w.handed);
+        match w.capacity {
+            0 => f64::INFINITY,
+            c => f64::from(busy) / f64::from(c),
+        }
+    };
+    let score = |w: &WorkerSummary| w.health * (1.0 - load(w)).max(0.0);
+    workers.sort_by(|a, b| {
+        score(b)
+            .total_cmp(&score(a))
+            .then(load(a).total_cmp(&load(b)))
+    });
 }
 
 /// A worker may run a job when it has the processor, all the job's tags, is designated (if the
@@ -107,10 +137,103 @@ fn summary(e: &Entry, now: Instant) -> WorkerSummary {
         processors: hb.processors.clone(),
         capacity: hb.capacity,
         running: u32::try_from(hb.running.len()).unwrap_or(u32::MAX),
+        held: u32::try_from(hb.held.len()).unwrap_or(u32::MAX),
+        handed: e.handed,
         health: hb.metrics.health_score(),
         metrics: hb.metrics.clone(),
         version: hb.version.clone(),
         last_seen_ago_ms: u64::try_from(now.duration_since(e.last_seen).as_millis())
             .unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: &str, health: f64, running: u32, handed: u32) -> WorkerSummary {
+        WorkerSummary {
+            worker_id: id.to_owned(),
+            app_id: 1,
+            tags: vec![],
+            processors: vec![],
+            capacity: 16,
+            running,
+            held: 0,
+            handed,
+            health,
+            metrics: Default::default(),
+            version: String::new(),
+            last_seen_ago_ms: 0,
+        }
+    }
+
+    fn order(workers: &mut [WorkerSummary]) -> Vec<String> {
+        spread(workers);
+        workers.iter().map(|w| w.worker_id.clone()).collect()
+    }
+
+    #[test]
+    fn the_healthiest_worker_goes_first_only_while_it_is_not_busier() {
+        // Equally loaded: health decides.
+        let mut ws = [worker("a", 60.0, 0, 0), worker("b", 90.0, 0, 0)];
+        assert_eq!(order(&mut ws), ["b", "a"]);
+        // A slightly healthier worker that already got half its capacity gives way.
+        let mut ws = [worker("a", 88.0, 0, 0), worker("b", 90.0, 0, 8)];
+        assert_eq!(order(&mut ws), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_burst_takes_turns_over_equal_workers() {
+        let registry = WorkerRegistry::new(Duration::from_secs(60));
+        for id in ["a", "b", "c"] {
+            registry.record(
+                1,
+                WorkerHeartbeat {
+                    worker_id: id.to_owned(),
+                    tags: vec![],
+                    processors: vec!["p".to_owned()],
+                    capacity: 16,
+                    running: vec![],
+                    held: vec![],
+                    metrics: Default::default(),
+                    version: String::new(),
+                    dropped_log_lines: 0,
+                },
+            );
+        }
+        let mut first_choices = Vec::new();
+        for _ in 0..9 {
+            let mut ws = registry.live(Some(1));
+            spread(&mut ws);
+            let chosen = ws[0].worker_id.clone();
+            registry.note_handed(1, &chosen);
+            first_choices.push(chosen);
+        }
+        let count = |id: &str| first_choices.iter().filter(|c| *c == id).count();
+        assert_eq!(
+            (count("a"), count("b"), count("c")),
+            (3, 3, 3),
+            "{first_choices:?}"
+        );
+
+        // A heartbeat says how busy the worker really is: its count starts again.
+        registry.record(
+            1,
+            WorkerHeartbeat {
+                worker_id: "a".to_owned(),
+                tags: vec![],
+                processors: vec!["p".to_owned()],
+                capacity: 16,
+                running: vec![],
+                held: vec![],
+                metrics: Default::default(),
+                version: String::new(),
+                dropped_log_lines: 0,
+            },
+        );
+        let mut ws = registry.live(Some(1));
+        spread(&mut ws);
+        assert_eq!(ws[0].worker_id, "a");
     }
 }

@@ -97,6 +97,12 @@ impl Limited for WorkerHeartbeat {
             MAX_PROCESSORS,
             MAX_PROCESSOR_BYTES,
         )?;
+        if self.held.len() > MAX_RUNNING {
+            return Err(ErrorBody::invalid(format!(
+                "held lists {} instances; at most {MAX_RUNNING} are allowed",
+                self.held.len()
+            )));
+        }
         if self.running.len() > MAX_RUNNING {
             return Err(ErrorBody::invalid(format!(
                 "running lists {} instances; at most {MAX_RUNNING} are allowed",
@@ -213,6 +219,7 @@ mod tests {
             processors: vec!["shell".into()],
             capacity: 4,
             running: vec![],
+            held: vec![],
             metrics: SystemMetrics::default(),
             version: "0.1.0".into(),
             dropped_log_lines: 0,
@@ -237,6 +244,7 @@ mod tests {
             },
             WorkerHeartbeat {
                 running: vec![1; MAX_RUNNING + 1],
+                held: vec![],
                 ..heartbeat()
             },
             WorkerHeartbeat {

@@ -76,6 +76,10 @@ pub struct WorkerHeartbeat {
     /// Instances it runs now.
     #[serde(default)]
     pub running: Vec<i64>,
+    /// Fires it holds for their instant (handed over ahead of it), which take no execution
+    /// slot until then.
+    #[serde(default)]
+    pub held: Vec<i64>,
     #[serde(default)]
     pub metrics: SystemMetrics,
     /// The worker's software version.
@@ -241,6 +245,13 @@ pub struct WorkerSummary {
     pub processors: Vec<String>,
     pub capacity: u32,
     pub running: u32,
+    /// Fires it holds for their instant.
+    #[serde(default)]
+    pub held: u32,
+    /// Dispatches this server handed it since its last heartbeat, which `running` does not
+    /// count yet.
+    #[serde(default)]
+    pub handed: u32,
     pub health: f64,
     pub metrics: SystemMetrics,
     pub version: String,

@@ -327,6 +327,7 @@ async fn ten_thousand_workers_are_listed_in_pages_that_fit_nats() -> anyhow::Res
             processors: vec!["shell".into(), "http".into()],
             capacity: 16,
             running: vec![],
+            held: vec![],
             metrics: Default::default(),
             version: "test".into(),
             dropped_log_lines: 0,

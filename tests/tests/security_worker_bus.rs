@@ -174,6 +174,7 @@ fn perfect_heartbeat(worker_id: &str) -> WorkerHeartbeat {
         processors: vec!["shell".into(), "http".into()],
         capacity: 1_000,
         running: vec![],
+        held: vec![],
         // Everything free: the best health score there is.
         metrics: SystemMetrics::default(),
         version: "evil".into(),

@@ -29,6 +29,9 @@ pub struct WorkerConfig {
     pub tags: Vec<String>,
     /// How many instances the worker runs at once at most.
     pub capacity: u32,
+    /// How many fires handed over ahead of their instant it holds at once at most (they take
+    /// no execution slot while they wait); `None` is four times `capacity`.
+    pub max_held: Option<u32>,
     /// Registers the built-in `shell` processor. Off by default: it lets whoever can dispatch
     /// to this worker run any command on its machine.
     pub allow_shell: bool,
@@ -86,6 +89,7 @@ impl Default for WorkerConfig {
             worker_id: None,
             tags: Vec::new(),
             capacity: 16,
+            max_held: None,
             allow_shell: false,
             allow_http: true,
             heartbeat_interval: Duration::from_secs(10),
@@ -103,6 +107,12 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// How many fires it holds for their instant at once at most.
+    pub fn max_held(&self) -> u32 {
+        self.max_held
+            .unwrap_or_else(|| self.capacity.saturating_mul(4))
+    }
+
     /// Checks the configuration and returns the worker id to use (the configured one or a new
     /// one) and the subject set, so that a bad value fails at start and never later.
     pub(crate) fn validate(&self) -> Result<(String, Subjects), WorkerError> {

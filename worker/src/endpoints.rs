@@ -131,6 +131,7 @@ async fn dispatch(agent: &Arc<Agent>, msg: &Incoming, seal: &Seal, key: Option<&
         accepting: agent.accepting(),
         processor_known: processor.is_some(),
         capacity: agent.config.capacity,
+        max_held: agent.config.max_held(),
     };
     let now = now_ms();
     match (agent.instances.admit(&req, &gate, now), processor) {

@@ -18,6 +18,7 @@ pub(crate) async fn send(agent: &Agent) {
         processors: agent.registry.names(),
         capacity: agent.config.capacity,
         running: agent.instances.running_ids(),
+        held: agent.instances.held_ids(),
         metrics: metrics::collect().await,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         dropped_log_lines: agent.logs.dropped(),

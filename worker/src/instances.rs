@@ -2,6 +2,10 @@
 //!
 //! Admission (duplicate check, capacity check, insert) happens under one lock, so that two
 //! dispatches arriving together can neither both take the last slot nor both run one attempt.
+//!
+//! A fire handed over ahead of its instant is *held* until then: it takes no execution slot
+//! while it waits (held fires have their own bound, [`Gate::max_held`]), and at its instant it
+//! takes a slot like any dispatch, waiting for one should the worker be full.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -44,6 +48,8 @@ pub(crate) struct InstanceState {
     answered_seq: AtomicI64,
     /// When the processor started (0: not yet; a held fire starts at its instant).
     run_started_ms: AtomicI64,
+    /// Admitted ahead of its start time and not yet given an execution slot.
+    held: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -75,7 +81,12 @@ impl InstanceState {
             seq: AtomicI64::new(0),
             answered_seq: AtomicI64::new(0),
             run_started_ms: AtomicI64::new(0),
+            held: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn is_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Records that the processor started now.
@@ -174,19 +185,32 @@ pub(crate) fn expired(req: &DispatchRequest, now_ms: i64) -> bool {
 pub(crate) struct Gate {
     pub accepting: bool,
     pub processor_known: bool,
+    /// Instances run at once at most.
     pub capacity: u32,
+    /// Fires held for their instant at once at most.
+    pub max_held: u32,
 }
 
 /// The instances this worker runs, keyed by `(instance_id, attempt)`.
 #[derive(Debug)]
 pub(crate) struct Instances {
     table: Mutex<Table>,
+    /// Woken when an attempt leaves the table, for held fires waiting for a slot.
+    freed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
 struct Table {
     running: HashMap<(i64, i32), Arc<InstanceState>>,
     seen: SeenAttempts,
+}
+
+impl Table {
+    /// How many attempts take an execution slot, and how many are held for later.
+    fn counts(&self) -> (usize, usize) {
+        let held = self.running.values().filter(|s| s.is_held()).count();
+        (self.running.len() - held, held)
+    }
 }
 
 impl Instances {
@@ -196,6 +220,7 @@ impl Instances {
                 running: HashMap::new(),
                 seen: SeenAttempts::new(memory),
             }),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
@@ -217,7 +242,12 @@ impl Instances {
         if !gate.processor_known {
             return Admission::Rejected(format!("unknown processor {}", req.processor));
         }
-        if table.running.len() >= gate.capacity as usize {
+        let held = req.start_at_ms.is_some_and(|at| at > now_ms);
+        let (executing, holding) = table.counts();
+        if held && holding >= gate.max_held as usize {
+            return Admission::Rejected("holding too many fires for later".to_owned());
+        }
+        if !held && executing >= gate.capacity as usize {
             return Admission::Rejected("overloaded".to_owned());
         }
         table.seen.insert(req.instance_id, req.attempt);
@@ -227,6 +257,7 @@ impl Instances {
             now_ms,
             req.frequent.is_some(),
         ));
+        state.held.store(held, Ordering::Relaxed);
         table
             .running
             .insert((req.instance_id, req.attempt), Arc::clone(&state));
@@ -234,7 +265,37 @@ impl Instances {
     }
 
     pub(crate) fn remove(&self, instance_id: i64, attempt: i32) {
-        lock(&self.table).running.remove(&(instance_id, attempt));
+        let removed = lock(&self.table)
+            .running
+            .remove(&(instance_id, attempt))
+            .is_some();
+        if removed {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Gives a held fire, at its instant, an execution slot: at once when one is free, else
+    /// when one frees up. Returns `false` if it was stopped while it waited.
+    pub(crate) async fn take_slot(&self, state: &InstanceState, capacity: u32) -> bool {
+        loop {
+            // Registered before the check, so that a slot freed in between is not missed.
+            let freed = self.freed.notified();
+            {
+                let table = lock(&self.table);
+                if !state.is_held() {
+                    return true;
+                }
+                if table.counts().0 < capacity as usize {
+                    state.held.store(false, Ordering::Relaxed);
+                    return true;
+                }
+            }
+            tokio::select! {
+                biased;
+                () = state.token().cancelled() => return false,
+                () = freed => {}
+            }
+        }
     }
 
     pub(crate) fn get(&self, instance_id: i64, attempt: i32) -> Option<Arc<InstanceState>> {
@@ -272,12 +333,22 @@ impl Instances {
             .map(|s| s.runtime())
     }
 
-    /// The ids of the instances held now, for the heartbeat.
+    /// The ids of the instances running now (not those held for later), for the heartbeat.
     pub(crate) fn running_ids(&self) -> Vec<i64> {
+        self.ids(false)
+    }
+
+    /// The ids of the fires held for their instant, for the heartbeat.
+    pub(crate) fn held_ids(&self) -> Vec<i64> {
+        self.ids(true)
+    }
+
+    fn ids(&self, held: bool) -> Vec<i64> {
         let mut ids: Vec<i64> = lock(&self.table)
             .running
-            .keys()
-            .map(|(id, _)| *id)
+            .iter()
+            .filter(|(_, s)| s.is_held() == held)
+            .map(|((id, _), _)| *id)
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -321,6 +392,7 @@ mod tests {
         accepting: true,
         processor_known: true,
         capacity: 2,
+        max_held: 2,
     };
 
     #[test]
@@ -369,6 +441,56 @@ mod tests {
             Admission::Accepted(_)
         ));
         assert_eq!(table.running_ids(), vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn held_fires_take_no_slot_until_their_instant_and_then_wait_for_one() {
+        let table = Instances::new(100);
+        let later = |id| DispatchRequest {
+            start_at_ms: Some(10_000),
+            ..req(id, 1)
+        };
+        // Two held fires and two running instances fit a capacity of two.
+        let Admission::Accepted(first_held) = table.admit(&later(1), &OPEN, 0) else {
+            panic!("a held fire is accepted");
+        };
+        assert!(matches!(
+            table.admit(&later(2), &OPEN, 0),
+            Admission::Accepted(_)
+        ));
+        match table.admit(&later(3), &OPEN, 0) {
+            Admission::Rejected(reason) => assert!(reason.contains("holding"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            table.admit(&req(4, 1), &OPEN, 0),
+            Admission::Accepted(_)
+        ));
+        assert!(matches!(
+            table.admit(&req(5, 1), &OPEN, 0),
+            Admission::Accepted(_)
+        ));
+        assert_eq!(table.held_ids(), vec![1, 2]);
+        assert_eq!(table.running_ids(), vec![4, 5]);
+
+        // At its instant the held fire waits for a slot, and takes the first one freed.
+        let waiting = table.take_slot(&first_held, OPEN.capacity);
+        tokio::pin!(waiting);
+        assert!(
+            futures::poll!(&mut waiting).is_pending(),
+            "both slots are taken"
+        );
+        table.remove(4, 1);
+        assert!(waiting.await, "a freed slot is taken");
+        assert_eq!(table.running_ids(), vec![1, 5]);
+        assert_eq!(table.held_ids(), vec![2]);
+
+        // A held fire stopped while it waits for a slot gives up.
+        let Admission::Accepted(second_held) = table.admit(&later(6), &OPEN, 0) else {
+            panic!("room for one more held fire");
+        };
+        second_held.stop(StopCause::Stop);
+        assert!(!table.take_slot(&second_held, OPEN.capacity).await);
     }
 
     #[test]

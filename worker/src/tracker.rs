@@ -165,7 +165,12 @@ impl ProgressSink for Tracker {
 
 impl Tracker {
     async fn execute(&self, processor: Arc<dyn Processor>) {
-        let started = self.wait_for_start().await;
+        let started = self.wait_for_start().await
+            && self
+                .agent
+                .instances
+                .take_slot(&self.state, self.agent.config.capacity)
+                .await;
         if started {
             self.state.mark_started(now_ms());
         }
