@@ -464,6 +464,8 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
                 capacity: 16,
                 running: vec![],
                 held: vec![],
+                attempts: vec![],
+                incarnation: String::new(),
                 metrics: SystemMetrics {
                     cpu_cores: 2,
                     ..SystemMetrics::default()

@@ -459,3 +459,68 @@ async fn a_frozen_worker_never_acknowledges_and_the_run_goes_elsewhere() -> anyh
     d.shutdown().await;
     Ok(())
 }
+
+/// A worker killed mid-run and started again at once under the same id heartbeats at once, so
+/// it is never "lost"; its new process names none of the old one's attempts, and the server
+/// ends them as soon as it hears that heartbeat, instead of after the report timeout (60 s by
+/// default; the server here runs with its defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_under_its_id_has_its_lost_run_retried_at_once() -> anyhow::Result<()> {
+    let mut d = Deployment::start_without_servers().await?;
+    d.start_server_with(rota_server::ServerConfig {
+        nats: d.nats_options.clone(),
+        database_url: d.db.url().to_owned(),
+        server_id: Some("s1".to_owned()),
+        ..rota_server::ServerConfig::default()
+    })
+    .await?;
+    d.create_app("app").await?;
+    let logs = tempfile::tempdir()?;
+    let pids = PidDir::new()?;
+    let nats = d.nats.url();
+    let mut worker =
+        WorkerProcess::start(rota(), "wr", "app", SECRET, &nats, logs.path(), &d.admin).await?;
+    let script = format!(
+        "echo $$ > '{}/pid-'$ROTA_INSTANCE_ID-$ROTA_ATTEMPT; sleep 30",
+        pids.path().display()
+    );
+    let mut spec = shell_job("app", "restarted", &script);
+    spec.spec.max_retries = 1;
+    spec.spec.retry_delay_ms = 500;
+    let job = d.create_job(spec).await?;
+    let id = d.run(job.id).await?;
+    d.wait_status(id, InstanceStatus::Running, Duration::from_secs(15))
+        .await;
+    let first_group = pids.wait_pid(id, 1).await;
+
+    worker.kill().await;
+    let killed_at = Instant::now();
+    wait_group_gone(first_group, "the killed worker's run").await;
+    let _restarted =
+        WorkerProcess::start(rota(), "wr", "app", SECRET, &nats, logs.path(), &d.admin).await?;
+    let again = wait::until(
+        &format!("instance {id} to run again as attempt 2"),
+        Duration::from_secs(15),
+        || async {
+            let i = d.instance(id).await.ok()?;
+            (i.instance.status == InstanceStatus::Running && i.instance.attempt == 2).then_some(i)
+        },
+    )
+    .await;
+    eprintln!(
+        "retried {} ms after the SIGKILL and restart: {again:?}",
+        killed_at.elapsed().as_millis()
+    );
+    assert_eq!(again.instance.runs, 2, "{again:?}");
+    pids.wait_pid(id, 2).await;
+    let repairs = repairs(&d, "s1").await?;
+    assert_eq!(
+        repairs.get("attempt_not_on_worker").copied(),
+        Some(1),
+        "the restart, not a timeout, ended the first attempt: {repairs:?}"
+    );
+    d.admin.call(&InstanceStop(InstanceId { id })).await?;
+    drop(pids);
+    d.shutdown().await;
+    Ok(())
+}

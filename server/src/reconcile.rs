@@ -9,16 +9,18 @@
 //! | RUNNING | `report_timeout` without a report, while the database was reachable throughout | retry or FAILED | `report_timeout` |
 //! | enabled frequent job, no live instance | its lifecycle allows | start one | `frequent_started` |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rota_shared::InstanceStatus;
+use rota_shared::message::AttemptRef;
 use rota_shared::repair::{Hearing, RunningFacts, RunningVerdict, Timeouts, classify_running};
 use rota_shared::rules::lost_attempt;
 
 use crate::clock::millis;
 use crate::core::Core;
 use crate::ownership;
+use crate::registry::Seen;
 use crate::service::{Every, ScheduledService, ServiceError};
 use crate::store::{InstanceGuard, Job, NewInstance, StoreError};
 use rota_shared::{Instance, Trigger};
@@ -176,6 +178,65 @@ async fn still_lost(core: &Core, candidates: Vec<Instance>) -> Vec<Instance> {
         .zip(answers)
         .filter_map(|(inst, alive)| (!alive).then_some(inst))
         .collect()
+}
+
+/// Acts on a heartbeat from a worker process this server did not know: a worker started again
+/// under the same id (`Seen::Restarted`), or one heard for the first time (`Seen::New`, as after
+/// a hand-over). Every attempt the database has running on that worker and the heartbeat does
+/// not name is lost at once, and retried by its job's rules, instead of waiting for a report
+/// timeout: a restarted process has none of its predecessor's work.
+///
+/// A restarted worker sends its first heartbeat before it takes any dispatch, so nothing it does
+/// not name can be its own. A worker new to this server may have taken a dispatch that its
+/// heartbeat, already on its way, could not name: those that changed within the dispatch
+/// timeout are left to the next judgement.
+pub async fn attempts_not_on_worker(
+    core: Arc<Core>,
+    app_id: i64,
+    worker_id: String,
+    named: Vec<AttemptRef>,
+    seen: Seen,
+) {
+    if !core.ownership.owns(app_id) {
+        return;
+    }
+    if seen == Seen::Restarted {
+        tracing::info!(worker = %worker_id, "the worker started again");
+    }
+    let now = core.clock.now_ms();
+    let recent = match seen {
+        Seen::Restarted => now,
+        _ => now - millis(core.config.dispatch_timeout),
+    };
+    let running = match core
+        .store
+        .running_on_worker(app_id, &worker_id, LIMIT)
+        .await
+    {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::warn!(worker = %worker_id, error = %e, "cannot check the worker's attempts");
+            return;
+        }
+    };
+    let named: HashSet<AttemptRef> = named.into_iter().collect();
+    let lost: Vec<Instance> = running
+        .into_iter()
+        .filter(|i| {
+            !named.contains(&AttemptRef {
+                instance_id: i.id,
+                attempt: i.attempt,
+            }) && i.last_report_at_ms.is_none_or(|at| at <= recent)
+        })
+        .collect();
+    let reason = match seen {
+        Seen::Restarted => "the worker started again without it",
+        _ => "the worker does not have it",
+    };
+    match lose(&core, lost, reason, now).await {
+        Ok(n) => core.repairs.count("attempt_not_on_worker", n),
+        Err(e) => tracing::warn!(worker = %worker_id, error = %e, "cannot end lost attempts"),
+    }
 }
 
 /// Applies [`lost_attempt`] to each instance with a compare-and-set; returns how many changed.

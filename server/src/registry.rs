@@ -20,6 +20,17 @@ struct Entry {
     handed: u32,
 }
 
+/// What a heartbeat told about its worker's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// The same process as the last heartbeat.
+    Known,
+    /// A worker this server has not heard from (or not within its timeout).
+    New,
+    /// The same worker id from a new process: the old one's work is gone.
+    Restarted,
+}
+
 pub struct WorkerRegistry {
     timeout: Duration,
     apps: Mutex<HashMap<i64, HashMap<String, Entry>>>,
@@ -35,10 +46,16 @@ impl WorkerRegistry {
         }
     }
 
-    /// Records a heartbeat of a worker of app `app_id` (the gate verified both).
-    pub fn record(&self, app_id: i64, heartbeat: WorkerHeartbeat) {
+    /// Records a heartbeat of a worker of app `app_id` (the gate verified both), and says
+    /// whether this server knew the worker's process already.
+    pub fn record(&self, app_id: i64, heartbeat: WorkerHeartbeat) -> Seen {
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
         let workers = apps.entry(app_id).or_default();
+        let seen = match workers.get(&heartbeat.worker_id) {
+            None => Seen::New,
+            Some(e) if e.heartbeat.incarnation != heartbeat.incarnation => Seen::Restarted,
+            Some(_) => Seen::Known,
+        };
         workers.insert(
             heartbeat.worker_id.clone(),
             Entry {
@@ -48,6 +65,7 @@ impl WorkerRegistry {
                 handed: 0,
             },
         );
+        seen
     }
 
     /// Counts a dispatch handed to a worker, so that the next choice, before its heartbeat
@@ -196,6 +214,8 @@ mod tests {
                     capacity: 16,
                     running: vec![],
                     held: vec![],
+                    attempts: vec![],
+                    incarnation: String::new(),
                     metrics: Default::default(),
                     version: String::new(),
                     dropped_log_lines: 0,
@@ -227,6 +247,8 @@ mod tests {
                 capacity: 16,
                 running: vec![],
                 held: vec![],
+                attempts: vec![],
+                incarnation: String::new(),
                 metrics: Default::default(),
                 version: String::new(),
                 dropped_log_lines: 0,

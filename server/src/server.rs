@@ -32,7 +32,7 @@ use crate::inserts::InsertQueue;
 use crate::job_cache::JobCache;
 use crate::ownership::{Ownership, ensure_owner};
 use crate::readiness::Readiness;
-use crate::registry::WorkerRegistry;
+use crate::registry::{Seen, WorkerRegistry};
 use crate::repairs::Repairs;
 use crate::reports::{self, BatchReply, Pending, Queued, ReplyTo, ReportQueue};
 use crate::service::{self, ServiceBoard, ServiceHandle};
@@ -463,7 +463,21 @@ async fn from_worker(
     match endpoint {
         ServerEndpoint::Heartbeat => {
             match decode_from::<WorkerHeartbeat>(&peer, &incoming, |h| &h.worker_id) {
-                Ok(hb) => core.workers.record(peer.app_id, hb),
+                Ok(mut hb) => {
+                    // Only the check below needs them; the registry keeps the rest.
+                    let attempts = std::mem::take(&mut hb.attempts);
+                    let worker_id = hb.worker_id.clone();
+                    let seen = core.workers.record(peer.app_id, hb);
+                    if seen != Seen::Known {
+                        tokio::spawn(reconcile::attempts_not_on_worker(
+                            Arc::clone(core),
+                            peer.app_id,
+                            worker_id,
+                            attempts,
+                            seen,
+                        ));
+                    }
+                }
                 Err(e) => {
                     core.transport
                         .respond::<()>(&incoming, Err(e), Some(&peer.key))

@@ -97,6 +97,14 @@ impl Limited for WorkerHeartbeat {
             MAX_PROCESSORS,
             MAX_PROCESSOR_BYTES,
         )?;
+        if self.attempts.len() > 2 * MAX_RUNNING {
+            return Err(ErrorBody::invalid(format!(
+                "attempts lists {} attempts; at most {} are allowed",
+                self.attempts.len(),
+                2 * MAX_RUNNING
+            )));
+        }
+        text("incarnation", &self.incarnation, MAX_VERSION_BYTES)?;
         if self.held.len() > MAX_RUNNING {
             return Err(ErrorBody::invalid(format!(
                 "held lists {} instances; at most {MAX_RUNNING} are allowed",
@@ -220,6 +228,8 @@ mod tests {
             capacity: 4,
             running: vec![],
             held: vec![],
+            attempts: vec![],
+            incarnation: String::new(),
             metrics: SystemMetrics::default(),
             version: "0.1.0".into(),
             dropped_log_lines: 0,
@@ -245,6 +255,8 @@ mod tests {
             WorkerHeartbeat {
                 running: vec![1; MAX_RUNNING + 1],
                 held: vec![],
+                attempts: vec![],
+                incarnation: String::new(),
                 ..heartbeat()
             },
             WorkerHeartbeat {

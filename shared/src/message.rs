@@ -80,6 +80,13 @@ pub struct WorkerHeartbeat {
     /// slot until then.
     #[serde(default)]
     pub held: Vec<i64>,
+    /// Every attempt it has, running or held: an attempt the server has on this worker and the
+    /// worker does not name is lost.
+    #[serde(default)]
+    pub attempts: Vec<AttemptRef>,
+    /// Random, new each time the worker process starts: a restart under the same id is seen.
+    #[serde(default)]
+    pub incarnation: String,
     #[serde(default)]
     pub metrics: SystemMetrics,
     /// The worker's software version.
@@ -88,6 +95,13 @@ pub struct WorkerHeartbeat {
     /// Log lines it had to drop since it started (its buffer was full).
     #[serde(default)]
     pub dropped_log_lines: u64,
+}
+
+/// One attempt of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub instance_id: i64,
+    pub attempt: i32,
 }
 
 /// `rota.app.{app}.srv.{sid}.status`: a task tracker's report on an instance it runs.

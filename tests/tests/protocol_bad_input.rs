@@ -328,6 +328,8 @@ async fn ten_thousand_workers_are_listed_in_pages_that_fit_nats() -> anyhow::Res
             capacity: 16,
             running: vec![],
             held: vec![],
+            attempts: vec![],
+            incarnation: String::new(),
             metrics: Default::default(),
             version: "test".into(),
             dropped_log_lines: 0,

@@ -175,6 +175,8 @@ fn perfect_heartbeat(worker_id: &str) -> WorkerHeartbeat {
         capacity: 1_000,
         running: vec![],
         held: vec![],
+        attempts: vec![],
+        incarnation: String::new(),
         // Everything free: the best health score there is.
         metrics: SystemMetrics::default(),
         version: "evil".into(),

@@ -17,6 +17,8 @@ use crate::reporter::Reporter;
 pub(crate) struct Agent {
     pub config: WorkerConfig,
     pub worker_id: String,
+    /// New each time this process starts (see `WorkerHeartbeat::incarnation`).
+    pub incarnation: String,
     pub link: Arc<Link>,
     pub registry: ProcessorRegistry,
     pub instances: Instances,
@@ -48,6 +50,7 @@ impl Agent {
         Self {
             config,
             worker_id,
+            incarnation: uuid::Uuid::new_v4().simple().to_string(),
             link,
             registry,
             instances,

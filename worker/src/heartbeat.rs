@@ -19,6 +19,8 @@ pub(crate) async fn send(agent: &Agent) {
         capacity: agent.config.capacity,
         running: agent.instances.running_ids(),
         held: agent.instances.held_ids(),
+        attempts: agent.instances.attempts(),
+        incarnation: agent.incarnation.clone(),
         metrics: metrics::collect().await,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         dropped_log_lines: agent.logs.dropped(),

@@ -338,6 +338,20 @@ impl Instances {
         self.ids(false)
     }
 
+    /// Every attempt in the table, running or held, for the heartbeat.
+    pub(crate) fn attempts(&self) -> Vec<rota_shared::message::AttemptRef> {
+        let mut attempts: Vec<_> = lock(&self.table)
+            .running
+            .keys()
+            .map(|(instance_id, attempt)| rota_shared::message::AttemptRef {
+                instance_id: *instance_id,
+                attempt: *attempt,
+            })
+            .collect();
+        attempts.sort_unstable_by_key(|a| (a.instance_id, a.attempt));
+        attempts
+    }
+
     /// The ids of the fires held for their instant, for the heartbeat.
     pub(crate) fn held_ids(&self) -> Vec<i64> {
         self.ids(true)

@@ -478,6 +478,23 @@ impl Store {
             .collect())
     }
 
+    /// The instances of an app running on a worker.
+    pub async fn running_on_worker(
+        &self,
+        app_id: i64,
+        worker_id: &str,
+        limit: u64,
+    ) -> StoreResult<Vec<Instance>> {
+        Ok(of_apps_in(&[app_id], InstanceStatus::Running)
+            .filter(instance::Column::WorkerId.eq(worker_id))
+            .limit(limit)
+            .all(self.conn())
+            .await?
+            .into_iter()
+            .map(Instance::from)
+            .collect())
+    }
+
     /// The job ids among `job_ids` that have an instance that is not terminal.
     pub async fn jobs_with_live_instances(&self, job_ids: &[i64]) -> StoreResult<HashSet<i64>> {
         if job_ids.is_empty() {
