@@ -384,3 +384,65 @@ async fn a_killed_owner_is_replaced_without_duplicate_or_lost_work() -> anyhow::
     d.shutdown().await;
     Ok(())
 }
+
+/// Idle workers have nothing to report, so nothing tells them their owner died but their own
+/// heartbeat: published with a reply subject, it comes back as "no responders" once the owner's
+/// process is gone. The first worker to notice asks discovery, a surviving server takes the app
+/// over and announces it on the app's subject, and every worker moves at once, long before its
+/// next heartbeat (30 s for two of them here) or re-acquire (a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_follow_a_new_owner_within_two_seconds() -> anyhow::Result<()> {
+    let mut d = Deployment::start_without_servers().await?;
+    let dir = tempfile::tempdir()?;
+    let mut servers = start_servers(&d, dir.path()).await?;
+    d.create_app("app").await?;
+    // Only w1 heartbeats often enough to notice by itself; w2 and w3 learn it from the
+    // announcement.
+    for (id, heartbeat) in [("w1", 500), ("w2", 30_000), ("w3", 30_000)] {
+        let config = rota_worker::WorkerConfig {
+            heartbeat_interval: Duration::from_millis(heartbeat),
+            reacquire_interval: Duration::from_secs(60),
+            ..d.worker_config("app", id)
+        };
+        d.start_worker(config, ProcessorRegistry::new()).await?;
+    }
+    let owner = owner_of(&d.admin, "app")
+        .await?
+        .expect("the workers made a server own the app");
+    let everyone = vec!["w1".to_owned(), "w2".to_owned(), "w3".to_owned()];
+
+    servers
+        .iter_mut()
+        .find(|s| s.id() == owner)
+        .expect("the owner is one of ours")
+        .kill()
+        .await;
+    let killed_at = Instant::now();
+    let admin = &d.admin;
+    let new_owner = wait::until(
+        "all three workers to heartbeat to a new owner",
+        Duration::from_secs(2),
+        || async {
+            let now = owner_of(admin, "app").await.ok()??;
+            if now == owner {
+                return None;
+            }
+            let live = admin
+                .at_server(&now)
+                .call(&WorkerList {
+                    app: Some("app".to_owned()),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            (worker_ids(live.items) == everyone).then_some(now)
+        },
+    )
+    .await;
+    eprintln!(
+        "{new_owner} took over from {owner} and heard all three workers {} ms after the kill",
+        killed_at.elapsed().as_millis()
+    );
+    d.shutdown().await;
+    Ok(())
+}

@@ -407,6 +407,25 @@ impl Gate {
         ))
     }
 
+    /// The credential that seals what this server tells all workers of an app at once (the
+    /// app's newest key), with the app's name. `None` for an app without keys.
+    pub fn app_credential(&self, app_id: i64) -> Option<(String, Credential)> {
+        let entry = self.app_by_id(app_id)?;
+        let app_key = entry.newest()?;
+        let scope = Scope::App {
+            key_id: app_key.key_id.clone(),
+        };
+        Some((
+            entry.name.clone(),
+            Credential::new(
+                scope,
+                app_key.key.clone(),
+                self.server_id.clone(),
+                self.stamper.clone(),
+            ),
+        ))
+    }
+
     // === Servers ===
 
     pub fn cluster_credential(&self) -> &Credential {

@@ -116,6 +116,7 @@ pub async fn ensure_owner(core: &Core, app_id: i64) -> Result<Owner, ErrorBody> 
             let epoch = app.epoch + 1;
             tracing::info!(app = %app.name, epoch, "took ownership of the app");
             core.ownership.insert(app.id, epoch);
+            announce(core, app.id, epoch).await;
             return Ok(Owner {
                 server_id: core.id.clone(),
                 epoch,
@@ -126,6 +127,30 @@ pub async fn ensure_owner(core: &Core, app_id: i64) -> Result<Owner, ErrorBody> 
         ErrorCode::Unavailable,
         format!("no server could take ownership of app {app_id}: too much contention, try again"),
     ))
+}
+
+/// Tells all workers of an app that this server owns it now, so that they move at once rather
+/// than at their next re-acquire (each asks discovery, which has the last word).
+async fn announce(core: &Core, app_id: i64, epoch: i64) {
+    let Some((app, credential)) = core.gate.app_credential(app_id) else {
+        return;
+    };
+    let message = rota_shared::message::OwnerChanged {
+        server_id: core.id.clone(),
+        epoch,
+    };
+    if let Err(e) = core
+        .transport
+        .publish(
+            &core.subjects.app_owner(&app),
+            &message,
+            Some(&credential),
+            None,
+        )
+        .await
+    {
+        tracing::warn!(app = %app, "could not tell the app's workers of the new owner: {e}");
+    }
 }
 
 /// Whether `server_id` answers a ping in time, with a reply sealed with the cluster key (a

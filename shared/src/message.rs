@@ -97,6 +97,15 @@ pub struct WorkerHeartbeat {
     pub dropped_log_lines: u64,
 }
 
+/// `rota.app.{app}.owner`: a server took the app over. Sealed with the app key, so that only a
+/// server of the deployment (or a worker of the app) can send it; a worker takes it as a hint
+/// to ask discovery now, never as the answer itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerChanged {
+    pub server_id: String,
+    pub epoch: i64,
+}
+
 /// One attempt of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AttemptRef {

@@ -226,6 +226,12 @@ impl Subjects {
         Some((app, worker, WorkerEndpoint::parse(endpoint)?))
     }
 
+    /// What the owner of `app` tells all of the app's workers at once: that it took the app
+    /// over ([`crate::message::OwnerChanged`]).
+    pub fn app_owner(&self, app: &str) -> String {
+        format!("{}.app.{app}.owner", self.prefix)
+    }
+
     // === Servers ===
 
     pub fn server_ping(&self, server_id: &str) -> String {
@@ -322,6 +328,7 @@ impl Subjects {
             ],
             subscribe: vec![
                 format!("{}.app.{app}.wrk.*.*", self.prefix),
+                self.app_owner(app),
                 format!("{}.>", self.worker_inbox(app)),
             ],
             allow_responses: true,

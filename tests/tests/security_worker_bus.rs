@@ -459,3 +459,63 @@ async fn a_forged_stop_or_query_does_nothing() -> anyhow::Result<()> {
     d.shutdown().await;
     Ok(())
 }
+
+/// The owner's announcement on `rota.app.{app}.owner` makes a worker ask discovery now. An
+/// attacker's copy (unsealed, sealed with another app's key, or with a worker key instead of the
+/// app key) is refused and makes it ask nothing; the genuine one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_owner_announcements_are_refused() -> anyhow::Result<()> {
+    let mut d = Deployment::start().await?;
+    d.create_app("app").await?;
+    d.create_app("other").await?;
+    let config = rota_worker::WorkerConfig {
+        reacquire_interval: Duration::from_secs(600),
+        ..d.worker_config("app", "w1")
+    };
+    d.start_worker(config, ProcessorRegistry::new()).await?;
+    let attacker = async_nats::connect(d.nats.url()).await?;
+    let discovery = Sniffer::start(&attacker, &Subjects::default().discovery("app")).await?;
+    let subject = Subjects::default().app_owner("app");
+    let news = rota_shared::message::OwnerChanged {
+        server_id: "s-attacker".into(),
+        epoch: 99,
+    };
+    let transport = rota_transport::Transport::new(attacker.clone());
+    let forged = [
+        None,
+        Some(rota_tests::bus::discovery_credential(
+            "other",
+            SECRET,
+            "s-attacker",
+        )?),
+        Some(rota_tests::bus::worker_credential("app", SECRET, "w1")?),
+    ];
+    for credential in &forged {
+        transport
+            .publish(&subject, &news, credential.as_ref(), None)
+            .await?;
+    }
+    attacker.flush().await?;
+    // An absence can only be watched for a while: a worker acts on an announcement within
+    // milliseconds (the genuine one below shows it), so a second without a discovery request
+    // means the forged ones were refused.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        discovery.seen().is_empty(),
+        "a forged announcement made the worker ask discovery"
+    );
+
+    let genuine = rota_tests::bus::discovery_credential("app", SECRET, "s-attacker")?;
+    transport
+        .publish(&subject, &news, Some(&genuine), None)
+        .await?;
+    discovery
+        .wait_for(
+            "the worker to ask discovery after a genuine announcement",
+            Duration::from_secs(5),
+            |_| true,
+        )
+        .await;
+    d.shutdown().await;
+    Ok(())
+}

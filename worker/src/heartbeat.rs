@@ -27,7 +27,13 @@ pub(crate) async fn send(agent: &Agent) {
     };
     if let Err(e) = agent
         .link
-        .publish(Endpoint::Heartbeat, &heartbeat, None)
+        // A reply subject, though the server does not answer: NATS says "no responders" on it
+        // when the owner has gone, and the worker asks discovery at once.
+        .publish(
+            Endpoint::Heartbeat,
+            &heartbeat,
+            Some(format!("{}.hb", agent.ack_inbox)),
+        )
         .await
     {
         debug!("heartbeat not sent: {e}");

@@ -33,6 +33,7 @@
 
 mod acks;
 mod agent;
+mod announcements;
 pub mod builtin;
 mod config;
 mod context;

@@ -372,6 +372,24 @@ impl Link {
         Ok((seal, key))
     }
 
+    /// Verifies a message a server sent all workers of the app (sealed with the app key);
+    /// returns its seal.
+    pub(crate) fn verify_app_message(&self, msg: &Message) -> Result<Seal, ErrorBody> {
+        let seal = Seal::require(msg.headers.as_ref())?;
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let key = std::iter::once(&keys.0)
+            .chain(keys.1.as_ref())
+            .find(|k| k.discovery.scope() == &seal.scope)
+            .map(|k| k.discovery.key().clone())
+            .ok_or_else(|| ErrorBody::unauthorized("the message is not sealed with the app key"))?;
+        if !seal.verify(&key, msg.subject.as_str(), &msg.payload) {
+            return Err(ErrorBody::unauthorized(
+                "the message's seal does not verify",
+            ));
+        }
+        Ok(seal)
+    }
+
     /// Whether a reply that arrived on the worker's ack inbox is sealed with its key.
     pub(crate) fn verify_reply(&self, msg: &Message) -> bool {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());

@@ -18,7 +18,7 @@ use crate::link::{self, Link};
 use crate::logs::{LogFlusher, LogSink};
 use crate::processor::ProcessorRegistry;
 use crate::reaper::Reaper;
-use crate::{acks, dedupe, endpoints, heartbeat};
+use crate::{acks, announcements, dedupe, endpoints, heartbeat};
 
 /// After the shutdown grace, how long stopped instances get to end and report.
 const STOP_REPORT_WAIT: Duration = Duration::from_secs(10);
@@ -90,6 +90,7 @@ impl Worker {
         }
         let ack_inbox = client.new_inbox();
         let acks_sub = subscribe(format!("{ack_inbox}.>")).await?;
+        let owner_sub = subscribe(subjects.app_owner(&config.app)).await?;
 
         let link = Arc::new(
             Link::establish(
@@ -130,6 +131,7 @@ impl Worker {
             tokio::spawn(heartbeat::run(Arc::clone(&agent))),
             tokio::spawn(Arc::clone(&link).run_reacquire(reacquire_every)),
             tokio::spawn(acks::run(Arc::clone(&agent), acks_sub)),
+            tokio::spawn(announcements::run(Arc::clone(&agent), owner_sub)),
             tokio::spawn(flusher.run()),
         ];
         info!(
