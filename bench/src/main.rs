@@ -58,6 +58,17 @@ enum Scenario {
         #[arg(long, default_value_t = 70)]
         seconds: u64,
     },
+    /// N CRON jobs firing every second on W workers, server and workers with their default
+    /// settings: start lateness, refusals (fires handed over more than once) and each worker's
+    /// share.
+    EverySecond {
+        #[arg(long, default_value_t = 20)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// N simulated workers heartbeating every 10 s: the server's CPU.
     Heartbeat {
         #[arg(long, default_value_t = 1_000)]
@@ -120,6 +131,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scenarios::throughput(&env, seconds, in_flight).await?
         }
         Scenario::Cron { jobs, seconds } => scenarios::cron(&env, jobs, seconds).await?,
+        Scenario::EverySecond {
+            jobs,
+            workers,
+            seconds,
+        } => scenarios::every_second(&env, jobs, workers, seconds).await?,
         Scenario::Heartbeat { workers, seconds } => {
             scenarios::heartbeat(&env, workers, seconds).await?
         }

@@ -426,6 +426,101 @@ pub async fn cron(env: &Env, jobs: usize, seconds: u64) -> anyhow::Result<Value>
     }))
 }
 
+pub async fn every_second(
+    env: &Env,
+    jobs: usize,
+    workers: usize,
+    seconds: u64,
+) -> anyhow::Result<Value> {
+    let mut stand = Stand::new(env.backend).await?;
+    stand.start_server().await?;
+    stand.admin.app_create(APP, SECRET).await?;
+    let starts: Starts = Arc::default();
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        handles.push(
+            Worker::start(
+                WorkerConfig {
+                    nats: NatsOptions::new(stand.nats.url()),
+                    app: APP.into(),
+                    secret: SECRET.into(),
+                    worker_id: Some(format!("w{w}")),
+                    ..WorkerConfig::default()
+                },
+                noop(starts.clone(), None),
+            )
+            .await?,
+        );
+    }
+    let mut ids = Vec::new();
+    for i in 0..jobs {
+        let mut job = shell_job(APP, &format!("every-second-{i}"), "");
+        job.spec.processor = "noop".into();
+        job.spec.schedule = Schedule::Cron {
+            expression: "* * * * * *".into(),
+            time_zone: None,
+        };
+        ids.push(stand.admin.call(&job).await?.id);
+    }
+    // The window opens once the first fires are planned and handed over.
+    let first_ms = (rota_transport::wall_ms() / 1000 + 4) * 1000;
+    let last_ms = first_ms + i64::try_from(seconds)? * 1000 - 1000;
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(last_ms - rota_transport::wall_ms())? + 3_000,
+    ))
+    .await;
+    let in_window = |fire: i64| (first_ms..=last_ms).contains(&fire);
+    let samples: Vec<(i64, i64)> = starts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter_map(|(at, fire)| fire.filter(|f| in_window(*f)).map(|f| (*at, f)))
+        .collect();
+    let lateness: Vec<f64> = samples
+        .iter()
+        .map(|(at, fire)| (at - fire * 1000) as f64 / 1000.0)
+        .collect();
+    let within_50ms = lateness.iter().filter(|l| **l <= 50.0).count();
+    let mut refused = 0;
+    let mut share: HashMap<String, u64> = HashMap::new();
+    for id in ids {
+        let page = stand
+            .admin
+            .call(&InstanceList {
+                job_id: Some(id),
+                limit: Some(MAX_PAGE),
+                ..Default::default()
+            })
+            .await?;
+        for i in page.items {
+            if i.instance.expected_trigger_time_ms.is_some_and(in_window) {
+                refused += u64::try_from(i.instance.attempt.saturating_sub(1)).unwrap_or(0);
+                *share
+                    .entry(i.instance.worker_id.unwrap_or_default())
+                    .or_default() += 1;
+            }
+        }
+    }
+    for h in handles {
+        h.shutdown().await;
+    }
+    stand.stop().await;
+    Ok(json!({
+        "system": "rota",
+        "scenario": "every_second",
+        "db": env.backend.to_string(),
+        "jobs": jobs,
+        "workers": workers,
+        "window_seconds": seconds,
+        "expected_fires": jobs as u64 * seconds,
+        "fires_started": lateness.len(),
+        "started_within_50ms": within_50ms,
+        "refused_dispatches": refused,
+        "share": share,
+        "lateness_ms": percentiles(lateness),
+    }))
+}
+
 pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Result<Value> {
     let stand = Stand::new(env.backend).await?;
     let server = spawn_server(env, &stand).await?;
