@@ -524,3 +524,66 @@ async fn a_worker_restarted_under_its_id_has_its_lost_run_retried_at_once() -> a
     d.shutdown().await;
     Ok(())
 }
+
+/// With every setting at its default (heartbeats every 3 s, a worker lost after 9 s, reconcile
+/// every 3 s), a worker SIGKILLed mid-run has its run retried on another worker within 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_default_settings_a_killed_workers_run_is_retried_within_15_s() -> anyhow::Result<()> {
+    let mut d = Deployment::start_without_servers().await?;
+    d.start_server_with(rota_server::ServerConfig {
+        nats: d.nats_options.clone(),
+        database_url: d.db.url().to_owned(),
+        server_id: Some("s1".to_owned()),
+        ..rota_server::ServerConfig::default()
+    })
+    .await?;
+    d.create_app("app").await?;
+    let logs = tempfile::tempdir()?;
+    let pids = PidDir::new()?;
+    let nats = d.nats.url();
+    let start = |id: &'static str| {
+        let (logs, nats, admin) = (logs.path().to_owned(), nats.clone(), d.admin.clone());
+        async move {
+            WorkerProcess::start_with(rota(), id, "app", SECRET, &nats, &logs, &admin, &[]).await
+        }
+    };
+    let mut workers = vec![start("wa").await?, start("wb").await?];
+    let script = format!(
+        "echo $$ > '{}/pid-'$ROTA_INSTANCE_ID-$ROTA_ATTEMPT; sleep 30",
+        pids.path().display()
+    );
+    let mut spec = shell_job("app", "retried", &script);
+    spec.spec.max_retries = 1;
+    spec.spec.retry_delay_ms = 500;
+    let job = d.create_job(spec).await?;
+    let id = d.run(job.id).await?;
+    let first = d
+        .wait_status(id, InstanceStatus::Running, Duration::from_secs(15))
+        .await;
+    pids.wait_pid(id, 1).await;
+    let victim = first.instance.worker_id.clone().expect("a worker");
+    let pos = workers
+        .iter()
+        .position(|w| w.id() == victim)
+        .expect("one of ours");
+    let killed_at = Instant::now();
+    workers.remove(pos).kill().await;
+    let again = wait::until(
+        &format!("instance {id} to run again elsewhere"),
+        Duration::from_secs(15),
+        || async {
+            let i = d.instance(id).await.ok()?;
+            (i.instance.status == InstanceStatus::Running && i.instance.attempt == 2).then_some(i)
+        },
+    )
+    .await;
+    eprintln!(
+        "with default settings, retried {} ms after the SIGKILL",
+        killed_at.elapsed().as_millis()
+    );
+    assert_ne!(again.instance.worker_id, Some(victim), "{again:?}");
+    d.admin.call(&InstanceStop(InstanceId { id })).await?;
+    drop(pids);
+    d.shutdown().await;
+    Ok(())
+}

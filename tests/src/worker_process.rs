@@ -47,6 +47,27 @@ impl WorkerProcess {
         log_dir: &Path,
         admin: &AdminClient,
     ) -> anyhow::Result<Self> {
+        let fast = [
+            "--heartbeat-interval",
+            "500ms",
+            "--reacquire-interval",
+            "2s",
+        ];
+        Self::start_with(bin, worker_id, app, secret, nats_url, log_dir, admin, &fast).await
+    }
+
+    /// Like [`Self::start`], with the worker's default timings and `extra` arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with(
+        bin: &Path,
+        worker_id: &str,
+        app: &str,
+        secret: &str,
+        nats_url: &str,
+        log_dir: &Path,
+        admin: &AdminClient,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{worker_id}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -63,15 +84,12 @@ impl WorkerProcess {
                 "--worker-id",
                 worker_id,
                 "--allow-shell",
-                "--heartbeat-interval",
-                "500ms",
-                "--reacquire-interval",
-                "2s",
                 // The test's own directory: another test's worker of the same id must never
                 // take this one's process groups for its own leftovers.
                 "--state-dir",
             ])
             .arg(log_dir)
+            .args(extra)
             .env("ROTA_NATS_URL", nats_url)
             .env("RUST_LOG", "info")
             // Nothing from the test's own environment may change the worker's settings.

@@ -92,7 +92,7 @@ impl Default for WorkerConfig {
             max_held: None,
             allow_shell: false,
             allow_http: true,
-            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
             reacquire_interval: Duration::from_secs(10),
             progress_interval: Duration::from_secs(5),
             running_report_delay: Duration::from_millis(20),
