@@ -148,9 +148,10 @@ pub struct Gate {
     /// holds while a rotation's grace lets two keys authenticate.
     worker_key_ids: Mutex<HashMap<i64, HashMap<String, String>>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
-    /// When a discovery that named an unknown app or key last made the gate re-read the apps:
-    /// a stream of made-up names must not become a stream of database reads.
-    last_lookup: Mutex<Option<Instant>>,
+    /// When a discovery that named an unknown app or key last made the gate re-read the apps,
+    /// held while one does: a stream of made-up names must not become a stream of database
+    /// reads, and a real app made a moment ago on another server is found after a short wait.
+    last_lookup: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// The least time between two re-reads of the apps on behalf of discovery.
@@ -172,7 +173,7 @@ impl Gate {
             tokens: Mutex::default(),
             worker_key_ids: Mutex::default(),
             refused: Mutex::default(),
-            last_lookup: Mutex::default(),
+            last_lookup: tokio::sync::Mutex::default(),
         }
     }
 
@@ -257,22 +258,25 @@ impl Gate {
             ));
         };
         let mut entry = self.app_by_name(app);
-        if entry
-            .as_ref()
-            .is_none_or(|e| e.key(key_id, now_ms).is_none())
-        {
-            if !self.may_look_up() {
-                // Made a moment ago on another server, perhaps: the worker asks again.
-                return Err(self.refuse(
-                    "lookup_deferred",
-                    ErrorBody::new(
-                        rota_shared::ErrorCode::Unavailable,
-                        format!("app {app:?} or its key is not known here yet; try again"),
-                    ),
-                ));
-            }
-            self.refresh_apps(store, now_ms).await?;
+        let unknown = |entry: &Option<Arc<AppEntry>>| {
+            entry
+                .as_ref()
+                .is_none_or(|e| e.key(key_id, now_ms).is_none())
+        };
+        if unknown(&entry) {
+            // Made a moment ago on another server, perhaps. One re-read at a time, at most one
+            // every LOOKUP_SPACING; a re-read that ended while this one waited may have brought
+            // the app already.
+            let mut last = self.last_lookup.lock().await;
             entry = self.app_by_name(app);
+            if unknown(&entry) {
+                if let Some(at) = *last {
+                    tokio::time::sleep(LOOKUP_SPACING.saturating_sub(at.elapsed())).await;
+                }
+                self.refresh_apps(store, now_ms).await?;
+                *last = Some(Instant::now());
+                entry = self.app_by_name(app);
+            }
         }
         let Some(entry) = entry else {
             return Err(self.refuse(
@@ -300,16 +304,6 @@ impl Gate {
             now_ms,
         )?;
         Ok((entry, key, seal.sender))
-    }
-
-    /// Whether a discovery may re-read the apps now (at most every [`LOOKUP_SPACING`]).
-    fn may_look_up(&self) -> bool {
-        let mut last = self.last_lookup.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|at| at.elapsed() < LOOKUP_SPACING) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
     }
 
     fn check_replay(&self, sender: &str, stamp: u64, now_ms: i64) -> Result<(), ErrorBody> {
