@@ -152,6 +152,10 @@ pub struct Gate {
     /// held while one does: a stream of made-up names must not become a stream of database
     /// reads, and a real app made a moment ago on another server is found after a short wait.
     last_lookup: tokio::sync::Mutex<Option<Instant>>,
+    /// Held through a re-read of the apps, reads and write together: two re-reads that
+    /// overlapped could otherwise install the older snapshot last, and an app just made (its
+    /// keys) would be missing until the next re-read, its dispatches failing "no key".
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// The least time between two re-reads of the apps on behalf of discovery.
@@ -174,6 +178,7 @@ impl Gate {
             worker_key_ids: Mutex::default(),
             refused: Mutex::default(),
             last_lookup: tokio::sync::Mutex::default(),
+            refreshing: tokio::sync::Mutex::default(),
         }
     }
 
@@ -203,6 +208,7 @@ impl Gate {
 
     /// Re-reads every app and its keys.
     pub async fn refresh_apps(&self, store: &Store, now_ms: i64) -> Result<(), StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let apps = store.list_apps().await?;
         let mut keys: HashMap<i64, Vec<AppKey>> = HashMap::new();
         for key in store.app_keys(now_ms).await? {
