@@ -9,6 +9,7 @@ mod scenarios;
 mod stats;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -68,11 +69,17 @@ enum Scenario {
         workers: usize,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Processes that keep a core busy each while the scenario runs.
+        #[arg(long, default_value_t = 0)]
+        hogs: usize,
     },
-    /// N simulated workers heartbeating every 10 s: the server's CPU.
+    /// N simulated workers heartbeating once a period (the worker's default, 3 s): the
+    /// server's CPU, and whether any is counted not live.
     Heartbeat {
         #[arg(long, default_value_t = 1_000)]
         workers: usize,
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        period: Duration,
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
@@ -135,10 +142,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             jobs,
             workers,
             seconds,
-        } => scenarios::every_second(&env, jobs, workers, seconds).await?,
-        Scenario::Heartbeat { workers, seconds } => {
-            scenarios::heartbeat(&env, workers, seconds).await?
-        }
+            hogs,
+        } => scenarios::every_second(&env, jobs, workers, seconds, hogs).await?,
+        Scenario::Heartbeat {
+            workers,
+            period,
+            seconds,
+        } => scenarios::heartbeat(&env, workers, period, seconds).await?,
         Scenario::Footprint => scenarios::footprint(&env).await?,
     };
     let line = serde_json::to_string(&result)?;

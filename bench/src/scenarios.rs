@@ -163,6 +163,81 @@ async fn wait_all_terminal(
     }
 }
 
+/// Watches a server's view of the bench app's workers while a scenario runs: every 250 ms it
+/// asks how many are live and how long the longest-silent one has been silent. A worker that
+/// heartbeats on time and is still counted not live is a false alarm of the worker timeout.
+struct LivenessWatch {
+    task: tokio::task::JoinHandle<LivenessSeen>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct LivenessSeen {
+    samples: u64,
+    /// Samples in which fewer than `expected` workers were live.
+    short_samples: u64,
+    fewest_live: Option<u64>,
+    /// The longest silence seen of any worker (only read where the app has at most
+    /// [`MAX_PAGE`] workers).
+    longest_silence_ms: u64,
+}
+
+impl LivenessWatch {
+    fn start(admin: AdminClient, server: &str, expected: u64, list_workers: bool) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let server = server.to_owned();
+        let task = tokio::spawn(async move {
+            let mut seen = LivenessSeen::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => return seen,
+                }
+                let Ok(stats) = admin.at_server(&server).call(&ServerStats {}).await else {
+                    continue;
+                };
+                seen.samples += 1;
+                if stats.live_workers < expected {
+                    seen.short_samples += 1;
+                }
+                seen.fewest_live = Some(
+                    seen.fewest_live
+                        .map_or(stats.live_workers, |f| f.min(stats.live_workers)),
+                );
+                if list_workers {
+                    let list = WorkerList {
+                        app: Some(APP.into()),
+                        limit: Some(MAX_PAGE),
+                        ..Default::default()
+                    };
+                    if let Ok(page) = admin.call(&list).await {
+                        for w in page.items {
+                            seen.longest_silence_ms =
+                                seen.longest_silence_ms.max(w.last_seen_ago_ms);
+                        }
+                    }
+                }
+            }
+        });
+        Self { task, stop }
+    }
+
+    /// Stops watching and reads the server's `worker_lost` repairs: the figures as JSON.
+    async fn finish(self, admin: &AdminClient, server: &str) -> anyhow::Result<Value> {
+        let _ = self.stop.send(true);
+        let seen = self.task.await?;
+        let stats = admin.at_server(server).call(&ServerStats {}).await?;
+        Ok(json!({
+            "samples": seen.samples,
+            "samples_with_a_worker_not_live": seen.short_samples,
+            "fewest_live_workers": seen.fewest_live,
+            "longest_silence_ms": seen.longest_silence_ms,
+            "worker_lost_repairs": stats.repairs.get("worker_lost").copied().unwrap_or(0),
+            "repairs": stats.repairs,
+        }))
+    }
+}
 /// A server and a worker in this process, the app and a no-op job: what `latency` and
 /// `throughput` run on. Returns the stand, the processor's start records and the job.
 async fn noop_stand(
@@ -259,6 +334,7 @@ pub async fn latency(env: &Env, rate: u32, seconds: u64, warmup: u64) -> anyhow:
 pub async fn throughput(env: &Env, seconds: u64, in_flight: usize) -> anyhow::Result<Value> {
     let (started_tx, mut started_rx) = mpsc::unbounded_channel();
     let (stand, _starts, job) = noop_stand(env, Some(started_tx)).await?;
+    let watch = LivenessWatch::start(stand.admin.clone(), "s1", 1, true);
 
     // Closed loop: at most `in_flight` instances triggered and not yet started.
     let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
@@ -313,6 +389,7 @@ pub async fn throughput(env: &Env, seconds: u64, in_flight: usize) -> anyhow::Re
         .iter()
         .filter(|m| m.status == InstanceStatus::Succeeded)
         .count();
+    let liveness = watch.finish(&stand.admin, "s1").await?;
     stand.stop().await;
     Ok(json!({
         "system": "rota",
@@ -323,6 +400,7 @@ pub async fn throughput(env: &Env, seconds: u64, in_flight: usize) -> anyhow::Re
         "succeeded": succeeded,
         "seconds": elapsed_s,
         "rate_per_s": succeeded as f64 / elapsed_s,
+        "liveness": liveness,
     }))
 }
 
@@ -431,6 +509,7 @@ pub async fn every_second(
     jobs: usize,
     workers: usize,
     seconds: u64,
+    hogs: usize,
 ) -> anyhow::Result<Value> {
     let mut stand = Stand::new(env.backend).await?;
     stand.start_server().await?;
@@ -462,6 +541,8 @@ pub async fn every_second(
         };
         ids.push(stand.admin.call(&job).await?.id);
     }
+    let watch = LivenessWatch::start(stand.admin.clone(), "s1", workers as u64, true);
+    let _hogs = cpu_hogs(hogs)?;
     // The window opens once the first fires are planned and handed over.
     let first_ms = (rota_transport::wall_ms() / 1000 + 4) * 1000;
     let last_ms = first_ms + i64::try_from(seconds)? * 1000 - 1000;
@@ -501,6 +582,8 @@ pub async fn every_second(
             }
         }
     }
+    let liveness = watch.finish(&stand.admin, "s1").await?;
+    drop(_hogs);
     for h in handles {
         h.shutdown().await;
     }
@@ -512,16 +595,38 @@ pub async fn every_second(
         "jobs": jobs,
         "workers": workers,
         "window_seconds": seconds,
+        "cpu_hogs": hogs,
         "expected_fires": jobs as u64 * seconds,
         "fires_started": lateness.len(),
         "started_within_50ms": within_50ms,
         "refused_dispatches": refused,
         "share": share,
         "lateness_ms": percentiles(lateness),
+        "liveness": liveness,
     }))
 }
 
-pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Result<Value> {
+/// `n` processes that each keep a core busy until they are dropped: load for the scenarios
+/// that measure what the worker timeout does under it.
+fn cpu_hogs(n: usize) -> anyhow::Result<Vec<tokio::process::Child>> {
+    (0..n)
+        .map(|_| {
+            tokio::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("start a CPU hog (sh)")
+        })
+        .collect()
+}
+
+pub async fn heartbeat(
+    env: &Env,
+    workers: usize,
+    period: Duration,
+    seconds: u64,
+) -> anyhow::Result<Value> {
     let stand = Stand::new(env.backend).await?;
     let server = spawn_server(env, &stand).await?;
     let app = stand.admin.app_create(APP, SECRET).await?;
@@ -536,8 +641,8 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
         .await?;
     let _ = app;
     let subject = rota_shared::Subjects::default().to_server(APP, "s1", ServerEndpoint::Heartbeat);
-    // Every simulated worker heartbeats every 10 s; they are spread over ten 1 s slots, sent in
-    // ten bursts a second. Each is sealed with its worker's key when it is sent, as a real
+    // Every simulated worker heartbeats once a `period`; they are spread over its 100 ms slots,
+    // sent in ten bursts a second. Each is sealed with its worker's key when it is sent, as a real
     // worker's is (a seal is good for one message).
     let app_key = rota_transport::keys::app_key(APP, SECRET)?;
     let stamper = Arc::new(rota_transport::Stamper::new());
@@ -576,13 +681,13 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
             rota_transport::Transport::new(nats.clone()),
             subject.clone(),
         );
+        let slots = usize::try_from(period.as_millis() / 100)?.max(1);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             let mut slot = 0usize;
             loop {
                 tick.tick().await;
-                // 100 slots of 100 ms make the 10 s period.
-                for (credential, hb) in sims.iter().skip(slot % 100).step_by(100) {
+                for (credential, hb) in sims.iter().skip(slot % slots).step_by(slots) {
                     let _ = transport
                         .publish(&subject, hb, Some(credential), None)
                         .await;
@@ -591,19 +696,21 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
             }
         })
     };
-    // One full period so every simulated worker is known, then measure.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // One full period (and a little) so every simulated worker is known, then measure.
+    tokio::time::sleep(period + Duration::from_secs(1)).await;
     let listed = stand
         .admin
         .at_server("s1")
         .call(&ServerStats {})
         .await?
         .live_workers;
+    let watch = LivenessWatch::start(stand.admin.clone(), "s1", workers as u64, false);
     let cpu0 = cpu_seconds(server.pid).unwrap_or(0.0);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let cpu = cpu_seconds(server.pid).unwrap_or(0.0) - cpu0;
     let wall = t0.elapsed().as_secs_f64();
+    let liveness = watch.finish(&stand.admin, "s1").await?;
     sender.abort();
     let rss = memory_mb(server.pid, "VmRSS");
     drop(server);
@@ -612,10 +719,12 @@ pub async fn heartbeat(env: &Env, workers: usize, seconds: u64) -> anyhow::Resul
         "system": "rota",
         "scenario": "heartbeat",
         "workers": workers,
+        "period_seconds": period.as_secs_f64(),
         "workers_listed_live": listed,
         "window_seconds": wall,
         "server_cpu_percent_of_a_core": 100.0 * cpu / wall,
         "server_rss_mb": rss,
+        "liveness": liveness,
     }))
 }
 
