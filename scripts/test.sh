@@ -20,6 +20,8 @@ true | TRUE | True | 1 | yes) ci=true ;;
 esac
 
 bash scripts/install-nats.sh
+# helm and kubernetes-validate, for the deploy tests (cli/tests/deploy_helm.rs).
+bash scripts/install-deploy-tools.sh
 export ROTA_NATS_SERVER_BIN="$repo/.tools/bin/nats-server"
 export ROTA_TEST_POSTGRES_URL="${ROTA_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export ROTA_TEST_MYSQL_URL="${ROTA_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/mysql}"

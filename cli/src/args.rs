@@ -41,12 +41,23 @@ pub struct Global {
     /// Print the reply's data as JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log lines as text (coloured only on a terminal) or as JSON objects, one a line.
+    #[arg(long, global = true, env = "ROTA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// How long to wait for a server's answer to an admin request, e.g. 5s (default 15s).
     #[arg(long, global = true, env = "ROTA_REQUEST_TIMEOUT", value_parser = crate::duration::parse_ms)]
     pub request_timeout: Option<u64>,
     // Last: its help heading applies to what follows it.
     #[command(flatten)]
     pub nats: NatsArgs,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How to log in to NATS. At most one of user and password, token, NKey and credentials file;
@@ -169,6 +180,13 @@ pub struct ServerArgs {
     /// A stable server id (default: generated). Servers that restart should keep theirs.
     #[arg(long, env = "ROTA_SERVER_ID")]
     pub server_id: Option<String>,
+    /// Serve /metrics, /healthz and /readyz over HTTP here, e.g. 0.0.0.0:9090.
+    #[arg(long, env = "ROTA_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// A file holding an admin token (rt1.…) that the server creates at start if it does not
+    /// exist: how a deployment hands its operators a token without `rota token create`.
+    #[arg(long, env = "ROTA_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Subcommand-style use: `rota server list`.
     #[command(subcommand)]
     pub list: Option<ServerCommand>,
@@ -221,6 +239,9 @@ pub struct WorkerArgs {
     /// How often the worker asks which server owns its app.
     #[arg(long, value_parser = crate::duration::parse_ms, env = "ROTA_REACQUIRE_INTERVAL")]
     pub reacquire_interval: Option<u64>,
+    /// Serve /metrics, /healthz and /readyz over HTTP here, e.g. 0.0.0.0:9090.
+    #[arg(long, env = "ROTA_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Subcommand-style use: `rota worker list`.
     #[command(subcommand)]
     pub list: Option<WorkerCommand>,

@@ -20,6 +20,10 @@ pub struct FileConfig {
     pub prefix: Option<String>,
     pub database_url: Option<String>,
     pub server_id: Option<String>,
+    /// `text` or `json`.
+    pub log_format: Option<crate::args::LogFormat>,
+    /// Where `rota server` and `rota worker` serve /metrics, /healthz and /readyz.
+    pub http_listen: Option<std::net::SocketAddr>,
     /// `[nats]`: where NATS is and how to log in (the same as the `--nats-*` flags).
     #[serde(default)]
     pub nats: NatsOptions,
@@ -51,6 +55,30 @@ pub struct FileServer {
     pub report_timeout: Option<String>,
     pub clean_up_interval: Option<String>,
     pub retention: Option<String>,
+    /// A file holding an admin token the server creates at start if it does not exist.
+    pub admin_token_file: Option<PathBuf>,
+    /// `[[server.apps]]`: apps the server creates at start if they do not exist.
+    #[serde(default)]
+    pub apps: Vec<FileApp>,
+}
+
+/// An app a deployment declares, with the file holding its secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApp {
+    pub name: String,
+    pub secret_file: PathBuf,
+}
+
+/// The first line of a secret file, trimmed; an empty one is an error.
+pub fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} from {}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        anyhow::bail!("{} holds no {what}", path.display());
+    }
+    Ok(line.to_owned())
 }
 
 impl FileServer {

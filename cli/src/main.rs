@@ -53,7 +53,23 @@ fn main() -> ExitCode {
             | Command::Server(args::ServerArgs { list: None, .. })
             | Command::Worker(args::WorkerArgs { list: None, .. })
     );
-    init_tracing(long_running);
+    // The file first: it may say how to log. Its error is the one line a bad file gets.
+    let file = match &cli.global.config {
+        Some(path) => match config::load_file(path) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => FileConfig::default(),
+    };
+    let format = cli
+        .global
+        .log_format
+        .or(file.log_format)
+        .unwrap_or(args::LogFormat::Text);
+    init_tracing(long_running, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,7 +80,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
@@ -78,7 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(long_running: bool) {
+fn init_tracing(long_running: bool, format: args::LogFormat) {
     let default = if long_running {
         "info,sea_orm_migration=warn,async_nats=warn"
     } else {
@@ -88,20 +104,24 @@ fn init_tracing(long_running: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colours only for a person watching a terminal, never in a file or a pipe.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // One JSON object a line, for log collectors; the span's fields go with each event.
+        args::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        // Colours only for a person watching a terminal, never in a file or a pipe.
+        args::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let file = match &cli.global.config {
-        Some(path) => config::load_file(path)?,
-        None => FileConfig::default(),
-    };
+async fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.global, &file);
     let database_given = cli.global.database_url.is_some() || file.database_url.is_some();
     match cli.command {

@@ -61,8 +61,36 @@ pub async fn server(
     let server_id = args.server_id.or_else(|| file.server_id.clone());
     let mut config = server_config(settings, server_id);
     file.server.apply(&mut config)?;
+    config.http_listen = args.http_listen.or(file.http_listen);
+    let token_file = args
+        .admin_token_file
+        .or_else(|| file.server.admin_token_file.clone());
+    if let Some(path) = token_file {
+        let text = crate::config::read_secret_file(&path, "an admin token")?;
+        let token = rota_transport::AdminToken::parse(&text)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        config.admin_token = Some(token);
+    }
+    for app in &file.server.apps {
+        let secret = crate::config::read_secret_file(
+            &app.secret_file,
+            &format!("app {}'s secret", app.name),
+        )?;
+        let key = rota_transport::keys::app_key(&app.name, &secret)
+            .map_err(|e| anyhow!("[[server.apps]] {}: {e}", app.name))?;
+        config.apps.push(rota_server::DeclaredApp {
+            name: app.name.clone(),
+            key,
+        });
+    }
     let handle = Server::start(config).await?;
-    eprintln!("rota server {} is running (Ctrl-C to stop)", handle.id());
+    match handle.http_addr() {
+        Some(addr) => eprintln!(
+            "rota server {} is running, /metrics and probes on http://{addr} (Ctrl-C to stop)",
+            handle.id()
+        ),
+        None => eprintln!("rota server {} is running (Ctrl-C to stop)", handle.id()),
+    }
     stop_signal().await;
     eprintln!("stopping server {}", handle.id());
     handle.shutdown().await;
@@ -129,6 +157,7 @@ pub async fn worker(
             WorkerConfig::default().reacquire_interval,
             Duration::from_millis,
         ),
+        http_listen: args.http_listen.or(file.http_listen),
         ..WorkerConfig::default()
     };
     let handle = Worker::start(config, ProcessorRegistry::new()).await?;

@@ -151,14 +151,18 @@ async fn admin_calls_to_a_non_owner_give_the_owners_result() -> anyhow::Result<(
         );
     }
     // Every server is registered and alive; one stopped cleanly (SIGTERM) leaves the registry.
-    let listed: Vec<(String, bool)> = d
-        .admin
-        .call(&ServerList {})
-        .await?
-        .into_iter()
-        .map(|s| (s.id, s.alive))
+    let asked_at = rota_transport::wall_ms();
+    let servers_listed = d.admin.call(&ServerList {}).await?;
+    let listed: Vec<(String, bool)> = servers_listed
+        .iter()
+        .map(|s| (s.id.clone(), s.alive))
         .collect();
-    assert_eq!(listed, SERVERS.map(|s| (s.to_owned(), true)));
+    // Seen once as not alive on MariaDB (1 run in 30); the times say why if it happens again.
+    assert_eq!(
+        listed,
+        SERVERS.map(|s| (s.to_owned(), true)),
+        "asked at {asked_at}: {servers_listed:?}"
+    );
     let leaving = servers
         .iter_mut()
         .find(|s| s.id() != owner)

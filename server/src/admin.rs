@@ -597,6 +597,9 @@ async fn cancel_handed_fires(core: &Core, job_id: i64, reason: &str) -> AdminRes
             .store
             .cas_finish(inst.id, Some(guard), InstanceStatus::Canceled, reason, now)
             .await?;
+        if cancelled {
+            core.metrics.finished(inst.app_id, InstanceStatus::Canceled);
+        }
         if let (true, Some(worker_id)) = (cancelled, &inst.worker_id) {
             core.calls
                 .publish_stop(inst.app_id, worker_id, inst.id)
@@ -634,7 +637,8 @@ async fn job_delete(core: &Core, caller: &Caller, JobDelete(r): JobDelete) -> Ad
         .await?;
     let now = core.clock.now_ms();
     for inst in waiting {
-        core.store
+        let cancelled = core
+            .store
             .cas_finish(
                 inst.id,
                 None,
@@ -643,6 +647,9 @@ async fn job_delete(core: &Core, caller: &Caller, JobDelete(r): JobDelete) -> Ad
                 now,
             )
             .await?;
+        if cancelled {
+            core.metrics.finished(inst.app_id, InstanceStatus::Canceled);
+        }
     }
     cancel_handed_fires(core, r.id, "job was deleted").await?;
     Ok(Done {})
@@ -931,6 +938,9 @@ async fn instance_stop_via(core: &Core, r: InstanceId, via: Via) -> AdminResult<
             core.clock.now_ms(),
         )
         .await?;
+    if stopped {
+        core.metrics.finished(inst.app_id, InstanceStatus::Stopped);
+    }
     if !stopped {
         let now = core.store.instance(inst.id).await?.status;
         return Err(ErrorBody::new(

@@ -60,6 +60,13 @@ pub struct ServerConfig {
     pub clean_up_interval: Duration,
     /// How long finished instances and their logs are kept.
     pub retention: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0: any free port); off when
+    /// unset.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// An admin token the deployment declares: created at start when it does not exist.
+    pub admin_token: Option<rota_transport::AdminToken>,
+    /// Apps the deployment declares: created at start when they do not exist.
+    pub apps: Vec<crate::bootstrap::DeclaredApp>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +94,9 @@ impl Default for ServerConfig {
             report_timeout: Duration::from_secs(60),
             clean_up_interval: Duration::from_secs(3600),
             retention: Duration::from_secs(7 * 24 * 3600),
+            http_listen: None,
+            admin_token: None,
+            apps: Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::dispatch::Dispatcher;
 use crate::gate::Gate;
 use crate::inserts::InsertQueue;
 use crate::job_cache::JobCache;
+use crate::metrics::ServerMetrics;
 use crate::ownership::Ownership;
 use crate::readiness::Readiness;
 use crate::registry::WorkerRegistry;
@@ -49,6 +50,8 @@ pub struct Core {
     pub dispatcher: Arc<Dispatcher>,
     pub readiness: Arc<Readiness>,
     pub repairs: Repairs,
+    /// What `/metrics` shows.
+    pub metrics: Arc<ServerMetrics>,
     pub services: ServiceBoard,
     pub shutdown: CancellationToken,
 }

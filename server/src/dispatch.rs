@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, millis};
 use crate::job_cache::JobCache;
+use crate::metrics::ServerMetrics;
 use crate::ownership::Ownership;
 use crate::registry::WorkerRegistry;
 use crate::store::{Handover, InstanceGuard, Job, Store, StoreError};
@@ -52,6 +53,8 @@ pub struct DispatcherParts {
     pub workers: Arc<WorkerRegistry>,
     pub timer: TimerHandle,
     pub calls: WorkerCalls,
+    /// Records how long dispatches take.
+    pub metrics: Arc<ServerMetrics>,
     /// How long before its instant a scheduled fire is handed to its worker.
     pub dispatch_ahead: Duration,
     /// How long a worker has to take a dispatch; written into the request as its deadline.
@@ -281,6 +284,26 @@ impl Dispatcher {
         });
     }
 
+    /// Ends an instance the dispatcher cannot hand over, if it is still as `guard` says.
+    async fn finish(
+        &self,
+        inst: &Instance,
+        guard: InstanceGuard,
+        status: InstanceStatus,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let p = &self.parts;
+        let ended = p
+            .store
+            .cas_finish(inst.id, Some(guard), status, reason, now)
+            .await?;
+        if ended {
+            p.metrics.finished(inst.app_id, status);
+        }
+        Ok(ended)
+    }
+
     fn spawn_dispatch_one(self: &Arc<Self>, id: i64) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -322,8 +345,10 @@ impl Dispatcher {
                 guard.attempt = next;
             }
             let request = self.dispatch_request(inst, job, guard.attempt, start_at_ms);
+            let sent = tokio::time::Instant::now();
             match p.calls.dispatch(&worker.worker_id, &request).await {
                 Ok(_) => {
+                    p.metrics.dispatched(inst.app_id, sent.elapsed());
                     tracing::debug!(instance = inst.id, attempt = guard.attempt, worker = %worker.worker_id, "dispatched");
                     return Ok(());
                 }
@@ -336,14 +361,8 @@ impl Dispatcher {
                         p.calls.max_payload()
                     );
                     tracing::warn!(instance = inst.id, "{reason}");
-                    p.store
-                        .cas_finish(
-                            inst.id,
-                            Some(guard),
-                            InstanceStatus::Failed,
-                            &reason,
-                            p.clock.now_ms(),
-                        )
+                    let now = p.clock.now_ms();
+                    self.finish(inst, guard, InstanceStatus::Failed, &reason, now)
                         .await?;
                     return Ok(());
                 }
@@ -375,15 +394,14 @@ impl Dispatcher {
         let job = match p.jobs.job(inst.job_id).await {
             Ok(job) => job,
             Err(StoreError::NotFound(_)) => {
-                p.store
-                    .cas_finish(
-                        id,
-                        Some(guard),
-                        InstanceStatus::Canceled,
-                        "job was deleted",
-                        now,
-                    )
-                    .await?;
+                self.finish(
+                    &inst,
+                    guard,
+                    InstanceStatus::Canceled,
+                    "job was deleted",
+                    now,
+                )
+                .await?;
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -425,14 +443,12 @@ impl Dispatcher {
                 return Ok(());
             }
             Admission::Cancel(reason) => {
-                p.store
-                    .cas_finish(id, Some(guard), InstanceStatus::Canceled, &reason, now)
+                self.finish(&inst, guard, InstanceStatus::Canceled, &reason, now)
                     .await?;
                 return Ok(());
             }
             Admission::Fail(reason) => {
-                p.store
-                    .cas_finish(id, Some(guard), InstanceStatus::Failed, &reason, now)
+                self.finish(&inst, guard, InstanceStatus::Failed, &reason, now)
                     .await?;
                 return Ok(());
             }

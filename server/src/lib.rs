@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bootstrap;
 mod clock;
 mod config;
 mod core;
@@ -13,6 +14,7 @@ mod dispatch;
 mod gate;
 mod inserts;
 mod job_cache;
+mod metrics;
 mod ownership;
 mod readiness;
 mod reconcile;
@@ -27,5 +29,6 @@ mod timer;
 mod worker_calls;
 
 pub use admin::create_token;
+pub use bootstrap::{BootstrapError, DeclaredApp};
 pub use config::ServerConfig;
 pub use server::{SERVICE_NAME, Server, ServerError, ServerHandle, VERSION};

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,6 +17,9 @@ use crate::store::StoreError;
 #[derive(Default)]
 pub struct Ownership {
     apps: RwLock<HashMap<i64, (i64, Instant)>>,
+    /// Apps taken (at a new epoch) and given up since start, for `/metrics`.
+    acquired: AtomicU64,
+    released: AtomicU64,
 }
 
 impl Ownership {
@@ -53,14 +57,30 @@ impl Ownership {
             Some((known, _)) if *known == epoch => {}
             _ => {
                 apps.insert(app_id, (epoch, Instant::now()));
+                self.acquired.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Apps taken and apps given up since start.
+    pub fn changes(&self) -> (u64, u64) {
+        (
+            self.acquired.load(Ordering::Relaxed),
+            self.released.load(Ordering::Relaxed),
+        )
     }
 
     /// Replaces the set with what the database says; an app another server took is dropped here.
     pub fn replace(&self, owned: HashMap<i64, i64>) {
         let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        let taken = owned
+            .iter()
+            .filter(|(app, epoch)| apps.get(app).is_none_or(|(known, _)| known != *epoch))
+            .count();
+        let given_up = apps.keys().filter(|app| !owned.contains_key(app)).count();
+        self.acquired.fetch_add(taken as u64, Ordering::Relaxed);
+        self.released.fetch_add(given_up as u64, Ordering::Relaxed);
         *apps = owned
             .into_iter()
             .map(|(app, epoch)| match apps.get(&app) {
@@ -177,4 +197,26 @@ pub async fn refresh(core: &Core) -> Result<(), StoreError> {
     core.ownership
         .replace(owned.into_iter().map(|a| (a.id, a.epoch)).collect());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taking_and_giving_up_apps_is_counted_once_per_epoch() {
+        let o = Ownership::default();
+        o.insert(1, 1);
+        o.insert(1, 1);
+        assert_eq!(o.changes(), (1, 0), "the same epoch again is no change");
+        o.replace(HashMap::from([(1, 1), (2, 4)]));
+        assert_eq!(o.changes(), (2, 0), "app 2 taken by the re-read");
+        o.replace(HashMap::from([(2, 5)]));
+        assert_eq!(
+            o.changes(),
+            (3, 1),
+            "app 1 given up, app 2 taken again at a new epoch"
+        );
+        assert_eq!(o.app_ids(), vec![2]);
+    }
 }

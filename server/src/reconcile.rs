@@ -280,6 +280,11 @@ async fn lose(
         if let Some(at) = update.retry_at_ms {
             core.timer.schedule(*id, at);
         }
+        if update.status.is_terminal()
+            && let Some(inst) = instances.iter().find(|i| i.id == *id)
+        {
+            core.metrics.finished(inst.app_id, update.status);
+        }
         if update.alert {
             tracing::warn!(
                 instance = id,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rota_shared::Reply;
 use rota_shared::message::{ReportAck, ReportAction, StatusBatchAck, StatusReport};
 use rota_shared::rules::{JobRules, Outcome, Update, apply_report};
-use rota_shared::{ErrorBody, ErrorCode};
+use rota_shared::{ErrorBody, ErrorCode, InstanceStatus, Trigger};
 use rota_transport::{Incoming, Key};
 use tokio::sync::mpsc;
 
@@ -227,6 +227,8 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
     let mut write_of: HashMap<i64, usize> = HashMap::new();
     // The reports behind each write, so that a lost race can be decided again.
     let mut written_by: Vec<Vec<usize>> = Vec::new();
+    // How late each write's scheduled fire started, when this write records its start.
+    let mut late_by: Vec<Option<i64>> = Vec::new();
     for (i, pending) in batch.iter().enumerate() {
         let report = &pending.report;
         // An instance of another app is, to this sender, an instance that does not exist.
@@ -234,6 +236,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
             .get(&report.instance_id)
             .filter(|m| m.app_id == pending.app_id);
         if let Some(m) = current.filter(|m| !core.ownership.owns(m.app_id)) {
+            core.metrics.report_refused("not_owner");
             verdicts.push(Err(ErrorBody::new(
                 ErrorCode::NotOwner,
                 format!("server {} does not own app {}", core.id, m.app_id),
@@ -249,6 +252,7 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
         );
         match outcome {
             Outcome::Ignored { why, action } => {
+                core.metrics.report_refused(why.as_str());
                 tracing::debug!(
                     instance = report.instance_id,
                     reason = why.as_str(),
@@ -261,16 +265,19 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
                     verdicts.push(Ok(ReportAck { action }));
                     continue;
                 };
+                let late = start_lateness(m, report);
                 match write_of.get(&m.id) {
                     Some(&k) => {
                         let merged = writes[k].2.clone().then(update.clone());
                         writes[k].2 = merged;
                         written_by[k].push(i);
+                        late_by[k] = late_by[k].or(late);
                     }
                     None => {
                         write_of.insert(m.id, writes.len());
                         writes.push((m.id, InstanceGuard::of(m), update.clone()));
                         written_by.push(vec![i]);
+                        late_by.push(late);
                     }
                 }
                 // Later reports in this batch see the state this one leaves.
@@ -287,10 +294,17 @@ async fn decide_and_write(core: &Core, batch: &[Pending]) -> Result<Vec<Verdict>
 
     let applied = core.store.apply_updates(&writes, now).await?;
     let mut lost = Vec::new();
-    for ((id, _, update), (ok, reports)) in writes.iter().zip(applied.into_iter().zip(written_by)) {
+    for (((id, _, update), (ok, reports)), late) in writes
+        .iter()
+        .zip(applied.into_iter().zip(written_by))
+        .zip(late_by)
+    {
         if ok {
-            let job = instances.get(id).and_then(|m| jobs.get(&m.job_id));
-            after_update(core, *id, update, job.map(AsRef::as_ref));
+            let Some(m) = instances.get(id) else {
+                continue;
+            };
+            let job = jobs.get(&m.job_id);
+            after_update(core, m.app_id, *id, update, job.map(AsRef::as_ref), late);
         } else {
             lost.extend(reports);
         }
@@ -330,7 +344,8 @@ async fn decide_alone(core: &Core, pending: &Pending) -> Result<Verdict, StoreEr
         };
         let write = [(m.id, InstanceGuard::of(m), update.clone())];
         if core.store.apply_updates(&write, now).await?.first() == Some(&true) {
-            after_update(core, m.id, update, job.as_deref());
+            let late = start_lateness(m, report);
+            after_update(core, m.app_id, m.id, update, job.as_deref(), late);
             return Ok(Ok(ReportAck { action: *action }));
         }
     }
@@ -340,8 +355,29 @@ async fn decide_alone(core: &Core, pending: &Pending) -> Result<Verdict, StoreEr
     )))
 }
 
-/// What follows a stored change: a retry goes on the timer, a final failure raises an alert.
-fn after_update(core: &Core, id: i64, update: &rota_shared::rules::Update, job: Option<&Job>) {
+/// How late a scheduled fire started, if `report` is the first to say it started: from its
+/// instant to the processor's start on the worker's clock.
+fn start_lateness(m: &Instance, report: &StatusReport) -> Option<i64> {
+    if m.status != InstanceStatus::WaitingWorkerReceive || m.trigger != Trigger::Schedule {
+        return None;
+    }
+    Some(report.started_at_ms? - m.expected_trigger_time_ms?)
+}
+
+/// What follows a stored change: a retry goes on the timer, a final failure raises an alert,
+/// and the metrics count it.
+fn after_update(
+    core: &Core,
+    app_id: i64,
+    id: i64,
+    update: &rota_shared::rules::Update,
+    job: Option<&Job>,
+    late_ms: Option<i64>,
+) {
+    core.metrics.report_applied(app_id, update.status);
+    if let Some(late) = late_ms {
+        core.metrics.started_late(app_id, late);
+    }
     if let Some(at) = update.retry_at_ms {
         core.dispatcher.schedule(id, at);
     }

@@ -30,6 +30,7 @@ use crate::dispatch::{Dispatcher, DispatcherParts};
 use crate::gate::{Gate, WorkerPeer};
 use crate::inserts::InsertQueue;
 use crate::job_cache::JobCache;
+use crate::metrics::{self, ServerMetrics};
 use crate::ownership::{Ownership, ensure_owner};
 use crate::readiness::Readiness;
 use crate::registry::{Seen, WorkerRegistry};
@@ -68,6 +69,8 @@ pub struct ServerHandle {
     services: Vec<ServiceHandle>,
     /// The NATS service (`$SRV.*` answers); stopped with the server.
     nats_service: Option<async_nats::service::Service>,
+    /// `/metrics`, `/healthz` and `/readyz`, when `http_listen` is set.
+    endpoint: Option<rota_observe::Endpoint>,
 }
 
 impl ServerHandle {
@@ -77,7 +80,17 @@ impl ServerHandle {
 
     /// Stops serving, leaves the server registry and drains the NATS connection. Instances keep
     /// their stored state; another server (or this one, restarted) carries on from it.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when they are.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint
+            .as_ref()
+            .map(rota_observe::Endpoint::local_addr)
+    }
+
     pub async fn shutdown(mut self) {
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.shutdown().await;
+        }
         if let Some(service) = self.nats_service.take() {
             let _ = service.stop().await;
         }
@@ -97,9 +110,12 @@ impl ServerHandle {
 
     /// Stops at once, as a crash would: no deregistration, no drain.
     pub fn abort(mut self) {
-        // A crashed server no longer answers `$SRV.PING` either.
+        // A crashed server no longer answers `$SRV.PING` either, nor its probes.
         if let Some(service) = self.nats_service.take() {
             tokio::spawn(service.stop());
+        }
+        if let Some(endpoint) = self.endpoint.take() {
+            tokio::spawn(endpoint.shutdown());
         }
         for service in &self.services {
             service.abort();
@@ -144,6 +160,14 @@ impl Server {
         };
         let store = Store::connect(&config.database_url).await?;
         let started_at_ms = config.clock.now_ms();
+        crate::bootstrap::ensure_declared(
+            &store,
+            config.admin_token.as_ref(),
+            &config.apps,
+            started_at_ms,
+        )
+        .await
+        .map_err(|e| ServerError::Config(e.to_string()))?;
         let gate = Gate::new(&id, store.cluster_key(started_at_ms).await?, started_at_ms);
         gate.refresh_apps(&store, started_at_ms).await?;
 
@@ -182,7 +206,9 @@ impl Server {
         let jobs = Arc::new(JobCache::new(store.clone()));
         let workers = Arc::new(WorkerRegistry::new(config.worker_timeout));
         let ownership = Arc::new(Ownership::default());
+        let metrics = Arc::new(ServerMetrics::new(gate.clone()));
         let dispatcher = Dispatcher::new(DispatcherParts {
+            metrics: metrics.clone(),
             server_id: id.clone(),
             clock: config.clock,
             store: store.clone(),
@@ -214,6 +240,7 @@ impl Server {
             dispatcher,
             readiness,
             repairs: Repairs::default(),
+            metrics,
             services: ServiceBoard::default(),
             shutdown,
         });
@@ -289,6 +316,7 @@ impl Server {
             service::spawn(scheduler::Health { core: core.clone() }, token),
             service::spawn(reconcile::Reconcile { core: core.clone() }, token),
             service::spawn(reconcile::CleanUp { core: core.clone() }, token),
+            service::spawn(metrics::InstanceCounts { core: core.clone() }, token),
         ];
         core.services
             .show(services.iter().map(ServiceHandle::probe).collect());
@@ -303,12 +331,25 @@ impl Server {
                 futures::stream::select_all(shared),
             )),
         ];
+        core.metrics.watch(&core);
+        let endpoint = match core.config.http_listen {
+            Some(addr) => Some(
+                rota_observe::Endpoint::bind(
+                    addr,
+                    Arc::new(metrics::ServerSite { core: core.clone() }),
+                )
+                .await
+                .map_err(|e| ServerError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
         tracing::info!(server = %id, "server started");
         Ok(ServerHandle {
             core,
             tasks,
             services,
             nats_service: Some(nats_service),
+            endpoint,
         })
     }
 }

@@ -127,6 +127,16 @@ impl Deployment {
         }
     }
 
+    /// A running server of the deployment.
+    pub fn server(&self, id: &str) -> Option<&ServerHandle> {
+        self.servers.iter().find(|s| s.id() == id)
+    }
+
+    /// A running worker of the deployment.
+    pub fn worker(&self, id: &str) -> Option<&WorkerHandle> {
+        self.workers.iter().find(|w| w.worker_id() == id)
+    }
+
     /// The id of the first server.
     pub fn server_id(&self) -> &str {
         self.servers.first().map_or("", |s| s.id())

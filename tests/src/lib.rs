@@ -32,6 +32,7 @@ pub mod db;
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod scrape;
 pub mod wait;
 pub mod worker_process;
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 
@@ -138,6 +138,39 @@ async fn forward(mut client: TcpStream, upstream: String, state: Arc<Mutex<State
     lock(&state).connections.remove(&id);
 }
 
+/// Splits a database URL into the `host:port` it connects to and the same URL pointed at
+/// `127.0.0.1:proxy_port` instead (credentials, database and parameters kept).
+pub fn through_proxy(url: &str, proxy_port: u16) -> anyhow::Result<(String, String)> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .with_context(|| format!("{url:?} is not a URL"))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, host_port) = match authority.rsplit_once('@') {
+        Some((userinfo, host_port)) => (Some(userinfo), host_port),
+        None => (None, authority),
+    };
+    // An IPv6 literal keeps its colons inside brackets.
+    let has_port = host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.contains(']') && port.parse::<u16>().is_ok());
+    let upstream = if has_port {
+        host_port.to_owned()
+    } else {
+        let port = match scheme {
+            "postgres" | "postgresql" => 5432,
+            "mysql" | "mariadb" => 3306,
+            other => bail!("no default port for the scheme {other:?}"),
+        };
+        format!("{host_port}:{port}")
+    };
+    let proxied = match userinfo {
+        Some(userinfo) => format!("{scheme}://{userinfo}@127.0.0.1:{proxy_port}{tail}"),
+        None => format!("{scheme}://127.0.0.1:{proxy_port}{tail}"),
+    };
+    Ok((upstream, proxied))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -223,5 +256,23 @@ mod tests {
             .expect("the restored proxy answers in time")
             .unwrap();
         assert_eq!(echoed, b"back");
+    }
+
+    #[test]
+    fn urls_are_pointed_at_the_proxy() {
+        assert_eq!(
+            through_proxy("postgres://postgres@127.0.0.1:5432/rota_test_1", 4000).unwrap(),
+            (
+                "127.0.0.1:5432".to_owned(),
+                "postgres://postgres@127.0.0.1:4000/rota_test_1".to_owned()
+            )
+        );
+        assert_eq!(
+            through_proxy("mysql://root:p%40ss@db/x?ssl-mode=disabled", 4000).unwrap(),
+            (
+                "db:3306".to_owned(),
+                "mysql://root:p%40ss@127.0.0.1:4000/x?ssl-mode=disabled".to_owned()
+            )
+        );
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct Agent {
     pub reporter: Reporter,
     /// The stamps of the servers' messages taken so far: a copy is refused.
     pub replay: ReplayGuard,
+    /// What `/metrics` shows.
+    pub metrics: crate::site::WorkerMetrics,
     accepting: AtomicBool,
 }
 
@@ -47,7 +49,9 @@ impl Agent {
         ack_inbox: String,
     ) -> Self {
         let reporter = Reporter::start(Arc::clone(&link));
+        let metrics = crate::site::WorkerMetrics::new(&config.app);
         Self {
+            metrics,
             config,
             worker_id,
             incarnation: uuid::Uuid::new_v4().simple().to_string(),

@@ -38,6 +38,9 @@ pub struct WorkerConfig {
     /// Registers the built-in `http` processor.
     pub allow_http: bool,
     pub heartbeat_interval: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0: any free port); off when
+    /// unset.
+    pub http_listen: Option<std::net::SocketAddr>,
     pub reacquire_interval: Duration,
     /// How often a running instance reports RUNNING.
     pub progress_interval: Duration,
@@ -93,6 +96,7 @@ impl Default for WorkerConfig {
             allow_shell: false,
             allow_http: true,
             heartbeat_interval: Duration::from_secs(3),
+            http_listen: None,
             reacquire_interval: Duration::from_secs(10),
             progress_interval: Duration::from_secs(5),
             running_report_delay: Duration::from_millis(20),

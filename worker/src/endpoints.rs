@@ -157,10 +157,12 @@ async fn dispatch(agent: &Arc<Agent>, msg: &Incoming, seal: &Seal, key: Option<&
             } else {
                 info!(instance = req.instance_id, "dispatch rejected: {reason}");
             }
+            agent.metrics.dispatch(false);
             let error = ErrorBody::new(ErrorCode::Rejected, reason);
             respond::<()>(agent, msg, Err(error), key).await;
         }
         (Admission::Accepted(state), Some(processor)) => {
+            agent.metrics.dispatch(true);
             respond(agent, msg, Ok(DispatchAck { accepted: true }), key).await;
             let task = tracker::run(Arc::clone(agent), req, Arc::clone(&state), processor);
             let handle = agent.trackers.spawn(task);

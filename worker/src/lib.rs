@@ -50,6 +50,7 @@ mod processor;
 mod reaper;
 mod reporter;
 mod retry;
+mod site;
 mod tracker;
 mod worker;
 

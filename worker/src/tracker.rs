@@ -216,6 +216,7 @@ impl Tracker {
         );
         // The processor is called inside its task, so that even a panic in `process` itself
         // (before it returns a future) is caught as a JoinError.
+        let began = Instant::now();
         let mut work = AbortOnDrop(tokio::spawn(async move { processor.process(ctx).await }));
 
         let every = config.progress_interval;
@@ -263,6 +264,9 @@ impl Tracker {
         }
         let (status, result) = verdict(cause, outcome);
         self.state.finish(status);
+        self.agent
+            .metrics
+            .processed(&self.req.processor, status, began.elapsed());
         info!(
             instance = self.req.instance_id,
             attempt = self.req.attempt,

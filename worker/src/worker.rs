@@ -134,6 +134,21 @@ impl Worker {
             tokio::spawn(announcements::run(Arc::clone(&agent), owner_sub)),
             tokio::spawn(flusher.run()),
         ];
+        agent.metrics.watch(&agent, client.clone());
+        let endpoint = match agent.config.http_listen {
+            Some(addr) => {
+                let site = crate::site::WorkerSite {
+                    agent: Arc::clone(&agent),
+                    client: client.clone(),
+                };
+                Some(
+                    rota_observe::Endpoint::bind(addr, Arc::new(site))
+                        .await
+                        .map_err(|e| WorkerError::InvalidConfig(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         info!(
             worker = %agent.worker_id,
             server = %link.owner().server_id,
@@ -146,6 +161,7 @@ impl Worker {
             client,
             serve: Some(serve),
             background,
+            endpoint,
         })
     }
 }
@@ -156,6 +172,8 @@ pub struct WorkerHandle {
     client: Client,
     serve: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    /// `/metrics`, `/healthz` and `/readyz`, when `http_listen` is set.
+    endpoint: Option<rota_observe::Endpoint>,
 }
 
 impl std::fmt::Debug for WorkerHandle {
@@ -170,6 +188,13 @@ impl std::fmt::Debug for WorkerHandle {
 impl WorkerHandle {
     pub fn worker_id(&self) -> &str {
         &self.agent.worker_id
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when they are.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint
+            .as_ref()
+            .map(rota_observe::Endpoint::local_addr)
     }
 
     /// The server the worker currently talks to.
@@ -248,6 +273,9 @@ impl WorkerHandle {
         if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
             warn!("NATS did not drain in {DRAIN_WAIT:?}");
         }
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.shutdown().await;
+        }
         info!(worker = %agent.worker_id, "worker stopped");
     }
 
@@ -267,6 +295,10 @@ impl WorkerHandle {
         }
         for task in self.background.drain(..) {
             task.abort();
+        }
+        if let Some(endpoint) = self.endpoint.take() {
+            // A crashed worker answers no probe either.
+            endpoint.stop();
         }
     }
 }

@@ -495,6 +495,37 @@ impl Store {
             .collect())
     }
 
+    /// How many instances of each app in `app_ids` are in each unfinished status, in one
+    /// grouped query (for the `rota_instances` gauge). Pairs with no instance are left out.
+    pub async fn count_unfinished(
+        &self,
+        app_ids: &[i64],
+    ) -> StoreResult<Vec<(i64, InstanceStatus, u64)>> {
+        if app_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, i32, i64)> = instance::Entity::find()
+            .select_only()
+            .column(instance::Column::AppId)
+            .column(instance::Column::Status)
+            .column_as(instance::Column::Id.count(), "n")
+            .filter(instance::Column::AppId.is_in(app_ids.iter().copied()))
+            .filter(instance::Column::Status.is_in(NOT_TERMINAL))
+            .group_by(instance::Column::AppId)
+            .group_by(instance::Column::Status)
+            .into_tuple()
+            .all(self.conn())
+            .await?;
+        rows.into_iter()
+            .map(|(app, code, n)| {
+                let status = InstanceStatus::from_code(code).ok_or_else(|| {
+                    StoreError::Corrupt(format!("an instance of app {app} has status {code}"))
+                })?;
+                Ok((app, status, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// The job ids among `job_ids` that have an instance that is not terminal.
     pub async fn jobs_with_live_instances(&self, job_ids: &[i64]) -> StoreResult<HashSet<i64>> {
         if job_ids.is_empty() {

@@ -32,6 +32,14 @@ use sea_orm::{
     SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
+/// Connections of the pool: open and idle, open and in use, and the most it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    pub idle: u64,
+    pub in_use: u64,
+    pub max: u64,
+}
+
 /// The database behind a server.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -63,7 +71,7 @@ impl Store {
             // A few connections are kept open, so that a burst does not wait for new ones.
             opts.max_connections(16).min_connections(4);
         }
-        let db = Database::connect(opts).await?;
+        let db = connect_retrying_busy(&url, opts).await?;
         migrate::migrate(&db).await?;
         Ok(Self { db })
     }
@@ -88,6 +96,30 @@ impl Store {
         }
     }
 
+    /// The connection pool's use now, for `/metrics`.
+    pub fn pool_use(&self) -> PoolUse {
+        let (open, idle, max) = match self.db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                let p = self.db.get_postgres_connection_pool();
+                (p.size(), p.num_idle(), p.options().get_max_connections())
+            }
+            sea_orm::DbBackend::MySql => {
+                let p = self.db.get_mysql_connection_pool();
+                (p.size(), p.num_idle(), p.options().get_max_connections())
+            }
+            _ => {
+                let p = self.db.get_sqlite_connection_pool();
+                (p.size(), p.num_idle(), p.options().get_max_connections())
+            }
+        };
+        let idle = idle as u64;
+        PoolUse {
+            idle,
+            in_use: u64::from(open).saturating_sub(idle),
+            max: u64::from(max),
+        }
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> StoreResult<()> {
         self.db.ping().await?;
@@ -96,6 +128,28 @@ impl Store {
 
     fn conn(&self) -> &impl ConnectionTrait {
         &self.db
+    }
+}
+
+/// Connects; on SQLite, a connection refused as "database is locked" is tried again for up to
+/// ten seconds. Switching a fresh file to WAL needs its lock for a moment, and SQLite answers
+/// that pragma SQLITE_BUSY without waiting the busy timeout, so servers starting together on one
+/// new file would otherwise fail at once.
+async fn connect_retrying_busy(url: &str, opts: ConnectOptions) -> StoreResult<DatabaseConnection> {
+    let mut tries = 0;
+    loop {
+        match Database::connect(opts.clone()).await {
+            // sqlx reports SQLite's result code in the message: 5 is SQLITE_BUSY.
+            Err(e)
+                if url.starts_with("sqlite:")
+                    && tries < 100
+                    && e.to_string().contains("(code: 5)") =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

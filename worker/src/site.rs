@@ -1,0 +1,186 @@
+//! What `/metrics`, `/healthz` and `/readyz` show of a worker: the processor durations and the
+//! dispatches it took or refused as they happen, and at each scrape what it runs and holds, its
+//! capacity, the log lines it dropped and its NATS reconnects.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::Client;
+use rota_observe::prometheus_client::collector::Collector;
+use rota_observe::prometheus_client::encoding::DescriptorEncoder;
+use rota_observe::prometheus_client::metrics::counter::Counter;
+use rota_observe::prometheus_client::metrics::family::Family;
+use rota_observe::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use rota_observe::prometheus_client::registry::{Registry, Unit};
+use rota_observe::{encode_counters, encode_gauges};
+use rota_shared::InstanceStatus;
+
+use crate::agent::Agent;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The families the worker's parts record into.
+pub(crate) struct WorkerMetrics {
+    app: String,
+    registry: Mutex<Registry>,
+    durations: Family<Labels, Histogram>,
+    dispatches: Family<Labels, Counter>,
+}
+
+impl WorkerMetrics {
+    pub(crate) fn new(app: &str) -> Self {
+        let metrics = Self {
+            app: app.to_owned(),
+            registry: Mutex::new(Registry::with_prefix("rota")),
+            // 10 ms to about 45 min, quadrupling.
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 4.0, 14))
+            }),
+            dispatches: Family::default(),
+        };
+        {
+            let mut r = metrics.registry.lock().unwrap_or_else(|e| e.into_inner());
+            r.register_with_unit(
+                "worker_processor_duration",
+                "How long processors ran, by processor and how the run ended",
+                Unit::Seconds,
+                metrics.durations.clone(),
+            );
+            r.register(
+                "worker_dispatches",
+                "Dispatches this worker took or refused",
+                metrics.dispatches.clone(),
+            );
+        }
+        metrics
+    }
+
+    /// A processor run ended with `status` after `took`.
+    pub(crate) fn processed(&self, processor: &str, status: InstanceStatus, took: Duration) {
+        let labels = vec![
+            ("app", self.app.clone()),
+            ("processor", processor.to_owned()),
+            ("outcome", status.as_str().to_ascii_lowercase()),
+        ];
+        self.durations
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// A dispatch was taken (`accepted`) or refused.
+    pub(crate) fn dispatch(&self, accepted: bool) {
+        let outcome = if accepted { "accepted" } else { "refused" };
+        self.dispatches
+            .get_or_create(&vec![
+                ("app", self.app.clone()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Adds what is read off the running worker at each scrape.
+    pub(crate) fn watch(&self, agent: &Arc<Agent>, client: Client) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register_collector(Box::new(AgentCollector {
+                agent: Arc::downgrade(agent),
+                client,
+            }));
+    }
+
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        rota_observe::prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+struct AgentCollector {
+    agent: Weak<Agent>,
+    client: Client,
+}
+
+impl std::fmt::Debug for AgentCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentCollector")
+    }
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(agent) = self.agent.upgrade() else {
+            return Ok(());
+        };
+        let e = &mut encoder;
+        let app = || vec![("app", agent.config.app.clone())];
+        let gauge = |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64| {
+            encode_gauges(e, name, help, &vec![(app(), v)])
+        };
+        gauge(
+            e,
+            "worker_running_tasks",
+            "Instances running on this worker",
+            agent.instances.running_ids().len() as u64,
+        )?;
+        gauge(
+            e,
+            "worker_held_fires",
+            "Fires held for their instant",
+            agent.instances.held_ids().len() as u64,
+        )?;
+        gauge(
+            e,
+            "worker_capacity",
+            "Instances this worker runs at once at most",
+            u64::from(agent.config.capacity),
+        )?;
+        encode_counters(
+            e,
+            "worker_log_lines_dropped",
+            "Log lines dropped because the buffer was full or a batch could not be sent",
+            &vec![(app(), agent.logs.dropped())],
+        )?;
+        let connects = self
+            .client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        encode_counters(
+            e,
+            "nats_reconnects",
+            "Times the NATS connection was re-established",
+            &vec![(vec![], connects.saturating_sub(1))],
+        )?;
+        Ok(())
+    }
+}
+
+/// Why the worker cannot take work now; empty when it can.
+pub(crate) fn not_ready(agent: &Agent, client: &Client) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if client.connection_state() != async_nats::connection::State::Connected {
+        reasons.push("NATS is not connected".to_owned());
+    }
+    if !agent.accepting() {
+        reasons.push("the worker is shutting down".to_owned());
+    }
+    reasons
+}
+
+/// The worker's side of `rota_observe`.
+pub(crate) struct WorkerSite {
+    pub agent: Arc<Agent>,
+    pub client: Client,
+}
+
+impl rota_observe::Site for WorkerSite {
+    fn metrics(&self) -> Result<String, std::fmt::Error> {
+        self.agent.metrics.encode()
+    }
+
+    fn not_ready(&self) -> Vec<String> {
+        not_ready(&self.agent, &self.client)
+    }
+}
