@@ -7,8 +7,10 @@
 
 mod endpoint;
 pub mod probe;
+mod registry;
 mod snapshot;
 
 pub use endpoint::{Endpoint, EndpointError, Site};
 pub use prometheus_client;
+pub use registry::Metrics;
 pub use snapshot::{Rows, encode_counters, encode_gauges};

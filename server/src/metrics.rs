@@ -11,7 +11,7 @@ use rota_observe::prometheus_client::encoding::DescriptorEncoder;
 use rota_observe::prometheus_client::metrics::counter::Counter;
 use rota_observe::prometheus_client::metrics::family::Family;
 use rota_observe::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use rota_observe::prometheus_client::registry::{Registry, Unit};
+use rota_observe::prometheus_client::registry::Unit;
 use rota_observe::{Rows, encode_counters, encode_gauges};
 use rota_shared::InstanceStatus;
 
@@ -25,7 +25,7 @@ type Labels = Vec<(&'static str, String)>;
 pub struct ServerMetrics {
     /// Names the apps in labels.
     gate: Arc<Gate>,
-    registry: Mutex<Registry>,
+    registry: rota_observe::Metrics,
     dispatch: Family<Labels, Histogram>,
     lateness: Family<Labels, Histogram>,
     finished: Family<Labels, Counter>,
@@ -49,7 +49,7 @@ impl ServerMetrics {
     pub fn new(gate: Arc<Gate>) -> Self {
         let metrics = Self {
             gate,
-            registry: Mutex::new(Registry::with_prefix("rota")),
+            registry: rota_observe::Metrics::with_prefix("rota"),
             dispatch: seconds_buckets(),
             lateness: seconds_buckets(),
             finished: Family::default(),
@@ -57,8 +57,7 @@ impl ServerMetrics {
             reports_refused: Family::default(),
             instances: Mutex::default(),
         };
-        {
-            let mut r = metrics.registry.lock().unwrap_or_else(|e| e.into_inner());
+        metrics.registry.register(|r| {
             r.register_with_unit(
                 "dispatch_duration",
                 "From sending a dispatch to the worker's acknowledgement",
@@ -86,7 +85,7 @@ impl ServerMetrics {
                 "Worker status reports that changed nothing, by reason",
                 metrics.reports_refused.clone(),
             );
-        }
+        });
         metrics
     }
 
@@ -144,20 +143,14 @@ impl ServerMetrics {
 
     /// Adds what is read off the running server at each scrape.
     pub fn watch(&self, core: &Arc<Core>) {
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .register_collector(Box::new(CoreCollector {
-                core: Arc::downgrade(core),
-            }));
+        self.registry.add_collector(Box::new(CoreCollector {
+            core: Arc::downgrade(core),
+        }));
     }
 
     /// Everything, in the Prometheus text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        rota_observe::prometheus_client::encoding::text::encode(&mut out, &registry)?;
-        Ok(out)
+        self.registry.encode()
     }
 }
 

@@ -138,6 +138,15 @@ async fn forward(mut client: TcpStream, upstream: String, state: Arc<Mutex<State
     lock(&state).connections.remove(&id);
 }
 
+/// A proxy in front of the host a database URL names, and that URL pointed at the proxy: a
+/// process given the URL reaches the database only through the proxy, which the test can cut.
+pub async fn in_front_of_database(url: &str) -> anyhow::Result<(TcpProxy, String)> {
+    let (upstream, _) = through_proxy(url, 0)?;
+    let proxy = TcpProxy::start(&upstream).await?;
+    let (_, proxied) = through_proxy(url, proxy.port())?;
+    Ok((proxy, proxied))
+}
+
 /// Splits a database URL into the `host:port` it connects to and the same URL pointed at
 /// `127.0.0.1:proxy_port` instead (credentials, database and parameters kept).
 pub fn through_proxy(url: &str, proxy_port: u16) -> anyhow::Result<(String, String)> {

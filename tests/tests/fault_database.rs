@@ -13,7 +13,7 @@ use rota_shared::schedule::Schedule;
 use rota_shared::{ErrorCode, InstanceStatus};
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::db::Backend;
-use rota_tests::proxy::{TcpProxy, through_proxy};
+use rota_tests::proxy::in_front_of_database;
 use rota_tests::wait;
 use rota_worker::ProcessorRegistry;
 use tokio::time::Instant;
@@ -50,9 +50,7 @@ async fn database_outage_of_ten_seconds() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut d = Deployment::start_without_servers().await?;
-    let (upstream, _) = through_proxy(d.db.url(), 0)?;
-    let proxy = TcpProxy::start(&upstream).await?;
-    let (_, proxied) = through_proxy(d.db.url(), proxy.port())?;
+    let (proxy, proxied) = in_front_of_database(d.db.url()).await?;
     let mut config = d.server_config("s1");
     config.database_url = proxied;
     // Its migrations, and everything else, go through the proxy.

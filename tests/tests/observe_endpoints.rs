@@ -11,7 +11,7 @@ use rota_shared::admin::*;
 use rota_shared::schedule::Schedule;
 use rota_tests::cluster::{Deployment, shell_job};
 use rota_tests::db::Backend;
-use rota_tests::proxy::{TcpProxy, through_proxy};
+use rota_tests::proxy::in_front_of_database;
 use rota_tests::scrape::Scrape;
 use rota_tests::wait;
 use rota_worker::ProcessorRegistry;
@@ -202,9 +202,7 @@ async fn readiness_follows_the_database() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut d = Deployment::start_without_servers().await?;
-    let (upstream, _) = through_proxy(d.db.url(), 0)?;
-    let proxy = TcpProxy::start(&upstream).await?;
-    let (_, proxied) = through_proxy(d.db.url(), proxy.port())?;
+    let (proxy, proxied) = in_front_of_database(d.db.url()).await?;
     let mut config = d.server_config("s1");
     config.database_url = proxied;
     config.http_listen = any_port();

@@ -2,7 +2,7 @@
 //! dispatches it took or refused as they happen, and at each scrape what it runs and holds, its
 //! capacity, the log lines it dropped and its NATS reconnects.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::Client;
@@ -11,7 +11,7 @@ use rota_observe::prometheus_client::encoding::DescriptorEncoder;
 use rota_observe::prometheus_client::metrics::counter::Counter;
 use rota_observe::prometheus_client::metrics::family::Family;
 use rota_observe::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use rota_observe::prometheus_client::registry::{Registry, Unit};
+use rota_observe::prometheus_client::registry::Unit;
 use rota_observe::{encode_counters, encode_gauges};
 use rota_shared::InstanceStatus;
 
@@ -22,7 +22,7 @@ type Labels = Vec<(&'static str, String)>;
 /// The families the worker's parts record into.
 pub(crate) struct WorkerMetrics {
     app: String,
-    registry: Mutex<Registry>,
+    registry: rota_observe::Metrics,
     durations: Family<Labels, Histogram>,
     dispatches: Family<Labels, Counter>,
 }
@@ -31,15 +31,14 @@ impl WorkerMetrics {
     pub(crate) fn new(app: &str) -> Self {
         let metrics = Self {
             app: app.to_owned(),
-            registry: Mutex::new(Registry::with_prefix("rota")),
+            registry: rota_observe::Metrics::with_prefix("rota"),
             // 10 ms to about 45 min, quadrupling.
             durations: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.01, 4.0, 14))
             }),
             dispatches: Family::default(),
         };
-        {
-            let mut r = metrics.registry.lock().unwrap_or_else(|e| e.into_inner());
+        metrics.registry.register(|r| {
             r.register_with_unit(
                 "worker_processor_duration",
                 "How long processors ran, by processor and how the run ended",
@@ -51,7 +50,7 @@ impl WorkerMetrics {
                 "Dispatches this worker took or refused",
                 metrics.dispatches.clone(),
             );
-        }
+        });
         metrics
     }
 
@@ -80,20 +79,14 @@ impl WorkerMetrics {
 
     /// Adds what is read off the running worker at each scrape.
     pub(crate) fn watch(&self, agent: &Arc<Agent>, client: Client) {
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .register_collector(Box::new(AgentCollector {
-                agent: Arc::downgrade(agent),
-                client,
-            }));
+        self.registry.add_collector(Box::new(AgentCollector {
+            agent: Arc::downgrade(agent),
+            client,
+        }));
     }
 
     fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        rota_observe::prometheus_client::encoding::text::encode(&mut out, &registry)?;
-        Ok(out)
+        self.registry.encode()
     }
 }
 
