@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use rota_shared::admin::{AppList, InstanceList, JobList, JobUpdate};
 use rota_shared::envelope::decode_reply;
+use rota_shared::limits::MAX_RUNNING;
 use rota_shared::message::{
-    MAX_REPORTS_PER_BATCH, Ping, Pong, ReportAction, StatusBatchAck, StatusReport,
-    StatusReportBatch,
+    AttemptRef, MAX_REPORTS_PER_BATCH, Ping, Pong, ReportAction, StatusBatchAck, StatusReport,
+    StatusReportBatch, SystemMetrics, WorkerHeartbeat,
 };
 use rota_shared::subject::{ServerEndpoint, WorkerEndpoint};
 use rota_shared::{ErrorCode, InstanceStatus, MAX_PAYLOAD_BYTES, Subjects};
@@ -206,6 +207,89 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         "a batch of {} reports",
         MAX_REPORTS_PER_BATCH + 1
     );
+    // Well-formed messages with values out of bounds: idempotency keys that are not keys, and
+    // heartbeats listing more attempts or held fires than any worker may run, or a huge
+    // incarnation.
+    for key in [
+        serde_json::json!("has spaces"),
+        serde_json::json!(""),
+        serde_json::json!("k".repeat(129)),
+    ] {
+        let run = serde_json::json!({"id": job.id, "idempotency_key": key});
+        assert_eq!(
+            error_code(
+                &nats,
+                &s.admin("job", "run"),
+                serde_json::to_vec(&run)?,
+                Some(&as_admin)
+            )
+            .await,
+            ErrorCode::InvalidArgument,
+            "job.run with idempotency key {key}"
+        );
+    }
+    let heartbeat = s.to_server("app", &sid, ServerEndpoint::Heartbeat);
+    let fine = WorkerHeartbeat {
+        worker_id: "w9".into(),
+        tags: vec![],
+        processors: vec!["shell".into()],
+        capacity: 16,
+        running: vec![],
+        held: vec![],
+        attempts: vec![],
+        incarnation: "i".into(),
+        metrics: SystemMetrics::default(),
+        version: "test".into(),
+        dropped_log_lines: 0,
+    };
+    let attempt = AttemptRef {
+        instance_id: 1,
+        attempt: 1,
+    };
+    // More attempts than the limit do not even fit a message: refused by its size.
+    let too_many_attempts = WorkerHeartbeat {
+        attempts: vec![attempt; 2 * MAX_RUNNING + 1],
+        ..fine.clone()
+    };
+    assert_eq!(
+        error_code(
+            &nats,
+            &heartbeat,
+            serde_json::to_vec(&too_many_attempts)?,
+            Some(&as_worker)
+        )
+        .await,
+        ErrorCode::PayloadTooLarge,
+        "a heartbeat with too many attempts"
+    );
+    for (what, hb) in [
+        (
+            "too many held fires",
+            WorkerHeartbeat {
+                held: vec![1; MAX_RUNNING + 1],
+                ..fine.clone()
+            },
+        ),
+        (
+            "an incarnation of 64 KiB",
+            WorkerHeartbeat {
+                incarnation: "i".repeat(64 * 1024),
+                ..fine.clone()
+            },
+        ),
+    ] {
+        assert_eq!(
+            error_code(
+                &nats,
+                &heartbeat,
+                serde_json::to_vec(&hb)?,
+                Some(&as_worker)
+            )
+            .await,
+            ErrorCode::InvalidArgument,
+            "a heartbeat with {what}"
+        );
+    }
     // A batch is answered report by report, in order; reports of unknown instances change
     // nothing and are settled.
     let unknown = StatusReportBatch {
@@ -294,7 +378,12 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_workers_are_listed_in_pages_that_fit_nats() -> anyhow::Result<()> {
-    let d = Deployment::start().await?;
+    let mut d = Deployment::start_without_servers().await?;
+    // The simulated workers heartbeat once: with the tests' 3 s worker timeout some expired
+    // while a loaded machine was still listing them (9,583 of 10,000 seen once).
+    let mut config = d.server_config("s1");
+    config.worker_timeout = Duration::from_secs(120);
+    d.start_server_with(config).await?;
     d.create_app("app").await?;
     // The server owns the app once a worker has acquired it.
     let nats = async_nats::connect(d.nats.url()).await?;
