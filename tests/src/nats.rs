@@ -280,6 +280,19 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // A server that ended before the test stopped it explains a test whose clients all lost
+        // NATS at once: say how it ended, so that such a failure names its cause.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            tracing::warn!(
+                target: "nats_server",
+                "nats-server (pid {}) had already ended before it was stopped: {status}",
+                self.child.id()
+            );
+            eprintln!(
+                "testkit: nats-server (pid {}) had already ended before it was stopped: {status}",
+                self.child.id()
+            );
+        }
         // Both fail only if the process has already exited and been reaped, which is the state
         // we want anyway.
         drop(self.child.kill());

@@ -470,9 +470,14 @@ async fn forged_owner_announcements_are_refused() -> anyhow::Result<()> {
     d.create_app("other").await?;
     let config = rota_worker::WorkerConfig {
         reacquire_interval: Duration::from_secs(600),
+        http_listen: "127.0.0.1:0".parse().ok(),
         ..d.worker_config("app", "w1")
     };
     d.start_worker(config, ProcessorRegistry::new()).await?;
+    let http = d
+        .worker("w1")
+        .and_then(|w| w.http_addr())
+        .expect("the worker serves /metrics");
     let attacker = async_nats::connect(d.nats.url()).await?;
     let discovery = Sniffer::start(&attacker, &Subjects::default().discovery("app")).await?;
     let subject = Subjects::default().app_owner("app");
@@ -496,10 +501,25 @@ async fn forged_owner_announcements_are_refused() -> anyhow::Result<()> {
             .await?;
     }
     attacker.flush().await?;
-    // An absence can only be watched for a while: a worker acts on an announcement within
-    // milliseconds (the genuine one below shows it), so a second without a discovery request
-    // means the forged ones were refused.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The worker takes its announcements in order and counts each one it refuses: once it has
+    // counted all three, none of them can still make it ask discovery.
+    let refused = || async {
+        let answer = rota_observe::probe::get(http, "/metrics", Duration::from_secs(5))
+            .await
+            .ok()?;
+        let scrape = rota_tests::scrape::Scrape::parse(&answer.body).ok()?;
+        let n = scrape.sum(
+            "rota_worker_refused_messages_total",
+            &[("reason", "unauthenticated")],
+        );
+        (n >= forged.len() as f64).then_some(())
+    };
+    rota_tests::wait::until(
+        "the worker to refuse the three forged announcements",
+        Duration::from_secs(10),
+        refused,
+    )
+    .await;
     assert!(
         discovery.seen().is_empty(),
         "a forged announcement made the worker ask discovery"

@@ -19,11 +19,13 @@ pub(crate) async fn run(agent: Arc<Agent>, mut messages: Subscriber) {
         let seal = match agent.link.verify_app_message(&msg) {
             Ok(seal) => seal,
             Err(e) => {
+                agent.metrics.refused("unauthenticated");
                 warn!(subject = %msg.subject, "refused an announcement: {e}");
                 continue;
             }
         };
         if let Err(e) = agent.replay.check(&seal.sender, seal.stamp, now_ms()) {
+            agent.metrics.refused("replay");
             warn!(subject = %msg.subject, "refused an announcement: {e}");
             continue;
         }

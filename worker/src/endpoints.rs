@@ -66,6 +66,7 @@ async fn handle(agent: &Arc<Agent>, msg: Incoming) {
     let (seal, key) = match verify(agent, msg.message()) {
         Ok(verified) => verified,
         Err(e) => {
+            agent.metrics.refused("unauthenticated");
             warn!(subject = %msg.subject(), "refused a message: {e}");
             return respond::<()>(agent, &msg, Err(e), None).await;
         }

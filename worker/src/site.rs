@@ -25,6 +25,7 @@ pub(crate) struct WorkerMetrics {
     registry: rota_observe::Metrics,
     durations: Family<Labels, Histogram>,
     dispatches: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
 }
 
 impl WorkerMetrics {
@@ -37,6 +38,7 @@ impl WorkerMetrics {
                 Histogram::new(exponential_buckets(0.01, 4.0, 14))
             }),
             dispatches: Family::default(),
+            refused: Family::default(),
         };
         metrics.registry.register(|r| {
             r.register_with_unit(
@@ -49,6 +51,11 @@ impl WorkerMetrics {
                 "worker_dispatches",
                 "Dispatches this worker took or refused",
                 metrics.dispatches.clone(),
+            );
+            r.register(
+                "worker_refused_messages",
+                "Messages this worker refused as not authenticated or replayed, by reason",
+                metrics.refused.clone(),
             );
         });
         metrics
@@ -73,6 +80,16 @@ impl WorkerMetrics {
             .get_or_create(&vec![
                 ("app", self.app.clone()),
                 ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// A message was refused: `unauthenticated` (no or a bad seal) or `replay`.
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refused
+            .get_or_create(&vec![
+                ("app", self.app.clone()),
+                ("reason", reason.to_owned()),
             ])
             .inc();
     }
