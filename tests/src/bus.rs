@@ -201,8 +201,17 @@ impl Sniffer {
     pub async fn start(client: &async_nats::Client, subject: &str) -> anyhow::Result<Self> {
         use futures::StreamExt;
         let mut sub = client.subscribe(subject.to_owned()).await?;
-        // The subscription must be in force before the traffic it is to see.
-        client.flush().await?;
+        // The subscription must be in force before the traffic it is to see. `flush` only
+        // empties the client's buffer (a request sent right after by another connection could
+        // still reach NATS first, which lost a sniffed request in three full-suite runs); NATS
+        // handles one connection's commands in order, so an echo from our own inbox proves the
+        // subscription is registered.
+        let inbox = client.new_inbox();
+        let mut echo = client.subscribe(inbox.clone()).await?;
+        client.publish(inbox, bytes::Bytes::new()).await?;
+        tokio::time::timeout(std::time::Duration::from_secs(10), echo.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("NATS did not echo within 10 s"))?;
         let seen: Arc<std::sync::Mutex<Vec<async_nats::Message>>> = Arc::default();
         let task = tokio::spawn({
             let seen = seen.clone();

@@ -51,6 +51,8 @@ mod reaper;
 mod reporter;
 mod retry;
 mod site;
+#[cfg(test)]
+mod test_support;
 mod tracker;
 mod worker;
 

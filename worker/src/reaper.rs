@@ -207,17 +207,7 @@ fn kill_leftovers(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    /// Whether a process is gone, or a zombie waiting for its reaper.
-    fn gone(pid: i32) -> bool {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => true,
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        }
-    }
+    use crate::test_support::{gone, wait_gone};
 
     /// A process group like a shell run's: a shell and its `sleep`.
     fn sleeper() -> std::process::Child {
@@ -228,17 +218,6 @@ mod tests {
             .stderr(Stdio::null())
             .spawn()
             .expect("sh starts")
-    }
-
-    async fn wait_gone(pid: i32) -> bool {
-        // Bounded: the kill is sent at once, only its delivery may lag.
-        for _ in 0..100 {
-            if gone(pid) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
     }
 
     #[tokio::test]

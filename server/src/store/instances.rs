@@ -444,19 +444,14 @@ impl Store {
         if app_ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(of_apps_in(app_ids, status)
+        let select = of_apps_in(app_ids, status)
             .filter(
                 instance::Column::LastReportAtMs
                     .lt(before_ms)
                     .or(instance::Column::LastReportAtMs.is_null()),
             )
-            .order_by_asc(instance::Column::LastReportAtMs)
-            .limit(limit)
-            .all(self.conn())
-            .await?
-            .into_iter()
-            .map(Instance::from)
-            .collect())
+            .order_by_asc(instance::Column::LastReportAtMs);
+        self.first_of(select, limit).await
     }
 
     /// Instances of `app_ids` in `status`.
@@ -469,13 +464,7 @@ impl Store {
         if app_ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(of_apps_in(app_ids, status)
-            .limit(limit)
-            .all(self.conn())
-            .await?
-            .into_iter()
-            .map(Instance::from)
-            .collect())
+        self.first_of(of_apps_in(app_ids, status), limit).await
     }
 
     /// The instances of an app running on a worker.
@@ -485,8 +474,18 @@ impl Store {
         worker_id: &str,
         limit: u64,
     ) -> StoreResult<Vec<Instance>> {
-        Ok(of_apps_in(&[app_id], InstanceStatus::Running)
-            .filter(instance::Column::WorkerId.eq(worker_id))
+        let select = of_apps_in(&[app_id], InstanceStatus::Running)
+            .filter(instance::Column::WorkerId.eq(worker_id));
+        self.first_of(select, limit).await
+    }
+
+    /// The first `limit` instances `select` finds.
+    async fn first_of(
+        &self,
+        select: sea_orm::Select<instance::Entity>,
+        limit: u64,
+    ) -> StoreResult<Vec<Instance>> {
+        Ok(select
             .limit(limit)
             .all(self.conn())
             .await?

@@ -260,6 +260,7 @@ mod tests {
     use super::*;
     use crate::context::test_context;
     use crate::logs::LogSink;
+    use crate::test_support::{gone, wait_gone};
     use rota_shared::message::LogLevel;
 
     fn drain(rx: &LogSink) -> Vec<(LogLevel, String)> {
@@ -276,30 +277,6 @@ mod tests {
             .process(ctx)
             .await;
         (result, drain(&rx))
-    }
-
-    /// Whether a process is gone: no such process, or a zombie that only waits for its
-    /// reaper (which in a container may be an init that never reaps).
-    fn gone(pid: i32) -> bool {
-        match nix::sys::signal::kill(Pid::from_raw(pid), None) {
-            Err(Errno::ESRCH) => true,
-            _ => std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|stat| {
-                    stat.rsplit_once(')')
-                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-                })
-                .unwrap_or(true),
-        }
-    }
-
-    async fn wait_gone(pid: i32) -> bool {
-        for _ in 0..50 {
-            if gone(pid) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
     }
 
     #[tokio::test]
