@@ -3,15 +3,12 @@
 //! it forgets fails the image's `cargo build --locked`), and the compose file has the services
 //! it promises, with TOML configurations that `rota` accepts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
+use rota_tests::tools::{pyyaml_path, repo};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 #[test]
 fn the_image_copies_every_workspace_member() -> anyhow::Result<()> {
@@ -39,19 +36,25 @@ fn the_image_copies_every_workspace_member() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a `rota` command that reads `config` and does nothing else (a schedule preview).
+fn load_config(config: &Path) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .arg("--config")
+        .arg(config)
+        .args([
+            "schedule",
+            "preview",
+            "--cron",
+            "0 * * * * *",
+            "--count",
+            "1",
+        ])
+        .output()?)
+}
+
 /// The compose file as JSON (PyYAML, from kubernetes-validate's install in `.tools/pip`).
 fn compose() -> anyhow::Result<Value> {
-    let pip = repo().join(".tools/pip");
-    let yaml_home = std::fs::read_dir(&pip)
-        .with_context(|| format!("{} (run scripts/install-deploy-tools.sh)", pip.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("kubernetes-validate-"))
-        })
-        .context("PyYAML is missing: run scripts/install-deploy-tools.sh")?;
+    let yaml_home = pyyaml_path()?;
     let out = std::process::Command::new("python3")
         .args([
             "-c",
@@ -90,18 +93,7 @@ fn compose_runs_nats_postgres_two_servers_a_worker_and_a_demo_job() -> anyhow::R
     for (name, config) in configs {
         let file = scratch.path().join(format!("{name}.toml"));
         std::fs::write(&file, config["content"].as_str().context("content")?)?;
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota"))
-            .arg("--config")
-            .arg(&file)
-            .args([
-                "schedule",
-                "preview",
-                "--cron",
-                "0 * * * * *",
-                "--count",
-                "1",
-            ])
-            .output()?;
+        let out = load_config(&file)?;
         assert!(
             out.status.success(),
             "config {name} is refused: {}",
@@ -111,18 +103,7 @@ fn compose_runs_nats_postgres_two_servers_a_worker_and_a_demo_job() -> anyhow::R
     // And a file with a key `rota` does not know is refused, so the check above can fail.
     let bad = scratch.path().join("bad.toml");
     std::fs::write(&bad, "http_listn = \"0.0.0.0:9090\"\n")?;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota"))
-        .arg("--config")
-        .arg(&bad)
-        .args([
-            "schedule",
-            "preview",
-            "--cron",
-            "0 * * * * *",
-            "--count",
-            "1",
-        ])
-        .output()?;
+    let out = load_config(&bad)?;
     assert!(!out.status.success());
     Ok(())
 }

@@ -22,44 +22,14 @@ use rota_shared::admin::*;
 use rota_tests::cluster::shell_job;
 use rota_tests::db::TestDatabase;
 use rota_tests::nats::NatsServer;
+use rota_tests::tools::{pyyaml_path, repo, tool};
 use rota_tests::wait;
 use rota_transport::{AdminToken, NatsOptions};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn chart() -> PathBuf {
     repo().join("deploy/helm/rota")
-}
-
-/// A tool `scripts/install-deploy-tools.sh` puts in `.tools/bin`.
-fn tool(name: &str) -> anyhow::Result<PathBuf> {
-    let path = repo().join(".tools/bin").join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: run scripts/install-deploy-tools.sh (scripts/test.sh does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// The PyYAML that came with kubernetes-validate.
-fn python_path() -> anyhow::Result<PathBuf> {
-    let pip = repo().join(".tools/pip");
-    std::fs::read_dir(&pip)
-        .with_context(|| format!("read {}", pip.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("kubernetes-validate-"))
-        })
-        .context("kubernetes-validate is missing: run scripts/install-deploy-tools.sh")
 }
 
 async fn run(cmd: &mut Command) -> anyhow::Result<String> {
@@ -175,7 +145,7 @@ async fn manifests(rendered: &str) -> anyhow::Result<Vec<Value>> {
             "import sys, json, yaml; \
              print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
         ])
-        .env("PYTHONPATH", python_path()?)
+        .env("PYTHONPATH", pyyaml_path()?)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -33,6 +33,7 @@ pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod scrape;
+pub mod tools;
 pub mod wait;
 pub mod worker_process;
 
