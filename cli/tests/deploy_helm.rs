@@ -321,22 +321,21 @@ fn free_port() -> anyhow::Result<u16> {
 async fn wait_ready(c: &LocalContainer, what: &str, log: &Path) {
     let addr: SocketAddr = ([127, 0, 0, 1], c.readiness.1).into();
     let path = c.readiness.0.clone();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Ok(a) = get(addr, &path, Duration::from_secs(2)).await
-                && a.status == 200
-            {
-                return;
+    wait::until_ok(
+        &format!("{what} to answer 200 on {path}"),
+        Duration::from_secs(30),
+        || async {
+            match get(addr, &path, Duration::from_secs(2)).await {
+                Ok(a) if a.status == 200 => Ok(()),
+                // The log says why a process never became ready.
+                answer => Err(format!(
+                    "{answer:?}; its log: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+        },
+    )
     .await;
-    assert!(
-        found.is_ok(),
-        "{what} did not answer 200 on {path} within 30 s; its log: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,18 +190,14 @@ impl Collector for CoreCollector {
             "Bus messages and requests refused as not authenticated, by reason",
             &by_reason(core.gate.refusals()),
         )?;
-        let mut live: std::collections::BTreeMap<i64, u64> = core
-            .ownership
-            .app_ids()
-            .into_iter()
-            .map(|a| (a, 0))
-            .collect();
-        for w in core.workers.live(None) {
-            *live.entry(w.app_id).or_default() += 1;
-        }
-        let live: Rows = live
-            .into_iter()
-            .map(|(app, n)| (vec![("app", core.metrics.app(app))], n))
+        let owned = core.ownership.app_ids();
+        let counts = core.workers.live_counts();
+        let live: Rows = owned
+            .iter()
+            .map(|app| {
+                let n = counts.get(app).copied().unwrap_or(0);
+                (vec![("app", core.metrics.app(*app))], n)
+            })
             .collect();
         encode_gauges(
             e,
@@ -209,12 +205,11 @@ impl Collector for CoreCollector {
             "Live workers of the apps this server owns",
             &live,
         )?;
-        let owned = core.ownership.app_ids().len() as u64;
         encode_gauges(
             e,
             "owned_apps",
             "Apps this server owns",
-            &vec![(vec![], owned)],
+            &vec![(vec![], owned.len() as u64)],
         )?;
         let (acquired, released) = core.ownership.changes();
         encode_counters(
@@ -232,12 +227,7 @@ impl Collector for CoreCollector {
             "Times the NATS connection was re-established",
             &vec![(
                 vec![],
-                core.transport
-                    .client()
-                    .statistics()
-                    .connects
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .saturating_sub(1),
+                rota_transport::options::reconnects(core.transport.client()),
             )],
         )?;
         let services: Rows = core

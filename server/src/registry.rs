@@ -93,6 +93,22 @@ impl WorkerRegistry {
         out
     }
 
+    /// How many live workers each app has, without building their summaries (for `/metrics`,
+    /// which reads it at every scrape).
+    pub fn live_counts(&self) -> HashMap<i64, u64> {
+        let now = Instant::now();
+        let apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        apps.iter()
+            .map(|(id, workers)| {
+                let live = workers
+                    .values()
+                    .filter(|e| now.duration_since(e.last_seen) <= self.timeout)
+                    .count();
+                (*id, live as u64)
+            })
+            .collect()
+    }
+
     /// The live workers that may run `job`, in the order its dispatch strategy tries them.
     pub fn candidates(&self, job: &Job) -> Vec<WorkerSummary> {
         let mut eligible: Vec<WorkerSummary> = self
@@ -186,6 +202,40 @@ mod tests {
         }
     }
 
+    fn heartbeat(id: &str) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            worker_id: id.to_owned(),
+            tags: vec![],
+            processors: vec!["p".to_owned()],
+            capacity: 16,
+            running: vec![],
+            held: vec![],
+            attempts: vec![],
+            incarnation: String::new(),
+            metrics: Default::default(),
+            version: String::new(),
+            dropped_log_lines: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn live_counts_leave_out_the_workers_not_heard_within_the_timeout() {
+        let registry = WorkerRegistry::new(Duration::from_secs(9));
+        registry.record(1, heartbeat("a"));
+        registry.record(1, heartbeat("b"));
+        registry.record(2, heartbeat("c"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        registry.record(1, heartbeat("b"));
+        assert_eq!(registry.live_counts(), HashMap::from([(1, 2), (2, 1)]));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            registry.live_counts(),
+            HashMap::from([(1, 1), (2, 0)]),
+            "a and c were last heard 10 s ago"
+        );
+        assert_eq!(registry.live(None).len(), 1, "the same view as `live`");
+    }
+
     fn order(workers: &mut [WorkerSummary]) -> Vec<String> {
         spread(workers);
         workers.iter().map(|w| w.worker_id.clone()).collect()
@@ -205,22 +255,7 @@ mod tests {
     fn a_burst_takes_turns_over_equal_workers() {
         let registry = WorkerRegistry::new(Duration::from_secs(60));
         for id in ["a", "b", "c"] {
-            registry.record(
-                1,
-                WorkerHeartbeat {
-                    worker_id: id.to_owned(),
-                    tags: vec![],
-                    processors: vec!["p".to_owned()],
-                    capacity: 16,
-                    running: vec![],
-                    held: vec![],
-                    attempts: vec![],
-                    incarnation: String::new(),
-                    metrics: Default::default(),
-                    version: String::new(),
-                    dropped_log_lines: 0,
-                },
-            );
+            registry.record(1, heartbeat(id));
         }
         let mut first_choices = Vec::new();
         for _ in 0..9 {
@@ -238,22 +273,7 @@ mod tests {
         );
 
         // A heartbeat says how busy the worker really is: its count starts again.
-        registry.record(
-            1,
-            WorkerHeartbeat {
-                worker_id: "a".to_owned(),
-                tags: vec![],
-                processors: vec!["p".to_owned()],
-                capacity: 16,
-                running: vec![],
-                held: vec![],
-                attempts: vec![],
-                incarnation: String::new(),
-                metrics: Default::default(),
-                version: String::new(),
-                dropped_log_lines: 0,
-            },
-        );
+        registry.record(1, heartbeat("a"));
         let mut ws = registry.live(Some(1));
         spread(&mut ws);
         assert_eq!(ws[0].worker_id, "a");

@@ -304,7 +304,7 @@ impl Server {
 
         let reports_tx = reports::start(core.clone());
         let token = &core.shutdown;
-        let services = vec![
+        let mut services = vec![
             service::spawn(
                 scheduler::ScheduleLoop {
                     core: core.clone(),
@@ -316,8 +316,14 @@ impl Server {
             service::spawn(scheduler::Health { core: core.clone() }, token),
             service::spawn(reconcile::Reconcile { core: core.clone() }, token),
             service::spawn(reconcile::CleanUp { core: core.clone() }, token),
-            service::spawn(metrics::InstanceCounts { core: core.clone() }, token),
         ];
+        // The grouped count behind `rota_instances` is for `/metrics` only: no endpoint, no query.
+        if core.config.http_listen.is_some() {
+            services.push(service::spawn(
+                metrics::InstanceCounts { core: core.clone() },
+                token,
+            ));
+        }
         core.services
             .show(services.iter().map(ServiceHandle::probe).collect());
         let tasks = vec![

@@ -57,6 +57,15 @@ impl fmt::Debug for NatsOptions {
     }
 }
 
+/// How many times `client`'s connection was re-established (its first connect not counted).
+pub fn reconnects(client: &Client) -> u64 {
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(1)
+}
+
 impl NatsOptions {
     pub fn new(url: impl Into<String>) -> Self {
         Self {

@@ -152,16 +152,11 @@ impl Collector for AgentCollector {
             "Log lines dropped because the buffer was full or a batch could not be sent",
             &vec![(app(), agent.logs.dropped())],
         )?;
-        let connects = self
-            .client
-            .statistics()
-            .connects
-            .load(std::sync::atomic::Ordering::Relaxed);
         encode_counters(
             e,
             "nats_reconnects",
             "Times the NATS connection was re-established",
-            &vec![(vec![], connects.saturating_sub(1))],
+            &vec![(vec![], rota_transport::options::reconnects(&self.client))],
         )?;
         Ok(())
     }
