@@ -4,6 +4,7 @@
 #   scripts/bench.sh              every scenario, on SQLite and on PostgreSQL where it answers,
 #                                 and the Celery+Redis peer where Redis answers
 #   scripts/bench.sh latency --rate 1000 --seconds 10      one scenario (rota-bench's arguments)
+#   scripts/bench.sh mapreduce --tasks 1000000 --workers 4  a map-reduce over 4 worker processes
 #
 # Results are printed and appended, one JSON object a line, to bench/results/results.jsonl.
 set -euo pipefail
@@ -45,6 +46,7 @@ run heartbeat --workers 1000 --seconds 30
 run heartbeat --workers 10000 --seconds 30
 run cron --jobs 10000 --seconds 70
 run cron --jobs 100000 --seconds 70
+run mapreduce --tasks 1000000 --workers 4
 
 if redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
     for args in "throughput --seconds 15" "latency --rate 100 --seconds 10" "latency --rate 1000 --seconds 10"; do

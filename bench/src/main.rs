@@ -85,6 +85,14 @@ enum Scenario {
     },
     /// An idle `rota worker` process's resident memory.
     Footprint,
+    /// A map-reduce of N no-op sub-tasks (the example `demo-sum-squares`) over W `rota worker`
+    /// processes: tasks per second end to end, and the master's peak resident memory.
+    Mapreduce {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
 }
 
 /// mimalloc instead of the system allocator: the hot paths allocate many small, short-lived
@@ -138,6 +146,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scenarios::throughput(&env, seconds, in_flight).await?
         }
         Scenario::Cron { jobs, seconds } => scenarios::cron(&env, jobs, seconds).await?,
+        Scenario::Mapreduce { tasks, workers } => {
+            scenarios::mapreduce(&env, tasks, workers).await?
+        }
         Scenario::EverySecond {
             jobs,
             workers,

@@ -782,3 +782,120 @@ pub async fn footprint(env: &Env) -> anyhow::Result<Value> {
         "worker_peak_rss_mb": hwm,
     }))
 }
+
+/// A `rota worker` process with the example processors, its output in the bench's log.
+fn spawn_demo_worker(env: &Env, nats: &str, id: &str) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new(&env.rota_bin)
+        .args([
+            "worker",
+            "--app",
+            APP,
+            "--secret",
+            SECRET,
+            "--worker-id",
+            id,
+            "--demo-processors",
+        ])
+        .env("ROTA_NATS_URL", nats)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {}", env.rota_bin.display()))
+}
+
+pub async fn mapreduce(env: &Env, tasks: u64, workers: usize) -> anyhow::Result<Value> {
+    let mut stand = Stand::new(env.backend).await?;
+    stand.start_server().await?;
+    stand.admin.app_create(APP, SECRET).await?;
+    let mut children = Vec::new();
+    let mut pids = HashMap::new();
+    for w in 0..workers {
+        let id = format!("w{w}");
+        let child = spawn_demo_worker(env, &stand.nats.url(), &id)?;
+        pids.insert(id, child.id().context("a worker exited at once")?);
+        children.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = stand
+            .admin
+            .call(&WorkerList {
+                app: Some(APP.into()),
+                ..Default::default()
+            })
+            .await?
+            .items;
+        if live.len() == workers {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {workers} workers joined within 30 s",
+            live.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut job = shell_job(APP, "mapreduce", "");
+    job.spec.processor = "demo-sum-squares".into();
+    job.spec.execution = rota_shared::task::Execution::MapReduce;
+    let job_id = stand.admin.call(&job).await?.id;
+    let began = Instant::now();
+    let id = stand
+        .admin
+        .call(&JobRun {
+            id: job_id,
+            params: Some(tasks.to_string()),
+            delay_ms: 0,
+            idempotency_key: None,
+        })
+        .await?
+        .instance_id;
+    // The master is the worker the instance went to; its peak memory is read at the end.
+    let info = loop {
+        let info = stand.admin.call(&InstanceShow(InstanceId { id })).await?;
+        if info.instance.status.is_terminal() {
+            break info;
+        }
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(600),
+            "the map-reduce did not end in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let wall = began.elapsed().as_secs_f64();
+    let master = info.instance.worker_id.clone().unwrap_or_default();
+    let master_peak_mb = pids.get(&master).and_then(|pid| memory_mb(*pid, "VmHWM"));
+    let peaks: HashMap<&String, Option<f64>> = pids
+        .iter()
+        .map(|(w, pid)| (w, memory_mb(*pid, "VmHWM")))
+        .collect();
+    let expected = u128::from(tasks) * u128::from(tasks + 1) * u128::from(2 * tasks + 1) / 6;
+    let exact = info.instance.result.as_deref() == Some(format!("sum={expected}").as_str());
+    let counts = info.instance.tasks.clone().unwrap_or_default();
+    for mut child in children {
+        let _ = child.kill().await;
+    }
+    stand.stop().await;
+    anyhow::ensure!(
+        info.instance.status == InstanceStatus::Succeeded && exact,
+        "the map-reduce ended {} with {:?}",
+        info.instance.status,
+        info.instance.result
+    );
+    Ok(json!({
+        "system": "rota",
+        "scenario": "mapreduce",
+        "db": env.backend.to_string(),
+        "tasks": tasks,
+        "workers": workers,
+        "seconds": wall,
+        "tasks_per_second": counts.total as f64 / wall,
+        "result_exact": exact,
+        "master": master,
+        "master_peak_rss_mb": master_peak_mb,
+        "workers_peak_rss_mb": peaks,
+        "share": counts.workers.iter().map(|w| (w.worker_id.clone(), w.succeeded)).collect::<HashMap<_, _>>(),
+    }))
+}

@@ -7,6 +7,7 @@ use rota_shared::InstanceStatus;
 use rota_shared::admin::*;
 use rota_shared::message::WorkerSummary;
 use rota_shared::schedule::{Lifecycle, Schedule};
+use rota_shared::task::{Execution, parse_shards, shard_count};
 use rota_transport::AdminToken;
 use serde::Serialize;
 
@@ -212,6 +213,28 @@ fn dispatch_of(s: &Option<String>) -> anyhow::Result<Option<DispatchStrategy>> {
         .transpose()
 }
 
+/// The execution the flags name: `--execution`, or sharding by `--shards` or `--shard-count`.
+fn execution_of(fields: &JobFields) -> anyhow::Result<Option<Execution>> {
+    let shards = match (&fields.shards, fields.shard_count) {
+        (Some(text), _) => Some(parse_shards(text).map_err(|e| usage!("invalid --shards: {e}"))?),
+        (None, Some(n)) => Some(shard_count(n)),
+        (None, None) => None,
+    };
+    let kind = fields.execution.as_deref().unwrap_or(if shards.is_some() {
+        "sharding"
+    } else {
+        return Ok(None);
+    });
+    let execution =
+        Execution::parse(kind, shards.clone()).map_err(|e| usage!("invalid --execution: {e}"))?;
+    if shards.is_some() && !matches!(execution, Execution::Sharding { .. }) {
+        return Err(usage!(
+            "--shards and --shard-count are for --execution sharding"
+        ));
+    }
+    Ok(Some(execution))
+}
+
 /// The job fields the flags set, as the JSON object of [`JobSpec`] fields that `job create` reads
 /// a job from and `job update` sends as its changes. A new job field needs its flag here.
 fn changes_of(fields: &JobFields) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
@@ -272,6 +295,12 @@ fn changes_of(fields: &JobFields) -> anyhow::Result<serde_json::Map<String, serd
     }
     if !fields.workers.is_empty() {
         set("designated_workers", to_value(&fields.workers)?);
+    }
+    if let Some(execution) = execution_of(fields)? {
+        set("execution", to_value(execution)?);
+    }
+    if let Some(v) = fields.task_retries {
+        set("task_retries", v.into());
     }
     Ok(changes)
 }
@@ -545,6 +574,40 @@ pub async fn instance(settings: &Settings, cmd: InstanceCommand) -> anyhow::Resu
             let i = c.call(&InstanceStop(InstanceId { id })).await?;
             show_instance(settings, &i)
         }
+        InstanceCommand::Tasks { id, paging } => {
+            let page = pages(&c, &paging, |after, limit| InstanceTasks {
+                id,
+                after,
+                limit,
+            })
+            .await?;
+            if settings.json {
+                return print_json(&page);
+            }
+            let rows: Vec<Vec<String>> = page
+                .items
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        safe(&t.name).into_owned(),
+                        t.status.as_str().to_owned(),
+                        opt(t.worker_id.as_deref()),
+                        t.attempts.to_string(),
+                        opt(t.result.as_deref()),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                render(
+                    &["ID", "NAME", "STATUS", "WORKER", "ATTEMPTS", "RESULT"],
+                    &rows
+                )
+            );
+            more_hint(&page.next);
+            Ok(())
+        }
         InstanceCommand::Retry { id } => {
             let started = c.call(&InstanceRetry(InstanceId { id })).await?;
             if settings.json {
@@ -583,6 +646,32 @@ fn show_instance(settings: &Settings, i: &InstanceInfo) -> anyhow::Result<()> {
         vec!["due".into(), time(i.instance.due_at_ms)],
     ];
     println!("{}", render(&["FIELD", "VALUE"], &rows));
+    if let Some(t) = &i.instance.tasks {
+        println!(
+            "\ntasks: {} total, {} succeeded, {} failed, {} running",
+            t.total, t.succeeded, t.failed, t.running
+        );
+        let finished = (t.succeeded + t.failed).max(1);
+        let shares: Vec<Vec<String>> = t
+            .workers
+            .iter()
+            .map(|w| {
+                let share = 100.0 * (w.succeeded + w.failed) as f64 / finished as f64;
+                vec![
+                    safe(&w.worker_id).into_owned(),
+                    w.succeeded.to_string(),
+                    w.failed.to_string(),
+                    format!("{share:.1} %"),
+                ]
+            })
+            .collect();
+        if !shares.is_empty() {
+            println!(
+                "{}",
+                render(&["WORKER", "SUCCEEDED", "FAILED", "SHARE"], &shares)
+            );
+        }
+    }
     Ok(())
 }
 

@@ -233,6 +233,11 @@ pub struct WorkerArgs {
     /// Disable the `http` processor.
     #[arg(long)]
     pub no_http: bool,
+    /// Offer the SDK's example processors (demo-sum-squares, demo-broadcast, demo-shard,
+    /// demo-flaky), which compute and echo and run no user code: for trying distributed
+    /// execution.
+    #[arg(long)]
+    pub demo_processors: bool,
     /// How often the worker heartbeats (a server counts it lost after three missed).
     #[arg(long, value_parser = crate::duration::parse_ms, env = "ROTA_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
@@ -373,6 +378,19 @@ pub struct JobFields {
     /// A worker allowed to run it (repeatable; default: any).
     #[arg(long = "worker")]
     pub workers: Vec<String>,
+    /// How an instance's work is spread: standalone (one worker), broadcast (every eligible
+    /// worker), map, map-reduce or sharding.
+    #[arg(long)]
+    pub execution: Option<String>,
+    /// The items of a sharding job, INDEX=PARAM: "0=a,1=b,2=c" (sets --execution sharding).
+    #[arg(long, conflicts_with = "shard_count")]
+    pub shards: Option<String>,
+    /// A sharding job of N items with empty parameters (sets --execution sharding).
+    #[arg(long)]
+    pub shard_count: Option<u32>,
+    /// Runs after the first that a failing task of a distributed instance gets.
+    #[arg(long)]
+    pub task_retries: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -465,6 +483,13 @@ pub enum InstanceCommand {
     /// Run a finished instance again, as a new instance.
     Retry {
         id: i64,
+    },
+    /// List a running distributed instance's tasks, in id order, with status, worker,
+    /// attempts and result (asked of its master).
+    Tasks {
+        id: i64,
+        #[command(flatten)]
+        paging: Paging,
     },
 }
 

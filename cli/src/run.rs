@@ -160,7 +160,11 @@ pub async fn worker(
         http_listen: args.http_listen.or(file.http_listen),
         ..WorkerConfig::default()
     };
-    let handle = Worker::start(config, ProcessorRegistry::new()).await?;
+    let mut registry = ProcessorRegistry::new();
+    if args.demo_processors {
+        rota_worker::demo::register(&mut registry);
+    }
+    let handle = Worker::start(config, registry).await?;
     eprintln!(
         "rota worker {} is running for server {} (Ctrl-C to stop)",
         handle.worker_id(),
@@ -277,6 +281,8 @@ async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
         tags: vec![],
         designated_workers: vec![],
         misfire: MisfirePolicy::FireOnce,
+        execution: Default::default(),
+        task_retries: 0,
     };
     let job = JobCreate {
         app: DEMO_APP.into(),

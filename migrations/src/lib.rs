@@ -16,6 +16,7 @@ mod m20261202_000001_security;
 mod m20261202_000002_long_text_on_mysql;
 mod m20261202_000003_job_settings;
 mod m20261202_000004_run_idempotency;
+mod m20261203_000001_instance_tasks;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000002_long_text_on_mysql::Migration),
             Box::new(m20261202_000003_job_settings::Migration),
             Box::new(m20261202_000004_run_idempotency::Migration),
+            Box::new(m20261203_000001_instance_tasks::Migration),
         ]
     }
 }

@@ -77,6 +77,7 @@ pub async fn handle(core: &Core, msg: &Incoming) {
         ("instance", "show") => route!(core, caller, msg, instance_show, InstanceShow),
         ("instance", "stop") => route!(core, caller, msg, instance_stop, InstanceStop),
         ("instance", "retry") => route!(core, caller, msg, instance_retry, InstanceRetry),
+        ("instance", "tasks") => route!(core, caller, msg, instance_tasks, InstanceTasks),
         ("logs", "get") => route!(core, caller, msg, logs_get, LogsGet),
         ("worker", "list") => route!(core, caller, msg, worker_list, WorkerList),
         ("server", "list") => route!(core, caller, msg, server_list, ServerList),
@@ -406,6 +407,16 @@ fn validate_job(job: &Job) -> AdminResult<()> {
         if t.is_empty() {
             return Err(ErrorBody::invalid("tags and worker ids may not be empty"));
         }
+    }
+    job.spec
+        .execution
+        .validate()
+        .map_err(|e| ErrorBody::invalid(e.to_string()))?;
+    if job.spec.execution.is_distributed() && job.spec.schedule.is_frequent() {
+        return Err(ErrorBody::invalid(format!(
+            "a {} job cannot run at a fixed rate or delay: its instances run once",
+            job.spec.execution.as_str()
+        )));
     }
     Ok(())
 }
@@ -905,6 +916,55 @@ async fn instance_show(
 ) -> AdminResult<InstanceInfo> {
     check_instance(core, caller, r.id).await?;
     one_instance(core, r.id).await
+}
+
+/// A page of a distributed instance's tasks, from its master. Any server can ask: a worker is
+/// reached with its key, which every server derives from the app key.
+async fn instance_tasks(
+    core: &Core,
+    caller: &Caller,
+    r: InstanceTasks,
+) -> AdminResult<Page<rota_shared::task::TaskInfo>> {
+    use rota_shared::task::{MAX_TASK_PAGE, TaskListRequest};
+    let inst = core.store.instance(r.id).await?;
+    caller.require_app(inst.app_id)?;
+    let after = match r.after.as_deref() {
+        Some(a) => Some(
+            a.parse::<u64>()
+                .map_err(|_| ErrorBody::invalid(format!("after {a:?} is not a task id")))?,
+        ),
+        None => None,
+    };
+    let (Some(worker), InstanceStatus::Running) = (inst.worker_id.as_deref(), inst.status) else {
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!(
+                "instance {} is {}: its master keeps its tasks only while it runs                  (instance show has the final counts)",
+                inst.id, inst.status
+            ),
+        ));
+    };
+    let limit = r.limit.unwrap_or(50).clamp(1, MAX_TASK_PAGE);
+    let request = TaskListRequest {
+        instance_id: inst.id,
+        after,
+        limit,
+    };
+    let items = core
+        .calls
+        .task_list(inst.app_id, worker, &request)
+        .await
+        .map_err(|e| match (e.kind(), e.remote()) {
+            (RequestErrorKind::Remote, Some(body)) => body.clone(),
+            _ => ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("the instance's master {worker} could not be reached: {e}"),
+            ),
+        })?;
+    let next = (items.len() as u64 >= limit)
+        .then(|| items.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(Page { items, next })
 }
 
 async fn instance_stop(

@@ -512,6 +512,8 @@ impl Dispatcher {
             },
             deadline_ms: Some(p.clock.now_ms() + millis(p.dispatch_timeout)),
             start_at_ms,
+            execution: job.spec.execution.clone(),
+            task_retries: job.spec.task_retries,
         }
     }
 }
@@ -551,6 +553,7 @@ mod tests {
             due_at_ms,
             last_report_at_ms: None,
             idempotency_key: None,
+            tasks: None,
         }
     }
 

@@ -109,6 +109,15 @@ impl WorkerRegistry {
             .collect()
     }
 
+    /// The live workers eligible for `job`'s tasks (the cluster query of a distributed
+    /// instance's master): tasks take no instance slot, so free capacity does not matter.
+    pub fn eligible(&self, job: &Job) -> Vec<WorkerSummary> {
+        self.live(Some(job.app_id))
+            .into_iter()
+            .filter(|w| eligible(w, job))
+            .collect()
+    }
+
     /// The live workers that may run `job`, in the order its dispatch strategy tries them.
     pub fn candidates(&self, job: &Job) -> Vec<WorkerSummary> {
         let mut eligible: Vec<WorkerSummary> = self
@@ -154,12 +163,18 @@ pub fn spread(workers: &mut [WorkerSummary]) {
 
 /// A worker may run a job when it has the processor, all the job's tags, is designated (if the
 /// job names workers) and has a free slot by its last heartbeat.
-fn may_run(w: &WorkerSummary, job: &Job) -> bool {
+/// Whether a worker may run the job's work at all: it offers the processor and meets the
+/// job's tags and designated workers.
+fn eligible(w: &WorkerSummary, job: &Job) -> bool {
     w.processors.contains(&job.spec.processor)
         && job.spec.tags.iter().all(|t| w.tags.contains(t))
         && (job.spec.designated_workers.is_empty()
             || job.spec.designated_workers.contains(&w.worker_id))
-        && w.running < w.capacity
+}
+
+/// Whether a worker may take an instance of the job now: eligible, with a free slot.
+fn may_run(w: &WorkerSummary, job: &Job) -> bool {
+    eligible(w, job) && w.running < w.capacity
 }
 
 fn summary(e: &Entry, now: Instant) -> WorkerSummary {

@@ -603,8 +603,11 @@ async fn from_worker(
             });
         }
         ServerEndpoint::Cluster => {
-            let result = decode_message::<ClusterQuery>(incoming.message())
-                .and_then(|_| cluster(core, peer.app_id));
+            let query = decode_message::<ClusterQuery>(incoming.message());
+            let result = match query {
+                Ok(query) => cluster(core, peer.app_id, query.job_id).await,
+                Err(e) => Err(e),
+            };
             core.transport
                 .respond(&incoming, result, Some(&peer.key))
                 .await;
@@ -702,14 +705,26 @@ async fn store_logs(core: &Core, peer: &WorkerPeer, batch: LogBatch) -> Result<L
     Ok(LogAck { stored, refused })
 }
 
-fn cluster(core: &Core, app_id: i64) -> Result<ClusterReply, ErrorBody> {
+/// The cluster query: the app's live workers, or, for a job, those eligible for its tasks (a
+/// job of another app is, to this worker, a job that does not exist).
+async fn cluster(core: &Core, app_id: i64, job_id: Option<i64>) -> Result<ClusterReply, ErrorBody> {
     if !core.ownership.owns(app_id) {
         return Err(ErrorBody::new(
             ErrorCode::NotOwner,
             format!("server {} does not own app {app_id}", core.id),
         ));
     }
+    let Some(job_id) = job_id else {
+        return Ok(ClusterReply {
+            workers: core.workers.live(Some(app_id)),
+        });
+    };
+    let jobs = core.jobs.jobs(&[job_id]).await?;
+    let job = jobs
+        .get(&job_id)
+        .filter(|j| j.app_id == app_id)
+        .ok_or_else(|| ErrorBody::not_found(format!("job {job_id} not found")))?;
     Ok(ClusterReply {
-        workers: core.workers.live(Some(app_id)),
+        workers: core.workers.eligible(job),
     })
 }

@@ -1,4 +1,4 @@
-//! Calls from this server to workers: dispatch, stop and query, each sealed with the worker's
+//! Calls from this server to workers: dispatch, stop, query and task list, each sealed with the worker's
 //! key (so that the worker acts on nothing a server of its deployment did not send), each
 //! answer checked to be sealed by the worker.
 
@@ -10,6 +10,7 @@ use rota_shared::message::{
     DispatchAck, DispatchRequest, InstanceRuntime, QueryRequest, StopAck, StopRequest,
 };
 use rota_shared::subject::WorkerEndpoint;
+use rota_shared::task::{TaskInfo, TaskListRequest};
 use rota_transport::{RequestError, Transport};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -147,5 +148,22 @@ impl WorkerCalls {
         let request = QueryRequest { instance_id };
         self.call(app_id, worker_id, WorkerEndpoint::Query, &request, timeout)
             .await
+    }
+
+    /// Asks a distributed instance's master for a page of its tasks.
+    pub async fn task_list(
+        &self,
+        app_id: i64,
+        worker_id: &str,
+        request: &TaskListRequest,
+    ) -> Result<Vec<TaskInfo>, RequestError> {
+        self.call(
+            app_id,
+            worker_id,
+            WorkerEndpoint::TaskList,
+            request,
+            self.timeout,
+        )
+        .await
     }
 }

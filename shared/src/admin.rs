@@ -274,6 +274,27 @@ admin_request!(InstanceShow, "instance", "show", Viewer, InstanceInfo);
 admin_request!(InstanceStop, "instance", "stop", Operator, InstanceInfo);
 admin_request!(InstanceRetry, "instance", "retry", Operator, RunStarted);
 
+/// `instance.tasks`: a page of a distributed instance's tasks, in id order, as its master
+/// keeps them (only while the instance runs: a master keeps its tasks for the attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceTasks {
+    pub id: i64,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many (default 50, at most [`crate::task::MAX_TASK_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+admin_request!(
+    InstanceTasks,
+    "instance",
+    "tasks",
+    Viewer,
+    Page<crate::task::TaskInfo>
+);
+
 // === Logs ===
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,9 @@ pub struct Instance {
     /// when repeated (API runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// A distributed instance's tasks, as its master last reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<crate::task::TaskCounts>,
 }
 
 impl Instance {

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::schedule::{Lifecycle, Schedule};
+use crate::task::Execution;
 
 /// What happens to a fire when the job already has `max_instances` live instances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +156,12 @@ pub struct JobSpec {
     pub designated_workers: Vec<String>,
     #[serde(default)]
     pub misfire: MisfirePolicy,
+    /// How an instance's work is spread over the app's workers (standalone: one worker).
+    #[serde(default)]
+    pub execution: Execution,
+    /// Runs after the first that a failing task of a distributed instance gets.
+    #[serde(default)]
+    pub task_retries: u32,
 }
 
 /// Why a merge patch does not make a job.

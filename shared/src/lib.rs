@@ -23,6 +23,7 @@ pub mod rules;
 pub mod schedule;
 pub mod status;
 pub mod subject;
+pub mod task;
 
 pub use envelope::{ErrorBody, ErrorCode, Reply, Retry};
 pub use instance::{Instance, Trigger};

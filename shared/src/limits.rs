@@ -9,6 +9,10 @@ use crate::message::{
     WorkerHeartbeat,
 };
 use crate::subject::validate_token;
+use crate::task::{
+    Execution, MAX_SHARES, MAX_TASK_PAYLOAD_BYTES, MAX_TASKS_PER_MESSAGE, Task, TaskCall,
+    TaskCounts, TaskReport,
+};
 
 /// Ids (worker, server): one subject token.
 pub const MAX_ID_BYTES: usize = 128;
@@ -124,7 +128,97 @@ impl Limited for WorkerHeartbeat {
 impl Limited for StatusReport {
     fn check_limits(&self) -> Result<(), ErrorBody> {
         id("worker_id", &self.worker_id)?;
-        opt_text("result", &self.result, MAX_RESULT_BYTES)
+        opt_text("result", &self.result, MAX_RESULT_BYTES)?;
+        match &self.tasks {
+            Some(counts) => counts.check_limits(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Limited for TaskCounts {
+    fn check_limits(&self) -> Result<(), ErrorBody> {
+        if self.workers.len() > MAX_SHARES {
+            return Err(ErrorBody::invalid(format!(
+                "task counts list {} workers; at most {MAX_SHARES} are allowed",
+                self.workers.len()
+            )));
+        }
+        self.workers
+            .iter()
+            .try_for_each(|w| id("tasks.workers.worker_id", &w.worker_id))
+    }
+}
+
+impl Limited for Execution {
+    fn check_limits(&self) -> Result<(), ErrorBody> {
+        self.validate()
+            .map_err(|e| ErrorBody::invalid(e.to_string()))?;
+        if let Execution::Sharding { shards } = self {
+            for item in shards {
+                text("a shard parameter", &item.param, MAX_PARAMS_BYTES)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn count(field: &str, len: usize, max: usize) -> Result<(), ErrorBody> {
+    if len > max {
+        Err(ErrorBody::invalid(format!(
+            "{field} has {len} entries; at most {max} are allowed"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn task(t: &Task) -> Result<(), ErrorBody> {
+    text("a task's name", &t.name, MAX_PROCESSOR_BYTES)?;
+    text("a task's payload", &t.payload, MAX_TASK_PAYLOAD_BYTES)?;
+    match &t.shard {
+        Some(shard) => text("a shard parameter", &shard.param, MAX_PARAMS_BYTES),
+        None => Ok(()),
+    }
+}
+
+impl Limited for TaskCall {
+    fn check_limits(&self) -> Result<(), ErrorBody> {
+        match self {
+            TaskCall::Run(batch) => {
+                id("master", &batch.master)?;
+                text("job_name", &batch.job_name, 1024)?;
+                text("processor", &batch.processor, MAX_PROCESSOR_BYTES)?;
+                text("config", &batch.config, MAX_CONFIG_BYTES)?;
+                opt_text("job_params", &batch.job_params, MAX_PARAMS_BYTES)?;
+                opt_text("instance_params", &batch.instance_params, MAX_PARAMS_BYTES)?;
+                count("tasks", batch.tasks.len(), MAX_TASKS_PER_MESSAGE)?;
+                batch.tasks.iter().try_for_each(task)
+            }
+            TaskCall::Stop(stop) => id("master", &stop.master),
+        }
+    }
+}
+
+impl Limited for TaskReport {
+    fn check_limits(&self) -> Result<(), ErrorBody> {
+        id("worker_id", &self.worker_id)?;
+        count("results", self.results.len(), MAX_TASKS_PER_MESSAGE)?;
+        count("logs", self.logs.len(), MAX_LOG_LINES)?;
+        let payloads: usize = self.maps.iter().map(|m| m.payloads.len()).sum();
+        count("maps", payloads, MAX_TASKS_PER_MESSAGE)?;
+        for r in &self.results {
+            text("a task's result", &r.result, MAX_TASK_PAYLOAD_BYTES)?;
+        }
+        for m in &self.maps {
+            text("a task's name", &m.name, MAX_PROCESSOR_BYTES)?;
+            for p in &m.payloads {
+                text("a task's payload", p, MAX_TASK_PAYLOAD_BYTES)?;
+            }
+        }
+        self.logs
+            .iter()
+            .try_for_each(|l| text("a log line", &l.text, MAX_LOG_LINE_BYTES + 64))
     }
 }
 
@@ -168,7 +262,8 @@ impl Limited for DispatchRequest {
         text("processor", &self.processor, MAX_PROCESSOR_BYTES)?;
         text("config", &self.config, MAX_CONFIG_BYTES)?;
         opt_text("job_params", &self.job_params, MAX_PARAMS_BYTES)?;
-        opt_text("instance_params", &self.instance_params, MAX_PARAMS_BYTES)
+        opt_text("instance_params", &self.instance_params, MAX_PARAMS_BYTES)?;
+        self.execution.check_limits()
     }
 }
 
@@ -184,7 +279,8 @@ impl Limited for JobSpec {
             &self.designated_workers,
             MAX_DESIGNATED_WORKERS,
             MAX_ID_BYTES,
-        )
+        )?;
+        self.execution.check_limits()
     }
 }
 

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::status::InstanceStatus;
+use crate::task::{Execution, TaskCounts};
 
 /// `rota.discovery.{app}`: a worker asks which server owns its app. It is sealed with the app
 /// key the worker derived from its secret (the secret itself never travels), and the reply is
@@ -142,6 +143,9 @@ pub struct StatusReport {
     /// as if it started when it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
+    /// A distributed instance's tasks, as its master counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TaskCounts>,
 }
 
 /// What the worker should do after a report.
@@ -319,6 +323,21 @@ pub struct DispatchRequest {
     /// instant; the worker holds it, and a stop before then cancels it unstarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at_ms: Option<i64>,
+    /// How the work is spread: anything but standalone makes the worker the instance's master,
+    /// which splits it into tasks across the app's workers.
+    #[serde(default, skip_serializing_if = "is_standalone")]
+    pub execution: Execution,
+    /// Runs after the first that a failing task gets.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub task_retries: u32,
+}
+
+fn is_standalone(execution: &Execution) -> bool {
+    !execution.is_distributed()
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How a frequent job repeats on its worker.

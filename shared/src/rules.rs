@@ -77,6 +77,8 @@ pub struct Update {
     pub retry_at_ms: Option<i64>,
     /// The report asked for an alert, or the instance failed for good.
     pub alert: bool,
+    /// A distributed instance's task counts, when the report carried them.
+    pub tasks: Option<crate::task::TaskCounts>,
 }
 
 impl Update {
@@ -96,6 +98,7 @@ impl Update {
             finished_at_ms: later.finished_at_ms.or(self.finished_at_ms),
             retry_at_ms: later.retry_at_ms.or(self.retry_at_ms),
             alert: self.alert || later.alert,
+            tasks: later.tasks.or(self.tasks),
         }
     }
 }
@@ -187,6 +190,7 @@ pub fn apply_report(
         finished_at_ms: None,
         retry_at_ms: None,
         alert: report.alert,
+        tasks: report.tasks.clone(),
     };
 
     if job.frequent {
@@ -266,6 +270,7 @@ pub fn lost_attempt(
         finished_at_ms: None,
         retry_at_ms: None,
         alert: false,
+        tasks: None,
     };
     match cur.status {
         InstanceStatus::WaitingWorkerReceive => Some(Update {
@@ -319,6 +324,7 @@ mod tests {
             alert: false,
             reported_at_ms: NOW,
             started_at_ms: None,
+            tasks: None,
         }
     }
 

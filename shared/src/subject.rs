@@ -84,23 +84,45 @@ impl ServerEndpoint {
     }
 }
 
-/// What a server sends to a worker.
+/// What a server, or a distributed instance's master, sends to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WorkerEndpoint {
     Dispatch,
     Stop,
     Query,
+    /// A master's tasks for this worker ([`crate::task::TaskCall`]).
+    Task,
+    /// A task worker's results for this worker, the master ([`crate::task::TaskReport`]).
+    TaskReport,
+    /// A server asks a master for a page of its tasks (`rota instance tasks`).
+    TaskList,
 }
 
 impl WorkerEndpoint {
-    pub const ALL: [WorkerEndpoint; 3] = [Self::Dispatch, Self::Stop, Self::Query];
+    pub const ALL: [WorkerEndpoint; 6] = [
+        Self::Dispatch,
+        Self::Stop,
+        Self::Query,
+        Self::Task,
+        Self::TaskReport,
+        Self::TaskList,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Dispatch => "dispatch",
             Self::Stop => "stop",
             Self::Query => "query",
+            Self::Task => "task",
+            Self::TaskReport => "task_report",
+            Self::TaskList => "task_list",
         }
+    }
+
+    /// Whether workers of the app send it to each other (a master and its task workers); the
+    /// others only servers send.
+    pub fn between_workers(self) -> bool {
+        matches!(self, Self::Task | Self::TaskReport)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -318,14 +340,22 @@ impl Subjects {
         }
     }
 
-    /// The workers of one app: their own discovery, what they send to servers, and what
-    /// servers send them; answers only to requests they received.
+    /// The workers of one app: their own discovery, what they send to servers, what servers
+    /// send them, and the tasks and task reports a master and its task workers exchange;
+    /// answers only to requests they received.
     pub fn worker_permissions(&self, app: &str) -> Permissions {
+        let mut publish = vec![
+            self.discovery(app),
+            format!("{}.app.{app}.srv.*.*", self.prefix),
+        ];
+        publish.extend(
+            WorkerEndpoint::ALL
+                .into_iter()
+                .filter(|e| e.between_workers())
+                .map(|e| format!("{}.app.{app}.wrk.*.{}", self.prefix, e.as_str())),
+        );
         Permissions {
-            publish: vec![
-                self.discovery(app),
-                format!("{}.app.{app}.srv.*.*", self.prefix),
-            ],
+            publish,
             subscribe: vec![
                 format!("{}.app.{app}.wrk.*.*", self.prefix),
                 self.app_owner(app),
@@ -407,7 +437,13 @@ mod tests {
                 .chain(&p.subscribe)
                 .all(|s| !s.contains(".b."))
         );
-        assert!(!p.publish.iter().any(|s| s.contains("wrk")), "{p:?}");
+        // Workers send each other tasks and task reports, never what servers send.
+        let to_workers: Vec<&String> = p.publish.iter().filter(|s| s.contains("wrk")).collect();
+        assert_eq!(
+            to_workers,
+            vec!["rota.app.a.wrk.*.task", "rota.app.a.wrk.*.task_report"],
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -387,6 +387,8 @@ pub fn shell_job(app: &str, name: &str, script: &str) -> JobCreate {
         tags: Vec::new(),
         designated_workers: Vec::new(),
         misfire: MisfirePolicy::FireOnce,
+        execution: Default::default(),
+        task_retries: 0,
     };
     JobCreate {
         app: app.to_owned(),

@@ -104,6 +104,7 @@ async fn two_owners_never_double_fire_or_apply_stray_reports() -> anyhow::Result
                 alert: false,
                 reported_at_ms: 0,
                 started_at_ms: None,
+                tasks: None,
             };
             voice
                 .request::<_, ReportAck>(server, ServerEndpoint::Status, &forged)
@@ -213,6 +214,7 @@ async fn a_server_that_lost_an_app_answers_not_owner() -> anyhow::Result<()> {
         alert: false,
         reported_at_ms: 0,
         started_at_ms: None,
+        tasks: None,
     };
     let refused = voice
         .request::<_, ReportAck>("s1", ServerEndpoint::Status, &report)

@@ -191,6 +191,7 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         alert: false,
         reported_at_ms: 0,
         started_at_ms: None,
+        tasks: None,
     };
     let too_many = StatusReportBatch {
         reports: vec![report; MAX_REPORTS_PER_BATCH + 1],

@@ -84,6 +84,7 @@ async fn reports_out_of_turn_change_nothing() -> anyhow::Result<()> {
         alert: false,
         reported_at_ms: 0,
         started_at_ms: None,
+        tasks: None,
     };
 
     // Stale: the tracker's first report (seq 1) was applied when the instance became RUNNING.

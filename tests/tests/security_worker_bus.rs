@@ -41,6 +41,8 @@ fn evil_dispatch(instance_id: i64, script: String) -> DispatchRequest {
         frequent: None,
         deadline_ms: None,
         start_at_ms: None,
+        execution: Default::default(),
+        task_retries: 0,
     }
 }
 
@@ -298,6 +300,7 @@ async fn forged_status_reports_change_nothing() -> anyhow::Result<()> {
         alert: false,
         reported_at_ms: 0,
         started_at_ms: None,
+        tasks: None,
     };
     // Without a seal: FAILED, and a RUNNING far ahead that would make the real reports stale.
     for bad in [

@@ -130,6 +130,7 @@ async fn a_report_change_applies_once() -> anyhow::Result<()> {
         finished_at_ms: None,
         retry_at_ms: None,
         alert: false,
+        tasks: None,
     };
     let mut racers = Vec::new();
     for _ in 0..RACERS {
@@ -296,6 +297,7 @@ async fn a_batched_report_write_applies_only_the_rows_whose_guard_holds() -> any
         finished_at_ms: Some(11),
         retry_at_ms: None,
         alert: false,
+        tasks: None,
     };
     let retry = Update {
         status: InstanceStatus::WaitingDispatch,

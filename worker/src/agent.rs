@@ -34,6 +34,10 @@ pub(crate) struct Agent {
     pub replay: ReplayGuard,
     /// What `/metrics` shows.
     pub metrics: crate::site::WorkerMetrics,
+    /// The distributed instances this worker is the master of.
+    pub masters: crate::master::Masters,
+    /// The tasks masters gave this worker.
+    pub task_runs: crate::tasks::TaskRuns,
     accepting: AtomicBool,
 }
 
@@ -63,6 +67,8 @@ impl Agent {
             trackers: TaskTracker::new(),
             reporter,
             replay: ReplayGuard::new(crate::context::now_ms()),
+            masters: Default::default(),
+            task_runs: Default::default(),
             accepting: AtomicBool::new(true),
         }
     }

@@ -2,10 +2,68 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use rota_shared::message::{DispatchRequest, LogLevel, LogLine};
+use rota_shared::task::{ROOT_TASK, Shard, TaskBatch};
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::{LogSink, truncate_line};
+use crate::master::MasterInbox;
+use crate::tasks::Outbox;
+
+/// The task a processor runs: of a standalone instance, its root task (the whole work); of a
+/// distributed one, the root task on the master, or one sub-task, broadcast share or shard
+/// item on any worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskPart {
+    /// 0 for the root task.
+    pub id: u64,
+    /// `ROOT` for the root task, else the name given to `map` (`BROADCAST`, `SHARD`).
+    pub name: String,
+    /// What `map` gave this sub-task.
+    pub payload: String,
+    /// A sharded job's item, or a broadcast task's place among the workers.
+    pub shard: Option<Shard>,
+    /// Which attempt of the task this is, from 1.
+    pub attempt: u32,
+}
+
+impl TaskPart {
+    fn root() -> Self {
+        Self {
+            id: 0,
+            name: ROOT_TASK.to_owned(),
+            payload: String::new(),
+            shard: None,
+            attempt: 1,
+        }
+    }
+}
+
+/// Where `map` sends sub-tasks, and where log lines go.
+#[derive(Clone)]
+pub(crate) enum Route {
+    /// A standalone instance: the worker's log; `map` is refused.
+    Worker(LogSink),
+    /// A task on the master (the root task): straight into its task store.
+    Master(LogSink, MasterInbox),
+    /// A task on a task worker: through its outbox to the master.
+    Remote(Arc<Outbox>),
+}
+
+/// Why `map` did not emit the sub-tasks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// The job is not a map or map-reduce job.
+    #[error("map is only for map and map-reduce jobs")]
+    NotAMap,
+    /// The attempt ended (it was stopped, or the master is gone).
+    #[error("the instance's attempt is over")]
+    Ended,
+    #[error("{0}")]
+    Refused(String),
+}
 
 /// The instance a processor runs, its log, and the token that tells it to stop.
 ///
@@ -26,7 +84,11 @@ pub struct TaskContext {
     /// The fire time this instance was scheduled for (CRON and one-shot jobs), in ms since the
     /// Unix epoch: processors can tell how late they start.
     pub expected_trigger_time_ms: Option<i64>,
-    logs: LogSink,
+    /// The task this run is: see [`TaskPart`].
+    pub task: TaskPart,
+    /// Whether the job's work is split (`map` is allowed only in map and map-reduce jobs).
+    can_map: bool,
+    route: Route,
     cancel: CancellationToken,
 }
 
@@ -47,21 +109,111 @@ impl TaskContext {
             job_params: req.job_params.clone(),
             expected_trigger_time_ms: req.expected_trigger_time_ms,
             instance_params: req.instance_params.clone(),
-            logs,
+            task: TaskPart::root(),
+            can_map: false,
+            route: Route::Worker(logs),
             cancel,
+        }
+    }
+
+    /// The context of a distributed instance's step on its master: the root task (`can_map`
+    /// for map and map-reduce), broadcast's `pre` and `post`, or `reduce`.
+    pub(crate) fn on_master(
+        req: &DispatchRequest,
+        worker_id: &str,
+        logs: LogSink,
+        inbox: MasterInbox,
+        cancel: CancellationToken,
+    ) -> Self {
+        let mut ctx = Self::new(req, worker_id, logs.clone(), cancel);
+        ctx.can_map = req.execution.has_root();
+        ctx.route = Route::Master(logs, inbox);
+        ctx
+    }
+
+    /// The context of one task a master sent this worker.
+    pub(crate) fn for_task(
+        batch: &TaskBatch,
+        task: &rota_shared::task::Task,
+        worker_id: &str,
+        can_map: bool,
+        outbox: Arc<Outbox>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            instance_id: batch.instance_id,
+            worker_id: worker_id.to_owned(),
+            attempt: batch.attempt,
+            job_id: batch.job_id,
+            job_name: batch.job_name.clone(),
+            config: batch.config.clone(),
+            job_params: batch.job_params.clone(),
+            instance_params: batch.instance_params.clone(),
+            expected_trigger_time_ms: None,
+            task: TaskPart {
+                id: task.id,
+                name: task.name.clone(),
+                payload: task.payload.clone(),
+                shard: task.shard.clone(),
+                attempt: task.attempt,
+            },
+            can_map,
+            route: Route::Remote(outbox),
+            cancel,
+        }
+    }
+
+    /// Whether this is the root task (the whole work of a standalone instance, the first task
+    /// of a map).
+    pub fn is_root(&self) -> bool {
+        self.task.id == 0 && self.task.name == ROOT_TASK
+    }
+
+    /// The shard item of a sharded job's task, or a broadcast task's place among the workers.
+    pub fn shard(&self) -> Option<&Shard> {
+        self.task.shard.as_ref()
+    }
+
+    /// Emits sub-tasks named `name`, one per payload, to be run by the app's workers (map and
+    /// map-reduce jobs only). When it returns `Ok`, the master has them: they run even if
+    /// this task then ends.
+    pub async fn map<I, P>(&self, payloads: I, name: &str) -> Result<(), MapError>
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        if !self.can_map {
+            return Err(MapError::NotAMap);
+        }
+        let payloads: Vec<String> = payloads.into_iter().map(Into::into).collect();
+        match &self.route {
+            Route::Worker(_) => Err(MapError::NotAMap),
+            Route::Master(_, inbox) => inbox.map(self.task.id, name, payloads).await,
+            Route::Remote(outbox) => outbox.map(self.task.id, name, payloads).await,
         }
     }
 
     /// Adds a line to the instance's log. It never blocks: when the worker's log buffer is
     /// full the line is dropped and counted, so that a chatty processor cannot stall.
     pub fn log(&self, level: LogLevel, text: impl Into<String>) {
-        self.logs.push(LogLine {
+        let text = text.into();
+        let text = if self.task.id == 0 {
+            text
+        } else {
+            // A sub-task's lines say which task and worker they come from.
+            format!("[task {} on {}] {text}", self.task.id, self.worker_id)
+        };
+        let line = LogLine {
             instance_id: self.instance_id,
             attempt: self.attempt,
             ts_ms: now_ms(),
             level,
-            text: truncate_line(text.into()),
-        });
+            text: truncate_line(text),
+        };
+        match &self.route {
+            Route::Worker(sink) | Route::Master(sink, _) => sink.push(line),
+            Route::Remote(outbox) => outbox.log(line),
+        }
     }
 
     pub fn debug(&self, text: impl Into<String>) {
@@ -99,6 +251,7 @@ impl fmt::Debug for TaskContext {
             .field("worker_id", &self.worker_id)
             .field("job_id", &self.job_id)
             .field("job_name", &self.job_name)
+            .field("task", &self.task)
             .field("cancelled", &self.is_cancelled())
             .finish_non_exhaustive()
     }
@@ -144,5 +297,7 @@ pub(crate) fn test_request(config: &str) -> DispatchRequest {
         frequent: None,
         deadline_ms: None,
         start_at_ms: None,
+        execution: Default::default(),
+        task_retries: 0,
     }
 }

@@ -1,4 +1,6 @@
-//! The worker's own subjects: `dispatch`, `stop` and `query`, sent by the app's servers.
+//! The worker's own subjects: `dispatch`, `stop`, `query` and `task_list`, sent by the app's
+//! servers, and `task` and `task_report`, which a distributed instance's master and its task
+//! workers send each other.
 //!
 //! Every request must be sealed with this worker's key by a server of the deployment, and be
 //! new (a copy of one already taken is refused); only then is it decoded and acted on. A request
@@ -21,7 +23,11 @@ use tracing::{debug, info, warn};
 use crate::agent::Agent;
 use crate::context::now_ms;
 use crate::instances::{self, Admission, Gate, StopCause};
-use crate::tracker;
+use crate::master::Event;
+use crate::{tasks, tracker};
+use rota_shared::task::{
+    MAX_TASK_PAGE, TaskBatchAck, TaskCall, TaskListRequest, TaskReport, TaskReportAck,
+};
 
 /// Serves the three subscriptions until they end (when the connection is drained).
 pub(crate) async fn serve(agent: Arc<Agent>, subscriptions: Vec<Subscriber>) {
@@ -93,6 +99,9 @@ async fn handle(agent: &Arc<Agent>, msg: Incoming) {
             });
             respond(agent, &msg, result, key).await;
         }
+        Some(WorkerEndpoint::Task) => task_call(agent, &msg, &seal, key).await,
+        Some(WorkerEndpoint::TaskReport) => task_report(agent, msg, &seal, key.cloned()).await,
+        Some(WorkerEndpoint::TaskList) => task_list(agent, msg, key.cloned()).await,
         None => {
             let error =
                 ErrorBody::bad_request(format!("unknown worker endpoint {}", msg.subject()));
@@ -177,4 +186,133 @@ async fn dispatch(agent: &Arc<Agent>, msg: &Incoming, seal: &Seal, key: Option<&
             respond::<()>(agent, msg, Err(error), key).await;
         }
     }
+}
+
+/// A master's tasks for this worker, or its word that an attempt is over. The seal must be
+/// the master's own (a worker of the app: it holds the app key), and the batch must name it.
+async fn task_call(agent: &Arc<Agent>, msg: &Incoming, seal: &Seal, key: Option<&Key>) {
+    let call = decode_message::<TaskCall>(msg.message())
+        .and_then(|c| c.check_limits().map(|()| c))
+        .and_then(|c| {
+            let master = match &c {
+                TaskCall::Run(batch) => &batch.master,
+                TaskCall::Stop(stop) => &stop.master,
+            };
+            if *master == seal.sender {
+                Ok(c)
+            } else {
+                Err(ErrorBody::unauthorized(format!(
+                    "the task call is sealed by {} but names master {master}",
+                    seal.sender
+                )))
+            }
+        });
+    let result = match call {
+        Ok(TaskCall::Run(batch)) => match agent.registry.get(&batch.processor) {
+            _ if !agent.accepting() => Err(ErrorBody::new(
+                ErrorCode::Rejected,
+                "the worker is shutting down",
+            )),
+            None => Err(ErrorBody::new(
+                ErrorCode::Rejected,
+                format!(
+                    "worker {} has no processor {:?}",
+                    agent.worker_id, batch.processor
+                ),
+            )),
+            Some(processor) => {
+                let map = batch.map;
+                Ok(TaskBatchAck {
+                    accepted: tasks::accept(agent, batch, processor, map),
+                })
+            }
+        },
+        Ok(TaskCall::Stop(stop)) => {
+            let had = agent.task_runs.stop(stop.instance_id, stop.attempt);
+            debug!(
+                instance = stop.instance_id,
+                had, "the master ended the attempt"
+            );
+            Ok(TaskBatchAck { accepted: 0 })
+        }
+        Err(e) => {
+            warn!("task call refused: {e}");
+            Err(e)
+        }
+    };
+    respond(agent, msg, result, key).await;
+}
+
+/// A task worker's report to this worker, the master of the instance. The seal must be the
+/// reporting worker's own, and the report must name it; the master checks each result
+/// against the task it gave that worker.
+async fn task_report(agent: &Arc<Agent>, msg: Incoming, seal: &Seal, key: Option<Key>) {
+    let report = decode_message::<TaskReport>(msg.message())
+        .and_then(|r| r.check_limits().map(|()| r))
+        .and_then(|r| {
+            if r.worker_id == seal.sender {
+                Ok(r)
+            } else {
+                Err(ErrorBody::unauthorized(format!(
+                    "the task report is sealed by {} but names worker {}",
+                    seal.sender, r.worker_id
+                )))
+            }
+        });
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            warn!("task report refused: {e}");
+            return respond::<()>(agent, &msg, Err(e), key.as_ref()).await;
+        }
+    };
+    let Some(inbox) = agent.masters.get(report.instance_id, report.attempt) else {
+        // The attempt is over here (or never was): the task worker drops its tasks.
+        let ack = TaskReportAck { stop: true };
+        return respond(agent, &msg, Ok(ack), key.as_ref()).await;
+    };
+    // The master may take a moment (its task store is on disk): the worker's other
+    // endpoints do not wait for it.
+    let agent = Arc::clone(agent);
+    tokio::spawn(async move {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let result = if inbox.send(Event::Report { report, reply }).await {
+            answer.await.unwrap_or(Ok(TaskReportAck { stop: true }))
+        } else {
+            Ok(TaskReportAck { stop: true })
+        };
+        respond(&agent, &msg, result, key.as_ref()).await;
+    });
+}
+
+/// A page of the tasks of an instance this worker is the master of.
+async fn task_list(agent: &Arc<Agent>, msg: Incoming, key: Option<Key>) {
+    let req = match decode_message::<TaskListRequest>(msg.message()) {
+        Ok(req) => req,
+        Err(e) => return respond::<()>(agent, &msg, Err(e), key.as_ref()).await,
+    };
+    let Some(inbox) = agent.masters.of_instance(req.instance_id) else {
+        let e = ErrorBody::not_found(format!(
+            "worker {} is not the master of instance {}",
+            agent.worker_id, req.instance_id
+        ));
+        return respond::<()>(agent, &msg, Err(e), key.as_ref()).await;
+    };
+    let agent = Arc::clone(agent);
+    tokio::spawn(async move {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let limit = req.limit.clamp(1, MAX_TASK_PAGE) as usize;
+        let event = Event::List {
+            after: req.after,
+            limit,
+            reply,
+        };
+        let ended = || ErrorBody::not_found(format!("instance {} ended", req.instance_id));
+        let result = if inbox.send(event).await {
+            answer.await.unwrap_or_else(|_| Err(ended()))
+        } else {
+            Err(ended())
+        };
+        respond(&agent, &msg, result, key.as_ref()).await;
+    });
 }

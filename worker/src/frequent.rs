@@ -440,6 +440,7 @@ impl<P: ProgressSink> FrequentRunner<'_, P> {
             alert,
             reported_at_ms: now_ms(),
             started_at_ms: self.state.run_started_ms(),
+            tasks: None,
         };
         self.sink.publish(&report).await;
     }

@@ -50,6 +50,8 @@ pub(crate) struct InstanceState {
     run_started_ms: AtomicI64,
     /// Admitted ahead of its start time and not yet given an execution slot.
     held: std::sync::atomic::AtomicBool,
+    /// A distributed instance's task counts, as its master last published them.
+    pub tasks: Arc<Mutex<Option<rota_shared::task::TaskCounts>>>,
 }
 
 #[derive(Debug)]
@@ -82,6 +84,7 @@ impl InstanceState {
             answered_seq: AtomicI64::new(0),
             run_started_ms: AtomicI64::new(0),
             held: std::sync::atomic::AtomicBool::new(false),
+            tasks: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -92,6 +95,11 @@ impl InstanceState {
     /// Records that the processor started now.
     pub(crate) fn mark_started(&self, now_ms: i64) {
         self.run_started_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The task counts a distributed instance's reports carry.
+    pub(crate) fn task_counts(&self) -> Option<rota_shared::task::TaskCounts> {
+        lock(&self.tasks).clone()
     }
 
     /// When the processor started, once it has.
@@ -399,6 +407,8 @@ mod tests {
             frequent: None,
             deadline_ms: None,
             start_at_ms: None,
+            execution: Default::default(),
+            task_retries: 0,
         }
     }
 

@@ -38,6 +38,7 @@ pub mod builtin;
 mod config;
 mod context;
 mod dedupe;
+pub mod demo;
 mod endpoints;
 mod error;
 mod frequent;
@@ -45,21 +46,27 @@ mod heartbeat;
 mod instances;
 mod link;
 mod logs;
+mod master;
 mod metrics;
 mod processor;
 mod reaper;
 mod reporter;
 mod retry;
 mod site;
+mod task_store;
+mod tasks;
 #[cfg(test)]
 mod test_support;
 mod tracker;
 mod worker;
 
 pub use config::WorkerConfig;
-pub use context::TaskContext;
+pub use context::{MapError, TaskContext, TaskPart};
 pub use error::WorkerError;
-pub use processor::{ProcessResult, Processor, ProcessorRegistry, processor_fn};
+pub use processor::{ProcessResult, Processor, ProcessorRegistry, by_counts, processor_fn};
+/// A shard item's index, the total and its parameter (see [`TaskContext::shard`]).
+pub use rota_shared::task::Shard;
+pub use task_store::{StoreError, TaskOutput, TaskResults};
 pub use worker::{Worker, WorkerHandle};
 
 /// The level of a [`TaskContext::log`] line, re-exported so that processors need not name the

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_nats::{Client, Event, Message};
 use rota_shared::message::{AcquireReply, AcquireRequest};
-use rota_shared::subject::ServerEndpoint;
+use rota_shared::subject::{ServerEndpoint, WorkerEndpoint};
 use rota_shared::{ErrorBody, ErrorCode, Subjects};
 use rota_transport::keys::{app_key, worker_key};
 use rota_transport::{
@@ -442,6 +442,35 @@ impl Link {
         let keys = self.keys();
         self.transport
             .publish(&self.subject(endpoint), msg, Some(&keys.worker), reply)
+            .await
+            .map_err(CallError::from)
+    }
+
+    /// Seals a message to another worker of the app with that worker's key, which the app
+    /// key gives (a master and its task workers talk this way; no server is in between).
+    fn peer_credential(&self, peer: &str) -> Credential {
+        let keys = self.keys();
+        let key = worker_key(keys.discovery.key(), &self.app, peer);
+        Credential::new(
+            keys.worker.scope().clone(),
+            key,
+            self.worker_id.as_str(),
+            self.stamper.clone(),
+        )
+    }
+
+    /// Sends a request to another worker of the app; its answer must be sealed with that
+    /// worker's key.
+    pub(crate) async fn call_worker<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: &str,
+        endpoint: WorkerEndpoint,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let subject = self.subjects.to_worker(&self.app, peer, endpoint);
+        self.transport
+            .request(&subject, req, timeout, Some(&self.peer_credential(peer)))
             .await
             .map_err(CallError::from)
     }

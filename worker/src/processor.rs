@@ -9,6 +9,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::context::TaskContext;
+use crate::task_store::TaskResults;
 
 /// What a processor's run came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +39,46 @@ impl ProcessResult {
 ///
 /// The returned future should watch [`TaskContext::cancellation`]: it is cancelled on timeout
 /// and on stop, and a future that does not end soon after is dropped.
+///
+/// A job's execution decides which methods run, and where:
+/// - **standalone**: `process` once, on the worker the instance was dispatched to;
+/// - **broadcast**: `pre` on the master, then `process` once on every eligible worker (the
+///   context's [`TaskContext::shard`] says which of how many), then `post` on the master over
+///   every result;
+/// - **map**: `process` for the root task on the master ([`TaskContext::is_root`]), which emits
+///   sub-tasks with [`TaskContext::map`]; `process` again for each sub-task on any worker (its
+///   name and payload in [`TaskContext::task`]), which may emit more;
+/// - **map-reduce**: a map, then `reduce` on the master over every task's result;
+/// - **sharding**: `process` once per shard item, on any worker, with its index, the total and
+///   its parameter in [`TaskContext::shard`].
+///
+/// The instance's result is what the last step returns: `reduce`, `post`, or for map and
+/// sharding the counts of the tasks (it succeeds when none failed). The defaults of `reduce`
+/// and `post` apply that same rule, and `pre` succeeds.
 pub trait Processor: Send + Sync + 'static {
     fn process(&self, ctx: TaskContext) -> BoxFuture<'static, ProcessResult>;
+
+    /// Map-reduce: runs on the master once every task ended, over their results.
+    fn reduce(&self, _ctx: TaskContext, results: TaskResults) -> BoxFuture<'static, ProcessResult> {
+        std::future::ready(by_counts(&results)).boxed()
+    }
+
+    /// Broadcast: runs on the master before the tasks; a failure ends the instance FAILED and
+    /// no task runs.
+    fn pre(&self, _ctx: TaskContext) -> BoxFuture<'static, ProcessResult> {
+        std::future::ready(ProcessResult::ok("")).boxed()
+    }
+
+    /// Broadcast: runs on the master once every worker's task ended, over their results.
+    fn post(&self, _ctx: TaskContext, results: TaskResults) -> BoxFuture<'static, ProcessResult> {
+        std::future::ready(by_counts(&results)).boxed()
+    }
+}
+
+/// The instance's result by the counts of its tasks: it succeeds when none failed.
+pub fn by_counts(results: &TaskResults) -> ProcessResult {
+    let (success, message) = rota_shared::task::verdict(results.counts());
+    ProcessResult { success, message }
 }
 
 /// A processor made of an async function or closure.

@@ -26,6 +26,7 @@ pub(crate) struct WorkerMetrics {
     durations: Family<Labels, Histogram>,
     dispatches: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
+    tasks: Family<Labels, Counter>,
 }
 
 impl WorkerMetrics {
@@ -39,6 +40,7 @@ impl WorkerMetrics {
             }),
             dispatches: Family::default(),
             refused: Family::default(),
+            tasks: Family::default(),
         };
         metrics.registry.register(|r| {
             r.register_with_unit(
@@ -51,6 +53,12 @@ impl WorkerMetrics {
                 "worker_dispatches",
                 "Dispatches this worker took or refused",
                 metrics.dispatches.clone(),
+            );
+            r.register(
+                "worker_distributed_tasks",
+                "Tasks of distributed instances this worker ran for a master, by outcome \
+                 (each worker's share, and with rate() the tasks per second)",
+                metrics.tasks.clone(),
             );
             r.register(
                 "worker_refused_messages",
@@ -77,6 +85,17 @@ impl WorkerMetrics {
     pub(crate) fn dispatch(&self, accepted: bool) {
         let outcome = if accepted { "accepted" } else { "refused" };
         self.dispatches
+            .get_or_create(&vec![
+                ("app", self.app.clone()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// A task a master gave this worker ended.
+    pub(crate) fn task(&self, success: bool) {
+        let outcome = if success { "succeeded" } else { "failed" };
+        self.tasks
             .get_or_create(&vec![
                 ("app", self.app.clone()),
                 ("outcome", outcome.to_owned()),
@@ -133,6 +152,18 @@ impl Collector for AgentCollector {
             "worker_running_tasks",
             "Instances running on this worker",
             agent.instances.running_ids().len() as u64,
+        )?;
+        gauge(
+            e,
+            "worker_distributed_tasks_running",
+            "Tasks of distributed instances running on this worker for a master",
+            agent.task_runs.running() as u64,
+        )?;
+        gauge(
+            e,
+            "worker_master_of",
+            "Distributed instances this worker is the master of",
+            agent.masters.len() as u64,
         )?;
         gauge(
             e,

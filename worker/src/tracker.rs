@@ -217,7 +217,20 @@ impl Tracker {
         // The processor is called inside its task, so that even a panic in `process` itself
         // (before it returns a future) is caught as a JoinError.
         let began = Instant::now();
-        let mut work = AbortOnDrop(tokio::spawn(async move { processor.process(ctx).await }));
+        let mut work = if self.req.execution.is_distributed() {
+            // This worker is the instance's master: it splits the work into tasks.
+            let master = crate::master::run(
+                Arc::clone(&self.agent),
+                self.req.clone(),
+                processor,
+                self.state.token().clone(),
+                Arc::clone(&self.state.tasks),
+            );
+            drop(ctx);
+            AbortOnDrop(tokio::spawn(master))
+        } else {
+            AbortOnDrop(tokio::spawn(async move { processor.process(ctx).await }))
+        };
 
         let every = config.progress_interval;
         let mut progress = tokio::time::interval_at(Instant::now() + every, every);
@@ -410,6 +423,7 @@ impl Tracker {
             alert,
             reported_at_ms: now_ms(),
             started_at_ms: self.state.run_started_ms(),
+            tasks: self.state.task_counts(),
         }
     }
 

@@ -211,6 +211,9 @@ impl WorkerHandle {
         let config = &agent.config;
         agent.stop_accepting();
         agent.trackers.close();
+        // Tasks masters gave this worker are dropped: their masters run them elsewhere once
+        // this worker leaves the cluster.
+        agent.task_runs.stop_all();
         // A frequent job's tracker never ends by itself, so it is not waited for: it is stopped
         // now and reports FAILED ("worker shutting down"), so that the server can start the
         // instance again on another worker without waiting out the grace.

@@ -251,6 +251,8 @@ mod over_nats {
             frequent,
             deadline_ms: Some(deadline_ms),
             start_at_ms: None,
+            execution: Default::default(),
+            task_retries: 0,
         }
     }
 

@@ -100,8 +100,20 @@ impl From<instance::Model> for Instance {
             due_at_ms: m.due_at_ms,
             last_report_at_ms: m.last_report_at_ms,
             idempotency_key: m.idempotency_key,
+            // Counts for people to read, written by this server from a checked report; a
+            // value that does not read (which no Rota writes) shows as no counts rather than
+            // hiding the instance.
+            tasks: m
+                .tasks
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok()),
         }
     }
+}
+
+/// How a report's task counts are stored.
+fn tasks_json(u: &Update) -> Option<String> {
+    u.tasks.as_ref().and_then(|t| serde_json::to_string(t).ok())
 }
 
 /// The row of an instance created outside the schedule.
@@ -647,9 +659,12 @@ impl Store {
             return Ok(Vec::new());
         }
         if bulk::supported(self.conn().get_database_backend()) {
+            let tasks: Vec<Option<String>> =
+                updates.iter().map(|(_, _, u)| tasks_json(u)).collect();
             let rows: Vec<Vec<Cell<'_>>> = updates
                 .iter()
-                .map(|(id, g, u)| {
+                .zip(&tasks)
+                .map(|((id, g, u), tasks)| {
                     vec![
                         Cell::Int(*id),
                         Cell::Int(i64::from(g.status.code())),
@@ -662,6 +677,7 @@ impl Store {
                         Cell::OptInt(u.started_at_ms),
                         Cell::OptInt(u.finished_at_ms),
                         Cell::OptInt(u.retry_at_ms),
+                        Cell::Text(tasks.as_deref()),
                     ]
                 })
                 .collect();
@@ -673,7 +689,8 @@ impl Store {
                  started_at_ms = COALESCE(v.column9, instance.started_at_ms), \
                  finished_at_ms = COALESCE(v.column10, instance.finished_at_ms), \
                  due_at_ms = COALESCE(v.column11, instance.due_at_ms), \
-                 worker_id = CASE WHEN v.column11 IS NULL THEN instance.worker_id ELSE NULL END"
+                 worker_id = CASE WHEN v.column11 IS NULL THEN instance.worker_id ELSE NULL END, \
+                 tasks = COALESCE(v.column12, instance.tasks)"
             );
             let changed: HashSet<i64> =
                 bulk::update_returning_ids(self.conn(), "instance", &set, GUARD_MATCHES, &rows)
@@ -733,7 +750,8 @@ impl Store {
             .collect();
         let set = format!(
             "status = {status}, attempt = instance.attempt + 1, worker_id = v.column5, \
-             last_seq = 0, result = NULL, due_at_ms = NULL, last_report_at_ms = v.column6",
+             last_seq = 0, result = NULL, due_at_ms = NULL, tasks = NULL, \
+             last_report_at_ms = v.column6",
             status = InstanceStatus::WaitingWorkerReceive.code()
         );
         let changed: HashSet<i64> =
@@ -823,6 +841,7 @@ async fn dispatch_one(
             Expr::value(Option::<String>::None),
         )
         .col_expr(instance::Column::DueAtMs, Expr::value(Option::<i64>::None))
+        .col_expr(instance::Column::Tasks, Expr::value(Option::<String>::None))
         .col_expr(instance::Column::LastReportAtMs, Expr::value(now_ms))
         .exec(conn)
         .await?;
@@ -849,6 +868,9 @@ async fn apply_one(
     }
     if let Some(t) = u.finished_at_ms {
         q = q.col_expr(instance::Column::FinishedAtMs, Expr::value(t));
+    }
+    if let Some(tasks) = tasks_json(u) {
+        q = q.col_expr(instance::Column::Tasks, Expr::value(tasks));
     }
     if let Some(t) = u.retry_at_ms {
         // Back to WAITING_DISPATCH: no current tracker until the next dispatch.

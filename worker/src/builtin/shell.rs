@@ -41,7 +41,10 @@ const PIPE_DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// (the last two empty when absent), and for a scheduled fire its instant, `ROTA_FIRE_TIME`
 /// (RFC 3339, UTC, milliseconds) and `ROTA_FIRE_TIME_MS` (milliseconds since the Unix epoch),
 /// both empty for other runs: the same for every attempt of a fire, so that a script can make
-/// its work idempotent per fire.
+/// its work idempotent per fire. A task of a broadcast or sharded job also gets
+/// `ROTA_SHARD_INDEX`, `ROTA_SHARD_TOTAL` and `ROTA_SHARD_PARAM` (a broadcast task's index is
+/// its worker's place among the job's workers, its parameter empty), and every task
+/// `ROTA_TASK_ID`, `ROTA_TASK_NAME` and `ROTA_TASK_PAYLOAD`.
 #[derive(Clone)]
 pub struct ShellProcessor {
     kill_grace: Duration,
@@ -156,7 +159,15 @@ fn command(ctx: &TaskContext) -> Command {
             ctx.expected_trigger_time_ms
                 .map(|ms| ms.to_string())
                 .unwrap_or_default(),
-        );
+        )
+        .env("ROTA_TASK_ID", ctx.task.id.to_string())
+        .env("ROTA_TASK_NAME", &ctx.task.name)
+        .env("ROTA_TASK_PAYLOAD", &ctx.task.payload);
+    if let Some(shard) = ctx.shard() {
+        cmd.env("ROTA_SHARD_INDEX", shard.index.to_string())
+            .env("ROTA_SHARD_TOTAL", shard.total.to_string())
+            .env("ROTA_SHARD_PARAM", &shard.param);
+    }
     cmd
 }
 

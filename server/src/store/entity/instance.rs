@@ -23,6 +23,8 @@ pub struct Model {
     pub due_at_ms: Option<i64>,
     pub last_report_at_ms: Option<i64>,
     pub idempotency_key: Option<String>,
+    /// JSON of `rota_shared::task::TaskCounts`.
+    pub tasks: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

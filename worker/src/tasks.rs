@@ -1,0 +1,495 @@
+//! The task worker's side of distributed execution: the tasks a master sends this worker
+//! ([`TaskCall::Run`]) run here, at most `capacity` at once per instance, and their results,
+//! the sub-tasks they emit and their log lines go back to the master in batches
+//! ([`TaskReport`]), one batch in flight at a time.
+//!
+//! A run (the tasks of one instance's attempt) ends when the master says so (a stop, or an
+//! answer that says the attempt is over), when the master cannot be reached for
+//! [`MASTER_LOST_AFTER`] (its death loses the attempt; the server retries the instance), or when
+//! it has had nothing to do for [`IDLE_END`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rota_shared::message::LogLine;
+use rota_shared::subject::WorkerEndpoint;
+use rota_shared::task::{
+    MAX_TASK_BYTES_PER_MESSAGE, MAX_TASKS_PER_MESSAGE, Task, TaskBatch, TaskMap, TaskReport,
+    TaskReportAck, TaskResult,
+};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::Agent;
+use crate::context::{MapError, TaskContext};
+use crate::link::{CallError, Link};
+use crate::processor::{ProcessResult, Processor};
+use crate::tracker::{AbortOnDrop, Outcome, cap_result};
+
+/// How long a master may stay unreachable before its tasks here are dropped.
+pub(crate) const MASTER_LOST_AFTER: Duration = Duration::from_secs(15);
+
+/// A run with no task and nothing to send for this long ends by itself (its master went away
+/// without a stop).
+const IDLE_END: Duration = Duration::from_secs(60);
+
+/// How long results wait to be joined by others before they are sent.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// How long a task report may take to be answered.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Log lines a run keeps for its master at most; more are dropped (and said so).
+const MAX_BUFFERED_LOG_LINES: usize = 10_000;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The runs of this worker, by instance and attempt.
+#[derive(Default)]
+pub(crate) struct TaskRuns {
+    runs: Mutex<HashMap<(i64, i32), Arc<Run>>>,
+}
+
+impl TaskRuns {
+    /// Stops the tasks of an attempt; whether there were any.
+    pub(crate) fn stop(&self, instance_id: i64, attempt: i32) -> bool {
+        let run = lock(&self.runs).remove(&(instance_id, attempt));
+        if let Some(run) = &run {
+            run.outbox.cancel.cancel();
+        }
+        run.is_some()
+    }
+
+    /// Stops every run (the worker shuts down).
+    pub(crate) fn stop_all(&self) {
+        for (_, run) in lock(&self.runs).drain() {
+            run.outbox.cancel.cancel();
+        }
+    }
+
+    /// How many tasks run here now, over all runs.
+    pub(crate) fn running(&self) -> usize {
+        lock(&self.runs)
+            .values()
+            .map(|r| r.capacity - r.permits.available_permits())
+            .sum()
+    }
+
+    fn remove_if_same(&self, key: (i64, i32), run: &Arc<Run>) {
+        let mut runs = lock(&self.runs);
+        if runs.get(&key).is_some_and(|r| Arc::ptr_eq(r, run)) {
+            runs.remove(&key);
+        }
+    }
+}
+
+/// The tasks of one instance's attempt on this worker.
+struct Run {
+    agent: std::sync::Weak<Agent>,
+    processor: Arc<dyn Processor>,
+    /// The batch's description of the job, without its tasks.
+    job: TaskBatch,
+    can_map: bool,
+    capacity: usize,
+    permits: Arc<Semaphore>,
+    outbox: Arc<Outbox>,
+}
+
+impl Run {
+    fn metrics_task(&self, success: bool) {
+        if let Some(agent) = self.agent.upgrade() {
+            agent.metrics.task(success);
+        }
+    }
+}
+
+/// Takes a batch of tasks from a master: starts each (they wait for a slot of the run) and
+/// says how many it took. The processor must be known; the caller checked the seal and that
+/// the sender is the batch's master.
+pub(crate) fn accept(
+    agent: &Arc<Agent>,
+    mut batch: TaskBatch,
+    processor: Arc<dyn Processor>,
+    can_map: bool,
+) -> u32 {
+    let key = (batch.instance_id, batch.attempt);
+    let tasks = std::mem::take(&mut batch.tasks);
+    let run = {
+        let mut runs = lock(&agent.task_runs.runs);
+        Arc::clone(runs.entry(key).or_insert_with(|| {
+            let capacity = agent.config.capacity as usize;
+            let outbox = Arc::new(Outbox::new(
+                Arc::clone(&agent.link),
+                agent.worker_id.clone(),
+                &batch,
+            ));
+            let run = Arc::new(Run {
+                agent: Arc::downgrade(agent),
+                processor,
+                job: batch,
+                can_map,
+                capacity,
+                permits: Arc::new(Semaphore::new(capacity)),
+                outbox,
+            });
+            tokio::spawn(supervise(Arc::clone(agent), key, Arc::clone(&run)));
+            info!(
+                instance = key.0,
+                attempt = key.1,
+                master = %run.job.master,
+                "running tasks for a master"
+            );
+            run
+        }))
+    };
+    let accepted = tasks.len() as u32;
+    for task in tasks {
+        run.outbox.started();
+        tokio::spawn(run_task(agent.worker_id.clone(), Arc::clone(&run), task));
+    }
+    accepted
+}
+
+/// Sends the run's results until it ends, then forgets it.
+async fn supervise(agent: Arc<Agent>, key: (i64, i32), run: Arc<Run>) {
+    Arc::clone(&run.outbox).flush_until_done().await;
+    run.outbox.cancel.cancel();
+    agent.task_runs.remove_if_same(key, &run);
+    debug!(instance = key.0, attempt = key.1, "task run ended");
+}
+
+async fn run_task(worker_id: String, run: Arc<Run>, task: Task) {
+    let cancel = run.outbox.cancel.child_token();
+    let permit = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return,
+        permit = Arc::clone(&run.permits).acquire_owned() => match permit {
+            Ok(permit) => permit,
+            Err(_) => return,
+        },
+    };
+    let ctx = TaskContext::for_task(
+        &run.job,
+        &task,
+        &worker_id,
+        run.can_map,
+        Arc::clone(&run.outbox),
+        cancel.clone(),
+    );
+    let outcome = execute(
+        Arc::clone(&run.processor),
+        ctx,
+        run.job.task_timeout_ms,
+        &cancel,
+    )
+    .await;
+    drop(permit);
+    let Some(result) = outcome else {
+        // Dropped with its run: nothing to report.
+        return;
+    };
+    run.metrics_task(result.success);
+    run.outbox.push(TaskResult {
+        id: task.id,
+        attempt: task.attempt,
+        success: result.success,
+        result: cap_result(result.message),
+    });
+}
+
+/// Runs one task's processor in a task of its own (a panic is a failed task), with the task
+/// timeout. `None` when the run was cancelled.
+pub(crate) async fn execute(
+    processor: Arc<dyn Processor>,
+    ctx: TaskContext,
+    timeout_ms: u64,
+    cancel: &CancellationToken,
+) -> Option<ProcessResult> {
+    let mut work = AbortOnDrop(tokio::spawn(async move { processor.process(ctx).await }));
+    let timeout = async {
+        if timeout_ms == 0 {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_millis(timeout_ms)).await;
+    };
+    tokio::select! {
+        biased;
+        joined = &mut work.0 => Some(match Outcome::from(joined) {
+            Outcome::Finished(result) => result,
+            Outcome::Panicked(message) => ProcessResult::failed(format!("task panicked: {message}")),
+            Outcome::Abandoned => ProcessResult::failed("task abandoned"),
+        }),
+        () = cancel.cancelled() => None,
+        () = timeout => {
+            cancel.cancel();
+            Some(ProcessResult::failed(format!("task timeout: exceeded {timeout_ms} ms")))
+        }
+    }
+}
+
+/// What a run owes its master: results and log lines, sent in batches by one loop.
+pub(crate) struct Outbox {
+    link: Arc<Link>,
+    worker_id: String,
+    master: String,
+    instance_id: i64,
+    attempt: i32,
+    state: Mutex<Pending>,
+    ready: Notify,
+    /// Cancelled when the run ends: its tasks stop.
+    pub(crate) cancel: CancellationToken,
+    /// Serializes what is sent, so that sub-tasks a task emits reach the master before its
+    /// result.
+    sending: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Pending {
+    results: Vec<TaskResult>,
+    logs: Vec<LogLine>,
+    dropped_logs: u64,
+    /// Tasks started and not yet reported.
+    unfinished: usize,
+}
+
+impl Outbox {
+    fn new(link: Arc<Link>, worker_id: String, batch: &TaskBatch) -> Self {
+        Self {
+            link,
+            worker_id,
+            master: batch.master.clone(),
+            instance_id: batch.instance_id,
+            attempt: batch.attempt,
+            state: Mutex::new(Pending::default()),
+            ready: Notify::new(),
+            cancel: CancellationToken::new(),
+            sending: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn started(&self) {
+        lock(&self.state).unfinished += 1;
+    }
+
+    fn push(&self, result: TaskResult) {
+        {
+            let mut state = lock(&self.state);
+            state.results.push(result);
+            state.unfinished = state.unfinished.saturating_sub(1);
+        }
+        self.ready.notify_one();
+    }
+
+    pub(crate) fn log(&self, line: LogLine) {
+        let mut state = lock(&self.state);
+        if state.logs.len() >= MAX_BUFFERED_LOG_LINES {
+            state.dropped_logs += 1;
+        } else {
+            state.logs.push(line);
+        }
+    }
+
+    fn report(&self) -> TaskReport {
+        TaskReport {
+            worker_id: self.worker_id.clone(),
+            instance_id: self.instance_id,
+            attempt: self.attempt,
+            results: Vec::new(),
+            maps: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    /// Sends sub-tasks to the master, in messages of at most [`MAX_TASKS_PER_MESSAGE`]
+    /// payloads and [`MAX_TASK_BYTES_PER_MESSAGE`] bytes; returns once the master has them all.
+    pub(crate) async fn map(
+        &self,
+        parent: u64,
+        name: &str,
+        payloads: Vec<String>,
+    ) -> Result<(), MapError> {
+        for chunk in chunks(payloads) {
+            let mut report = self.report();
+            report.maps.push(TaskMap {
+                parent,
+                name: name.to_owned(),
+                payloads: chunk,
+            });
+            let _sending = self.sending.lock().await;
+            match self.send(&report).await {
+                Ok(ack) if ack.stop => {
+                    self.cancel.cancel();
+                    return Err(MapError::Ended);
+                }
+                Ok(_) => {}
+                Err(CallError::Remote(body)) => return Err(MapError::Refused(body.message)),
+                Err(_) => return Err(MapError::Ended),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one report, again and again while the master may be reached; gives up after
+    /// [`MASTER_LOST_AFTER`] without an answer, or at once on a refusal.
+    async fn send(&self, report: &TaskReport) -> Result<TaskReportAck, CallError> {
+        let since = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let result = self
+                .link
+                .call_worker(
+                    &self.master,
+                    WorkerEndpoint::TaskReport,
+                    report,
+                    REPORT_TIMEOUT,
+                )
+                .await;
+            match result {
+                Ok(ack) => return Ok(ack),
+                Err(e @ CallError::Remote(_)) => return Err(e),
+                Err(e) if since.elapsed() >= MASTER_LOST_AFTER || self.cancel.is_cancelled() => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    debug!(master = %self.master, "task report not answered: {e}; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Takes what is ready to send: results and log lines up to one message's worth.
+    fn take(&self) -> Option<TaskReport> {
+        let mut state = lock(&self.state);
+        if state.results.is_empty() && state.logs.is_empty() {
+            return None;
+        }
+        let mut report = self.report();
+        let n = state.results.len().min(MAX_TASKS_PER_MESSAGE);
+        report.results = state.results.drain(..n).collect();
+        let mut bytes: usize = report.results.iter().map(|r| r.result.len() + 48).sum();
+        let mut lines = 0;
+        for line in &state.logs {
+            bytes += line.text.len() + 64;
+            if bytes > MAX_TASK_BYTES_PER_MESSAGE && lines > 0 {
+                break;
+            }
+            lines += 1;
+        }
+        report.logs = state.logs.drain(..lines).collect();
+        if state.dropped_logs > 0 && state.logs.is_empty() {
+            warn!(
+                instance = self.instance_id,
+                dropped = state.dropped_logs,
+                "task log lines dropped: the master's buffer here was full"
+            );
+            state.dropped_logs = 0;
+        }
+        Some(report)
+    }
+
+    fn idle(&self) -> bool {
+        let state = lock(&self.state);
+        state.unfinished == 0 && state.results.is_empty() && state.logs.is_empty()
+    }
+
+    /// Sends the results as they come, until the run is cancelled, the master says the
+    /// attempt is over or cannot be reached, or the run has been idle for [`IDLE_END`].
+    async fn flush_until_done(self: Arc<Self>) {
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                () = self.ready.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            // Results that end together go together.
+            tokio::time::sleep(GATHER).await;
+            while let Some(report) = self.take() {
+                let _sending = self.sending.lock().await;
+                match self.send(&report).await {
+                    Ok(ack) if ack.stop => {
+                        info!(
+                            instance = self.instance_id,
+                            "the master ended the attempt; dropping its tasks"
+                        );
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(
+                            instance = self.instance_id,
+                            master = %self.master,
+                            "the master cannot be reached ({e}); dropping its tasks"
+                        );
+                        return;
+                    }
+                }
+            }
+            if self.idle() {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= IDLE_END {
+                    return;
+                }
+            } else {
+                idle_since = None;
+            }
+        }
+    }
+}
+
+/// Splits payloads into messages of at most [`MAX_TASKS_PER_MESSAGE`] payloads and about
+/// [`MAX_TASK_BYTES_PER_MESSAGE`] bytes.
+pub(crate) fn chunks(payloads: Vec<String>) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for p in payloads {
+        let size = p.len() + 8;
+        if !chunk.is_empty()
+            && (chunk.len() >= MAX_TASKS_PER_MESSAGE || bytes + size > MAX_TASK_BYTES_PER_MESSAGE)
+        {
+            out.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(p);
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_split_by_count_and_size() {
+        let many: Vec<String> = (0..MAX_TASKS_PER_MESSAGE * 2 + 1)
+            .map(|i| i.to_string())
+            .collect();
+        let split = chunks(many);
+        assert_eq!(
+            split.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![MAX_TASKS_PER_MESSAGE, MAX_TASKS_PER_MESSAGE, 1]
+        );
+        let big = vec!["x".repeat(100 * 1024); 5];
+        let split = chunks(big);
+        assert!(split.len() >= 2, "{} chunks", split.len());
+        assert!(
+            split
+                .iter()
+                .all(|c| c.iter().map(String::len).sum::<usize>() <= MAX_TASK_BYTES_PER_MESSAGE)
+        );
+        assert!(chunks(Vec::new()).is_empty());
+    }
+}
