@@ -220,11 +220,11 @@ fn execution_of(fields: &JobFields) -> anyhow::Result<Option<Execution>> {
         (None, Some(n)) => Some(shard_count(n)),
         (None, None) => None,
     };
-    let kind = fields.execution.as_deref().unwrap_or(if shards.is_some() {
-        "sharding"
-    } else {
-        return Ok(None);
-    });
+    let kind = match (fields.execution.as_deref(), &shards) {
+        (Some(kind), _) => kind,
+        (None, Some(_)) => "sharding",
+        (None, None) => return Ok(None),
+    };
     let execution =
         Execution::parse(kind, shards.clone()).map_err(|e| usage!("invalid --execution: {e}"))?;
     if shards.is_some() && !matches!(execution, Execution::Sharding { .. }) {

@@ -420,3 +420,226 @@ async fn a_killed_task_worker_loses_no_task_and_a_killed_master_loses_the_attemp
     assert_eq!(counts(&info).succeeded, n);
     Ok(())
 }
+
+/// Runs the `rota` CLI against the deployment; returns its exit code, stdout and stderr.
+async fn cli(d: &Deployment, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(rota())
+        .args(args)
+        .env("ROTA_NATS_URL", d.nats.url())
+        .env("ROTA_TOKEN", d.token.reveal())
+        .env_remove("ROTA_CONFIG")
+        .env_remove("ROTA_PREFIX")
+        .output()
+        .await
+        .expect("the rota binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A refused command: a non-zero exit and one line naming the problem.
+async fn refused(d: &Deployment, args: &[&str], says: &str) {
+    let (code, _, stderr) = cli(d, args).await;
+    assert_ne!(code, 0, "rota {args:?} was accepted");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+    assert!(
+        stderr.contains(says),
+        "rota {args:?} said {stderr:?}, not {says:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_makes_distributed_jobs_shows_their_tasks_and_stops_them() -> anyhow::Result<()> {
+    let c = Cluster::start(&["wa", "wb"], 0).await?;
+    let d = &c.d;
+    let base = [
+        "job",
+        "create",
+        "--app",
+        "app",
+        "--api",
+        "--processor",
+        "shell",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    refused(
+        d,
+        &with(&["--name", "gap", "--shards", "0=a,2=b"]),
+        "shard indexes must run from 0",
+    )
+    .await;
+    refused(
+        d,
+        &with(&["--name", "odd", "--execution", "fan-out"]),
+        "unknown execution",
+    )
+    .await;
+    refused(
+        d,
+        &with(&[
+            "--name",
+            "mixed",
+            "--execution",
+            "map",
+            "--shard-count",
+            "3",
+        ]),
+        "are for --execution sharding",
+    )
+    .await;
+    refused(
+        d,
+        &[
+            "job",
+            "create",
+            "--app",
+            "app",
+            "--name",
+            "often",
+            "--fixed-rate",
+            "1s",
+            "--processor",
+            "shell",
+            "--execution",
+            "broadcast",
+        ],
+        "cannot run at a fixed rate",
+    )
+    .await;
+
+    // A sharded shell job, made by the CLI: instance show has its counts and shares.
+    let (code, out, err) = cli(
+        d,
+        &with(&[
+            "--name",
+            "pair",
+            "--shards",
+            "0=a,1=b",
+            "--script",
+            "echo \"$ROTA_SHARD_PARAM\"",
+            "--json",
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out)?;
+    let job_id = job["id"].as_i64().expect("a job id");
+    assert_eq!(job["execution"]["type"], "sharding");
+    let id = d.run(job_id).await?;
+    let info = c.finish(id).await;
+    assert_eq!(info.instance.status, InstanceStatus::Succeeded, "{info:?}");
+    let (code, out, err) = cli(d, &["instance", "show", &id.to_string()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("tasks: 2 total, 2 succeeded, 0 failed, 0 running"),
+        "{out}"
+    );
+    assert!(out.contains("SHARE"), "each worker's share: {out}");
+    // Once it ended, its master has let its tasks go.
+    refused(
+        d,
+        &["instance", "tasks", &id.to_string()],
+        "only while it runs",
+    )
+    .await;
+
+    // A long map-reduce: its tasks are listed a page at a time while it runs, and a stop ends
+    // the tasks on every worker.
+    let slow = c
+        .job("slow", "demo-sum-squares", |s| {
+            s.execution = Execution::MapReduce;
+            s.config = "sleep_ms=50".into();
+        })
+        .await?;
+    let id = c.run_with(slow, "2000").await?;
+    wait_mid_map(&c, id).await;
+    let (code, out, err) = cli(d, &["instance", "tasks", &id.to_string(), "--limit", "3"]).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("ID") && lines[0].contains("ATTEMPTS"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 1 + 3, "a header and three tasks: {out}");
+    assert!(err.contains("more exist: add --after 2"), "{err}");
+    let (code, _, err) = cli(d, &["instance", "stop", &id.to_string()]).await;
+    assert_eq!(code, 0, "{err}");
+    let info = c.finish(id).await;
+    assert_eq!(info.instance.status, InstanceStatus::Stopped);
+    wait::until(
+        "every worker to drop the stopped instance's tasks",
+        RUN_TIMEOUT,
+        || async {
+            let mut running = 0.0;
+            for (_, addr) in &c.workers {
+                let answer = rota_observe::probe::get(*addr, "/metrics", Duration::from_secs(5))
+                    .await
+                    .ok()?;
+                running += Scrape::parse(&answer.body)
+                    .ok()?
+                    .sum("rota_worker_distributed_tasks_running", &[]);
+            }
+            (running == 0.0).then_some(())
+        },
+    )
+    .await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_task_whose_worker_dies_fails_and_is_not_run_elsewhere() -> anyhow::Result<()> {
+    let mut c = Cluster::start(&["wa", "wb", "wc"], 0).await?;
+    // Each worker's share writes a file when it starts and then runs until it is killed, or
+    // for 3 s (long enough for the master to see one of the workers gone).
+    let marks = tempfile::tempdir()?;
+    let script = format!(
+        "touch '{}/'\"$ROTA_WORKER_ID\"; sleep 3; echo done",
+        marks.path().display()
+    );
+    let job = c
+        .job("everyone", "shell", |s| {
+            s.execution = Execution::Broadcast;
+            s.config = script;
+            s.task_retries = 3;
+        })
+        .await?;
+    let id = c.d.run(job).await?;
+    let master = wait::until("every share to start", RUN_TIMEOUT, || async {
+        let started = ["wa", "wb", "wc"]
+            .iter()
+            .all(|w| marks.path().join(w).exists());
+        let info = c.d.instance(id).await.ok()?;
+        started.then_some(info.instance.worker_id?)
+    })
+    .await;
+    let victim = c
+        .workers
+        .iter()
+        .position(|(w, _)| w.id() != master)
+        .expect("a worker that is not the master");
+    let victim_id = c.workers[victim].0.id().to_owned();
+    c.workers[victim].0.kill().await;
+    let info = c.finish(id).await;
+    assert_eq!(info.instance.status, InstanceStatus::Failed, "{info:?}");
+    assert_eq!(
+        info.instance.result.as_deref(),
+        Some("1 of 3 tasks failed (2 succeeded)")
+    );
+    let t = counts(&info);
+    assert_eq!((t.total, t.succeeded, t.failed), (3, 2, 1), "{t:?}");
+    let lost = t
+        .workers
+        .iter()
+        .find(|w| w.worker_id == victim_id)
+        .expect("the lost worker's share");
+    assert_eq!((lost.succeeded, lost.failed), (0, 1), "{t:?}");
+    // No other worker ran the lost share: each ran its own task once.
+    c.workers.remove(victim);
+    let ran: f64 = c.tasks_ran().await?.iter().map(|(_, n)| n).sum();
+    assert_eq!(ran, 2.0);
+    Ok(())
+}

@@ -93,16 +93,29 @@ async fn counters_and_histograms_move_while_jobs_run() -> anyhow::Result<()> {
         .call(&InstanceStop(InstanceId { id: long_run }))
         .await?;
     d.wait_terminal(failed, Duration::from_secs(15)).await;
+    // A sharded job of two items: the worker is its master and runs both tasks.
+    let mut sharded = shell_job("app", "sharded", "echo $ROTA_SHARD_INDEX");
+    sharded.spec.execution = rota_shared::task::Execution::Sharding {
+        shards: rota_shared::task::shard_count(2),
+    };
+    let sharded = d.create_job(sharded).await?;
+    let sharded_run = d.run(sharded.id).await?;
+    let done = d.wait_terminal(sharded_run, Duration::from_secs(15)).await;
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
 
-    let s = scrape_until("three fires and every end counted", server, |s| {
-        let finished = |status| {
-            s.sum(
-                "rota_instances_finished_total",
-                &[("app", "app"), ("status", status)],
-            )
-        };
-        finished("succeeded") >= 3.0 && finished("failed") >= 1.0 && finished("stopped") >= 1.0
-    })
+    let s = scrape_until(
+        "three fires, the sharded run and every end counted",
+        server,
+        |s| {
+            let finished = |status| {
+                s.sum(
+                    "rota_instances_finished_total",
+                    &[("app", "app"), ("status", status)],
+                )
+            };
+            finished("succeeded") >= 4.0 && finished("failed") >= 1.0 && finished("stopped") >= 1.0
+        },
+    )
     .await;
     // Every fire and run was handed over, and the fires' starts were timed against their
     // instants.
@@ -138,6 +151,15 @@ async fn counters_and_histograms_move_while_jobs_run() -> anyhow::Result<()> {
         ) >= 1.0
     );
     assert!(w.sum("rota_worker_dispatches_total", &[("outcome", "accepted")]) >= 5.0);
+    assert_eq!(
+        w.sum(
+            "rota_worker_distributed_tasks_total",
+            &[("outcome", "succeeded")]
+        ),
+        2.0,
+        "the sharded job's two tasks"
+    );
+    assert_eq!(w.sum("rota_worker_master_of", &[]), 0.0);
     assert_eq!(w.sum("rota_worker_capacity", &[("app", "app")]), 16.0);
     assert_eq!(w.sum("rota_nats_reconnects_total", &[]), 0.0);
 

@@ -30,6 +30,46 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A job whose execution is broadcast, map, map-reduce or sharding spreads its work over the
+//! app's workers (see [`Processor`] for which method runs where). A map-reduce processor:
+//!
+//! ```no_run
+//! use futures::FutureExt;
+//! use futures::future::BoxFuture;
+//! use rota_worker::{ProcessResult, Processor, TaskContext, TaskResults};
+//!
+//! struct WordCount;
+//!
+//! impl Processor for WordCount {
+//!     fn process(&self, ctx: TaskContext) -> BoxFuture<'static, ProcessResult> {
+//!         async move {
+//!             if ctx.is_root() {
+//!                 // The root task, on the master: one sub-task per line of the parameters.
+//!                 let lines: Vec<String> = ctx.instance_params.clone().unwrap_or_default()
+//!                     .lines().map(str::to_owned).collect();
+//!                 return match ctx.map(lines, "line").await {
+//!                     Ok(()) => ProcessResult::ok("mapped"),
+//!                     Err(e) => ProcessResult::failed(e.to_string()),
+//!                 };
+//!             }
+//!             // A sub-task, on any worker.
+//!             ProcessResult::ok(ctx.task.payload.split_whitespace().count().to_string())
+//!         }
+//!         .boxed()
+//!     }
+//!
+//!     fn reduce(&self, _ctx: TaskContext, results: TaskResults) -> BoxFuture<'static, ProcessResult> {
+//!         async move {
+//!             let words: u64 = results.iter().filter_map(|r| r.result.parse::<u64>().ok()).sum();
+//!             ProcessResult::ok(words.to_string())
+//!         }
+//!         .boxed()
+//!     }
+//! }
+//! ```
+//!
+//! [`demo`] has an example processor for each kind.
 
 mod acks;
 mod agent;

@@ -9,6 +9,7 @@
 //! it has had nothing to do for [`IDLE_END`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -53,6 +54,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub(crate) struct TaskRuns {
     runs: Mutex<HashMap<(i64, i32), Arc<Run>>>,
+    /// Tasks whose processor runs now, over all runs (a stopped run's tasks count until their
+    /// processors have ended).
+    running: Arc<AtomicUsize>,
+}
+
+/// Counts one task as running while it lives.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl TaskRuns {
@@ -74,10 +94,7 @@ impl TaskRuns {
 
     /// How many tasks run here now, over all runs.
     pub(crate) fn running(&self) -> usize {
-        lock(&self.runs)
-            .values()
-            .map(|r| r.capacity - r.permits.available_permits())
-            .sum()
+        self.running.load(Ordering::SeqCst)
     }
 
     fn remove_if_same(&self, key: (i64, i32), run: &Arc<Run>) {
@@ -95,8 +112,8 @@ struct Run {
     /// The batch's description of the job, without its tasks.
     job: TaskBatch,
     can_map: bool,
-    capacity: usize,
     permits: Arc<Semaphore>,
+    running: Arc<AtomicUsize>,
     outbox: Arc<Outbox>,
 }
 
@@ -133,8 +150,8 @@ pub(crate) fn accept(
                 processor,
                 job: batch,
                 can_map,
-                capacity,
                 permits: Arc::new(Semaphore::new(capacity)),
+                running: Arc::clone(&agent.task_runs.running),
                 outbox,
             });
             tokio::spawn(supervise(Arc::clone(agent), key, Arc::clone(&run)));
@@ -173,6 +190,7 @@ async fn run_task(worker_id: String, run: Arc<Run>, task: Task) {
             Err(_) => return,
         },
     };
+    let running = Running::start(&run.running);
     let ctx = TaskContext::for_task(
         &run.job,
         &task,
@@ -188,6 +206,7 @@ async fn run_task(worker_id: String, run: Arc<Run>, task: Task) {
         &cancel,
     )
     .await;
+    drop(running);
     drop(permit);
     let Some(result) = outcome else {
         // Dropped with its run: nothing to report.
@@ -224,7 +243,13 @@ pub(crate) async fn execute(
             Outcome::Panicked(message) => ProcessResult::failed(format!("task panicked: {message}")),
             Outcome::Abandoned => ProcessResult::failed("task abandoned"),
         }),
-        () = cancel.cancelled() => None,
+        () = cancel.cancelled() => {
+            // The processor is dropped (a shell's process group is killed with it); the task
+            // counts as running until that has happened.
+            work.0.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut work.0).await;
+            None
+        }
         () = timeout => {
             cancel.cancel();
             Some(ProcessResult::failed(format!("task timeout: exceeded {timeout_ms} ms")))
