@@ -565,9 +565,11 @@ async fn the_cli_makes_distributed_jobs_shows_their_tasks_and_stops_them() -> an
         "{out}"
     );
     assert_eq!(lines.len(), 1 + 3, "a header and three tasks: {out}");
-    assert!(err.contains("more exist: add --after 2"), "{err}");
+    assert!(err.contains("more exist: add --after 3"), "{err}");
     let (code, _, err) = cli(d, &["instance", "stop", &id.to_string()]).await;
     assert_eq!(code, 0, "{err}");
+    // 2,000 squares of 50 ms on 8 slots take 12.5 s; stopped after a few hundred, the workers
+    // must not run the rest.
     let info = c.finish(id).await;
     assert_eq!(info.instance.status, InstanceStatus::Stopped);
     wait::until(
@@ -587,6 +589,11 @@ async fn the_cli_makes_distributed_jobs_shows_their_tasks_and_stops_them() -> an
         },
     )
     .await;
+    let ran: f64 = c.tasks_ran().await?.iter().map(|(_, n)| n).sum();
+    assert!(
+        ran < 2_000.0,
+        "{ran} tasks ran: the stop did not reach the workers"
+    );
     Ok(())
 }
 

@@ -939,7 +939,8 @@ async fn instance_tasks(
         return Err(ErrorBody::new(
             ErrorCode::Conflict,
             format!(
-                "instance {} is {}: its master keeps its tasks only while it runs                  (instance show has the final counts)",
+                "instance {} is {}: its master keeps its tasks only while it runs \
+                 (instance show has the final counts)",
                 inst.id, inst.status
             ),
         ));

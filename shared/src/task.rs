@@ -241,8 +241,10 @@ pub struct TaskResult {
 /// Sub-tasks a task emitted (`ctx.map(payloads, name)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskMap {
-    /// The task that emitted them.
+    /// The task that emitted them, and its attempt: the master takes them only while that
+    /// attempt runs on the sender, so that a task run again does not emit its children twice.
     pub parent: u64,
+    pub parent_attempt: u32,
     pub name: String,
     pub payloads: Vec<String>,
 }
@@ -255,6 +257,9 @@ pub struct TaskReport {
     pub worker_id: String,
     pub instance_id: i64,
     pub attempt: i32,
+    /// Rises with every report a worker sends about one attempt, from 1; a report sent again
+    /// (its answer was lost) carries the same number, and the master applies it once.
+    pub seq: u64,
     #[serde(default)]
     pub results: Vec<TaskResult>,
     #[serde(default)]
@@ -374,12 +379,14 @@ pub enum TaskNext {
     Failed,
 }
 
-/// The rule for a task whose attempt `attempt` (from 1) ended: a failure is run again while
-/// retries are left (`task_retries` runs after the first), then counted failed.
-pub fn after_task(success: bool, attempt: u32, task_retries: u32) -> TaskNext {
+/// The rule for a task whose attempt ended, `failures` being how many of its attempts failed,
+/// this one included: a failure is run again while retries are left (`task_retries` runs after
+/// the first failure), then counted failed. Attempts lost with their worker are not failures:
+/// they use no retry.
+pub fn after_task(success: bool, failures: u32, task_retries: u32) -> TaskNext {
     if success {
         TaskNext::Succeeded
-    } else if attempt <= task_retries {
+    } else if failures <= task_retries {
         TaskNext::Retry
     } else {
         TaskNext::Failed
@@ -487,12 +494,13 @@ mod tests {
 
     #[test]
     fn a_failed_task_is_retried_while_retries_are_left() {
-        assert_eq!(after_task(true, 1, 0), TaskNext::Succeeded);
+        // The second argument counts the failures, this one included.
+        assert_eq!(after_task(true, 0, 0), TaskNext::Succeeded);
         assert_eq!(after_task(false, 1, 0), TaskNext::Failed);
         assert_eq!(after_task(false, 1, 2), TaskNext::Retry);
         assert_eq!(after_task(false, 2, 2), TaskNext::Retry);
         assert_eq!(after_task(false, 3, 2), TaskNext::Failed);
-        assert_eq!(after_task(true, 3, 2), TaskNext::Succeeded);
+        assert_eq!(after_task(true, 2, 2), TaskNext::Succeeded);
     }
 
     #[test]

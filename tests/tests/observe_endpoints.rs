@@ -159,7 +159,15 @@ async fn counters_and_histograms_move_while_jobs_run() -> anyhow::Result<()> {
         2.0,
         "the sharded job's two tasks"
     );
-    assert_eq!(w.sum("rota_worker_master_of", &[]), 0.0);
+    assert!(
+        w.knows("rota_worker_master_of"),
+        "the masters gauge is served"
+    );
+    assert_eq!(
+        w.sum("rota_worker_master_of", &[]),
+        0.0,
+        "the ended instance's master let go"
+    );
     assert_eq!(w.sum("rota_worker_capacity", &[("app", "app")]), 16.0);
     assert_eq!(w.sum("rota_nats_reconnects_total", &[]), 0.0);
 

@@ -32,6 +32,10 @@ pub(crate) struct Agent {
     pub reporter: Reporter,
     /// The stamps of the servers' messages taken so far: a copy is refused.
     pub replay: ReplayGuard,
+    /// The same for what other workers of the app send (tasks and task reports), kept apart
+    /// so that a worker naming itself after a server cannot make that server's messages look
+    /// like replays.
+    pub peer_replay: ReplayGuard,
     /// What `/metrics` shows.
     pub metrics: crate::site::WorkerMetrics,
     /// The distributed instances this worker is the master of.
@@ -67,6 +71,7 @@ impl Agent {
             trackers: TaskTracker::new(),
             reporter,
             replay: ReplayGuard::new(crate::context::now_ms()),
+            peer_replay: ReplayGuard::new(crate::context::now_ms()),
             masters: Default::default(),
             task_runs: Default::default(),
             accepting: AtomicBool::new(true),

@@ -116,17 +116,19 @@ impl TaskContext {
         }
     }
 
-    /// The context of a distributed instance's step on its master: the root task (`can_map`
-    /// for map and map-reduce), broadcast's `pre` and `post`, or `reduce`.
+    /// The context of a distributed instance's step on its master: the root task (which may
+    /// map, in map and map-reduce jobs), broadcast's `pre` and `post`, or `reduce` (which may
+    /// not: the tasks are over by then).
     pub(crate) fn on_master(
         req: &DispatchRequest,
         worker_id: &str,
         logs: LogSink,
         inbox: MasterInbox,
         cancel: CancellationToken,
+        can_map: bool,
     ) -> Self {
         let mut ctx = Self::new(req, worker_id, logs.clone(), cancel);
-        ctx.can_map = req.execution.has_root();
+        ctx.can_map = can_map && req.execution.has_root();
         ctx.route = Route::Master(logs, inbox);
         ctx
     }
@@ -189,7 +191,11 @@ impl TaskContext {
         match &self.route {
             Route::Worker(_) => Err(MapError::NotAMap),
             Route::Master(_, inbox) => inbox.map(self.task.id, name, payloads).await,
-            Route::Remote(outbox) => outbox.map(self.task.id, name, payloads).await,
+            Route::Remote(outbox) => {
+                outbox
+                    .map(self.task.id, self.task.attempt, name, payloads)
+                    .await
+            }
         }
     }
 

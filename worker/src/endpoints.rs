@@ -38,11 +38,20 @@ pub(crate) async fn serve(agent: Arc<Agent>, subscriptions: Vec<Subscriber>) {
     debug!("worker subscriptions ended");
 }
 
-/// Verifies a server's message: sealed with this worker's key, and new.
-fn verify(agent: &Agent, msg: &Message) -> Result<(Seal, Key), ErrorBody> {
+/// Verifies a message: sealed with this worker's key, and new from its sender (servers and
+/// other workers each have their own replay state).
+fn verify(
+    agent: &Agent,
+    msg: &Message,
+    endpoint: Option<WorkerEndpoint>,
+) -> Result<(Seal, Key), ErrorBody> {
     let (seal, key) = agent.link.verify(msg)?;
-    agent
-        .replay
+    let replay = if endpoint.is_some_and(WorkerEndpoint::between_workers) {
+        &agent.peer_replay
+    } else {
+        &agent.replay
+    };
+    replay
         .check(&seal.sender, seal.stamp, now_ms())
         .map_err(|e| ErrorBody::unauthorized(e.to_string()))?;
     Ok((seal, key))
@@ -69,7 +78,7 @@ async fn handle(agent: &Arc<Agent>, msg: Incoming) {
         .subjects()
         .parse_to_worker(msg.subject())
         .map(|(_, _, endpoint)| endpoint);
-    let (seal, key) = match verify(agent, msg.message()) {
+    let (seal, key) = match verify(agent, msg.message(), endpoint) {
         Ok(verified) => verified,
         Err(e) => {
             agent.metrics.refused("unauthenticated");

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
 use crate::context::{MapError, TaskContext};
-use crate::link::{CallError, REQUEST_TIMEOUT};
+use crate::link::{CallError, Link, REQUEST_TIMEOUT};
 use crate::processor::{ProcessResult, Processor, by_counts};
 use crate::task_store::{Applied, NewTask, TaskResults, TaskStore};
 use crate::tasks::{chunks, execute};
@@ -47,6 +47,12 @@ const CLUSTER_REFRESH: Duration = Duration::from_secs(1);
 const SIT_OUT: Duration = Duration::from_secs(5);
 /// How long a task batch may take to be acknowledged.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// A worker missing from the owner's view this long is lost. The grace covers an owner that
+/// has just taken the app over and has not heard every worker's heartbeat yet.
+const MISSING_GRACE: Duration = Duration::from_secs(5);
+/// A worker that holds tasks and has not been heard (a report, or the heartbeat a run sends
+/// every `TASK_HEARTBEAT`) this long has dropped them: they run elsewhere.
+const PEER_SILENCE: Duration = Duration::from_secs(10);
 /// Events waiting for the master at most; senders wait beyond.
 const INBOX_DEPTH: usize = 256;
 
@@ -69,12 +75,15 @@ pub(crate) enum Event {
     },
     /// The root task ended.
     RootDone(ProcessResult),
-    /// How a batch sent to a worker was answered.
+    /// How a batch sent to a worker was answered: the tasks of the messages it did not take,
+    /// and why.
     Sent {
         worker: String,
-        ids: Vec<u64>,
-        result: Result<TaskBatchAck, CallError>,
+        refused: Vec<u64>,
+        error: Option<CallError>,
     },
+    /// The owner's answer to the cluster query.
+    Cluster(Result<Vec<String>, CallError>),
     /// A page of the tasks, for `rota instance tasks`.
     List {
         after: Option<u64>,
@@ -140,8 +149,20 @@ impl Masters {
         lock(&self.masters).len()
     }
 
-    fn insert(&self, instance_id: i64, attempt: i32, inbox: MasterInbox) {
-        lock(&self.masters).insert(instance_id, (attempt, inbox));
+    /// Registers the master of an attempt until the returned guard is dropped (also when the
+    /// master's task is aborted).
+    fn register(
+        agent: &Arc<Agent>,
+        instance_id: i64,
+        attempt: i32,
+        inbox: MasterInbox,
+    ) -> Registration {
+        lock(&agent.masters.masters).insert(instance_id, (attempt, inbox));
+        Registration {
+            agent: Arc::clone(agent),
+            instance_id,
+            attempt,
+        }
     }
 
     fn remove(&self, instance_id: i64, attempt: i32) {
@@ -155,8 +176,40 @@ impl Masters {
     }
 }
 
+/// Keeps a master registered while it lives.
+struct Registration {
+    agent: Arc<Agent>,
+    instance_id: i64,
+    attempt: i32,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.agent.masters.remove(self.instance_id, self.attempt);
+    }
+}
+
+/// The live workers that may run the job's tasks, by the owner.
+async fn cluster(link: &Link, job_id: i64, processor: &str) -> Result<Vec<String>, CallError> {
+    let reply: ClusterReply = link
+        .call(
+            ServerEndpoint::Cluster,
+            &ClusterQuery {
+                job_id: Some(job_id),
+            },
+            REQUEST_TIMEOUT,
+        )
+        .await?;
+    Ok(reply
+        .workers
+        .into_iter()
+        .filter(|w| w.processors.iter().any(|p| p == processor))
+        .map(|w| w.worker_id)
+        .collect())
+}
+
 /// A worker the master gives tasks to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Peer {
     /// Tasks given to it that it has not reported.
     in_flight: HashSet<u64>,
@@ -164,8 +217,25 @@ struct Peer {
     sending: bool,
     /// It did not take a batch: left out until then.
     sit_out_until: Option<Instant>,
-    /// It was given tasks in this attempt (it is told when the attempt ends).
-    used: bool,
+    /// When it was last heard: a batch taken, a report, a heartbeat.
+    last_heard: Instant,
+    /// Since when the owner's view has not listed it.
+    missing_since: Option<Instant>,
+    /// The number of the last report applied from it.
+    last_seq: u64,
+}
+
+impl Peer {
+    fn new() -> Self {
+        Self {
+            in_flight: HashSet::new(),
+            sending: false,
+            sit_out_until: None,
+            last_heard: Instant::now(),
+            missing_since: None,
+            last_seq: 0,
+        }
+    }
 }
 
 /// Runs a distributed instance's attempt to its result. `counts` is where the tracker reads
@@ -189,9 +259,7 @@ pub(crate) async fn run(
     };
     let (tx, rx) = mpsc::channel(INBOX_DEPTH);
     let inbox = MasterInbox(tx);
-    agent
-        .masters
-        .insert(req.instance_id, req.attempt, inbox.clone());
+    let _registration = Masters::register(&agent, req.instance_id, req.attempt, inbox.clone());
     let mut master = Master {
         agent: Arc::clone(&agent),
         req,
@@ -202,15 +270,14 @@ pub(crate) async fn run(
         inbox,
         rx,
         peers: BTreeMap::new(),
+        used: HashSet::new(),
         pinned: HashMap::new(),
         root_result: None,
+        refreshing: false,
     };
     let result = master.run().await;
-    master.stop_peers().await;
     *lock(&master.counts) = Some(master.store.counts());
-    agent
-        .masters
-        .remove(master.req.instance_id, master.req.attempt);
+    master.stop_peers();
     result
 }
 
@@ -224,6 +291,10 @@ struct Master {
     inbox: MasterInbox,
     rx: mpsc::Receiver<Event>,
     peers: BTreeMap<String, Peer>,
+    /// Every worker given tasks in this attempt: each is told when the attempt ends.
+    used: HashSet<String>,
+    /// A cluster query is on its way.
+    refreshing: bool,
     /// A broadcast task's worker.
     pinned: HashMap<u64, String>,
     /// The root task's result, once it ended (map and map-reduce).
@@ -231,14 +302,20 @@ struct Master {
 }
 
 impl Master {
-    fn ctx(&self) -> TaskContext {
+    /// The context of a step on the master: the root task may map, the others may not.
+    fn ctx_with(&self, can_map: bool) -> TaskContext {
         TaskContext::on_master(
             &self.req,
             &self.agent.worker_id,
             self.agent.logs.clone(),
             self.inbox.clone(),
             self.cancel.child_token(),
+            can_map,
         )
+    }
+
+    fn ctx(&self) -> TaskContext {
+        self.ctx_with(false)
     }
 
     fn info(&self, text: String) {
@@ -246,7 +323,7 @@ impl Master {
     }
 
     async fn run(&mut self) -> ProcessResult {
-        let workers = match self.cluster().await {
+        let workers = match cluster(&self.agent.link, self.req.job_id, &self.req.processor).await {
             Ok(workers) if workers.is_empty() => {
                 return ProcessResult::failed("no live worker may run the job's tasks");
             }
@@ -254,7 +331,7 @@ impl Master {
             Err(e) => return ProcessResult::failed(format!("cluster query failed: {e}")),
         };
         for w in &workers {
-            self.peers.entry(w.clone()).or_default();
+            self.peers.entry(w.clone()).or_insert_with(Peer::new);
         }
         self.info(format!(
             "master of a {} run over {} workers: {}",
@@ -319,7 +396,7 @@ impl Master {
                 }
             }
             Execution::Map | Execution::MapReduce => {
-                let ctx = self.ctx();
+                let ctx = self.ctx_with(true);
                 let processor = Arc::clone(&self.processor);
                 let inbox = self.inbox.clone();
                 let cancel = self.cancel.child_token();
@@ -361,7 +438,8 @@ impl Master {
                     None => return ProcessResult::failed("the master's inbox closed"),
                 },
                 _ = refresh.tick() => {
-                    if let Err(e) = self.refresh().await {
+                    self.ask_cluster();
+                    if let Err(e) = self.check_silence() {
                         return ProcessResult::failed(e);
                     }
                 }
@@ -397,40 +475,55 @@ impl Master {
             _ => return by_counts(&results),
         };
         let mut step = crate::tracker::AbortOnDrop(step);
-        tokio::select! {
-            joined = &mut step.0 => match joined {
-                Ok(result) => result,
-                Err(e) => ProcessResult::failed(format!("the last step panicked: {e}")),
-            },
-            () = self.cancel.cancelled() => ProcessResult::failed("stopped"),
+        loop {
+            tokio::select! {
+                joined = &mut step.0 => return match joined {
+                    Ok(result) => result,
+                    Err(e) => ProcessResult::failed(format!("the last step panicked: {e}")),
+                },
+                () = self.cancel.cancelled() => return ProcessResult::failed("stopped"),
+                // The tasks are over, but `instance tasks` still asks, and a late report is
+                // told the attempt is over.
+                Some(event) = self.rx.recv() => match event {
+                    Event::List { after, limit, reply } => {
+                        let page = self
+                            .store
+                            .page(after, limit)
+                            .map_err(|e| ErrorBody::internal(e.to_string()));
+                        let _ = reply.send(page);
+                    }
+                    Event::Report { reply, .. } => {
+                        let _ = reply.send(Ok(TaskReportAck { stop: true }));
+                    }
+                    _ => {}
+                },
+            }
         }
     }
 
-    /// The live workers that may run the job, by the owner.
-    async fn cluster(&self) -> Result<Vec<String>, CallError> {
-        let reply: ClusterReply = self
-            .agent
-            .link
-            .call(
-                ServerEndpoint::Cluster,
-                &ClusterQuery {
-                    job_id: Some(self.req.job_id),
-                },
-                REQUEST_TIMEOUT,
-            )
-            .await?;
-        Ok(reply
-            .workers
-            .into_iter()
-            .filter(|w| w.processors.contains(&self.req.processor))
-            .map(|w| w.worker_id)
-            .collect())
+    /// Asks the owner for its view of the live workers, unless a question is on its way; the
+    /// answer comes back as [`Event::Cluster`], so that the loop goes on meanwhile.
+    fn ask_cluster(&mut self) {
+        if self.refreshing {
+            return;
+        }
+        self.refreshing = true;
+        let link = Arc::clone(&self.agent.link);
+        let inbox = self.inbox.clone();
+        let job_id = self.req.job_id;
+        let processor = self.req.processor.clone();
+        tokio::spawn(async move {
+            let reply = cluster(&link, job_id, &processor).await;
+            inbox.send(Event::Cluster(reply)).await;
+        });
     }
 
-    /// Follows the owner's view of the live workers: the tasks of those that left run again
-    /// (a broadcast task fails), and those that joined take tasks (not in a broadcast).
-    async fn refresh(&mut self) -> Result<(), String> {
-        let live: HashSet<String> = match self.cluster().await {
+    /// Follows the owner's view of the live workers: the tasks of those missing from it for
+    /// [`MISSING_GRACE`] run again (a broadcast task fails), and those that joined take tasks
+    /// (not in a broadcast).
+    fn on_cluster(&mut self, reply: Result<Vec<String>, CallError>) -> Result<(), String> {
+        self.refreshing = false;
+        let live: HashSet<String> = match reply {
             Ok(workers) => workers.into_iter().collect(),
             Err(e) => {
                 debug!(
@@ -440,12 +533,18 @@ impl Master {
                 return Ok(());
             }
         };
-        let lost: Vec<String> = self
-            .peers
-            .keys()
-            .filter(|w| !live.contains(*w))
-            .cloned()
-            .collect();
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        for (worker, peer) in &mut self.peers {
+            if live.contains(worker) {
+                peer.missing_since = None;
+            } else {
+                let since = *peer.missing_since.get_or_insert(now);
+                if now.duration_since(since) >= MISSING_GRACE {
+                    lost.push(worker.clone());
+                }
+            }
+        }
         for worker in lost {
             if let Some(peer) = self.peers.remove(&worker) {
                 self.lose(&worker, peer.in_flight.into_iter().collect(), "worker lost")?;
@@ -453,8 +552,34 @@ impl Master {
         }
         if !self.req.execution.pins_tasks() {
             for worker in live {
-                self.peers.entry(worker).or_default();
+                self.peers.entry(worker).or_insert_with(Peer::new);
             }
+        }
+        Ok(())
+    }
+
+    /// A worker that holds tasks and has gone silent dropped them: they run elsewhere (a
+    /// broadcast task fails), and it is left out for a while.
+    fn check_silence(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        let silent: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                !p.in_flight.is_empty() && now.duration_since(p.last_heard) >= PEER_SILENCE
+            })
+            .map(|(w, _)| w.clone())
+            .collect();
+        for worker in silent {
+            let ids: Vec<u64> = match self.peers.get_mut(&worker) {
+                Some(peer) => {
+                    peer.sit_out_until = Some(now + SIT_OUT);
+                    peer.last_heard = now;
+                    peer.in_flight.drain().collect()
+                }
+                None => continue,
+            };
+            self.lose(&worker, ids, "worker silent")?;
         }
         Ok(())
     }
@@ -500,6 +625,9 @@ impl Master {
             })
             .map(|(w, _)| w.clone())
             .collect();
+        // The waiting tasks are shared among the ready workers, so that a small map does not
+        // go to the first of them whole.
+        let share = self.store.pending().div_ceil(ready.len().max(1)).min(BATCH);
         for worker in ready {
             if self.store.pending() == 0 {
                 break;
@@ -507,7 +635,7 @@ impl Master {
             let room = WINDOW - self.peers[&worker].in_flight.len();
             let tasks = self
                 .store
-                .take(room.min(BATCH), &worker)
+                .take(room.min(share), &worker)
                 .map_err(|e| e.to_string())?;
             self.send(&worker, tasks);
         }
@@ -550,16 +678,20 @@ impl Master {
         if tasks.is_empty() {
             return;
         }
-        let peer = self.peers.entry(worker.to_owned()).or_default();
+        let peer = self
+            .peers
+            .entry(worker.to_owned())
+            .or_insert_with(Peer::new);
         peer.sending = true;
-        peer.used = true;
-        let ids: Vec<u64> = tasks.iter().map(|t| t.id).collect();
-        peer.in_flight.extend(&ids);
+        peer.in_flight.extend(tasks.iter().map(|t| t.id));
+        self.used.insert(worker.to_owned());
         let mut messages = Vec::new();
         let mut current = Vec::new();
         let mut bytes = 0;
         for task in tasks {
-            let size = task.payload.len() + task.name.len() + 64;
+            // JSON may double a text's bytes when it escapes them.
+            let param = task.shard.as_ref().map_or(0, |s| s.param.len());
+            let size = 2 * (task.payload.len() + task.name.len() + param) + 96;
             if !current.is_empty()
                 && (current.len() >= MAX_TASKS_PER_MESSAGE
                     || bytes + size > MAX_TASK_BYTES_PER_MESSAGE)
@@ -575,10 +707,18 @@ impl Master {
         let inbox = self.inbox.clone();
         let worker = worker.to_owned();
         tokio::spawn(async move {
-            let mut result = Ok(TaskBatchAck { accepted: 0 });
+            // The messages go one after the other; those after the first that is not taken
+            // are not sent, and only their tasks (and its) are given back.
+            let mut refused = Vec::new();
+            let mut error = None;
             for batch in messages {
+                if error.is_some() {
+                    refused.extend(batch.tasks.iter().map(|t| t.id));
+                    continue;
+                }
+                let ids: Vec<u64> = batch.tasks.iter().map(|t| t.id).collect();
                 let call = TaskCall::Run(batch);
-                match link
+                if let Err(e) = link
                     .call_worker::<_, TaskBatchAck>(
                         &worker,
                         WorkerEndpoint::Task,
@@ -587,22 +727,15 @@ impl Master {
                     )
                     .await
                 {
-                    Ok(ack) => {
-                        if let Ok(total) = &mut result {
-                            total.accepted += ack.accepted;
-                        }
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+                    refused.extend(ids);
+                    error = Some(e);
                 }
             }
             inbox
                 .send(Event::Sent {
                     worker,
-                    ids,
-                    result,
+                    refused,
+                    error,
                 })
                 .await;
         });
@@ -641,23 +774,27 @@ impl Master {
             }
             Event::Sent {
                 worker,
-                ids,
-                result,
+                refused,
+                error,
             } => {
-                if let Some(peer) = self.peers.get_mut(&worker) {
-                    peer.sending = false;
-                }
-                if let Err(e) = result {
-                    let still: Vec<u64> = match self.peers.get_mut(&worker) {
-                        Some(peer) => {
+                let still: Vec<u64> = match self.peers.get_mut(&worker) {
+                    Some(peer) => {
+                        peer.sending = false;
+                        if error.is_none() {
+                            peer.last_heard = Instant::now();
+                        } else {
                             peer.sit_out_until = Some(Instant::now() + SIT_OUT);
-                            ids.iter()
-                                .filter(|id| peer.in_flight.remove(id))
-                                .copied()
-                                .collect()
                         }
-                        None => Vec::new(),
-                    };
+                        refused
+                            .iter()
+                            .filter(|id| peer.in_flight.remove(id))
+                            .copied()
+                            .collect()
+                    }
+                    // A worker already counted lost: its tasks were given back then.
+                    None => Vec::new(),
+                };
+                if let Some(e) = error {
                     self.lose(
                         &worker,
                         still,
@@ -665,6 +802,7 @@ impl Master {
                     )?;
                 }
             }
+            Event::Cluster(reply) => self.on_cluster(reply)?,
             Event::List {
                 after,
                 limit,
@@ -714,10 +852,25 @@ impl Master {
             return Ok(TaskReportAck { stop: true });
         }
         let worker = report.worker_id;
-        if !report.maps.is_empty() && !self.peers.get(&worker).is_some_and(|p| p.used) {
-            return Err(ErrorBody::unauthorized(format!(
-                "worker {worker} was given no task of this instance"
-            )));
+        if let Some(peer) = self.peers.get_mut(&worker) {
+            peer.last_heard = Instant::now();
+            if report.seq <= peer.last_seq {
+                // Sent again because its answer was lost: it was applied already.
+                return Ok(TaskReportAck { stop: false });
+            }
+            peer.last_seq = report.seq;
+        }
+        for map in &report.maps {
+            let allowed = self
+                .store
+                .may_map(map.parent, map.parent_attempt, &worker)
+                .map_err(|e| ErrorBody::internal(e.to_string()))?;
+            if !allowed {
+                return Err(ErrorBody::unauthorized(format!(
+                    "task {} attempt {} does not run on worker {worker}: it may not emit sub-tasks",
+                    map.parent, map.parent_attempt
+                )));
+            }
         }
         for map in report.maps {
             self.add_map(map.parent, map.name, map.payloads)?;
@@ -757,27 +910,26 @@ impl Master {
     }
 
     /// Tells every worker that was given tasks that the attempt is over, so that they drop
-    /// what is left of it.
-    async fn stop_peers(&mut self) {
+    /// what is left of it. Detached: the master's own end does not wait for slow workers, and
+    /// an abort of the master's task does not cut it short.
+    fn stop_peers(&mut self) {
         let stop = TaskCall::Stop(TaskStop {
             master: self.agent.worker_id.clone(),
             instance_id: self.req.instance_id,
             attempt: self.req.attempt,
         });
-        let calls = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.used)
-            .map(|(worker, _)| {
-                let link = Arc::clone(&self.agent.link);
-                let stop = stop.clone();
-                let worker = worker.clone();
+        let workers: Vec<String> = self.used.drain().collect();
+        let link = Arc::clone(&self.agent.link);
+        let instance = self.req.instance_id;
+        tokio::spawn(async move {
+            let calls = workers.iter().map(|worker| {
+                let (link, stop) = (&link, &stop);
                 async move {
                     if let Err(e) = link
                         .call_worker::<_, TaskBatchAck>(
-                            &worker,
+                            worker,
                             WorkerEndpoint::Task,
-                            &stop,
+                            stop,
                             SEND_TIMEOUT,
                         )
                         .await
@@ -786,11 +938,8 @@ impl Master {
                     }
                 }
             });
-        futures::future::join_all(calls).await;
-        info!(
-            instance = self.req.instance_id,
-            attempt = self.req.attempt,
-            "master ended"
-        );
+            futures::future::join_all(calls).await;
+            info!(instance, "master ended");
+        });
     }
 }

@@ -67,6 +67,9 @@ struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     worker: Option<String>,
     attempts: u32,
+    /// Attempts that failed (attempts lost with their worker are not failures).
+    #[serde(default)]
+    failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<String>,
 }
@@ -135,7 +138,8 @@ impl TaskStore {
         Ok(Self {
             db: Arc::new(db),
             path,
-            next_id: 0,
+            // Task ids start at 1: 0 is the root task, which runs on the master and is not kept.
+            next_id: 1,
             pending: VecDeque::new(),
             counts: Counts::default(),
             task_retries,
@@ -171,6 +175,7 @@ impl TaskStore {
                     status: TaskStatus::Pending,
                     worker: None,
                     attempts: 0,
+                    failures: 0,
                     result: None,
                 };
                 table.insert(first + i as u64, serde_json::to_vec(&record)?.as_slice())?;
@@ -247,7 +252,10 @@ impl TaskStore {
                     continue;
                 };
                 record.result = Some(r.result.clone());
-                let next = after_task(r.success, r.attempt, retries);
+                if !r.success {
+                    record.failures += 1;
+                }
+                let next = after_task(r.success, record.failures, retries);
                 record.status = match next {
                     TaskNext::Succeeded => TaskStatus::Succeeded,
                     TaskNext::Failed => TaskStatus::Failed,
@@ -266,6 +274,16 @@ impl TaskStore {
         })?;
         let ended = applied.iter().filter(|a| **a != Applied::Stale).count() as u64;
         self.counts.running = self.counts.running.saturating_sub(ended);
+        if !self.pinned {
+            for a in &applied {
+                if let Applied::Retry { id } = a {
+                    self.pending.push_back(*id);
+                }
+            }
+        }
+        if finished.is_empty() {
+            return Ok(applied);
+        }
         let share = self.counts.shares.entry(worker.to_owned()).or_default();
         for ok in finished {
             if ok {
@@ -276,14 +294,23 @@ impl TaskStore {
                 share.1 += 1;
             }
         }
-        if !self.pinned {
-            for a in &applied {
-                if let Applied::Retry { id } = a {
-                    self.pending.push_back(*id);
-                }
-            }
-        }
         Ok(applied)
+    }
+
+    /// Whether `worker` may emit sub-tasks as task `parent` at `attempt`: only while that
+    /// attempt runs there.
+    pub(crate) fn may_map(&self, parent: u64, attempt: u32, worker: &str) -> StoreResult<bool> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TASKS)?;
+        let record: Option<Record> = match table.get(parent)? {
+            Some(value) => Some(serde_json::from_slice(value.value())?),
+            None => None,
+        };
+        Ok(record.is_some_and(|r| {
+            r.status == TaskStatus::Running
+                && r.attempts == attempt
+                && r.worker.as_deref() == Some(worker)
+        }))
     }
 
     /// Tasks whose worker was lost: waiting again, for another worker (their next attempt is
@@ -530,7 +557,7 @@ mod tests {
     fn tasks_are_handed_out_once_and_counted() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut store = TaskStore::create(dir.path(), 0, false).expect("a store");
-        assert_eq!(store.add(new(5)).expect("added"), vec![0, 1, 2, 3, 4]);
+        assert_eq!(store.add(new(5)).expect("added"), vec![1, 2, 3, 4, 5]);
         let a = store.take(3, "w1").expect("taken");
         let b = store.take(10, "w2").expect("taken");
         assert_eq!(a.len() + b.len(), 5);
@@ -583,7 +610,7 @@ mod tests {
             store
                 .finish("w1", &[result(&first[0], false)])
                 .expect("applied"),
-            vec![Applied::Retry { id: 0 }]
+            vec![Applied::Retry { id: 1 }]
         );
         assert_eq!(store.pending(), 1);
         let second = store.take(1, "w2").expect("taken");
@@ -619,7 +646,7 @@ mod tests {
             store
                 .finish("wa", &[result(&a[0], false)])
                 .expect("applied"),
-            vec![Applied::Retry { id: 0 }]
+            vec![Applied::Retry { id: 1 }]
         );
         assert_eq!(store.pending(), 0);
         let again = store.take_ids(&ids[..1], "wa").expect("taken");
@@ -642,7 +669,7 @@ mod tests {
         assert_eq!(store.counts().running, 0);
         let page = store.page(Some(6), 2).expect("a page");
         assert_eq!(page.iter().map(|t| t.id).collect::<Vec<_>>(), vec![7, 8]);
-        store.fail(&[9], "worker lost").expect("failed");
+        store.fail(&[10], "worker lost").expect("failed");
         assert_eq!(store.counts().failed, 1);
     }
 
@@ -661,5 +688,52 @@ mod tests {
             .map(|o| o.result[1..].parse::<u64>().expect("a number"))
             .sum();
         assert_eq!(sum, (0..n as u64).sum::<u64>());
+    }
+
+    #[test]
+    fn an_attempt_lost_with_its_worker_uses_no_retry() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = TaskStore::create(dir.path(), 1, false).expect("a store");
+        store.add(new(1)).expect("added");
+        let lost = store.take(1, "w1").expect("taken");
+        store.requeue(&[lost[0].id]).expect("requeued");
+        let second = store.take(1, "w2").expect("taken");
+        assert_eq!(second[0].attempt, 2);
+        // Its first failure: one retry is left, because the lost attempt did not fail.
+        assert_eq!(
+            store
+                .finish("w2", &[result(&second[0], false)])
+                .expect("applied"),
+            vec![Applied::Retry { id: 1 }]
+        );
+        let third = store.take(1, "w2").expect("taken");
+        assert_eq!(
+            store
+                .finish("w2", &[result(&third[0], false)])
+                .expect("applied"),
+            vec![Applied::Finished]
+        );
+        assert_eq!(store.counts().failed, 1);
+    }
+
+    #[test]
+    fn only_a_running_attempt_may_emit_sub_tasks() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = TaskStore::create(dir.path(), 0, false).expect("a store");
+        store.add(new(1)).expect("added");
+        let t = store.take(1, "w1").expect("taken");
+        let id = t[0].id;
+        assert!(store.may_map(id, 1, "w1").expect("read"));
+        assert!(!store.may_map(id, 1, "w2").expect("read"), "another worker");
+        assert!(
+            !store.may_map(id, 2, "w1").expect("read"),
+            "another attempt"
+        );
+        assert!(!store.may_map(99, 1, "w1").expect("read"), "no such task");
+        store.requeue(&[id]).expect("requeued");
+        assert!(
+            !store.may_map(id, 1, "w1").expect("read"),
+            "a requeued task"
+        );
     }
 }

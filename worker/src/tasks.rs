@@ -43,6 +43,11 @@ const GATHER: Duration = Duration::from_millis(5);
 /// How long a task report may take to be answered.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// While a run has unfinished tasks, it tells its master at least this often that it still
+/// holds them (an empty report), so that the master can tell a worker that dropped its tasks
+/// from one whose tasks take long, and the run notices a master that is gone.
+pub(crate) const TASK_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Log lines a run keeps for its master at most; more are dropped (and said so).
 const MAX_BUFFERED_LOG_LINES: usize = 10_000;
 
@@ -138,6 +143,13 @@ pub(crate) fn accept(
     let tasks = std::mem::take(&mut batch.tasks);
     let run = {
         let mut runs = lock(&agent.task_runs.runs);
+        // A run that is ending (it was idle for long) takes no more tasks: a new one does.
+        if runs
+            .get(&key)
+            .is_some_and(|r| r.outbox.cancel.is_cancelled())
+        {
+            runs.remove(&key);
+        }
         Arc::clone(runs.entry(key).or_insert_with(|| {
             let capacity = agent.config.capacity as usize;
             let outbox = Arc::new(Outbox::new(
@@ -269,8 +281,8 @@ pub(crate) struct Outbox {
     /// Cancelled when the run ends: its tasks stop.
     pub(crate) cancel: CancellationToken,
     /// Serializes what is sent, so that sub-tasks a task emits reach the master before its
-    /// result.
-    sending: tokio::sync::Mutex<()>,
+    /// result, and numbers the reports in the order they are sent.
+    sending: tokio::sync::Mutex<u64>,
 }
 
 #[derive(Default)]
@@ -293,7 +305,7 @@ impl Outbox {
             state: Mutex::new(Pending::default()),
             ready: Notify::new(),
             cancel: CancellationToken::new(),
-            sending: tokio::sync::Mutex::new(()),
+            sending: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -324,10 +336,19 @@ impl Outbox {
             worker_id: self.worker_id.clone(),
             instance_id: self.instance_id,
             attempt: self.attempt,
+            seq: 0,
             results: Vec::new(),
             maps: Vec::new(),
             logs: Vec::new(),
         }
+    }
+
+    /// Numbers a report and sends it; one report at a time, in the order of their numbers.
+    async fn send_next(&self, mut report: TaskReport) -> Result<TaskReportAck, CallError> {
+        let mut seq = self.sending.lock().await;
+        *seq += 1;
+        report.seq = *seq;
+        self.send(&report).await
     }
 
     /// Sends sub-tasks to the master, in messages of at most [`MAX_TASKS_PER_MESSAGE`]
@@ -335,6 +356,7 @@ impl Outbox {
     pub(crate) async fn map(
         &self,
         parent: u64,
+        parent_attempt: u32,
         name: &str,
         payloads: Vec<String>,
     ) -> Result<(), MapError> {
@@ -342,11 +364,11 @@ impl Outbox {
             let mut report = self.report();
             report.maps.push(TaskMap {
                 parent,
+                parent_attempt,
                 name: name.to_owned(),
                 payloads: chunk,
             });
-            let _sending = self.sending.lock().await;
-            match self.send(&report).await {
+            match self.send_next(report).await {
                 Ok(ack) if ack.stop => {
                     self.cancel.cancel();
                     return Err(MapError::Ended);
@@ -396,13 +418,23 @@ impl Outbox {
             return None;
         }
         let mut report = self.report();
-        let n = state.results.len().min(MAX_TASKS_PER_MESSAGE);
+        // At most a message's worth of results, by count and by size (JSON may double a
+        // result's bytes when it escapes them).
+        let mut bytes = 0;
+        let mut n = 0;
+        for r in state.results.iter().take(MAX_TASKS_PER_MESSAGE) {
+            let size = 2 * r.result.len() + 64;
+            if n > 0 && bytes + size > MAX_TASK_BYTES_PER_MESSAGE {
+                break;
+            }
+            bytes += size;
+            n += 1;
+        }
         report.results = state.results.drain(..n).collect();
-        let mut bytes: usize = report.results.iter().map(|r| r.result.len() + 48).sum();
         let mut lines = 0;
         for line in &state.logs {
-            bytes += line.text.len() + 64;
-            if bytes > MAX_TASK_BYTES_PER_MESSAGE && lines > 0 {
+            bytes += 2 * line.text.len() + 96;
+            if bytes > MAX_TASK_BYTES_PER_MESSAGE && (lines > 0 || n > 0) {
                 break;
             }
             lines += 1;
@@ -424,10 +456,12 @@ impl Outbox {
         state.unfinished == 0 && state.results.is_empty() && state.logs.is_empty()
     }
 
-    /// Sends the results as they come, until the run is cancelled, the master says the
-    /// attempt is over or cannot be reached, or the run has been idle for [`IDLE_END`].
+    /// Sends the results as they come, and a heartbeat while tasks run, until the run is
+    /// cancelled, the master says the attempt is over or cannot be reached, or the run has been
+    /// idle for [`IDLE_END`].
     async fn flush_until_done(self: Arc<Self>) {
         let mut idle_since: Option<Instant> = None;
+        let mut last_sent = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -437,9 +471,16 @@ impl Outbox {
             }
             // Results that end together go together.
             tokio::time::sleep(GATHER).await;
+            let mut reports = Vec::new();
             while let Some(report) = self.take() {
-                let _sending = self.sending.lock().await;
-                match self.send(&report).await {
+                reports.push(report);
+            }
+            if reports.is_empty() && !self.idle() && last_sent.elapsed() >= TASK_HEARTBEAT {
+                reports.push(self.report());
+            }
+            for report in reports {
+                last_sent = Instant::now();
+                match self.send_next(report).await {
                     Ok(ack) if ack.stop => {
                         info!(
                             instance = self.instance_id,
