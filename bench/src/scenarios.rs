@@ -672,6 +672,7 @@ pub async fn heartbeat(
                 },
                 version: "bench".into(),
                 dropped_log_lines: 0,
+                containers: Vec::new(),
             };
             (credential, hb)
         })

@@ -302,6 +302,17 @@ fn changes_of(fields: &JobFields) -> anyhow::Result<serde_json::Map<String, serd
     if let Some(v) = fields.task_retries {
         set("task_retries", v.into());
     }
+    if let (Some(container), Some(entry)) = (&fields.container, &fields.entry) {
+        let container = rota_shared::container::ContainerRef::parse(container)
+            .map_err(|e| usage!("invalid --container: {e}"))?;
+        set(
+            "container",
+            to_value(rota_shared::container::ContainerJob {
+                container,
+                entry: entry.clone(),
+            })?,
+        );
+    }
     Ok(changes)
 }
 

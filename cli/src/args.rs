@@ -115,6 +115,9 @@ pub enum Command {
     Instance(InstanceCommand),
     /// Show an instance's log.
     Logs(LogsArgs),
+    /// Containers (versioned processor bundles): upload, list, deploy, destroy.
+    #[command(subcommand)]
+    Container(ContainerCommand),
     /// Admin tokens: create, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -124,6 +127,58 @@ pub enum Command {
     /// Print a nats-server authorization block with users for servers, administrators and
     /// each app's workers.
     NatsConfig(NatsConfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContainerCommand {
+    /// Record a version of a container: a directory or a .tar.gz with a rota-container.toml,
+    /// uploaded to the deployment's NATS object store; or, with --url and --sha256, a bundle
+    /// served over HTTP(S).
+    #[command(disable_version_flag = true)]
+    Upload {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        /// The bundle: a directory (packed as a .tar.gz) or a .tar.gz.
+        #[arg(conflicts_with = "url", required_unless_present = "url")]
+        path: Option<std::path::PathBuf>,
+        /// Where workers download the bundle instead.
+        #[arg(long, requires = "sha256")]
+        url: Option<String>,
+        /// The bundle's sha256 (with --url).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// The bundle's size in bytes (with --url; asked of the URL when not given).
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// The versions of an app's containers and the workers that have each.
+    List {
+        #[arg(long)]
+        app: String,
+    },
+    /// Ask the app's live workers to fetch a version now.
+    #[command(disable_version_flag = true)]
+    Deploy {
+        #[arg(long)]
+        app: String,
+        name: String,
+        /// The version (default: the newest).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Forget a version, and ask the live workers to drop it.
+    #[command(disable_version_flag = true)]
+    Destroy {
+        #[arg(long)]
+        app: String,
+        name: String,
+        #[arg(long)]
+        version: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +288,10 @@ pub struct WorkerArgs {
     /// Disable the `http` processor.
     #[arg(long)]
     pub no_http: bool,
+    /// Offer the `container` processor, which runs the entries of uploaded bundles (off by
+    /// default: a bundle is code).
+    #[arg(long, env = "ROTA_ALLOW_CONTAINERS")]
+    pub allow_containers: bool,
     /// Offer the SDK's example processors (demo-sum-squares, demo-broadcast, demo-shard,
     /// demo-flaky), which compute and echo and run no user code: for trying distributed
     /// execution.
@@ -391,6 +450,12 @@ pub struct JobFields {
     /// Runs after the first that a failing task of a distributed instance gets.
     #[arg(long)]
     pub task_retries: Option<u32>,
+    /// For --processor container: the container, NAME or NAME@VERSION (default: the newest).
+    #[arg(long, requires = "entry")]
+    pub container: Option<String>,
+    /// For --processor container: the processor of the container's manifest to run.
+    #[arg(long, requires = "container")]
+    pub entry: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 mod admin;
 mod args;
 mod config;
+mod container;
 mod duration;
 mod nats_config;
 mod preview;
@@ -141,6 +142,7 @@ async fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
         Command::Job(cmd) => admin::job(&settings, *cmd).await,
         Command::Instance(cmd) => admin::instance(&settings, cmd).await,
         Command::Logs(args) => admin::logs(&settings, args).await,
+        Command::Container(cmd) => container::run(&settings, cmd).await,
         Command::Token(cmd) => admin::token_command(&settings, database_given, cmd).await,
         Command::Schedule(cmd) => preview::run(&settings, cmd),
         Command::NatsConfig(args) => {

@@ -149,6 +149,7 @@ pub async fn worker(
             .or_else(|| fw.state_dir.clone())
             .or_else(|| default_state_dir(stable_id)),
         allow_http: !args.no_http,
+        allow_containers: args.allow_containers,
         heartbeat_interval: args.heartbeat_interval.map_or(
             WorkerConfig::default().heartbeat_interval,
             Duration::from_millis,
@@ -283,6 +284,7 @@ async fn ensure_demo(admin: &AdminClient) -> anyhow::Result<i64> {
         misfire: MisfirePolicy::FireOnce,
         execution: Default::default(),
         task_retries: 0,
+        container: None,
     };
     let job = JobCreate {
         app: DEMO_APP.into(),

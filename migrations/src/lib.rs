@@ -17,6 +17,7 @@ mod m20261202_000002_long_text_on_mysql;
 mod m20261202_000003_job_settings;
 mod m20261202_000004_run_idempotency;
 mod m20261203_000001_instance_tasks;
+mod m20261203_000002_container;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000003_job_settings::Migration),
             Box::new(m20261202_000004_run_idempotency::Migration),
             Box::new(m20261203_000001_instance_tasks::Migration),
+            Box::new(m20261203_000002_container::Migration),
         ]
     }
 }

@@ -18,7 +18,7 @@ use crate::core::Core;
 use crate::dispatch::Handed;
 use crate::gate::Caller;
 use crate::ownership::ensure_owner;
-use crate::store::{InstanceFilter, InstanceGuard, Job, NewInstance, StoredToken};
+use crate::store::{InstanceFilter, InstanceGuard, Job, NewInstance, StoreError, StoredToken};
 
 type AdminResult<T> = Result<T, ErrorBody>;
 
@@ -79,6 +79,12 @@ pub async fn handle(core: &Core, msg: &Incoming) {
         ("instance", "retry") => route!(core, caller, msg, instance_retry, InstanceRetry),
         ("instance", "tasks") => route!(core, caller, msg, instance_tasks, InstanceTasks),
         ("logs", "get") => route!(core, caller, msg, logs_get, LogsGet),
+        ("container", "create") => route!(core, caller, msg, container_create, ContainerCreate),
+        ("container", "list") => route!(core, caller, msg, container_list, ContainerList),
+        ("container", "deploy") => route!(core, caller, msg, container_deploy, ContainerDeploy),
+        ("container", "destroy") => {
+            route!(core, caller, msg, container_destroy, ContainerDestroy)
+        }
         ("worker", "list") => route!(core, caller, msg, worker_list, WorkerList),
         ("server", "list") => route!(core, caller, msg, server_list, ServerList),
         ("server", "stats") => route!(core, caller, msg, server_stats, ServerStats),
@@ -412,6 +418,21 @@ fn validate_job(job: &Job) -> AdminResult<()> {
         .execution
         .validate()
         .map_err(|e| ErrorBody::invalid(e.to_string()))?;
+    let runs_container = job.spec.processor == rota_shared::container::CONTAINER_PROCESSOR;
+    match (&job.spec.container, runs_container) {
+        (None, true) => {
+            return Err(ErrorBody::invalid(
+                "a container job names its container and entry (--container NAME[@VERSION] --entry E)",
+            ));
+        }
+        (Some(_), false) => {
+            return Err(ErrorBody::invalid(
+                "--container and --entry are for --processor container",
+            ));
+        }
+        (Some(c), true) => validate_name("entry", &c.entry, 128)?,
+        (None, false) => {}
+    }
     if job.spec.execution.is_distributed() && job.spec.schedule.is_frequent() {
         return Err(ErrorBody::invalid(format!(
             "a {} job cannot run at a fixed rate or delay: its instances run once",
@@ -1187,4 +1208,180 @@ async fn server_stats(core: &Core, _: &Caller, _: ServerStats) -> AdminResult<Se
         repairs: core.repairs.snapshot(),
         services,
     })
+}
+
+// === Containers ===
+
+async fn container_create(
+    core: &Core,
+    caller: &Caller,
+    r: ContainerCreate,
+) -> AdminResult<rota_shared::container::ContainerInfo> {
+    use rota_shared::container::{ContainerRef, MAX_BUNDLE_BYTES, parse_sha256};
+    let app = core.store.app_by_name(&r.app).await?;
+    caller.require_app(app.id)?;
+    let invalid = |e: rota_shared::container::ContainerError| ErrorBody::invalid(e.to_string());
+    let checked = ContainerRef::parse(&format!("{}@{}", r.name, r.version)).map_err(invalid)?;
+    let sha256 = parse_sha256(&r.sha256).map_err(invalid)?;
+    if r.size == 0 || r.size > MAX_BUNDLE_BYTES {
+        return Err(invalid(rota_shared::container::ContainerError::TooLarge(
+            r.size,
+        )));
+    }
+    r.source.validate().map_err(invalid)?;
+    let info = rota_shared::container::ContainerInfo {
+        id: 0,
+        app_id: app.id,
+        name: checked.name,
+        version: checked.version.unwrap_or_default(),
+        sha256,
+        size: r.size,
+        source: r.source,
+        created_at_ms: core.clock.now_ms(),
+    };
+    let saved = core
+        .store
+        .insert_container(&info)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "container {}@{} exists already: give the new bundle a new version",
+                    info.name, info.version
+                ),
+            ),
+            other => ErrorBody::from(other),
+        })?;
+    tracing::info!(app = %r.app, name = %saved.name, version = %saved.version, by = %caller.token_id, "container recorded");
+    Ok(saved)
+}
+
+/// The app's live workers, from its owner (forwarded when it is another server).
+async fn app_workers(core: &Core, app_id: i64) -> AdminResult<Vec<WorkerSummary>> {
+    match route(core, app_id, Via::Admin).await? {
+        Route::Here => Ok(local_workers(core, Some(app_id))),
+        Route::Owner(owner) => {
+            let call = RemoteCall::WorkerList {
+                app_id: Some(app_id),
+                after: None,
+                limit: MAX_PAGE,
+            };
+            Ok(forward::<Page<WorkerSummary>>(core, &owner, &call)
+                .await?
+                .items)
+        }
+    }
+}
+
+async fn container_list(
+    core: &Core,
+    caller: &Caller,
+    r: ContainerList,
+) -> AdminResult<Vec<ContainerListing>> {
+    let app = core.store.app_by_name(&r.app).await?;
+    caller.require_app(app.id)?;
+    let workers = app_workers(core, app.id).await.unwrap_or_default();
+    Ok(core
+        .store
+        .containers(app.id)
+        .await?
+        .into_iter()
+        .map(|c| {
+            let mut on: Vec<String> = workers
+                .iter()
+                .filter(|w| {
+                    w.containers
+                        .iter()
+                        .any(|d| d.name == c.name && d.version == c.version)
+                })
+                .map(|w| w.worker_id.clone())
+                .collect();
+            on.sort();
+            ContainerListing {
+                container: c,
+                workers: on,
+            }
+        })
+        .collect())
+}
+
+/// How many workers fetch a bundle at once, and how long each may take.
+const ROLLOUT_BATCH: usize = 8;
+const ROLLOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Sends a container call to every live worker of the app, a batch at a time, and says how
+/// each answered.
+async fn rollout(
+    core: &Core,
+    app_id: i64,
+    call: &rota_shared::container::ContainerCall,
+) -> AdminResult<Vec<WorkerOutcome>> {
+    let mut workers: Vec<String> = app_workers(core, app_id)
+        .await?
+        .into_iter()
+        .map(|w| w.worker_id)
+        .collect();
+    workers.sort();
+    let mut outcomes = Vec::with_capacity(workers.len());
+    for batch in workers.chunks(ROLLOUT_BATCH) {
+        let answers = futures::future::join_all(batch.iter().map(|w| async move {
+            let answer = core.calls.container(app_id, w, call, ROLLOUT_TIMEOUT).await;
+            let (ok, message) = match answer {
+                Ok(ack) if ack.downloaded => (true, "downloaded".to_owned()),
+                Ok(_) => (true, "ready".to_owned()),
+                Err(e) => (
+                    false,
+                    e.remote()
+                        .map_or_else(|| e.to_string(), |b| b.message.clone()),
+                ),
+            };
+            WorkerOutcome {
+                worker_id: w.clone(),
+                ok,
+                message,
+            }
+        }))
+        .await;
+        outcomes.extend(answers);
+    }
+    Ok(outcomes)
+}
+
+async fn container_deploy(
+    core: &Core,
+    caller: &Caller,
+    r: ContainerDeploy,
+) -> AdminResult<ContainerRollout> {
+    let app = core.store.app_by_name(&r.app).await?;
+    caller.require_app(app.id)?;
+    let container = core
+        .store
+        .container(app.id, &r.name, r.version.as_deref())
+        .await?;
+    let call = rota_shared::container::ContainerCall::Deploy(container.clone());
+    let workers = rollout(core, app.id, &call).await?;
+    Ok(ContainerRollout { container, workers })
+}
+
+async fn container_destroy(
+    core: &Core,
+    caller: &Caller,
+    r: ContainerDestroy,
+) -> AdminResult<ContainerRollout> {
+    let app = core.store.app_by_name(&r.app).await?;
+    caller.require_app(app.id)?;
+    let container = core
+        .store
+        .container(app.id, &r.name, Some(&r.version))
+        .await?;
+    core.store
+        .delete_container(app.id, &r.name, &r.version)
+        .await?;
+    let call = rota_shared::container::ContainerCall::Destroy {
+        name: r.name,
+        version: r.version,
+    };
+    let workers = rollout(core, app.id, &call).await?;
+    Ok(ContainerRollout { container, workers })
 }

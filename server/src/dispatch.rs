@@ -514,6 +514,7 @@ impl Dispatcher {
             start_at_ms,
             execution: job.spec.execution.clone(),
             task_retries: job.spec.task_retries,
+            container: job.spec.container.clone(),
         }
     }
 }

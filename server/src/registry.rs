@@ -193,6 +193,7 @@ fn summary(e: &Entry, now: Instant) -> WorkerSummary {
         version: hb.version.clone(),
         last_seen_ago_ms: u64::try_from(now.duration_since(e.last_seen).as_millis())
             .unwrap_or(u64::MAX),
+        containers: hb.containers.clone(),
     }
 }
 
@@ -214,6 +215,7 @@ mod tests {
             metrics: Default::default(),
             version: String::new(),
             last_seen_ago_ms: 0,
+            containers: Vec::new(),
         }
     }
 
@@ -230,6 +232,7 @@ mod tests {
             metrics: Default::default(),
             version: String::new(),
             dropped_log_lines: 0,
+            containers: Vec::new(),
         }
     }
 

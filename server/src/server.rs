@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use rota_shared::container::ContainerRequest;
 use rota_shared::limits::Limited;
 use rota_shared::message::{
     AcquireReply, AcquireRequest, ClusterQuery, ClusterReply, LogAck, LogBatch, Ping, Pong,
@@ -613,13 +614,21 @@ async fn from_worker(
                 .await;
         }
         ServerEndpoint::Container => {
-            let err = ErrorBody::new(
-                ErrorCode::Unsupported,
-                format!("{} is not served by this version yet", incoming.subject()),
-            );
-            core.transport
-                .respond::<()>(&incoming, Err(err), Some(&peer.key))
-                .await;
+            // A read of the database: heartbeats and reports must not wait behind it.
+            let core = core.clone();
+            tokio::spawn(async move {
+                let result = match decode_message::<ContainerRequest>(incoming.message()) {
+                    Ok(req) => core
+                        .store
+                        .container(peer.app_id, &req.name, req.version.as_deref())
+                        .await
+                        .map_err(ErrorBody::from),
+                    Err(e) => Err(e),
+                };
+                core.transport
+                    .respond(&incoming, result, Some(&peer.key))
+                    .await;
+            });
         }
     }
     true

@@ -150,6 +150,18 @@ impl WorkerCalls {
             .await
     }
 
+    /// Asks a worker to fetch or drop a container bundle; a fetch may take a while.
+    pub async fn container(
+        &self,
+        app_id: i64,
+        worker_id: &str,
+        call: &rota_shared::container::ContainerCall,
+        timeout: Duration,
+    ) -> Result<rota_shared::container::ContainerCallAck, RequestError> {
+        self.call(app_id, worker_id, WorkerEndpoint::Container, call, timeout)
+            .await
+    }
+
     /// Asks a distributed instance's master for a page of its tasks.
     pub async fn task_list(
         &self,

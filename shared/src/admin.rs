@@ -295,6 +295,96 @@ admin_request!(
     Page<crate::task::TaskInfo>
 );
 
+// === Containers ===
+
+/// `container.create`: records a version of a container whose bundle was uploaded to the
+/// object store (`rota container upload`) or is served at a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCreate {
+    pub app: String,
+    pub name: String,
+    pub version: String,
+    /// The bundle's sha256, in hexadecimal.
+    pub sha256: String,
+    pub size: u64,
+    pub source: crate::container::ContainerSource,
+}
+
+/// `container.list`: the versions of an app's containers, and the live workers that have
+/// each unpacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerList {
+    pub app: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerListing {
+    #[serde(flatten)]
+    pub container: crate::container::ContainerInfo,
+    /// Live workers that have this version unpacked.
+    pub workers: Vec<String>,
+}
+
+/// `container.deploy`: asks the app's live workers to fetch a version now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDeploy {
+    pub app: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `container.destroy`: forgets a version, and asks the live workers to drop it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDestroy {
+    pub app: String,
+    pub name: String,
+    pub version: String,
+}
+
+/// How one worker answered a deploy or destroy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerOutcome {
+    pub worker_id: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRollout {
+    pub container: crate::container::ContainerInfo,
+    pub workers: Vec<WorkerOutcome>,
+}
+
+admin_request!(
+    ContainerCreate,
+    "container",
+    "create",
+    Admin,
+    crate::container::ContainerInfo
+);
+admin_request!(
+    ContainerList,
+    "container",
+    "list",
+    Viewer,
+    Vec<ContainerListing>
+);
+admin_request!(
+    ContainerDeploy,
+    "container",
+    "deploy",
+    Admin,
+    ContainerRollout
+);
+admin_request!(
+    ContainerDestroy,
+    "container",
+    "destroy",
+    Admin,
+    ContainerRollout
+);
+
 // === Logs ===
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

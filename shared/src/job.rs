@@ -162,6 +162,9 @@ pub struct JobSpec {
     /// Runs after the first that a failing task of a distributed instance gets.
     #[serde(default)]
     pub task_retries: u32,
+    /// For the `container` processor: the container and the entry it runs.
+    #[serde(default)]
+    pub container: Option<crate::container::ContainerJob>,
 }
 
 /// Why a merge patch does not make a job.

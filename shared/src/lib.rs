@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod container;
 pub mod envelope;
 pub mod fires;
 pub mod instance;

@@ -121,6 +121,12 @@ impl Limited for WorkerHeartbeat {
                 self.running.len()
             )));
         }
+        if self.containers.len() > MAX_PROCESSORS {
+            return Err(ErrorBody::invalid(format!(
+                "containers lists {} bundles; at most {MAX_PROCESSORS} are allowed",
+                self.containers.len()
+            )));
+        }
         text("version", &self.version, MAX_VERSION_BYTES)
     }
 }
@@ -329,6 +335,7 @@ mod tests {
             metrics: SystemMetrics::default(),
             version: "0.1.0".into(),
             dropped_log_lines: 0,
+            containers: Vec::new(),
         }
     }
 

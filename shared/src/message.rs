@@ -96,6 +96,9 @@ pub struct WorkerHeartbeat {
     /// Log lines it had to drop since it started (its buffer was full).
     #[serde(default)]
     pub dropped_log_lines: u64,
+    /// The container bundles it has unpacked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<crate::container::DeployedContainer>,
 }
 
 /// `rota.app.{app}.owner`: a server took the app over. Sealed with the app key, so that only a
@@ -284,6 +287,9 @@ pub struct WorkerSummary {
     pub version: String,
     /// Milliseconds since the server last heard from it.
     pub last_seen_ago_ms: u64,
+    /// The container bundles it has unpacked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<crate::container::DeployedContainer>,
 }
 
 /// `rota.app.{app}.wrk.{wid}.dispatch`: run this attempt of an instance. The worker answers
@@ -330,6 +336,9 @@ pub struct DispatchRequest {
     /// Runs after the first that a failing task gets.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub task_retries: u32,
+    /// For the `container` processor: the container and the entry it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::container::ContainerJob>,
 }
 
 fn is_standalone(execution: &Execution) -> bool {

@@ -96,16 +96,20 @@ pub enum WorkerEndpoint {
     TaskReport,
     /// A server asks a master for a page of its tasks (`rota instance tasks`).
     TaskList,
+    /// A server asks a worker to fetch or drop a container bundle
+    /// ([`crate::container::ContainerCall`]).
+    Container,
 }
 
 impl WorkerEndpoint {
-    pub const ALL: [WorkerEndpoint; 6] = [
+    pub const ALL: [WorkerEndpoint; 7] = [
         Self::Dispatch,
         Self::Stop,
         Self::Query,
         Self::Task,
         Self::TaskReport,
         Self::TaskList,
+        Self::Container,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +120,7 @@ impl WorkerEndpoint {
             Self::Task => "task",
             Self::TaskReport => "task_report",
             Self::TaskList => "task_list",
+            Self::Container => "container",
         }
     }
 

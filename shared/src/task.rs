@@ -186,7 +186,7 @@ pub struct Task {
 #[serde(tag = "call", rename_all = "snake_case")]
 pub enum TaskCall {
     /// Run these tasks; answered with [`TaskBatchAck`] or `REJECTED`.
-    Run(TaskBatch),
+    Run(Box<TaskBatch>),
     /// The instance's attempt is over: drop its tasks. Answered with [`TaskBatchAck`].
     Stop(TaskStop),
 }
@@ -213,6 +213,9 @@ pub struct TaskBatch {
     /// The job is a map or map-reduce: its tasks may emit sub-tasks.
     #[serde(default)]
     pub map: bool,
+    /// For the `container` processor: the container and the entry it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::container::ContainerJob>,
     pub tasks: Vec<Task>,
 }
 

@@ -389,6 +389,7 @@ pub fn shell_job(app: &str, name: &str, script: &str) -> JobCreate {
         misfire: MisfirePolicy::FireOnce,
         execution: Default::default(),
         task_retries: 0,
+        container: None,
     };
     JobCreate {
         app: app.to_owned(),

@@ -242,6 +242,7 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         metrics: SystemMetrics::default(),
         version: "test".into(),
         dropped_log_lines: 0,
+        containers: Vec::new(),
     };
     let attempt = AttemptRef {
         instance_id: 1,
@@ -423,6 +424,7 @@ async fn ten_thousand_workers_are_listed_in_pages_that_fit_nats() -> anyhow::Res
             metrics: Default::default(),
             version: "test".into(),
             dropped_log_lines: 0,
+            containers: Vec::new(),
         };
         transport
             .publish(&subject, &hb, Some(&credential), None)

@@ -28,7 +28,7 @@ fn refusal(msg: &async_nats::Message) -> ErrorCode {
 }
 
 fn evil_tasks(master: &str, script: String) -> TaskCall {
-    TaskCall::Run(TaskBatch {
+    TaskCall::Run(Box::new(TaskBatch {
         master: master.into(),
         instance_id: 999,
         attempt: 1,
@@ -40,6 +40,7 @@ fn evil_tasks(master: &str, script: String) -> TaskCall {
         instance_params: None,
         task_timeout_ms: 0,
         map: false,
+        container: None,
         tasks: vec![Task {
             id: 1,
             attempt: 1,
@@ -47,7 +48,7 @@ fn evil_tasks(master: &str, script: String) -> TaskCall {
             payload: String::new(),
             shard: None,
         }],
-    })
+    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,7 @@ fn evil_dispatch(instance_id: i64, script: String) -> DispatchRequest {
         start_at_ms: None,
         execution: Default::default(),
         task_retries: 0,
+        container: None,
     }
 }
 
@@ -183,6 +184,7 @@ fn perfect_heartbeat(worker_id: &str) -> WorkerHeartbeat {
         metrics: SystemMetrics::default(),
         version: "evil".into(),
         dropped_log_lines: 0,
+        containers: Vec::new(),
     }
 }
 

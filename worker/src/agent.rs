@@ -42,6 +42,8 @@ pub(crate) struct Agent {
     pub masters: crate::master::Masters,
     /// The tasks masters gave this worker.
     pub task_runs: crate::tasks::TaskRuns,
+    /// Container bundles, when containers are allowed.
+    pub containers: Option<Arc<crate::containers::Containers>>,
     accepting: AtomicBool,
 }
 
@@ -55,6 +57,7 @@ impl Agent {
         instances: Instances,
         logs: LogSink,
         ack_inbox: String,
+        containers: Option<Arc<crate::containers::Containers>>,
     ) -> Self {
         let reporter = Reporter::start(Arc::clone(&link));
         let metrics = crate::site::WorkerMetrics::new(&config.app);
@@ -74,6 +77,7 @@ impl Agent {
             peer_replay: ReplayGuard::new(crate::context::now_ms()),
             masters: Default::default(),
             task_runs: Default::default(),
+            containers,
             accepting: AtomicBool::new(true),
         }
     }

@@ -37,6 +37,11 @@ pub struct WorkerConfig {
     pub allow_shell: bool,
     /// Registers the built-in `http` processor.
     pub allow_http: bool,
+    /// Registers the `container` processor, which runs the entries of container bundles. Off
+    /// by default, like `shell`: a bundle is code from whoever may upload one.
+    pub allow_containers: bool,
+    /// The most bytes of bundles the container cache keeps (least recently used go first).
+    pub container_cache_bytes: u64,
     pub heartbeat_interval: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0: any free port); off when
     /// unset.
@@ -95,6 +100,8 @@ impl Default for WorkerConfig {
             max_held: None,
             allow_shell: false,
             allow_http: true,
+            allow_containers: false,
+            container_cache_bytes: 1 << 30,
             heartbeat_interval: Duration::from_secs(3),
             http_listen: None,
             reacquire_interval: Duration::from_secs(10),

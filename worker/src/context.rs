@@ -86,6 +86,8 @@ pub struct TaskContext {
     pub expected_trigger_time_ms: Option<i64>,
     /// The task this run is: see [`TaskPart`].
     pub task: TaskPart,
+    /// For the `container` processor: the container and the entry to run.
+    pub container: Option<rota_shared::container::ContainerJob>,
     /// Whether the job's work is split (`map` is allowed only in map and map-reduce jobs).
     can_map: bool,
     route: Route,
@@ -110,6 +112,7 @@ impl TaskContext {
             expected_trigger_time_ms: req.expected_trigger_time_ms,
             instance_params: req.instance_params.clone(),
             task: TaskPart::root(),
+            container: req.container.clone(),
             can_map: false,
             route: Route::Worker(logs),
             cancel,
@@ -159,6 +162,7 @@ impl TaskContext {
                 shard: task.shard.clone(),
                 attempt: task.attempt,
             },
+            container: batch.container.clone(),
             can_map,
             route: Route::Remote(outbox),
             cancel,
@@ -305,5 +309,6 @@ pub(crate) fn test_request(config: &str) -> DispatchRequest {
         start_at_ms: None,
         execution: Default::default(),
         task_retries: 0,
+        container: None,
     }
 }

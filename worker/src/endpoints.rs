@@ -25,6 +25,7 @@ use crate::context::now_ms;
 use crate::instances::{self, Admission, Gate, StopCause};
 use crate::master::Event;
 use crate::{tasks, tracker};
+use rota_shared::container::{ContainerCall, ContainerCallAck};
 use rota_shared::task::{
     MAX_TASK_PAGE, TaskBatchAck, TaskCall, TaskListRequest, TaskReport, TaskReportAck,
 };
@@ -111,6 +112,7 @@ async fn handle(agent: &Arc<Agent>, msg: Incoming) {
         Some(WorkerEndpoint::Task) => task_call(agent, &msg, &seal, key).await,
         Some(WorkerEndpoint::TaskReport) => task_report(agent, msg, &seal, key.cloned()).await,
         Some(WorkerEndpoint::TaskList) => task_list(agent, msg, key.cloned()).await,
+        Some(WorkerEndpoint::Container) => container_call(agent, msg, key.cloned()).await,
         None => {
             let error =
                 ErrorBody::bad_request(format!("unknown worker endpoint {}", msg.subject()));
@@ -232,7 +234,7 @@ async fn task_call(agent: &Arc<Agent>, msg: &Incoming, seal: &Seal, key: Option<
             Some(processor) => {
                 let map = batch.map;
                 Ok(TaskBatchAck {
-                    accepted: tasks::accept(agent, batch, processor, map),
+                    accepted: tasks::accept(agent, *batch, processor, map),
                 })
             }
         },
@@ -321,6 +323,43 @@ async fn task_list(agent: &Arc<Agent>, msg: Incoming, key: Option<Key>) {
             answer.await.unwrap_or_else(|_| Err(ended()))
         } else {
             Err(ended())
+        };
+        respond(&agent, &msg, result, key.as_ref()).await;
+    });
+}
+
+/// A server asks this worker to fetch a container bundle now (`container deploy`), or to drop
+/// one (`container destroy`). The fetch runs beside the endpoints, which do not wait for it.
+async fn container_call(agent: &Arc<Agent>, msg: Incoming, key: Option<Key>) {
+    let call = match decode_message::<ContainerCall>(msg.message()) {
+        Ok(call) => call,
+        Err(e) => return respond::<()>(agent, &msg, Err(e), key.as_ref()).await,
+    };
+    let Some(containers) = agent.containers.clone() else {
+        let e = ErrorBody::new(
+            ErrorCode::Rejected,
+            format!(
+                "worker {} does not run containers (start it with --allow-containers)",
+                agent.worker_id
+            ),
+        );
+        return respond::<()>(agent, &msg, Err(e), key.as_ref()).await;
+    };
+    let agent = Arc::clone(agent);
+    tokio::spawn(async move {
+        let result = match call {
+            ContainerCall::Deploy(info) => containers
+                .ensure(info)
+                .await
+                .map(|ready| ContainerCallAck {
+                    downloaded: ready.downloaded,
+                })
+                .map_err(|e| ErrorBody::new(ErrorCode::Rejected, e.to_string())),
+            ContainerCall::Destroy { name, version } => {
+                let removed = containers.remove(&name, &version);
+                debug!(%name, %version, removed, "container destroyed");
+                Ok(ContainerCallAck { downloaded: false })
+            }
         };
         respond(&agent, &msg, result, key.as_ref()).await;
     });

@@ -24,6 +24,11 @@ pub(crate) async fn send(agent: &Agent) {
         metrics: metrics::collect().await,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         dropped_log_lines: agent.logs.dropped(),
+        containers: agent
+            .containers
+            .as_ref()
+            .map(|c| c.deployed())
+            .unwrap_or_default(),
     };
     if let Err(e) = agent
         .link

@@ -248,7 +248,15 @@ impl Instances {
             return Admission::Rejected("shutting down".to_owned());
         }
         if !gate.processor_known {
-            return Admission::Rejected(format!("unknown processor {}", req.processor));
+            // The processors that run code off by default say how to turn them on.
+            let hint = match req.processor.as_str() {
+                "shell" => " (start the worker with --allow-shell)",
+                rota_shared::container::CONTAINER_PROCESSOR => {
+                    " (start the worker with --allow-containers)"
+                }
+                _ => "",
+            };
+            return Admission::Rejected(format!("unknown processor {}{hint}", req.processor));
         }
         let held = req.start_at_ms.is_some_and(|at| at > now_ms);
         let (executing, holding) = table.counts();
@@ -409,6 +417,7 @@ mod tests {
             start_at_ms: None,
             execution: Default::default(),
             task_retries: 0,
+            container: None,
         }
     }
 

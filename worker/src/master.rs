@@ -668,6 +668,7 @@ impl Master {
             instance_params: self.req.instance_params.clone(),
             task_timeout_ms: self.req.timeout_ms,
             map: self.req.execution.has_root(),
+            container: self.req.container.clone(),
             tasks,
         }
     }
@@ -717,7 +718,7 @@ impl Master {
                     continue;
                 }
                 let ids: Vec<u64> = batch.tasks.iter().map(|t| t.id).collect();
-                let call = TaskCall::Run(batch);
+                let call = TaskCall::Run(Box::new(batch));
                 if let Err(e) = link
                     .call_worker::<_, TaskBatchAck>(
                         &worker,

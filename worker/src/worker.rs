@@ -110,6 +110,41 @@ impl Worker {
             config.log_flush_interval,
         );
         let reacquire_every = config.reacquire_interval;
+        let containers = if config.allow_containers {
+            let dir = config
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("rota-{}-{worker_id}", config.app))
+                })
+                .join("containers");
+            let http = reqwest::Client::builder()
+                .build()
+                .map_err(|e| WorkerError::InvalidConfig(format!("HTTP client: {e}")))?;
+            let containers = Arc::new(crate::containers::Containers::new(
+                Arc::clone(&link),
+                client.clone(),
+                crate::bundle::BundleCache::new(dir, config.container_cache_bytes),
+                http,
+            ));
+            if !registry.contains(rota_shared::container::CONTAINER_PROCESSOR) {
+                let reaper = Arc::new(Reaper::start(
+                    process_group_record(&config, &format!("{worker_id}-containers"))
+                        .map_err(WorkerError::InvalidConfig)?,
+                ));
+                registry.register(
+                    rota_shared::container::CONTAINER_PROCESSOR,
+                    crate::builtin::ContainerProcessor {
+                        containers: Arc::clone(&containers),
+                        kill_grace: config.kill_grace,
+                        reaper,
+                    },
+                );
+            }
+            Some(containers)
+        } else {
+            None
+        };
         let agent = Arc::new(Agent::new(
             config,
             worker_id,
@@ -118,6 +153,7 @@ impl Worker {
             Instances::new(dedupe::DEFAULT_MEMORY),
             logs,
             ack_inbox,
+            containers,
         ));
 
         heartbeat::send(&agent).await;

@@ -253,6 +253,7 @@ mod over_nats {
             start_at_ms: None,
             execution: Default::default(),
             task_retries: 0,
+            container: None,
         }
     }
 

@@ -8,6 +8,7 @@ mod entity;
 
 mod apps;
 mod bulk;
+mod containers;
 mod error;
 mod instances;
 mod jobs;

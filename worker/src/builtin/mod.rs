@@ -1,8 +1,10 @@
-//! The processors every worker can offer without user code: `shell` and `http`.
+//! The built-in processors: `shell` and `http`, and `container` (which runs a bundle's entry).
 
+mod container;
 mod http;
 mod lines;
 mod shell;
 
+pub(crate) use container::ContainerProcessor;
 pub use http::HttpProcessor;
 pub use shell::ShellProcessor;

@@ -133,14 +133,14 @@ fn truncate_chars(text: &str, max: usize) -> String {
 
 fn command(ctx: &TaskContext) -> Command {
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&ctx.config)
-        .process_group(0)
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("ROTA_INSTANCE_ID", ctx.instance_id.to_string())
+    cmd.arg("-c").arg(&ctx.config);
+    cmd
+}
+
+/// The environment that describes the work to a process: the instance, the job, the fire
+/// time, and the task (with its shard) of a distributed instance.
+pub(crate) fn task_env(cmd: &mut Command, ctx: &TaskContext) {
+    cmd.env("ROTA_INSTANCE_ID", ctx.instance_id.to_string())
         .env("ROTA_WORKER_ID", &ctx.worker_id)
         .env("ROTA_JOB_ID", ctx.job_id.to_string())
         .env("ROTA_JOB_NAME", &ctx.job_name)
@@ -168,7 +168,6 @@ fn command(ctx: &TaskContext) -> Command {
             .env("ROTA_SHARD_TOTAL", shard.total.to_string())
             .env("ROTA_SHARD_PARAM", &shard.param);
     }
-    cmd
 }
 
 /// Waits for the shell to exit; on cancellation asks the group to end and then forces it.
@@ -194,14 +193,48 @@ async fn wait_or_kill(
 }
 
 async fn run(ctx: TaskContext, kill_grace: Duration, reaper: Arc<Reaper>) -> ProcessResult {
-    let mut child = match command(&ctx).spawn() {
+    let cmd = command(&ctx);
+    run_group(ctx, cmd, "/bin/sh", None, kill_grace, reaper).await
+}
+
+/// Runs `cmd` as the leader of a process group of its own, with the work's environment
+/// ([`task_env`]) and `stdin` on its standard input: its output becomes the instance's log and
+/// its last line of standard output the result; cancellation, and the end of the leader, kill
+/// the whole group. The `shell` and `container` processors run this way.
+pub(crate) async fn run_group(
+    ctx: TaskContext,
+    mut cmd: Command,
+    program: &str,
+    stdin: Option<Vec<u8>>,
+    kill_grace: Duration,
+    reaper: Arc<Reaper>,
+) -> ProcessResult {
+    task_env(&mut cmd, &ctx);
+    cmd.process_group(0)
+        .kill_on_drop(true)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
         Ok(child) => child,
-        Err(e) => return ProcessResult::failed(format!("cannot start /bin/sh: {e}")),
+        Err(e) => return ProcessResult::failed(format!("cannot start {program}: {e}")),
     };
     // The child was just spawned and not yet waited for, so it has an id.
     let Some(pgid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
-        return ProcessResult::failed("the shell has no process id");
+        return ProcessResult::failed(format!("{program} has no process id"));
     };
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // Written beside the run, so that a process that does not read its input cannot
+        // block it; the pipe closes when the data is written.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = pipe.write_all(&data).await;
+        });
+    }
     reaper.watch(pgid);
     let group = ProcessGroup {
         pgid: Pid::from_raw(pgid),
@@ -262,7 +295,7 @@ async fn run(ctx: TaskContext, kill_grace: Duration, reaper: Arc<Reaper>) -> Pro
                 None => what,
             })
         }
-        Err(e) => ProcessResult::failed(format!("cannot wait for the shell: {e}")),
+        Err(e) => ProcessResult::failed(format!("cannot wait for {program}: {e}")),
     }
 }
 

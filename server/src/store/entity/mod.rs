@@ -3,6 +3,7 @@
 pub mod admin_token;
 pub mod app;
 pub mod app_key;
+pub mod container;
 pub mod deployment_secret;
 pub mod instance;
 pub mod instance_log;
