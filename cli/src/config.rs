@@ -183,6 +183,8 @@ pub struct FileWorker {
     pub tags: Option<Vec<String>>,
     pub capacity: Option<u32>,
     pub allow_shell: Option<bool>,
+    /// Offer the `container` processor (off by default).
+    pub allow_containers: Option<bool>,
     pub state_dir: Option<PathBuf>,
 }
 

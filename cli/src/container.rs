@@ -93,7 +93,11 @@ pub async fn run(settings: &Settings, cmd: ContainerCommand) -> anyhow::Result<(
                             "the bundle is {size} bytes; at most {MAX_BUNDLE_BYTES} are allowed"
                         ));
                     }
-                    let object = format!("{app}/{name}/{version}");
+                    // Named by content too: a later upload can never replace the bytes a
+                    // recorded version points to (a swapped object is refused by its digest
+                    // anyway, but this way it cannot even be swapped by a new upload).
+                    let sha256 = sha256_hex(&bytes);
+                    let object = format!("{app}/{name}/{version}/{sha256}");
                     let js = async_nats::jetstream::new(c.nats().clone());
                     let store = match js.get_object_store(CONTAINER_BUCKET).await {
                         Ok(store) => store,
@@ -111,7 +115,7 @@ pub async fn run(settings: &Settings, cmd: ContainerCommand) -> anyhow::Result<(
                         .await
                         .context("upload the bundle to the object store")?;
                     (
-                        sha256_hex(&bytes),
+                        sha256,
                         size,
                         ContainerSource::ObjectStore {
                             bucket: CONTAINER_BUCKET.to_owned(),

@@ -149,7 +149,7 @@ pub async fn worker(
             .or_else(|| fw.state_dir.clone())
             .or_else(|| default_state_dir(stable_id)),
         allow_http: !args.no_http,
-        allow_containers: args.allow_containers,
+        allow_containers: args.allow_containers || fw.allow_containers.unwrap_or(false),
         heartbeat_interval: args.heartbeat_interval.map_or(
             WorkerConfig::default().heartbeat_interval,
             Duration::from_millis,

@@ -3,6 +3,8 @@
 //! run as processors (a Python script here).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rota_shared::InstanceStatus;
@@ -279,15 +281,333 @@ async fn a_bundle_changed_in_the_object_store_is_refused() -> anyhow::Result<()>
     .await;
     // Someone with access to the object store swaps the bundle for one of the same size.
     let js = async_nats::jetstream::new(async_nats::connect(d.nats.url()).await?);
-    let store = js.get_object_store("rota-containers").await?;
-    let size = store.info("app/demo/1").await?.size;
+    let listed = d.admin.call(&ContainerList { app: "app".into() }).await?;
+    let rota_shared::container::ContainerSource::ObjectStore { bucket, object } =
+        listed[0].container.source.clone()
+    else {
+        panic!("uploaded to the object store: {listed:?}");
+    };
+    let store = js.get_object_store(&bucket).await?;
+    let size = store.info(&object).await?.size;
     let fake = vec![b'x'; size];
-    store.put("app/demo/1", &mut fake.as_slice()).await?;
+    store.put(object.as_str(), &mut fake.as_slice()).await?;
     let job = container_job(&d, "hello", "demo").await?;
     let id = run(&d, job, "x").await?;
     let info = d.wait_terminal(id, RUN_TIMEOUT).await;
     assert_eq!(info.instance.status, InstanceStatus::Failed, "{info:?}");
     let result = info.instance.result.unwrap_or_default();
     assert!(result.contains("digest mismatch"), "{result}");
+    Ok(())
+}
+
+/// A `.tar.gz` of a directory, as `rota container upload` packs one.
+fn pack(dir: &Path) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all(".", dir).expect("packed");
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("an archive")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Serves `body` to every GET on a free port of 127.0.0.1 and counts the requests.
+async fn serve(body: Vec<u8>) -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/bundle.tar.gz", listener.local_addr()?);
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+            });
+        }
+    });
+    Ok((url, served))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache()
+-> anyhow::Result<()> {
+    let Setup { mut d, dir } = setup().await?;
+    let bytes = pack(&bundle(dir.path(), "1", None));
+    let (url, served) = serve(bytes.clone()).await?;
+    let (sha, size) = (sha256_hex(&bytes), bytes.len().to_string());
+    ok(
+        &d,
+        &[
+            "container",
+            "upload",
+            "--app",
+            "app",
+            "--name",
+            "web",
+            "--version",
+            "1",
+            "--url",
+            &url,
+            "--sha256",
+            &sha,
+            "--size",
+            &size,
+        ],
+    )
+    .await;
+    let mut job = shell_job("app", "web", "");
+    job.spec.processor = "container".into();
+    job.spec.container = Some(ContainerJob {
+        container: ContainerRef::parse("web@1")?,
+        entry: "hello".into(),
+    });
+    job.spec.designated_workers = vec!["w1".into()];
+    let job = d.create_job(job).await?.id;
+    let first = d.wait_terminal(run(&d, job, "a").await?, RUN_TIMEOUT).await;
+    assert_eq!(first.instance.result.as_deref(), Some("1:a"), "{first:?}");
+    assert_eq!(served.load(Ordering::SeqCst), 1, "downloaded once");
+
+    // The same worker started again (same id, same state directory) uses its cache.
+    d.abort_worker("w1");
+    let mut config = d.worker_config("app", "w1");
+    config.allow_containers = true;
+    config.state_dir = Some(dir.path().join("w1"));
+    config.http_listen = "127.0.0.1:0".parse().ok();
+    d.start_worker(config, ProcessorRegistry::new()).await?;
+    let second = d.wait_terminal(run(&d, job, "b").await?, RUN_TIMEOUT).await;
+    assert_eq!(second.instance.result.as_deref(), Some("1:b"), "{second:?}");
+    assert_eq!(served.load(Ordering::SeqCst), 1, "not downloaded again");
+    let addr = d
+        .worker("w1")
+        .and_then(|w| w.http_addr())
+        .expect("the worker serves /metrics");
+    let scrape = rota_tests::scrape::Scrape::parse(
+        &rota_observe::probe::get(addr, "/metrics", Duration::from_secs(5))
+            .await?
+            .body,
+    )?;
+    let fetches = |result| scrape.sum("rota_worker_container_fetches_total", &[("result", result)]);
+    assert_eq!(
+        (fetches("downloaded"), fetches("cache_hit")),
+        (0.0, 1.0),
+        "the restarted worker took the bundle from its cache"
+    );
+    Ok(())
+}
+
+/// A `.tar.gz` with one entry written raw, so that it may name any path.
+fn evil_archive(path: &str) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let manifest = b"[processors.hello]\ncommand = [\"python3\", \"main.py\"]\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_path("rota-container.toml").expect("a path");
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append(&header, &manifest[..]).expect("an entry");
+    let data = b"pwned";
+    let mut header = tar::Header::new_gnu();
+    let name = &mut header.as_gnu_mut().expect("a GNU header").name;
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append(&header, &data[..]).expect("an entry");
+    builder
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("an archive")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malicious_archive_is_refused_and_writes_nothing_outside() -> anyhow::Result<()> {
+    let Setup { d, dir } = setup().await?;
+    let archive = dir.path().join("evil.tar.gz");
+    std::fs::write(&archive, evil_archive("../../escape"))?;
+    let archive = archive.display().to_string();
+    ok(
+        &d,
+        &[
+            "container",
+            "upload",
+            "--app",
+            "app",
+            "--name",
+            "evil",
+            "--version",
+            "1",
+            &archive,
+        ],
+    )
+    .await;
+    let job = container_job(&d, "evil", "evil").await?;
+    let info = d.wait_terminal(run(&d, job, "").await?, RUN_TIMEOUT).await;
+    assert_eq!(info.instance.status, InstanceStatus::Failed, "{info:?}");
+    let result = info.instance.result.unwrap_or_default();
+    assert!(result.contains("escapes its directory"), "{result}");
+    for w in ["w1", "w2"] {
+        let state = dir.path().join(w);
+        assert!(
+            !state.join("escape").exists(),
+            "{w} wrote outside its cache"
+        );
+        assert!(!state.join("containers").join("escape").exists());
+    }
+    assert!(!dir.path().join("escape").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_containers_refuses_a_container_dispatch() -> anyhow::Result<()> {
+    let Setup { d, .. } = setup().await?;
+    let nats = async_nats::connect(d.nats.url()).await?;
+    let subject = rota_shared::Subjects::default().to_worker(
+        "app",
+        "w3",
+        rota_shared::subject::WorkerEndpoint::Dispatch,
+    );
+    let dispatch = rota_shared::message::DispatchRequest {
+        server_id: "s1".into(),
+        app_id: 1,
+        job_id: 1,
+        job_name: "c".into(),
+        instance_id: 77,
+        attempt: 1,
+        processor: "container".into(),
+        config: String::new(),
+        job_params: None,
+        instance_params: None,
+        timeout_ms: 0,
+        expected_trigger_time_ms: None,
+        frequent: None,
+        deadline_ms: None,
+        start_at_ms: None,
+        execution: Default::default(),
+        task_retries: 0,
+        container: Some(ContainerJob {
+            container: ContainerRef::parse("demo")?,
+            entry: "hello".into(),
+        }),
+    };
+    let credential =
+        rota_tests::bus::server_credential("app", rota_tests::cluster::SECRET, "w3", "s1")?;
+    let reply = rota_tests::bus::raw_request(
+        &nats,
+        &subject,
+        serde_json::to_vec(&dispatch)?,
+        Some(&credential),
+        None,
+    )
+    .await?;
+    let refused = rota_shared::envelope::decode_reply::<serde_json::Value>(&reply.payload)
+        .expect_err("the worker refuses");
+    assert_eq!(refused.code, rota_shared::ErrorCode::Rejected);
+    assert!(
+        refused.message.contains("--allow-containers"),
+        "{}",
+        refused.message
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_need_an_admin_token_and_sharded_jobs_run_container_entries() -> anyhow::Result<()>
+{
+    let Setup { d, dir } = setup().await?;
+    let v1 = bundle(dir.path(), "1", None).display().to_string();
+    // An operator of the app may run jobs, not change what code they run.
+    let operator = d.token(Role::Operator, Some("app")).await?;
+    let out = tokio::process::Command::new(rota())
+        .args([
+            "container",
+            "upload",
+            "--app",
+            "app",
+            "--name",
+            "demo",
+            "--version",
+            "1",
+            &v1,
+        ])
+        .env("ROTA_NATS_URL", d.nats.url())
+        .env("ROTA_TOKEN", operator.reveal())
+        .env_remove("ROTA_CONFIG")
+        .env_remove("ROTA_PREFIX")
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin"),
+        "the refusal names the role it needs: {err}"
+    );
+    let listed = d.admin.call(&ContainerList { app: "app".into() }).await?;
+    assert!(listed.is_empty(), "nothing was recorded: {listed:?}");
+
+    // Each item of a sharded job runs the entry, with its task on standard input.
+    ok(
+        &d,
+        &[
+            "container",
+            "upload",
+            "--app",
+            "app",
+            "--name",
+            "demo",
+            "--version",
+            "1",
+            &v1,
+        ],
+    )
+    .await;
+    let mut job = shell_job("app", "sharded", "");
+    job.spec.processor = "container".into();
+    job.spec.container = Some(ContainerJob {
+        container: ContainerRef::parse("demo")?,
+        entry: "hello".into(),
+    });
+    job.spec.designated_workers = vec!["w1".into(), "w2".into()];
+    job.spec.execution = rota_shared::task::Execution::Sharding {
+        shards: rota_shared::task::shard_count(4),
+    };
+    let job = d.create_job(job).await?.id;
+    let info = d.wait_terminal(run(&d, job, "s").await?, RUN_TIMEOUT).await;
+    assert_eq!(info.instance.status, InstanceStatus::Succeeded, "{info:?}");
+    let tasks = info.instance.tasks.clone().expect("task counts");
+    assert_eq!((tasks.total, tasks.succeeded), (4, 4), "{tasks:?}");
+    let logs = d.logs(info.instance.id).await?;
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.text.ends_with("hi from demo"))
+            .count(),
+        4,
+        "each item ran the entry once: {logs:#?}"
+    );
     Ok(())
 }

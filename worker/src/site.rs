@@ -183,6 +183,26 @@ impl Collector for AgentCollector {
             "Log lines dropped because the buffer was full or a batch could not be sent",
             &vec![(app(), agent.logs.dropped())],
         )?;
+        if let Some(containers) = &agent.containers {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = &containers.counts;
+            let by = |result: &str, n: u64| {
+                let mut labels = app();
+                labels.push(("result", result.to_owned()));
+                (labels, n)
+            };
+            encode_counters(
+                e,
+                "worker_container_fetches",
+                "Container bundles this worker needed, by result: downloaded (and checked), \
+                 cache_hit, or refused (a download, digest, archive or manifest failure)",
+                &vec![
+                    by("downloaded", c.downloads.load(Relaxed)),
+                    by("cache_hit", c.cache_hits.load(Relaxed)),
+                    by("refused", c.refusals.load(Relaxed)),
+                ],
+            )?;
+        }
         encode_counters(
             e,
             "nats_reconnects",

@@ -164,5 +164,6 @@ secret_file = "/etc/rota/app/secret"
 capacity = {{ $w.capacity }}
 tags = [{{ range $j, $t := $w.tags }}{{ if $j }}, {{ end }}{{ $t | quote }}{{ end }}]
 allow_shell = {{ $w.allowShell }}
+allow_containers = {{ $w.allowContainers }}
 state_dir = "/var/lib/rota/state"
 {{- end -}}
