@@ -84,14 +84,10 @@ async fn bad_messages_get_error_replies_and_change_nothing() -> anyhow::Result<(
         (s.admin("instance", "stop"), &as_admin),
         (s.admin("logs", "get"), &as_admin),
         (s.admin("token", "create"), &as_admin),
+        (s.admin("container", "create"), &as_admin),
+        (s.admin("container", "deploy"), &as_admin),
     ];
-    for endpoint in [
-        ServerEndpoint::Heartbeat,
-        ServerEndpoint::Status,
-        ServerEndpoint::Reports,
-        ServerEndpoint::Logs,
-        ServerEndpoint::Cluster,
-    ] {
+    for endpoint in ServerEndpoint::ALL {
         subjects.push((s.to_server("app", &sid, endpoint), &as_worker));
     }
     for endpoint in WorkerEndpoint::ALL {
