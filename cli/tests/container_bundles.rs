@@ -23,20 +23,7 @@ fn rota() -> &'static Path {
 
 /// Runs the CLI against the deployment; returns its exit code, stdout and stderr.
 async fn cli(d: &Deployment, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(rota())
-        .args(args)
-        .env("ROTA_NATS_URL", d.nats.url())
-        .env("ROTA_TOKEN", d.token.reveal())
-        .env_remove("ROTA_CONFIG")
-        .env_remove("ROTA_PREFIX")
-        .output()
-        .await
-        .expect("the rota binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    d.cli(rota(), args).await
 }
 
 async fn ok(d: &Deployment, args: &[&str]) -> String {

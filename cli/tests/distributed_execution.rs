@@ -423,20 +423,7 @@ async fn a_killed_task_worker_loses_no_task_and_a_killed_master_loses_the_attemp
 
 /// Runs the `rota` CLI against the deployment; returns its exit code, stdout and stderr.
 async fn cli(d: &Deployment, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(rota())
-        .args(args)
-        .env("ROTA_NATS_URL", d.nats.url())
-        .env("ROTA_TOKEN", d.token.reveal())
-        .env_remove("ROTA_CONFIG")
-        .env_remove("ROTA_PREFIX")
-        .output()
-        .await
-        .expect("the rota binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    d.cli(rota(), args).await
 }
 
 /// A refused command: a non-zero exit and one line naming the problem.

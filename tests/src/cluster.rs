@@ -286,6 +286,25 @@ impl Deployment {
         .await
     }
 
+    /// Runs the `rota` binary at `bin` against this deployment with the admin token; returns
+    /// its exit code, standard output and standard error.
+    pub async fn cli(&self, bin: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::process::Command::new(bin)
+            .args(args)
+            .env("ROTA_NATS_URL", self.nats.url())
+            .env("ROTA_TOKEN", self.token.reveal())
+            .env_remove("ROTA_CONFIG")
+            .env_remove("ROTA_PREFIX")
+            .output()
+            .await
+            .expect("the rota binary runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Every stored log line of an instance.
     pub async fn logs(&self, id: i64) -> anyhow::Result<Vec<LogEntry>> {
         Ok(self
