@@ -8,8 +8,9 @@ use rota_shared::admin::{
     ContainerCreate, ContainerDeploy, ContainerDestroy, ContainerList, ContainerRollout,
 };
 use rota_shared::container::{
-    CONTAINER_BUCKET, ContainerSource, MANIFEST_FILE, MAX_BUNDLE_BYTES, parse_sha256,
+    ContainerSource, MANIFEST_FILE, MAX_BUNDLE_BYTES, UPLOAD_MAX_AGE, parse_sha256,
 };
+use rota_transport::keys::random_text;
 use sha2::{Digest, Sha256};
 
 use crate::admin::client;
@@ -17,6 +18,9 @@ use crate::args::ContainerCommand;
 use crate::config::Settings;
 use crate::table::{render, safe, time};
 use crate::usage::usage;
+
+/// How long the server may take to record an upload (it copies the bundle first).
+const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A directory packed as a `.tar.gz` (its manifest must be at its root), or a `.tar.gz` as it
 /// is.
@@ -84,6 +88,8 @@ pub async fn run(settings: &Settings, cmd: ContainerCommand) -> anyhow::Result<(
             sha256,
             size,
         } => {
+            // The upload, to drop when the server does not record it.
+            let mut uploaded = None;
             let (sha256, size, source) = match (path, url) {
                 (Some(path), _) => {
                     let bytes = bundle_bytes(&path)?;
@@ -93,32 +99,36 @@ pub async fn run(settings: &Settings, cmd: ContainerCommand) -> anyhow::Result<(
                             "the bundle is {size} bytes; at most {MAX_BUNDLE_BYTES} are allowed"
                         ));
                     }
-                    // Named by content too: a later upload can never replace the bytes a
-                    // recorded version points to (a swapped object is refused by its digest
-                    // anyway, but this way it cannot even be swapped by a new upload).
                     let sha256 = sha256_hex(&bytes);
-                    let object = format!("{app}/{name}/{version}/{sha256}");
+                    // A random name in the upload bucket: the server moves the bundle into the
+                    // app's bucket once it has checked the caller's token, and drops it here.
+                    let object = format!("{app}/{}", random_text(16).context("an upload name")?);
+                    let upload = c.subjects().upload_bucket();
                     let js = async_nats::jetstream::new(c.nats().clone());
-                    let store = match js.get_object_store(CONTAINER_BUCKET).await {
+                    let store = match js.get_object_store(&upload).await {
                         Ok(store) => store,
                         Err(_) => js
                             .create_object_store(async_nats::jetstream::object_store::Config {
-                                bucket: CONTAINER_BUCKET.to_owned(),
-                                description: Some("Rota container bundles".to_owned()),
+                                bucket: upload.clone(),
+                                description: Some(
+                                    "Rota container bundles waiting to be recorded".to_owned(),
+                                ),
+                                max_age: UPLOAD_MAX_AGE,
                                 ..Default::default()
                             })
                             .await
-                            .context("create the object store (is JetStream enabled?)")?,
+                            .context("create the upload bucket (is JetStream enabled?)")?,
                     };
                     store
                         .put(object.as_str(), &mut bytes.as_slice())
                         .await
                         .context("upload the bundle to the object store")?;
+                    uploaded = Some((store, object.clone()));
                     (
                         sha256,
                         size,
                         ContainerSource::ObjectStore {
-                            bucket: CONTAINER_BUCKET.to_owned(),
+                            bucket: upload,
                             object,
                         },
                     )
@@ -126,12 +136,42 @@ pub async fn run(settings: &Settings, cmd: ContainerCommand) -> anyhow::Result<(
                 (None, Some(url)) => {
                     let sha = parse_sha256(sha256.as_deref().unwrap_or_default())
                         .map_err(|e| usage!("{e}"))?;
-                    let size = size.ok_or_else(|| usage!("give the bundle's --size with --url"))?;
+                    let size = match size {
+                        Some(size) => size,
+                        // Fetched once here, so that a wrong digest or an unreachable URL is
+                        // told now rather than at the first run.
+                        None => {
+                            let http = rota_worker::builtin::http_client()
+                                .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
+                            let bytes =
+                                rota_worker::fetch_bundle_url(&http, &url, MAX_BUNDLE_BYTES + 1)
+                                    .await
+                                    .map_err(|e| usage!("cannot fetch the bundle: {e}"))?;
+                            let size = bytes.len() as u64;
+                            if size > MAX_BUNDLE_BYTES {
+                                return Err(usage!(
+                                    "the bundle at {url} is over {MAX_BUNDLE_BYTES} bytes"
+                                ));
+                            }
+                            let found = sha256_hex(&bytes);
+                            if found != sha {
+                                return Err(usage!(
+                                    "the bundle at {url} has sha256 {found}, not {sha}"
+                                ));
+                            }
+                            size
+                        }
+                    };
                     (sha, size, ContainerSource::Url { url })
                 }
                 (None, None) => return Err(usage!("give a PATH, or --url and --sha256")),
             };
-            let info = c
+            // The server copies an upload into the app's bucket before it answers.
+            let c = match settings.request_timeout {
+                Some(_) => c,
+                None => c.with_timeout(RECORD_TIMEOUT),
+            };
+            let recorded = c
                 .call(&ContainerCreate {
                     app,
                     name,
@@ -140,7 +180,17 @@ pub async fn run(settings: &Settings, cmd: ContainerCommand) -> anyhow::Result<(
                     size,
                     source,
                 })
-                .await?;
+                .await;
+            let info = match (recorded, uploaded) {
+                (Ok(info), _) => info,
+                (Err(e), Some((store, object))) => {
+                    // Refused (a token without the admin role, say): the upload goes too,
+                    // rather than waiting for the bucket to expire it.
+                    let _ = store.delete(object.as_str()).await;
+                    return Err(e.into());
+                }
+                (Err(e), None) => return Err(e.into()),
+            };
             if settings.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {

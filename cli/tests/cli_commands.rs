@@ -2,12 +2,12 @@
 //! server and a worker. Every command runs as a separate process with `ROTA_NATS_URL` and an admin
 //! `ROTA_TOKEN` set.
 
-use std::path::Path;
 use std::time::Duration;
 
 use rota_shared::InstanceStatus;
 use rota_shared::admin::{InstanceInfo, JobInfo};
 use rota_tests::cluster::{Deployment, SECRET};
+use rota_tests::groups;
 use rota_tests::wait;
 use rota_worker::ProcessorRegistry;
 
@@ -169,14 +169,6 @@ async fn job_run_parameters_reach_the_processor_and_the_result_shows() -> anyhow
     Ok(())
 }
 
-fn group_alive(pgid: i32) -> bool {
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
-}
-
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_stop_kills_the_process_group() -> anyhow::Result<()> {
     let d = deployment().await?;
@@ -189,12 +181,7 @@ async fn instance_stop_kills_the_process_group() -> anyhow::Result<()> {
         .trim()
         .trim_start_matches("started instance ")
         .to_owned();
-    let pgid = wait::until(
-        "the job to write its pid",
-        Duration::from_secs(15),
-        || async { read_pid(&pid_file) },
-    )
-    .await;
+    let pgid = groups::read_pid_file(&pid_file).await;
     wait::until(
         "the instance to be RUNNING",
         Duration::from_secs(10),
@@ -204,17 +191,12 @@ async fn instance_stop_kills_the_process_group() -> anyhow::Result<()> {
         },
     )
     .await;
-    assert!(group_alive(pgid));
+    assert!(!groups::is_gone(pgid));
 
     let stopped = ok(&d, &["--json", "instance", "stop", &id]).await;
     let stopped: InstanceInfo = serde_json::from_str(&stopped)?;
     assert_eq!(stopped.instance.status, InstanceStatus::Stopped);
-    wait::until(
-        "the process group to be gone",
-        Duration::from_secs(10),
-        || async { (!group_alive(pgid)).then_some(()) },
-    )
-    .await;
+    groups::wait_gone(pgid, "the stopped run", Duration::from_secs(10)).await;
     // The worker's own report of the stop came later and changed nothing.
     assert_eq!(
         show(&d, stopped.instance.id).await.instance.status,

@@ -344,10 +344,12 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
     let Setup { mut d, dir } = setup().await?;
     let bytes = pack(&bundle(dir.path(), "1", None));
     let (url, served) = serve(bytes.clone()).await?;
-    let (sha, size) = (sha256_hex(&bytes), bytes.len().to_string());
-    ok(
-        &d,
-        &[
+    let sha = sha256_hex(&bytes);
+    // Without --size the CLI fetches the bundle once to learn it, and so a wrong digest is
+    // told at once, with nothing recorded.
+    let wrong = "0".repeat(64);
+    let upload = |sha: &str| {
+        [
             "container",
             "upload",
             "--app",
@@ -359,12 +361,31 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
             "--url",
             &url,
             "--sha256",
-            &sha,
-            "--size",
-            &size,
-        ],
-    )
-    .await;
+            sha,
+        ]
+        .map(str::to_owned)
+    };
+    let args = upload(&wrong);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = cli(&d, &args).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("has sha256 {sha}, not {wrong}")),
+        "{err}"
+    );
+    assert!(
+        d.admin
+            .call(&ContainerList { app: "app".into() })
+            .await?
+            .is_empty()
+    );
+    let args = upload(&sha);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&d, &args).await;
+    let listed = d.admin.call(&ContainerList { app: "app".into() }).await?;
+    assert_eq!(listed[0].container.size, bytes.len() as u64, "{listed:?}");
+    let checked = served.load(Ordering::SeqCst);
+    assert_eq!(checked, 2, "the CLI fetched it once per upload");
     let mut job = shell_job("app", "web", "");
     job.spec.processor = "container".into();
     job.spec.container = Some(ContainerJob {
@@ -375,7 +396,11 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
     let job = d.create_job(job).await?.id;
     let first = d.wait_terminal(run(&d, job, "a").await?, RUN_TIMEOUT).await;
     assert_eq!(first.instance.result.as_deref(), Some("1:a"), "{first:?}");
-    assert_eq!(served.load(Ordering::SeqCst), 1, "downloaded once");
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        checked + 1,
+        "downloaded once"
+    );
 
     // The same worker started again (same id, same state directory) uses its cache.
     d.abort_worker("w1");
@@ -386,7 +411,11 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
     d.start_worker(config, ProcessorRegistry::new()).await?;
     let second = d.wait_terminal(run(&d, job, "b").await?, RUN_TIMEOUT).await;
     assert_eq!(second.instance.result.as_deref(), Some("1:b"), "{second:?}");
-    assert_eq!(served.load(Ordering::SeqCst), 1, "not downloaded again");
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        checked + 1,
+        "not downloaded again"
+    );
     let addr = d
         .worker("w1")
         .and_then(|w| w.http_addr())
@@ -556,6 +585,11 @@ async fn uploads_need_an_admin_token_and_sharded_jobs_run_container_entries() ->
     );
     let listed = d.admin.call(&ContainerList { app: "app".into() }).await?;
     assert!(listed.is_empty(), "nothing was recorded: {listed:?}");
+    assert_eq!(
+        objects(&d, UPLOADS).await?,
+        Vec::<String>::new(),
+        "the refused upload was dropped"
+    );
 
     // Each item of a sharded job runs the entry, with its task on standard input.
     ok(
@@ -596,5 +630,340 @@ async fn uploads_need_an_admin_token_and_sharded_jobs_run_container_entries() ->
         4,
         "each item ran the entry once: {logs:#?}"
     );
+    Ok(())
+}
+
+/// The names of the objects a bucket holds (none when there is no such bucket).
+async fn objects(d: &Deployment, bucket: &str) -> anyhow::Result<Vec<String>> {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(d.nats.url()).await?);
+    let Ok(store) = js.get_object_store(bucket).await else {
+        return Ok(Vec::new());
+    };
+    let mut list = store.list().await?;
+    let mut names = Vec::new();
+    while let Some(info) = list.next().await {
+        names.push(info?.name);
+    }
+    names.sort();
+    Ok(names)
+}
+
+const UPLOADS: &str = "rota-container-uploads";
+
+/// `container.create` with an upload, as the CLI sends it.
+fn create_from(bucket: &str, object: &str, sha256: &str, size: u64) -> ContainerCreate {
+    ContainerCreate {
+        app: "app".into(),
+        name: "demo".into(),
+        version: "1".into(),
+        sha256: sha256.into(),
+        size,
+        source: rota_shared::container::ContainerSource::ObjectStore {
+            bucket: bucket.into(),
+            object: object.into(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_records_only_an_upload_that_matches_and_moves_it_into_the_apps_bucket()
+-> anyhow::Result<()> {
+    let Setup { d, dir } = setup().await?;
+    let bytes = pack(&bundle(dir.path(), "1", None));
+    let (sha, size) = (sha256_hex(&bytes), bytes.len() as u64);
+    let js = async_nats::jetstream::new(async_nats::connect(d.nats.url()).await?);
+    let uploads = js
+        .create_object_store(async_nats::jetstream::object_store::Config {
+            bucket: UPLOADS.into(),
+            ..Default::default()
+        })
+        .await?;
+    let refused = |e: rota_client::ClientError| e.remote().cloned().expect("an error reply");
+
+    // Only the upload bucket: an admin of this app cannot point it at another app's bundles.
+    let e = refused(
+        d.admin
+            .call(&create_from(
+                "rota-containers-other",
+                "demo/1/x",
+                &sha,
+                size,
+            ))
+            .await
+            .expect_err("another bucket"),
+    );
+    assert_eq!(e.code, rota_shared::ErrorCode::InvalidArgument, "{e:?}");
+    assert!(e.message.contains(UPLOADS), "{e:?}");
+
+    // Bytes that are not what the request records: refused, and the upload dropped.
+    uploads.put("app/wrong", &mut bytes.as_slice()).await?;
+    let e = refused(
+        d.admin
+            .call(&create_from(UPLOADS, "app/wrong", &"0".repeat(64), size))
+            .await
+            .expect_err("a wrong digest"),
+    );
+    assert_eq!(e.code, rota_shared::ErrorCode::InvalidArgument, "{e:?}");
+    assert!(e.message.contains("not what was recorded"), "{e:?}");
+    uploads.put("app/short", &mut bytes.as_slice()).await?;
+    let e = refused(
+        d.admin
+            .call(&create_from(UPLOADS, "app/short", &sha, size - 1))
+            .await
+            .expect_err("a wrong size"),
+    );
+    assert!(e.message.contains("not what was recorded"), "{e:?}");
+    assert_eq!(objects(&d, UPLOADS).await?, Vec::<String>::new());
+    // An upload that is not there.
+    let e = refused(
+        d.admin
+            .call(&create_from(UPLOADS, "app/never", &sha, size))
+            .await
+            .expect_err("no such upload"),
+    );
+    assert_eq!(e.code, rota_shared::ErrorCode::NotFound, "{e:?}");
+    assert!(
+        d.admin
+            .call(&ContainerList { app: "app".into() })
+            .await?
+            .is_empty(),
+        "nothing was recorded"
+    );
+    assert_eq!(
+        objects(&d, "rota-containers-app").await?,
+        Vec::<String>::new()
+    );
+
+    // The right bytes: moved into the app's bucket, named by their digest, and the upload
+    // dropped.
+    uploads.put("app/right", &mut bytes.as_slice()).await?;
+    let info = d
+        .admin
+        .call(&create_from(UPLOADS, "app/right", &sha, size))
+        .await?;
+    assert_eq!(
+        info.source,
+        rota_shared::container::ContainerSource::ObjectStore {
+            bucket: "rota-containers-app".into(),
+            object: format!("demo/1/{sha}"),
+        }
+    );
+    assert_eq!(objects(&d, UPLOADS).await?, Vec::<String>::new());
+    assert_eq!(
+        objects(&d, "rota-containers-app").await?,
+        vec![format!("demo/1/{sha}")]
+    );
+    // A second upload of the same version is refused, and its upload dropped too.
+    uploads.put("app/again", &mut bytes.as_slice()).await?;
+    let e = refused(
+        d.admin
+            .call(&create_from(UPLOADS, "app/again", &sha, size))
+            .await
+            .expect_err("the version exists"),
+    );
+    assert_eq!(e.code, rota_shared::ErrorCode::Conflict, "{e:?}");
+    assert_eq!(objects(&d, UPLOADS).await?, Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_version_leaves_its_workers_the_listing_and_the_bucket() -> anyhow::Result<()> {
+    let Setup { d, dir } = setup().await?;
+    let v1 = bundle(dir.path(), "1", None).display().to_string();
+    ok(
+        &d,
+        &[
+            "container",
+            "upload",
+            "--app",
+            "app",
+            "--name",
+            "demo",
+            "--version",
+            "1",
+            &v1,
+        ],
+    )
+    .await;
+    // w3 does not run containers, and says so.
+    let (_, deployed, _) = cli(
+        &d,
+        &["--json", "container", "deploy", "--app", "app", "demo"],
+    )
+    .await;
+    let deployed: ContainerRollout = serde_json::from_str(&deployed)?;
+    let mut on: Vec<&str> = deployed
+        .workers
+        .iter()
+        .filter(|w| w.ok)
+        .map(|w| w.worker_id.as_str())
+        .collect();
+    on.sort_unstable();
+    assert_eq!(on, ["w1", "w2"], "{deployed:?}");
+    for w in ["w1", "w2"] {
+        wait::until(
+            &format!("{w}'s heartbeat to list demo@1"),
+            Duration::from_secs(15),
+            || async { w_has(&d, w, "1").await.ok()?.then_some(()) },
+        )
+        .await;
+    }
+
+    let (_, destroyed, _) = cli(
+        &d,
+        &[
+            "--json",
+            "container",
+            "destroy",
+            "--app",
+            "app",
+            "demo",
+            "--version",
+            "1",
+        ],
+    )
+    .await;
+    let destroyed: ContainerRollout = serde_json::from_str(&destroyed)?;
+    assert!(
+        ["w1", "w2"]
+            .iter()
+            .all(|w| destroyed.workers.iter().any(|o| o.worker_id == *w && o.ok)),
+        "{destroyed:?}"
+    );
+    assert!(
+        d.admin
+            .call(&ContainerList { app: "app".into() })
+            .await?
+            .is_empty(),
+        "no longer listed"
+    );
+    assert_eq!(
+        objects(&d, "rota-containers-app").await?,
+        Vec::<String>::new(),
+        "its bundle left the app's bucket"
+    );
+    for w in ["w1", "w2"] {
+        wait::until(
+            &format!("{w}'s heartbeat to drop demo@1"),
+            Duration::from_secs(15),
+            || async { (!w_has(&d, w, "1").await.ok()?).then_some(()) },
+        )
+        .await;
+        assert!(
+            !dir.path().join(w).join("containers").read_dir()?.any(|e| e
+                .map(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .unwrap_or(false)),
+            "{w}'s cache no longer records it"
+        );
+    }
+    // A job naming it fails with the reason.
+    let job = container_job(&d, "gone", "demo@1").await?;
+    let info = d.wait_terminal(run(&d, job, "x").await?, RUN_TIMEOUT).await;
+    assert_eq!(info.instance.status, InstanceStatus::Failed, "{info:?}");
+    let result = info.instance.result.unwrap_or_default();
+    assert!(result.contains("demo@1"), "{result}");
+    // Destroying it again says it is not there.
+    let (code, _, err) = cli(
+        &d,
+        &[
+            "container",
+            "destroy",
+            "--app",
+            "app",
+            "demo",
+            "--version",
+            "1",
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("demo@1"), "{err}");
+    Ok(())
+}
+
+/// Whether a worker's heartbeats list `demo` at `version`.
+async fn w_has(d: &Deployment, worker: &str, version: &str) -> anyhow::Result<bool> {
+    let list = d
+        .admin
+        .call(&WorkerList {
+            app: Some("app".into()),
+            ..Default::default()
+        })
+        .await?;
+    Ok(list.items.iter().any(|w| {
+        w.worker_id == worker
+            && w.containers
+                .iter()
+                .any(|c| c.name == "demo" && c.version == version)
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_or_a_stop_ends_every_process_of_a_container_entry() -> anyhow::Result<()> {
+    use rota_tests::groups;
+    let Setup { d, dir } = setup().await?;
+    // The entry leaves a background sleep behind (a grandchild it does not wait for): only
+    // killing the whole group ends it.
+    let root = dir.path().join("sleeper");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(
+        root.join("rota-container.toml"),
+        "[processors.hello]\ncommand = [\"sh\", \"run.sh\"]\n",
+    )?;
+    std::fs::write(
+        root.join("run.sh"),
+        "cat > /dev/null\necho $$ > \"$ROTA_INSTANCE_PARAMS\"\nsleep 600 & sleep 600\n",
+    )?;
+    let root = root.display().to_string();
+    ok(
+        &d,
+        &[
+            "container",
+            "upload",
+            "--app",
+            "app",
+            "--name",
+            "sleeper",
+            "--version",
+            "1",
+            &root,
+        ],
+    )
+    .await;
+    let mut job = shell_job("app", "sleeper", "");
+    job.spec.processor = "container".into();
+    job.spec.container = Some(ContainerJob {
+        container: ContainerRef::parse("sleeper")?,
+        entry: "hello".into(),
+    });
+    job.spec.designated_workers = vec!["w1".into()];
+    job.spec.timeout_ms = 1_000;
+    let timed = d.create_job(job.clone()).await?.id;
+    job.spec.name = "stopped".into();
+    job.spec.timeout_ms = 0;
+    let stopped = d.create_job(job).await?.id;
+
+    // A timeout.
+    let pid_file = dir.path().join("timed.pid");
+    let id = run(&d, timed, &pid_file.display().to_string()).await?;
+    let pgid = groups::read_pid_file(&pid_file).await;
+    let done = d.wait_terminal(id, RUN_TIMEOUT).await;
+    assert_eq!(done.instance.status, InstanceStatus::Failed, "{done:?}");
+    assert_eq!(
+        done.instance.result.as_deref(),
+        Some("timeout: exceeded 1000 ms"),
+        "{done:?}"
+    );
+    groups::wait_gone(pgid, "the timed-out entry", Duration::from_secs(10)).await;
+
+    // A stop.
+    let pid_file = dir.path().join("stopped.pid");
+    let id = run(&d, stopped, &pid_file.display().to_string()).await?;
+    let pgid = groups::read_pid_file(&pid_file).await;
+    assert!(!groups::is_gone(pgid), "the entry runs");
+    let info = d.admin.call(&InstanceStop(InstanceId { id })).await?;
+    assert_eq!(info.instance.status, InstanceStatus::Stopped, "{info:?}");
+    groups::wait_gone(pgid, "the stopped entry", Duration::from_secs(10)).await;
     Ok(())
 }

@@ -94,37 +94,9 @@ impl Drop for PidDir {
     }
 }
 
-/// The processes of a process group that are alive (not zombies), from `/proc`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // Fields after the name: state, ppid, pgrp.
-            fields.first().is_some_and(|state| *state != "Z")
-                && fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
-        })
-        .collect()
-}
-
 /// Waits, at most a second, until no process of the group is alive.
 async fn wait_group_gone(pgid: i32, what: &str) {
-    wait::until(
-        &format!("every process of {what} (process group {pgid}) to be gone"),
-        Duration::from_secs(1),
-        || async { group_members(pgid).is_empty().then_some(()) },
-    )
-    .await;
+    rota_tests::groups::wait_gone(pgid, what, Duration::from_secs(1)).await;
 }
 
 /// What changes of an instance a test follows.
@@ -167,7 +139,7 @@ async fn killed_worker_mid_run_is_retried_elsewhere_or_fails_with_worker_lost() 
     assert_eq!(first.instance.attempt, 1, "{first:?}");
     let first_group = pids.wait_pid(id1, 1).await;
     assert!(
-        !group_members(first_group).is_empty(),
+        !rota_tests::groups::live_members(first_group).is_empty(),
         "the run's shell and its sleep are alive"
     );
     let victim = first

@@ -192,3 +192,158 @@ async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
     d.shutdown().await;
     Ok(())
 }
+
+/// A connection as `user` and the permission violations NATS reports to it.
+async fn watched(
+    url: &str,
+    users: &HashMap<String, String>,
+    user: &str,
+    inbox: &str,
+) -> anyhow::Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut connection = Connection::new("attacker", inbox);
+    connection.on_event = Some({
+        let errors = errors.clone();
+        Arc::new(move |event: &async_nats::Event| {
+            if let async_nats::Event::ServerError(e) = event {
+                errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(e.to_string());
+            }
+        })
+    });
+    let client = login(url, users, user).connect(connection).await?;
+    Ok((client, errors))
+}
+
+/// Publishes to `subject` and waits for NATS to refuse it.
+async fn publish_refused(
+    client: &async_nats::Client,
+    errors: &Arc<Mutex<Vec<String>>>,
+    subject: &str,
+) -> anyhow::Result<()> {
+    client.publish(subject.to_owned(), "{}".into()).await?;
+    wait::until(
+        &format!("NATS to refuse the publish to {subject}"),
+        Duration::from_secs(5),
+        || async {
+            errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|e| {
+                    let e = e.to_ascii_lowercase();
+                    e.contains("permissions violation")
+                        && e.contains("publish")
+                        && e.contains(&subject.to_ascii_lowercase())
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// Containers under `rota nats-config`: the CLI uploads as the administrators' user, the
+/// server moves the bundle into the app's bucket, and app a's worker user runs it; that user
+/// cannot read app b's bucket nor write any bucket, and the administrators' user cannot write
+/// an app's bucket (only the upload bucket, which no worker reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers_only()
+-> anyhow::Result<()> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["nats-config", "--app", "a", "--app", "b"])
+        .env_remove("ROTA_PREFIX")
+        .env_remove("ROTA_CONFIG")
+        .output()
+        .await?;
+    assert!(out.status.success());
+    let block = String::from_utf8(out.stdout)?;
+    let users = users(&block);
+    let nats = NatsServer::start_with_config(&block, true)?;
+    let url = nats.url();
+    let mut d = Deployment::on(nats, login(&url, &users, "rota-admin")).await?;
+    let mut server = d.server_config("s1");
+    server.nats = login(&url, &users, "rota-server");
+    d.start_server_with(server).await?;
+    d.create_app("a").await?;
+    d.create_app("b").await?;
+    let state = tempfile::tempdir()?;
+    let mut wa = d.worker_config("a", "wa");
+    wa.nats = login(&url, &users, "rota-worker-a");
+    wa.allow_containers = true;
+    wa.state_dir = Some(state.path().join("wa"));
+    d.start_worker(wa, ProcessorRegistry::new()).await?;
+
+    let bundle = state.path().join("bundle");
+    std::fs::create_dir_all(&bundle)?;
+    std::fs::write(
+        bundle.join("rota-container.toml"),
+        "[processors.hello]\ncommand = [\"sh\", \"run.sh\"]\n",
+    )?;
+    std::fs::write(bundle.join("run.sh"), "cat > /dev/null\necho from-bundle\n")?;
+    let upload = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args([
+            "--nats-user",
+            "rota-admin",
+            "--nats-password",
+            &users["rota-admin"],
+            "container",
+            "upload",
+            "--app",
+            "a",
+            "--name",
+            "demo",
+            "--version",
+            "1",
+        ])
+        .arg(&bundle)
+        .env("ROTA_NATS_URL", &url)
+        .env("ROTA_TOKEN", d.token.reveal())
+        .env_remove("ROTA_PREFIX")
+        .env_remove("ROTA_CONFIG")
+        .output()
+        .await?;
+    assert!(
+        upload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upload.stderr)
+    );
+    let mut job = shell_job("a", "bundled", "");
+    job.spec.processor = "container".into();
+    job.spec.container = Some(rota_shared::container::ContainerJob {
+        container: rota_shared::container::ContainerRef::parse("demo")?,
+        entry: "hello".into(),
+    });
+    let job = d.create_job(job).await?;
+    let id = d.run(job.id).await?;
+    let done = d.wait_terminal(id, Duration::from_secs(30)).await;
+    assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
+    assert_eq!(done.instance.result.as_deref(), Some("from-bundle"));
+
+    // App a's worker user: no writes to its own bucket, no reads of b's or of uploads.
+    let (worker_a, errors) = watched(&url, &users, "rota-worker-a", "rota.inbox.app.a").await?;
+    for subject in [
+        "$O.rota-containers-a.C.swap",
+        "$JS.API.STREAM.PURGE.OBJ_rota-containers-a",
+        "$JS.API.STREAM.DELETE.OBJ_rota-containers-a",
+        "$JS.API.STREAM.INFO.OBJ_rota-containers-b",
+        "$JS.API.CONSUMER.CREATE.OBJ_rota-containers-b",
+        "$JS.API.DIRECT.GET.OBJ_rota-containers-b",
+        "$JS.API.STREAM.INFO.OBJ_rota-container-uploads",
+    ] {
+        publish_refused(&worker_a, &errors, subject).await?;
+    }
+    // The administrators' user writes uploads only: never an app's bucket.
+    let (admin, errors) = watched(&url, &users, "rota-admin", "rota.inbox.admin").await?;
+    for subject in [
+        "$O.rota-containers-a.C.swap",
+        "$JS.API.STREAM.PURGE.OBJ_rota-containers-a",
+        "$JS.API.STREAM.CREATE.OBJ_rota-containers-a",
+    ] {
+        publish_refused(&admin, &errors, subject).await?;
+    }
+    d.shutdown().await;
+    Ok(())
+}

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use rota_shared::admin::*;
+use rota_shared::container::ContainerSource;
 use rota_shared::limits::Limited;
 use rota_shared::message::{RemoteCall, WorkerSummary};
 use rota_shared::subject::validate_token;
@@ -14,6 +15,7 @@ use rota_shared::{ErrorBody, ErrorCode, Instance, InstanceStatus, Trigger};
 use rota_transport::keys::{APP_KEY_PURPOSE, TOKEN_PURPOSE, open_secret, seal_secret};
 use rota_transport::{AdminToken, Incoming, Key, RequestErrorKind, decode_message};
 
+use crate::bundles;
 use crate::core::Core;
 use crate::dispatch::Handed;
 use crate::gate::Caller;
@@ -1229,14 +1231,71 @@ async fn container_create(
         )));
     }
     r.source.validate().map_err(invalid)?;
+    let name = checked.name;
+    let version = checked.version.unwrap_or_default();
+    let label = format!("{name}@{version}");
+    let exists = || {
+        ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("container {label} exists already: give the new bundle a new version"),
+        )
+    };
+    let taken = match core.store.container(app.id, &name, Some(&version)).await {
+        Ok(_) => true,
+        Err(StoreError::NotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let source = match r.source {
+        ContainerSource::Url { .. } if taken => return Err(exists()),
+        url @ ContainerSource::Url { .. } => url,
+        ContainerSource::ObjectStore { bucket, object } => {
+            let client = core.transport.client();
+            // Only what the administrators' user can write is taken: the upload bucket.
+            if bucket != core.subjects.upload_bucket() {
+                return Err(ErrorBody::invalid(format!(
+                    "an uploaded bundle is taken from the bucket {}, not {bucket:?}",
+                    core.subjects.upload_bucket()
+                )));
+            }
+            if taken {
+                bundles::drop_upload(client, &core.subjects, &object).await;
+                return Err(exists());
+            }
+            let adopted = bundles::adopt(
+                client,
+                &core.subjects,
+                bundles::Adopt {
+                    app: &app.name,
+                    upload: &object,
+                    name: &name,
+                    version: &version,
+                    sha256: &sha256,
+                    size: r.size,
+                },
+            )
+            .await;
+            match adopted {
+                Ok(source) => source,
+                Err(e) => {
+                    bundles::drop_upload(client, &core.subjects, &object).await;
+                    let code = match e {
+                        bundles::AdoptError::Missing(_) => ErrorCode::NotFound,
+                        bundles::AdoptError::Mismatch(_) => ErrorCode::InvalidArgument,
+                        bundles::AdoptError::Store(_) => ErrorCode::Unavailable,
+                    };
+                    return Err(ErrorBody::new(code, e.to_string()));
+                }
+            }
+        }
+    };
     let info = rota_shared::container::ContainerInfo {
         id: 0,
         app_id: app.id,
-        name: checked.name,
-        version: checked.version.unwrap_or_default(),
+        name,
+        version,
         sha256,
         size: r.size,
-        source: r.source,
+        source,
         created_at_ms: core.clock.now_ms(),
     };
     let saved = core
@@ -1244,13 +1303,9 @@ async fn container_create(
         .insert_container(&info)
         .await
         .map_err(|e| match e {
-            StoreError::Conflict(_) => ErrorBody::new(
-                ErrorCode::Conflict,
-                format!(
-                    "container {}@{} exists already: give the new bundle a new version",
-                    info.name, info.version
-                ),
-            ),
+            // Two uploads of one version at once: the first recorded wins. The loser's copy
+            // is named by its own digest, which nobody records, so it is never fetched.
+            StoreError::Conflict(_) => exists(),
             other => ErrorBody::from(other),
         })?;
     tracing::info!(app = %r.app, name = %saved.name, version = %saved.version, by = %caller.token_id, "container recorded");
@@ -1378,6 +1433,7 @@ async fn container_destroy(
     core.store
         .delete_container(app.id, &r.name, &r.version)
         .await?;
+    bundles::drop_bundle(core.transport.client(), &container.source).await;
     let call = rota_shared::container::ContainerCall::Destroy {
         name: r.name,
         version: r.version,

@@ -7,6 +7,7 @@
 
 mod admin;
 mod bootstrap;
+mod bundles;
 mod clock;
 mod config;
 mod core;

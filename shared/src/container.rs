@@ -1,8 +1,9 @@
 //! Containers: versioned bundles of processors (any language: a script, a binary) that reach
 //! running workers without a restart. A bundle is a `.tar.gz` with a [`MANIFEST_FILE`] at its
-//! root naming its processors; it is stored in NATS JetStream's object store (bucket
-//! [`CONTAINER_BUCKET`]) or served over HTTP(S), and recorded with its sha256 and size, which a
-//! worker checks before it unpacks anything.
+//! root naming its processors; it is stored in NATS JetStream's object store (one bucket per
+//! app, [`crate::Subjects::container_bucket`], that only servers write) or served over
+//! HTTP(S), and recorded with its sha256 and size, which a worker checks before it unpacks
+//! anything.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +14,8 @@ use crate::subject::validate_token;
 /// The manifest at a bundle's root.
 pub const MANIFEST_FILE: &str = "rota-container.toml";
 
-/// The object store bucket bundles are uploaded to.
-pub const CONTAINER_BUCKET: &str = "rota-containers";
+/// How long the upload bucket keeps a bundle nobody recorded (a refused or abandoned upload).
+pub const UPLOAD_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The largest bundle a worker downloads.
 pub const MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
@@ -89,7 +90,9 @@ pub struct ContainerJob {
     pub entry: String,
 }
 
-/// Where a bundle is downloaded from.
+/// Where a bundle is downloaded from. In a `container.create` request, an object store source
+/// names the upload bucket ([`crate::Subjects::upload_bucket`]); the server moves the object
+/// into the app's bucket and records that.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContainerSource {

@@ -324,30 +324,69 @@ impl Subjects {
         format!("{}.inbox.app.{app}", self.prefix)
     }
 
+    // === Object store buckets ===
+
+    /// The prefix as a bucket name may hold it (letters, digits, `-` and `_`: its dots
+    /// become `_`), so that deployments with different prefixes on one NATS keep their
+    /// bundles apart.
+    fn bucket_stem(&self) -> String {
+        self.prefix.replace('.', "_")
+    }
+
+    /// The object store bucket an app's container bundles are kept in: only servers write
+    /// it, and only the app's workers (and servers) read it. One bucket per app, because NATS
+    /// permissions match whole subject tokens: a bucket is one token of its stream's subjects.
+    pub fn container_bucket(&self, app: &str) -> String {
+        format!("{}-containers-{app}", self.bucket_stem())
+    }
+
+    /// The bucket `rota container upload` puts a bundle in before the server, having checked
+    /// the caller's token, moves it into its app's bucket.
+    pub fn upload_bucket(&self) -> String {
+        format!("{}-container-uploads", self.bucket_stem())
+    }
+
     // === What each role may do, for NATS permissions ===
 
-    /// A server: everything under the prefix, the NATS service API, and replies.
+    /// A server: everything under the prefix, the NATS service API, JetStream (it moves
+    /// uploaded bundles into their apps' buckets), and replies.
     pub fn server_permissions(&self) -> Permissions {
         let all = format!("{}.>", self.prefix);
         Permissions {
-            publish: vec![all.clone(), "$SRV.>".to_owned()],
+            publish: vec![
+                all.clone(),
+                "$SRV.>".to_owned(),
+                "$JS.API.>".to_owned(),
+                "$JS.FC.>".to_owned(),
+                "$O.>".to_owned(),
+            ],
             subscribe: vec![all, "$SRV.>".to_owned()],
             allow_responses: true,
         }
     }
 
-    /// An administrator: admin requests, and the replies to them.
+    /// An administrator: admin requests, the replies to them, and writing bundles to the
+    /// upload bucket (never to an app's bucket: the server moves them there once it has
+    /// checked the caller's token).
     pub fn admin_permissions(&self) -> Permissions {
+        let mut publish = vec![self.admin_all(), format!("{}.srv.*.admin.>", self.prefix)];
+        let upload = self.upload_bucket();
+        publish.extend(object_store_read(&upload));
+        publish.extend([
+            format!("$JS.API.STREAM.CREATE.OBJ_{upload}"),
+            format!("$JS.API.STREAM.PURGE.OBJ_{upload}"),
+            format!("$O.{upload}.>"),
+        ]);
         Permissions {
-            publish: vec![self.admin_all(), format!("{}.srv.*.admin.>", self.prefix)],
+            publish,
             subscribe: vec![format!("{}.>", self.admin_inbox())],
             allow_responses: false,
         }
     }
 
     /// The workers of one app: their own discovery, what they send to servers, what servers
-    /// send them, and the tasks and task reports a master and its task workers exchange;
-    /// answers only to requests they received.
+    /// send them, the tasks and task reports a master and its task workers exchange, and
+    /// reading their app's container bucket; answers only to requests they received.
     pub fn worker_permissions(&self, app: &str) -> Permissions {
         let mut publish = vec![
             self.discovery(app),
@@ -359,6 +398,7 @@ impl Subjects {
                 .filter(|e| e.between_workers())
                 .map(|e| format!("{}.app.{app}.wrk.*.{}", self.prefix, e.as_str())),
         );
+        publish.extend(object_store_read(&self.container_bucket(app)));
         Permissions {
             publish,
             subscribe: vec![
@@ -369,6 +409,23 @@ impl Subjects {
             allow_responses: true,
         }
     }
+}
+
+/// The JetStream API calls that read one object store bucket (`OBJ_{bucket}` is its stream):
+/// the stream's info, an object's metadata (direct or message get), and an ordered consumer
+/// over its chunks with flow control. Nothing here writes, purges or deletes the stream.
+fn object_store_read(bucket: &str) -> [String; 8] {
+    let stream = format!("OBJ_{bucket}");
+    [
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
 }
 
 #[cfg(test)]
@@ -428,6 +485,11 @@ mod tests {
             None
         );
         assert_eq!(s.worker_inbox("billing"), "acme.rota.inbox.app.billing");
+        assert_eq!(
+            s.container_bucket("billing"),
+            "acme_rota-containers-billing"
+        );
+        assert_eq!(s.upload_bucket(), "acme_rota-container-uploads");
     }
 
     #[test]
@@ -442,6 +504,16 @@ mod tests {
                 .chain(&p.subscribe)
                 .all(|s| !s.contains(".b."))
         );
+        // They read their app's bucket only, and write no object store.
+        let buckets: Vec<&String> = p.publish.iter().filter(|s| s.contains("OBJ_")).collect();
+        assert!(!buckets.is_empty());
+        assert!(
+            buckets
+                .iter()
+                .all(|s| s.contains("OBJ_rota-containers-a") && !s.contains("PURGE")),
+            "{buckets:?}"
+        );
+        assert!(p.publish.iter().all(|s| !s.starts_with("$O.")), "{p:?}");
         // Workers send each other tasks and task reports, never what servers send.
         let to_workers: Vec<&String> = p.publish.iter().filter(|s| s.contains("wrk")).collect();
         assert_eq!(

@@ -29,6 +29,7 @@
 pub mod bus;
 pub mod cluster;
 pub mod db;
+pub mod groups;
 pub mod nats;
 pub mod process;
 pub mod proxy;

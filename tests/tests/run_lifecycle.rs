@@ -4,15 +4,12 @@
 //! `max_instances` either cancels or queues the extra instance, as the job's overlap policy says.
 
 use std::future::Future;
-use std::path::Path;
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::signal::killpg;
-use nix::unistd::Pid;
 use rota_shared::InstanceStatus;
 use rota_shared::admin::{InstanceId, InstanceStop, JobRun, OverlapPolicy, WorkerList};
 use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::groups::{self, live_members, read_pid_file};
 use rota_tests::wait::{self, POLL_INTERVAL};
 use rota_worker::{ProcessResult, ProcessorRegistry, TaskContext, processor_fn};
 use tokio::sync::watch;
@@ -29,78 +26,6 @@ async fn run(d: &Deployment, job_id: i64, params: Option<&str>) -> anyhow::Resul
         })
         .await?
         .instance_id)
-}
-
-/// The live (not zombie) processes of a process group, found by scanning `/proc`.
-///
-/// A process whose parent has died is re-parented to PID 1, which in this environment may never
-/// reap it, so a killed process can linger as a zombie. A zombie runs nothing, so it counts as
-/// gone; that is why the group's members are read from `/proc` rather than only probed with a
-/// signal (a signal to a group of zombies still succeeds).
-fn live_group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut members = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // The process may have ended since the directory was listed; it is then not a member.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The command name is in parentheses and may itself hold spaces or parentheses, so the
-        // fields are read after the last ')': state, ppid, pgrp, …
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(state), Some(pgrp)) = (fields.first(), fields.get(2)) else {
-            continue;
-        };
-        if pgrp.parse::<i32>().ok() == Some(pgid) && !matches!(*state, "Z" | "X") {
-            members.push(pid);
-        }
-    }
-    members
-}
-
-/// Whether no process of the group runs any more.
-fn group_is_gone(pgid: i32) -> bool {
-    match killpg(Pid::from_raw(pgid), None) {
-        Err(Errno::ESRCH) => true,
-        // Only zombies may be left, which run nothing.
-        _ => live_group_members(pgid).is_empty(),
-    }
-}
-
-/// Waits until the shell script has written its process id (`$$`, the group leader's id, which
-/// is the process group id) to `path`, and returns it.
-async fn read_pid_file(path: &Path) -> i32 {
-    wait::until(
-        &format!("the shell to write its pid to {}", path.display()),
-        Duration::from_secs(10),
-        || async {
-            let text = tokio::fs::read_to_string(path).await.ok()?;
-            text.trim().parse::<i32>().ok()
-        },
-    )
-    .await
-}
-
-/// Waits until every process of the group has ended.
-async fn wait_group_gone(pgid: i32, timeout: Duration) {
-    wait::until(
-        &format!("process group {pgid} to be gone"),
-        timeout,
-        || async move { group_is_gone(pgid).then_some(()) },
-    )
-    .await;
 }
 
 /// Checks `probe` every [`POLL_INTERVAL`] for the whole of `window` and panics with its message
@@ -289,7 +214,7 @@ async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
         &format!("process group {pgid} to hold the shell's processes"),
         Duration::from_secs(5),
         || async move {
-            let members = live_group_members(pgid);
+            let members = live_members(pgid);
             (members.len() >= 2).then_some(members)
         },
     )
@@ -316,11 +241,9 @@ async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
         finished - started
     );
 
-    wait_group_gone(pgid, Duration::from_secs(5)).await;
+    groups::wait_gone(pgid, "the timed-out run", Duration::from_secs(5)).await;
     assert!(
-        members
-            .iter()
-            .all(|pid| !live_group_members(pgid).contains(pid)),
+        members.iter().all(|pid| !live_members(pgid).contains(pid)),
         "a member of {members:?} is still alive"
     );
 
@@ -347,7 +270,7 @@ async fn stop_kills_a_running_shell_job() -> anyhow::Result<()> {
         .await;
     let pgid = read_pid_file(&pid_file).await;
     assert!(
-        !group_is_gone(pgid),
+        !groups::is_gone(pgid),
         "the script's group runs before the stop"
     );
 
@@ -359,7 +282,7 @@ async fn stop_kills_a_running_shell_job() -> anyhow::Result<()> {
     );
     assert!(stopped.instance.finished_at_ms.is_some(), "{stopped:?}");
 
-    wait_group_gone(pgid, Duration::from_secs(10)).await;
+    groups::wait_gone(pgid, "the stopped run", Duration::from_secs(10)).await;
     // The worker sends its own terminal report after killing the group; once it runs nothing,
     // that report has been acknowledged, so the re-read below sees whatever it did.
     wait_worker_idle(&d, "app", "w1").await;

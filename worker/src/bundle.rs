@@ -7,8 +7,10 @@
 //! land outside its directory (an absolute path, `..`, a link of any kind, a device) refuses the
 //! whole bundle before anything of it is used.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rota_shared::container::{ContainerInfo, MANIFEST_FILE, MAX_BUNDLE_BYTES, Manifest};
@@ -167,11 +169,42 @@ fn now() -> SystemTime {
 }
 
 /// The cache: one directory per bundle, named by its sha256, and a record of its name and
-/// version beside it.
+/// version beside it. A bundle an entry is running from is leased: eviction passes it by, and
+/// a destroyed one loses its record at once (no new run finds it) but its directory only when
+/// the last run from it ends.
 #[derive(Debug)]
 pub(crate) struct BundleCache {
     dir: PathBuf,
     limit_bytes: u64,
+    leases: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A run's hold on its bundle's directory; dropped when the run ends.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    dir: PathBuf,
+    sha256: String,
+    leases: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let last = match leases.get_mut(&self.sha256) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                leases.remove(&self.sha256);
+                true
+            }
+        };
+        // Destroyed while it ran: its directory goes now.
+        if last && !self.dir.join(format!("{}.json", self.sha256)).exists() {
+            let _ = std::fs::remove_dir_all(self.dir.join(&self.sha256));
+        }
+    }
 }
 
 /// What the cache records of a bundle next to its directory.
@@ -184,15 +217,35 @@ struct Record {
 
 impl BundleCache {
     pub(crate) fn new(dir: PathBuf, limit_bytes: u64) -> Self {
-        Self { dir, limit_bytes }
+        Self {
+            dir,
+            limit_bytes,
+            leases: Arc::default(),
+        }
     }
 
-    /// Another handle on the same cache directory (for a blocking task).
+    /// Another handle on the same cache directory and leases (for a blocking task).
     pub(crate) fn clone_handle(&self) -> Self {
         Self {
             dir: self.dir.clone(),
             limit_bytes: self.limit_bytes,
+            leases: Arc::clone(&self.leases),
         }
+    }
+
+    /// Leases a bundle for a run, if the cache has it.
+    pub(crate) fn lease(&self, info: &ContainerInfo) -> Option<(PathBuf, Lease)> {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.get(info)?;
+        *leases.entry(info.sha256.clone()).or_default() += 1;
+        Some((
+            path,
+            Lease {
+                dir: self.dir.clone(),
+                sha256: info.sha256.clone(),
+                leases: Arc::clone(&self.leases),
+            },
+        ))
     }
 
     fn entry(&self, sha256: &str) -> PathBuf {
@@ -202,10 +255,11 @@ impl BundleCache {
     /// The unpacked bundle, if the cache has it (and marks it used now).
     pub(crate) fn get(&self, info: &ContainerInfo) -> Option<PathBuf> {
         let path = self.entry(&info.sha256);
-        if !path.is_dir() {
+        let record = self.dir.join(format!("{}.json", info.sha256));
+        // No record: destroyed (its directory may stay a while for a run still using it).
+        if !path.is_dir() || !record.is_file() {
             return None;
         }
-        let record = self.dir.join(format!("{}.json", info.sha256));
         // The record's modification time is the entry's last use, for eviction.
         let _ = std::fs::File::options()
             .write(true)
@@ -283,13 +337,17 @@ impl BundleCache {
         out
     }
 
-    /// Drops a bundle (`container destroy`); whether it was there.
+    /// Drops a bundle (`container destroy`); whether it was there. A leased one keeps its
+    /// directory until its last run ends.
     pub(crate) fn remove(&self, name: &str, version: &str) -> bool {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let mut removed = false;
         for (sha, record, _) in self.entries() {
             if record.name == name && record.version == version {
                 let _ = std::fs::remove_file(self.dir.join(format!("{sha}.json")));
-                let _ = std::fs::remove_dir_all(self.entry(&sha));
+                if !leases.contains_key(&sha) {
+                    let _ = std::fs::remove_dir_all(self.entry(&sha));
+                }
                 removed = true;
             }
         }
@@ -297,8 +355,10 @@ impl BundleCache {
     }
 
     /// Drops the least recently used bundles while the cache holds more than its limit,
-    /// never `keep` (the bundle just put).
+    /// never `keep` (the bundle just put) nor one a run is using: the cache may stay over
+    /// its limit until those runs end.
     fn evict(&self, keep: &str) {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let mut entries = self.entries();
         let mut total: u64 = entries.iter().map(|(_, r, _)| r.size).sum();
         entries.sort_by_key(|(_, _, used)| *used);
@@ -306,7 +366,7 @@ impl BundleCache {
             if total <= self.limit_bytes {
                 break;
             }
-            if sha == keep {
+            if sha == keep || leases.contains_key(&sha) {
                 continue;
             }
             let _ = std::fs::remove_file(self.dir.join(format!("{sha}.json")));
@@ -486,5 +546,49 @@ mod tests {
         cache.put(&b, &second).expect("the second");
         assert!(cache.get(&a).is_none(), "the older one was evicted");
         assert!(cache.get(&b).is_some());
+    }
+
+    #[test]
+    fn a_bundle_in_use_is_neither_evicted_nor_removed_under_its_run() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let bundles: Vec<(ContainerInfo, Vec<u8>)> = (1..=3)
+            .map(|n| {
+                let bytes = archive(&[
+                    (MANIFEST_FILE, tar::EntryType::Regular, MANIFEST),
+                    ("run.sh", tar::EntryType::Regular, n.to_string().as_bytes()),
+                ]);
+                let mut i = info(&bytes);
+                i.version = n.to_string();
+                (i, bytes)
+            })
+            .collect();
+        let [(a, a_bytes), (b, b_bytes), (c, c_bytes)] = &bundles[..] else {
+            unreachable!("three bundles");
+        };
+        // Room for one bundle.
+        let cache = BundleCache::new(dir.path().join("cache"), a_bytes.len() as u64 + 1);
+        cache.put(a, a_bytes).expect("the first");
+        let (root, lease) = cache.lease(a).expect("leased");
+        // A second version arrives while a run uses the first: the cache goes over its
+        // limit rather than pull the first from under its run.
+        cache.put(b, b_bytes).expect("the second");
+        assert!(root.join("run.sh").is_file(), "still there for its run");
+        assert!(cache.get(b).is_some());
+        drop(lease);
+        // Unused now: the next bundle put evicts it.
+        let (root, lease) = {
+            cache.put(c, c_bytes).expect("the third");
+            cache.lease(c).expect("leased")
+        };
+        assert!(cache.get(a).is_none(), "evicted once its run ended");
+
+        // Destroyed while a run uses it: no longer listed or found, its files stay for the
+        // run and go when it ends.
+        assert!(cache.remove(&c.name, &c.version));
+        assert!(cache.get(c).is_none(), "a new run does not find it");
+        assert!(cache.deployed().is_empty(), "{:?}", cache.deployed());
+        assert!(root.join("run.sh").is_file(), "still there for its run");
+        drop(lease);
+        assert!(!root.exists(), "gone once its run ended");
     }
 }

@@ -13,7 +13,7 @@ use rota_shared::container::{
 use rota_shared::subject::ServerEndpoint;
 use tokio::io::AsyncReadExt;
 
-use crate::bundle::{BundleCache, BundleError, manifest};
+use crate::bundle::{BundleCache, BundleError, Lease, manifest};
 use crate::link::{CallError, Link, REQUEST_TIMEOUT};
 
 /// How long a download may take.
@@ -45,6 +45,8 @@ pub(crate) struct Ready {
     pub manifest: Manifest,
     /// Whether it was downloaded now (else the cache had it).
     pub downloaded: bool,
+    /// Keeps the directory in place while the run uses it.
+    pub _lease: Lease,
 }
 
 impl Containers {
@@ -89,7 +91,7 @@ impl Containers {
     }
 
     async fn ensure_inner(&self, info: ContainerInfo) -> Result<Ready, BundleError> {
-        if let Some(root) = self.cache.get(&info) {
+        if let Some((root, lease)) = self.cache.lease(&info) {
             self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
             let manifest = manifest(&root)?;
             return Ok(Ready {
@@ -97,10 +99,11 @@ impl Containers {
                 root,
                 manifest,
                 downloaded: false,
+                _lease: lease,
             });
         }
         let _one = self.fetching.lock().await;
-        if let Some(root) = self.cache.get(&info) {
+        if let Some((root, lease)) = self.cache.lease(&info) {
             self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
             let manifest = manifest(&root)?;
             return Ok(Ready {
@@ -108,6 +111,7 @@ impl Containers {
                 root,
                 manifest,
                 downloaded: false,
+                _lease: lease,
             });
         }
         let bytes = tokio::time::timeout(DOWNLOAD_TIMEOUT, self.download(&info))
@@ -116,15 +120,21 @@ impl Containers {
         self.counts.downloads.fetch_add(1, Ordering::Relaxed);
         let cache = self.cache.clone_handle();
         let for_put = info.clone();
-        let root = tokio::task::spawn_blocking(move || cache.put(&for_put, &bytes))
+        tokio::task::spawn_blocking(move || cache.put(&for_put, &bytes))
             .await
             .map_err(|e| BundleError::Cache(e.to_string()))??;
+        // Nothing else puts (and so evicts) while this fetch holds `fetching`.
+        let (root, lease) = self
+            .cache
+            .lease(&info)
+            .ok_or_else(|| BundleError::Cache("the bundle left the cache at once".to_owned()))?;
         let manifest = manifest(&root)?;
         Ok(Ready {
             info,
             root,
             manifest,
             downloaded: true,
+            _lease: lease,
         })
     }
 
@@ -157,23 +167,9 @@ impl Containers {
                     .map_err(|e| BundleError::Download(format!("object {object}: {e}")))?;
             }
             ContainerSource::Url { url } => {
-                let mut response = self
-                    .http
-                    .get(url)
-                    .send()
+                bytes = fetch_bundle_url(&self.http, url, limit)
                     .await
-                    .and_then(reqwest::Response::error_for_status)
-                    .map_err(|e| BundleError::Download(format!("{url}: {e}")))?;
-                while let Some(chunk) = response
-                    .chunk()
-                    .await
-                    .map_err(|e| BundleError::Download(format!("{url}: {e}")))?
-                {
-                    bytes.extend_from_slice(&chunk);
-                    if bytes.len() as u64 > limit {
-                        break;
-                    }
-                }
+                    .map_err(BundleError::Download)?;
             }
         }
         Ok(bytes)
@@ -188,4 +184,28 @@ impl Containers {
     pub(crate) fn deployed(&self) -> Vec<rota_shared::container::DeployedContainer> {
         self.cache.deployed()
     }
+}
+
+/// Downloads a bundle served over HTTP(S), reading at most `limit` bytes (a longer one is
+/// noticed by its length without being read whole).
+pub async fn fetch_bundle_url(
+    http: &reqwest::Client,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    let mut response = http
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() as u64 >= limit {
+            bytes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            break;
+        }
+    }
+    Ok(bytes)
 }

@@ -103,6 +103,8 @@ mod tracker;
 mod worker;
 
 pub use config::WorkerConfig;
+/// Downloads a bundle served over HTTP(S) (the CLI checks one with it before recording it).
+pub use containers::fetch_bundle_url;
 pub use context::{MapError, TaskContext, TaskPart};
 pub use error::WorkerError;
 pub use processor::{ProcessResult, Processor, ProcessorRegistry, by_counts, processor_fn};

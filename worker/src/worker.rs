@@ -118,8 +118,7 @@ impl Worker {
                     std::env::temp_dir().join(format!("rota-{}-{worker_id}", config.app))
                 })
                 .join("containers");
-            let http = reqwest::Client::builder()
-                .build()
+            let http = crate::builtin::http_client()
                 .map_err(|e| WorkerError::InvalidConfig(format!("HTTP client: {e}")))?;
             let containers = Arc::new(crate::containers::Containers::new(
                 Arc::clone(&link),

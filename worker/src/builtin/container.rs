@@ -110,5 +110,8 @@ async fn run(
     });
     let stdin = serde_json::to_vec(&input).unwrap_or_default();
     let shown = program.clone();
-    run_group(ctx, cmd, &shown, Some(stdin), kill_grace, reaper).await
+    let result = run_group(ctx, cmd, &shown, Some(stdin), kill_grace, reaper).await;
+    // The lease kept the bundle's directory from eviction and destroy until the entry ended.
+    drop(ready);
+    result
 }

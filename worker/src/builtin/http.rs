@@ -46,16 +46,23 @@ pub struct HttpProcessor {
 
 impl HttpProcessor {
     pub fn new() -> Self {
-        // reqwest is built without a default crypto provider; ring is the one this workspace
-        // uses. Installing fails only when a provider is already installed, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("rota-worker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string());
-        Self { client }
+        Self {
+            client: http_client(),
+        }
     }
+}
+
+/// The HTTP client of the worker (the http processor, bundles served over HTTP) and of the
+/// CLI's bundle checks.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    // reqwest is built without a default crypto provider; ring is the one this workspace
+    // uses. Installing fails only when a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("rota-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 impl Default for HttpProcessor {

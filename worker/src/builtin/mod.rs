@@ -6,5 +6,5 @@ mod lines;
 mod shell;
 
 pub(crate) use container::ContainerProcessor;
-pub use http::HttpProcessor;
+pub use http::{HttpProcessor, http_client};
 pub use shell::ShellProcessor;
