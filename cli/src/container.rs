@@ -7,9 +7,7 @@ use anyhow::Context;
 use rota_shared::admin::{
     ContainerCreate, ContainerDeploy, ContainerDestroy, ContainerList, ContainerRollout,
 };
-use rota_shared::container::{
-    ContainerSource, MANIFEST_FILE, MAX_BUNDLE_BYTES, UPLOAD_MAX_AGE, parse_sha256,
-};
+use rota_shared::container::{ContainerSource, MANIFEST_FILE, MAX_BUNDLE_BYTES, parse_sha256};
 use rota_transport::keys::random_text;
 use sha2::{Digest, Sha256};
 
@@ -105,20 +103,12 @@ pub async fn run(settings: &Settings, cmd: ContainerCommand) -> anyhow::Result<(
                     let object = format!("{app}/{}", random_text(16).context("an upload name")?);
                     let upload = c.subjects().upload_bucket();
                     let js = async_nats::jetstream::new(c.nats().clone());
-                    let store = match js.get_object_store(&upload).await {
-                        Ok(store) => store,
-                        Err(_) => js
-                            .create_object_store(async_nats::jetstream::object_store::Config {
-                                bucket: upload.clone(),
-                                description: Some(
-                                    "Rota container bundles waiting to be recorded".to_owned(),
-                                ),
-                                max_age: UPLOAD_MAX_AGE,
-                                ..Default::default()
-                            })
-                            .await
-                            .context("create the upload bucket (is JetStream enabled?)")?,
-                    };
+                    // Servers create the upload bucket when they start.
+                    let store = js.get_object_store(&upload).await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "no upload bucket {upload} ({e}): servers create it when they start on a NATS with JetStream"
+                        )
+                    })?;
                     store
                         .put(object.as_str(), &mut bytes.as_slice())
                         .await
@@ -183,13 +173,14 @@ pub async fn run(settings: &Settings, cmd: ContainerCommand) -> anyhow::Result<(
                 .await;
             let info = match (recorded, uploaded) {
                 (Ok(info), _) => info,
-                (Err(e), Some((store, object))) => {
-                    // Refused (a token without the admin role, say): the upload goes too,
-                    // rather than waiting for the bucket to expire it.
+                // Refused (a token without the admin role, say): the upload goes too, rather
+                // than waiting for the bucket to expire it. Not when the answer was lost: the
+                // server may still be copying it.
+                (Err(e), Some((store, object))) if e.remote().is_some() => {
                     let _ = store.delete(object.as_str()).await;
                     return Err(e.into());
                 }
-                (Err(e), None) => return Err(e.into()),
+                (Err(e), _) => return Err(e.into()),
             };
             if settings.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);

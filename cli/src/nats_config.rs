@@ -42,14 +42,14 @@ pub fn render(subjects: &Subjects, apps: &[String]) -> anyhow::Result<String> {
     );
     user(
         &mut out,
-        "Rota servers: every Rota subject, the NATS service API, and replies.",
+        "Rota servers: every Rota subject, the NATS service API, JetStream, and replies.",
         "rota-server",
         &password()?,
         &subjects.server_permissions(),
     );
     user(
         &mut out,
-        "Administrators (the rota CLI): admin requests and their replies.",
+        "Administrators (the rota CLI): admin requests, their replies, and the container upload bucket.",
         "rota-admin",
         &password()?,
         &subjects.admin_permissions(),
@@ -57,7 +57,7 @@ pub fn render(subjects: &Subjects, apps: &[String]) -> anyhow::Result<String> {
     for app in apps {
         user(
             &mut out,
-            &format!("The workers of app {app:?}: that app's subjects only."),
+            &format!("The workers of app {app:?}: that app's subjects and container bucket only."),
             &format!("rota-worker-{app}"),
             &password()?,
             &subjects.worker_permissions(app),

@@ -1,7 +1,8 @@
 //! Containers end to end: bundles uploaded with the CLI to the deployment's NATS object store
-//! (JetStream) or served over HTTP, deployed to workers, checked and unpacked, and their entries
-//! run as processors (a Python script here).
+//! (JetStream) or served over HTTP, deployed to `rota worker` processes, checked and unpacked,
+//! and their entries run as processors (a Python script here).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,9 +11,10 @@ use std::time::Duration;
 use rota_shared::InstanceStatus;
 use rota_shared::admin::*;
 use rota_shared::container::{ContainerJob, ContainerRef};
-use rota_tests::cluster::{Deployment, shell_job};
+use rota_tests::cluster::{Deployment, SECRET, shell_job};
+use rota_tests::free_port;
 use rota_tests::wait;
-use rota_worker::ProcessorRegistry;
+use rota_tests::worker_process::WorkerProcess;
 use tempfile::TempDir;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,23 +67,58 @@ fn bundle(dir: &Path, version: &str, gate: Option<&Path>) -> PathBuf {
 struct Setup {
     d: Deployment,
     dir: TempDir,
+    /// Killed when the test ends.
+    _workers: Vec<WorkerProcess>,
 }
 
-/// A server, and workers `w1` and `w2` that run containers (each with its own state
-/// directory), plus `w3` that does not.
+/// A `rota worker` process of `app` with its own state directory (and so its own container
+/// cache) under `dir`, optionally serving `/metrics` on `http`.
+async fn start_worker(
+    d: &Deployment,
+    dir: &Path,
+    id: &str,
+    allow_containers: bool,
+    http: Option<SocketAddr>,
+) -> anyhow::Result<WorkerProcess> {
+    let state = dir.join(id);
+    std::fs::create_dir_all(&state)?;
+    let http = http.map(|a| a.to_string());
+    let mut extra = vec!["--heartbeat-interval", "500ms"];
+    if allow_containers {
+        extra.push("--allow-containers");
+    }
+    if let Some(addr) = &http {
+        extra.extend(["--http-listen", addr.as_str()]);
+    }
+    WorkerProcess::start_with(
+        rota(),
+        id,
+        "app",
+        SECRET,
+        &d.nats.url(),
+        &state,
+        &d.admin,
+        &extra,
+    )
+    .await
+}
+
+/// A server, and worker processes `w1` and `w2` that run containers, plus `w3` that does not.
 async fn setup() -> anyhow::Result<Setup> {
-    let mut d = Deployment::start().await?;
+    let d = Deployment::start().await?;
     d.create_app("app").await?;
     let dir = tempfile::Builder::new()
         .prefix("rota-containers-")
         .tempdir()?;
+    let mut workers = Vec::new();
     for (id, allow) in [("w1", true), ("w2", true), ("w3", false)] {
-        let mut config = d.worker_config("app", id);
-        config.allow_containers = allow;
-        config.state_dir = Some(dir.path().join(id));
-        d.start_worker(config, ProcessorRegistry::new()).await?;
+        workers.push(start_worker(&d, dir.path(), id, allow, None).await?);
     }
-    Ok(Setup { d, dir })
+    Ok(Setup {
+        d,
+        dir,
+        _workers: workers,
+    })
 }
 
 async fn container_job(d: &Deployment, name: &str, container: &str) -> anyhow::Result<i64> {
@@ -110,7 +147,7 @@ async fn run(d: &Deployment, job: i64, params: &str) -> anyhow::Result<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uploaded_bundle_is_deployed_and_its_python_entry_runs() -> anyhow::Result<()> {
-    let Setup { d, dir } = setup().await?;
+    let Setup { d, dir, _workers } = setup().await?;
     let v1 = bundle(dir.path(), "1", None);
     let v1 = v1.display().to_string();
     ok(
@@ -193,7 +230,7 @@ async fn an_uploaded_bundle_is_deployed_and_its_python_entry_runs() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_instance_keeps_its_version_while_a_new_one_is_deployed() -> anyhow::Result<()> {
-    let Setup { d, dir } = setup().await?;
+    let Setup { d, dir, _workers } = setup().await?;
     let gate = dir.path().join("go");
     let v1 = bundle(dir.path(), "1", Some(&gate)).display().to_string();
     let v2 = bundle(dir.path(), "2", None).display().to_string();
@@ -249,7 +286,7 @@ async fn a_running_instance_keeps_its_version_while_a_new_one_is_deployed() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_changed_in_the_object_store_is_refused() -> anyhow::Result<()> {
-    let Setup { d, dir } = setup().await?;
+    let Setup { d, dir, _workers } = setup().await?;
     let v1 = bundle(dir.path(), "1", None).display().to_string();
     ok(
         &d,
@@ -341,7 +378,11 @@ async fn serve(body: Vec<u8>) -> anyhow::Result<(String, Arc<AtomicUsize>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache()
 -> anyhow::Result<()> {
-    let Setup { mut d, dir } = setup().await?;
+    let Setup {
+        d,
+        dir,
+        _workers: mut workers,
+    } = setup().await?;
     let bytes = pack(&bundle(dir.path(), "1", None));
     let (url, served) = serve(bytes.clone()).await?;
     let sha = sha256_hex(&bytes);
@@ -403,12 +444,14 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
     );
 
     // The same worker started again (same id, same state directory) uses its cache.
-    d.abort_worker("w1");
-    let mut config = d.worker_config("app", "w1");
-    config.allow_containers = true;
-    config.state_dir = Some(dir.path().join("w1"));
-    config.http_listen = "127.0.0.1:0".parse().ok();
-    d.start_worker(config, ProcessorRegistry::new()).await?;
+    workers
+        .iter_mut()
+        .find(|w| w.id() == "w1")
+        .expect("w1 runs")
+        .kill()
+        .await;
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let _again = start_worker(&d, dir.path(), "w1", true, Some(addr)).await?;
     let second = d.wait_terminal(run(&d, job, "b").await?, RUN_TIMEOUT).await;
     assert_eq!(second.instance.result.as_deref(), Some("1:b"), "{second:?}");
     assert_eq!(
@@ -416,10 +459,6 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
         checked + 1,
         "not downloaded again"
     );
-    let addr = d
-        .worker("w1")
-        .and_then(|w| w.http_addr())
-        .expect("the worker serves /metrics");
     let scrape = rota_tests::scrape::Scrape::parse(
         &rota_observe::probe::get(addr, "/metrics", Duration::from_secs(5))
             .await?
@@ -463,7 +502,7 @@ fn evil_archive(path: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malicious_archive_is_refused_and_writes_nothing_outside() -> anyhow::Result<()> {
-    let Setup { d, dir } = setup().await?;
+    let Setup { d, dir, _workers } = setup().await?;
     let archive = dir.path().join("evil.tar.gz");
     std::fs::write(&archive, evil_archive("../../escape"))?;
     let archive = archive.display().to_string();
@@ -501,7 +540,7 @@ async fn a_malicious_archive_is_refused_and_writes_nothing_outside() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_without_containers_refuses_a_container_dispatch() -> anyhow::Result<()> {
-    let Setup { d, .. } = setup().await?;
+    let Setup { d, _workers, .. } = setup().await?;
     let nats = async_nats::connect(d.nats.url()).await?;
     let subject = rota_shared::Subjects::default().to_worker(
         "app",
@@ -531,8 +570,7 @@ async fn a_worker_without_containers_refuses_a_container_dispatch() -> anyhow::R
             entry: "hello".into(),
         }),
     };
-    let credential =
-        rota_tests::bus::server_credential("app", rota_tests::cluster::SECRET, "w3", "s1")?;
+    let credential = rota_tests::bus::server_credential("app", SECRET, "w3", "s1")?;
     let reply = rota_tests::bus::raw_request(
         &nats,
         &subject,
@@ -555,7 +593,7 @@ async fn a_worker_without_containers_refuses_a_container_dispatch() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_need_an_admin_token_and_sharded_jobs_run_container_entries() -> anyhow::Result<()>
 {
-    let Setup { d, dir } = setup().await?;
+    let Setup { d, dir, _workers } = setup().await?;
     let v1 = bundle(dir.path(), "1", None).display().to_string();
     // An operator of the app may run jobs, not change what code they run.
     let operator = d.token(Role::Operator, Some("app")).await?;
@@ -633,13 +671,11 @@ async fn uploads_need_an_admin_token_and_sharded_jobs_run_container_entries() ->
     Ok(())
 }
 
-/// The names of the objects a bucket holds (none when there is no such bucket).
+/// The names of the objects a bucket holds (an error when there is no such bucket).
 async fn objects(d: &Deployment, bucket: &str) -> anyhow::Result<Vec<String>> {
     use futures::StreamExt;
     let js = async_nats::jetstream::new(async_nats::connect(d.nats.url()).await?);
-    let Ok(store) = js.get_object_store(bucket).await else {
-        return Ok(Vec::new());
-    };
+    let store = js.get_object_store(bucket).await?;
     let mut list = store.list().await?;
     let mut names = Vec::new();
     while let Some(info) = list.next().await {
@@ -669,16 +705,12 @@ fn create_from(bucket: &str, object: &str, sha256: &str, size: u64) -> Container
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_records_only_an_upload_that_matches_and_moves_it_into_the_apps_bucket()
 -> anyhow::Result<()> {
-    let Setup { d, dir } = setup().await?;
+    let Setup { d, dir, _workers } = setup().await?;
     let bytes = pack(&bundle(dir.path(), "1", None));
     let (sha, size) = (sha256_hex(&bytes), bytes.len() as u64);
     let js = async_nats::jetstream::new(async_nats::connect(d.nats.url()).await?);
-    let uploads = js
-        .create_object_store(async_nats::jetstream::object_store::Config {
-            bucket: UPLOADS.into(),
-            ..Default::default()
-        })
-        .await?;
+    // The server created the upload bucket when it started.
+    let uploads = js.get_object_store(UPLOADS).await?;
     let refused = |e: rota_client::ClientError| e.remote().cloned().expect("an error reply");
 
     // Only the upload bucket: an admin of this app cannot point it at another app's bundles.
@@ -732,7 +764,8 @@ async fn the_server_records_only_an_upload_that_matches_and_moves_it_into_the_ap
     );
     assert_eq!(
         objects(&d, "rota-containers-app").await?,
-        Vec::<String>::new()
+        Vec::<String>::new(),
+        "the refused copies were deleted"
     );
 
     // The right bytes: moved into the app's bucket, named by their digest, and the upload
@@ -742,17 +775,60 @@ async fn the_server_records_only_an_upload_that_matches_and_moves_it_into_the_ap
         .admin
         .call(&create_from(UPLOADS, "app/right", &sha, size))
         .await?;
-    assert_eq!(
-        info.source,
-        rota_shared::container::ContainerSource::ObjectStore {
-            bucket: "rota-containers-app".into(),
-            object: format!("demo/1/{sha}"),
-        }
-    );
+    let rota_shared::container::ContainerSource::ObjectStore { bucket, object } = &info.source
+    else {
+        panic!("an object store source: {info:?}");
+    };
+    assert_eq!(bucket, "rota-containers-app");
+    assert!(object.starts_with(&format!("demo/1/{sha}/")), "{object}");
     assert_eq!(objects(&d, UPLOADS).await?, Vec::<String>::new());
     assert_eq!(
         objects(&d, "rota-containers-app").await?,
-        vec![format!("demo/1/{sha}")]
+        vec![object.clone()]
+    );
+
+    // A link (here to the recorded bundle) would have the server read another bucket with
+    // its own rights: refused.
+    let target = js
+        .get_object_store("rota-containers-app")
+        .await?
+        .info(object.as_str())
+        .await?;
+    uploads.add_link("app/link", &target).await?;
+    let mut linked = create_from(UPLOADS, "app/link", &sha, size);
+    linked.version = "2".into();
+    let e = refused(d.admin.call(&linked).await.expect_err("a link"));
+    assert!(e.message.contains("link"), "{e:?}");
+    // An upload whose metadata names chunks that never come: the copy ends at its deadline
+    // and the request slot is free again.
+    let meta = serde_json::json!({
+        "name": "app/stalled",
+        "bucket": UPLOADS,
+        "nuid": "no-such-chunks",
+        "size": size,
+        "chunks": 1,
+        "digest": format!("SHA-256={}", {
+            use base64::Engine;
+            use sha2::Digest;
+            base64::engine::general_purpose::URL_SAFE.encode(sha2::Sha256::digest(&bytes))
+        }),
+    });
+    let subject = format!("$O.{UPLOADS}.M.{}", {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE.encode("app/stalled")
+    });
+    js.publish(subject, serde_json::to_vec(&meta)?.into())
+        .await?
+        .await?;
+    let mut stalled = create_from(UPLOADS, "app/stalled", &sha, size);
+    stalled.version = "3".into();
+    let e = refused(d.admin.call(&stalled).await.expect_err("no chunks"));
+    assert_eq!(e.code, rota_shared::ErrorCode::Unavailable, "{e:?}");
+    assert!(e.message.contains("did not end within"), "{e:?}");
+    assert_eq!(
+        objects(&d, "rota-containers-app").await?,
+        vec![object.clone()],
+        "nothing but the recorded bundle is in the app's bucket"
     );
     // A second upload of the same version is refused, and its upload dropped too.
     uploads.put("app/again", &mut bytes.as_slice()).await?;
@@ -769,7 +845,7 @@ async fn the_server_records_only_an_upload_that_matches_and_moves_it_into_the_ap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destroyed_version_leaves_its_workers_the_listing_and_the_bucket() -> anyhow::Result<()> {
-    let Setup { d, dir } = setup().await?;
+    let Setup { d, dir, _workers } = setup().await?;
     let v1 = bundle(dir.path(), "1", None).display().to_string();
     ok(
         &d,
@@ -902,7 +978,7 @@ async fn w_has(d: &Deployment, worker: &str, version: &str) -> anyhow::Result<bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_or_a_stop_ends_every_process_of_a_container_entry() -> anyhow::Result<()> {
     use rota_tests::groups;
-    let Setup { d, dir } = setup().await?;
+    let Setup { d, dir, _workers } = setup().await?;
     // The entry leaves a background sleep behind (a grandchild it does not wait for): only
     // killing the whole group ends it.
     let root = dir.path().join("sleeper");
@@ -965,5 +1041,34 @@ async fn a_timeout_or_a_stop_ends_every_process_of_a_container_entry() -> anyhow
     let info = d.admin.call(&InstanceStop(InstanceId { id })).await?;
     assert_eq!(info.instance.status, InstanceStatus::Stopped, "{info:?}");
     groups::wait_gone(pgid, "the stopped entry", Duration::from_secs(10)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_recreates_an_upload_bucket_someone_else_configured() -> anyhow::Result<()> {
+    use async_nats::jetstream::stream;
+    let nats = rota_tests::nats::NatsServer::start()?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    // Created before any server, by someone who wants every stored upload republished.
+    js.create_stream(stream::Config {
+        name: format!("OBJ_{UPLOADS}"),
+        subjects: vec![format!("$O.{UPLOADS}.C.>"), format!("$O.{UPLOADS}.M.>")],
+        republish: Some(stream::Republish {
+            source: format!("$O.{UPLOADS}.C.>"),
+            destination: "stolen.>".into(),
+            headers_only: false,
+        }),
+        allow_rollup: true,
+        ..Default::default()
+    })
+    .await?;
+    let options = rota_transport::NatsOptions::new(nats.url());
+    let mut d = Deployment::on(nats, options).await?;
+    d.start_server_with(d.server_config("s1")).await?;
+    let mut stream = js.get_stream(format!("OBJ_{UPLOADS}")).await?;
+    let config = stream.info().await?.config.clone();
+    assert!(config.republish.is_none(), "{config:?}");
+    assert_eq!(config.max_age, rota_shared::container::UPLOAD_MAX_AGE);
+    d.shutdown().await;
     Ok(())
 }

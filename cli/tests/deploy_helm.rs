@@ -312,12 +312,6 @@ fn spawn(c: &LocalContainer, log: &Path) -> anyhow::Result<Child> {
         .context("start rota")
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 async fn wait_ready(c: &LocalContainer, what: &str, log: &Path) {
     let addr: SocketAddr = ([127, 0, 0, 1], c.readiness.1).into();
     let path = c.readiness.0.clone();
@@ -344,7 +338,7 @@ async fn rendered_server_and_worker_run_a_job() -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
     let scratch = tempfile::tempdir()?;
     let values = scratch.path().join("values.yaml");
-    let (server_port, worker_port) = (free_port()?, free_port()?);
+    let (server_port, worker_port) = (rota_tests::free_port()?, rota_tests::free_port()?);
     std::fs::write(
         &values,
         format!(

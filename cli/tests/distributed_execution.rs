@@ -27,13 +27,6 @@ fn rota() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rota"))
 }
 
-/// A port nothing listens on now, for a worker's `/metrics`.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 struct Cluster {
     d: Deployment,
     workers: Vec<(WorkerProcess, SocketAddr)>,
@@ -50,7 +43,7 @@ impl Cluster {
         let nats = d.nats.url();
         let mut started = Vec::new();
         for (i, id) in workers.iter().enumerate() {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let addr: SocketAddr = format!("127.0.0.1:{}", rota_tests::free_port()?).parse()?;
             let addr_text = addr.to_string();
             let mut extra = vec![
                 "--heartbeat-interval",

@@ -335,12 +335,18 @@ async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers
     ] {
         publish_refused(&worker_a, &errors, subject).await?;
     }
-    // The administrators' user writes uploads only: never an app's bucket.
+    // The administrators' user writes uploads only: never an app's bucket, nor does it read
+    // one, nor choose the upload bucket's configuration.
     let (admin, errors) = watched(&url, &users, "rota-admin", "rota.inbox.admin").await?;
     for subject in [
         "$O.rota-containers-a.C.swap",
         "$JS.API.STREAM.PURGE.OBJ_rota-containers-a",
         "$JS.API.STREAM.CREATE.OBJ_rota-containers-a",
+        "$JS.API.DIRECT.GET.OBJ_rota-containers-a",
+        "$JS.API.CONSUMER.CREATE.OBJ_rota-containers-a",
+        "$JS.API.STREAM.CREATE.OBJ_rota-container-uploads",
+        "$JS.API.STREAM.UPDATE.OBJ_rota-container-uploads",
+        "$JS.API.STREAM.DELETE.OBJ_rota-container-uploads",
     ] {
         publish_refused(&admin, &errors, subject).await?;
     }

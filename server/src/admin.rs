@@ -1277,7 +1277,6 @@ async fn container_create(
             match adopted {
                 Ok(source) => source,
                 Err(e) => {
-                    bundles::drop_upload(client, &core.subjects, &object).await;
                     let code = match e {
                         bundles::AdoptError::Missing(_) => ErrorCode::NotFound,
                         bundles::AdoptError::Mismatch(_) => ErrorCode::InvalidArgument,

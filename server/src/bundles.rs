@@ -1,17 +1,24 @@
 //! Uploaded container bundles. `rota container upload` puts a bundle in the upload bucket
-//! (`Subjects::upload_bucket`), which the administrators' NATS user may write; once the
-//! `container.create` verb has checked the caller's token for the app, the server copies the
-//! bundle into the app's own bucket (`Subjects::container_bucket`), which only servers write and
-//! only the app's workers read, checking on the way that it has the size and sha256 the caller
-//! recorded, and drops the upload. So a bundle reaches an app's workers only through a token
-//! with the admin role for that app, and the digest is known to be right before any worker
-//! fetches it.
+//! (`Subjects::upload_bucket`), which the administrators' NATS user may write but not create
+//! or configure (servers create it at start); once the `container.create` verb has checked the
+//! caller's token for the app, the server copies the bundle into the app's own bucket
+//! (`Subjects::container_bucket`), which only servers write and only the app's workers read,
+//! checking on the way that it has the size and sha256 the caller recorded, and drops the
+//! upload. So a bundle reaches an app's workers only through a token with the admin role for
+//! that app, and the digest is known to be right before any worker fetches it.
+//!
+//! Whatever the administrators' user writes to the upload bucket is untrusted: an object may be
+//! a link (into another app's bucket), claim chunks that are not there, or change while it is
+//! copied. Links are refused, the copy has a deadline, and every copy is written under a name of
+//! its own and deleted unless its bytes are what the request records.
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store};
 use base64::Engine;
 use rota_shared::Subjects;
-use rota_shared::container::ContainerSource;
-use tokio::io::AsyncReadExt;
+use rota_shared::container::{ContainerSource, UPLOAD_MAX_AGE};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Why an uploaded bundle could not be moved into its app's bucket.
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +26,10 @@ pub enum AdoptError {
     /// The upload named is not in the upload bucket (never uploaded, expired, or moved).
     #[error("no uploaded bundle {0:?}: upload it with `rota container upload ... PATH`")]
     Missing(String),
-    /// Its bytes are not what the request recorded.
+    /// Its bytes are not what the request recorded, or it is not a bundle at all (a link).
     #[error("the uploaded bundle is not what was recorded: {0}")]
     Mismatch(String),
-    /// JetStream failed.
+    /// JetStream failed, or the copy did not end in time.
     #[error("object store: {0}")]
     Store(String),
 }
@@ -37,6 +44,12 @@ pub struct Adopt<'a> {
     pub size: u64,
 }
 
+/// How long a copy may take: a few seconds, and a second for every 8 MiB (local JetStream
+/// moves far more), so that an upload whose chunks never come cannot hold a request slot.
+fn copy_deadline(size: u64) -> Duration {
+    Duration::from_secs(5 + size / (8 * 1024 * 1024))
+}
+
 /// The digest as the object store writes it (`SHA-256=` and URL-safe base64), in hexadecimal.
 fn digest_hex(digest: Option<&str>) -> Option<String> {
     let encoded = digest?.strip_prefix("SHA-256=")?;
@@ -46,27 +59,104 @@ fn digest_hex(digest: Option<&str>) -> Option<String> {
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Copies the upload into the app's bucket and returns where it now is.
+/// Creates the upload bucket, or recreates it when it exists with a configuration a server did
+/// not give it (another source, another stream's subjects, republishing, no expiry): whoever
+/// creates a stream chooses where its messages come from and go.
+pub async fn ensure_upload_bucket(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> Result<(), AdoptError> {
+    let js = jetstream::new(client.clone());
+    let bucket = subjects.upload_bucket();
+    let stream = format!("OBJ_{bucket}");
+    if let Ok(existing) = js.get_stream(&stream).await {
+        let config = &existing.cached_info().config;
+        let expected = [format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")];
+        let sound = config.subjects == expected
+            && config.sources.as_ref().is_none_or(Vec::is_empty)
+            && config.mirror.is_none()
+            && config.republish.is_none()
+            && config.max_age == UPLOAD_MAX_AGE;
+        if sound {
+            return Ok(());
+        }
+        tracing::warn!(%stream, "the upload bucket is not configured as servers create it; recreating it");
+        js.delete_stream(&stream)
+            .await
+            .map_err(|e| AdoptError::Store(format!("delete {stream}: {e}")))?;
+    }
+    js.create_object_store(object_store::Config {
+        bucket: bucket.clone(),
+        description: Some("Rota container bundles waiting to be recorded".to_owned()),
+        max_age: UPLOAD_MAX_AGE,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| AdoptError::Store(format!("create bucket {bucket}: {e}")))?;
+    Ok(())
+}
+
+/// Copies the upload into the app's bucket and returns where it now is; drops the upload
+/// whatever the outcome.
 pub async fn adopt(
     client: &async_nats::Client,
     subjects: &Subjects,
     a: Adopt<'_>,
 ) -> Result<ContainerSource, AdoptError> {
+    let deadline = copy_deadline(a.size);
+    let result = match tokio::time::timeout(deadline, copy(client, subjects, &a)).await {
+        Ok(result) => result,
+        Err(_) => Err(AdoptError::Store(format!(
+            "the copy of {:?} did not end within {deadline:?}",
+            a.upload
+        ))),
+    };
+    drop_upload(client, subjects, a.upload).await;
+    result
+}
+
+async fn copy(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    a: &Adopt<'_>,
+) -> Result<ContainerSource, AdoptError> {
     let js = jetstream::new(client.clone());
+    let upload_bucket = subjects.upload_bucket();
     let uploads = js
-        .get_object_store(subjects.upload_bucket())
+        .get_object_store(&upload_bucket)
         .await
         .map_err(|_| AdoptError::Missing(a.upload.to_owned()))?;
+    let missing = |e: object_store::InfoError| match e.kind() {
+        object_store::InfoErrorKind::NotFound => AdoptError::Missing(a.upload.to_owned()),
+        _ => AdoptError::Store(e.to_string()),
+    };
+    let meta = uploads.info(a.upload).await.map_err(missing)?;
+    if meta.deleted {
+        return Err(AdoptError::Missing(a.upload.to_owned()));
+    }
+    // A link would make the server read another bucket with its own rights.
+    if meta.options.as_ref().is_some_and(|o| o.link.is_some()) {
+        return Err(AdoptError::Mismatch(
+            "it is a link, not a bundle".to_owned(),
+        ));
+    }
+    if meta.size as u64 != a.size {
+        return Err(AdoptError::Mismatch(format!(
+            "{} bytes, not {}",
+            meta.size, a.size
+        )));
+    }
     let staged = uploads.get(a.upload).await.map_err(|e| match e.kind() {
         object_store::GetErrorKind::NotFound => AdoptError::Missing(a.upload.to_owned()),
         _ => AdoptError::Store(e.to_string()),
     })?;
-    if staged.info.size as u64 != a.size {
-        return Err(AdoptError::Mismatch(format!(
-            "{} bytes, not {}",
-            staged.info.size, a.size
-        )));
+    // Replaced by a link since it was looked at: `get` followed it elsewhere.
+    if staged.info.bucket != upload_bucket || staged.info.name != a.upload {
+        return Err(AdoptError::Mismatch(
+            "it is a link, not a bundle".to_owned(),
+        ));
     }
+
     let bucket = subjects.container_bucket(a.app);
     let store = match js.get_object_store(&bucket).await {
         Ok(store) => store,
@@ -80,27 +170,68 @@ pub async fn adopt(
             .await
             .map_err(|e| AdoptError::Store(format!("create bucket {bucket}: {e}")))?,
     };
-    let object = format!("{}/{}/{}", a.name, a.version, a.sha256);
-    // Never more than was recorded, plus one byte to notice a longer one.
-    let mut reader = staged.take(a.size + 1);
+    // A name of its own: a concurrent copy of the same version, or a destroy and re-create,
+    // never touches this one's bytes.
+    let object = format!(
+        "{}/{}/{}/{}",
+        a.name,
+        a.version,
+        a.sha256,
+        uuid::Uuid::new_v4().simple()
+    );
+    // The copy ends at the first read error (the upload's own digest check, a lost chunk) as
+    // if the bytes had ended there: the object is then written whole, found short or wrong,
+    // and deleted, rather than leaving chunks no object names.
+    let mut reader = EndAtError::new(tokio::io::AsyncReadExt::take(staged, a.size + 1));
     let written = store
         .put(object.as_str(), &mut reader)
         .await
         .map_err(|e| AdoptError::Store(format!("copy into {bucket}: {e}")))?;
     let digest = digest_hex(written.digest.as_deref());
     if written.size as u64 != a.size || digest.as_deref() != Some(a.sha256) {
-        // Best effort: a digest-named object nobody records is harmless but wasteful.
+        // Best effort: a copy nobody records is never fetched.
         let _ = store.delete(&object).await;
+        let why = reader.error.map(|e| format!(" ({e})")).unwrap_or_default();
         return Err(AdoptError::Mismatch(format!(
-            "{} bytes with sha256 {}, not {} bytes with sha256 {}",
+            "{} bytes with sha256 {}, not {} bytes with sha256 {}{why}",
             written.size,
             digest.as_deref().unwrap_or("unknown"),
             a.size,
             a.sha256
         )));
     }
-    drop_upload(client, subjects, a.upload).await;
     Ok(ContainerSource::ObjectStore { bucket, object })
+}
+
+/// A reader that ends at its inner reader's first error, and keeps the error.
+struct EndAtError<R> {
+    inner: R,
+    error: Option<std::io::Error>,
+}
+
+impl<R> EndAtError<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, error: None }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for EndAtError<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.error.is_some() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) => {
+                self.error = Some(e);
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Drops an upload (recorded, refused or copied): best effort, since the upload bucket
@@ -140,5 +271,49 @@ mod tests {
         );
         assert_eq!(digest_hex(Some("MD5=abc")), None);
         assert_eq!(digest_hex(None), None);
+    }
+
+    #[test]
+    fn a_copy_has_seconds_and_more_for_a_big_bundle() {
+        assert_eq!(copy_deadline(0), Duration::from_secs(5));
+        assert_eq!(
+            copy_deadline(rota_shared::container::MAX_BUNDLE_BYTES),
+            Duration::from_secs(37)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_error_ends_the_copy_and_is_kept() {
+        use tokio::io::AsyncReadExt;
+        let failing = abc_then_error();
+        let mut reader = EndAtError::new(failing);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.expect("ends, no error");
+        assert_eq!(out, b"abc");
+        assert_eq!(
+            reader.error.map(|e| e.kind()),
+            Some(std::io::ErrorKind::InvalidData)
+        );
+    }
+
+    /// Three bytes, then an error.
+    fn abc_then_error() -> impl AsyncRead + Unpin {
+        use tokio::io::AsyncReadExt;
+        (&b"abc"[..]).chain(Failing)
+    }
+
+    struct Failing;
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "wrong digest",
+            )))
+        }
     }
 }

@@ -303,6 +303,21 @@ impl Server {
         // The subscriptions must be in force before anyone is told this server is up.
         round_trip(&client).await?;
 
+        // Servers create the upload bucket, so that no administrator chooses its configuration.
+        // Without JetStream there are no uploads, and everything else works.
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::bundles::ensure_upload_bucket(&client, &core.subjects),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "no upload bucket: container uploads need JetStream")
+            }
+            Err(_) => tracing::warn!("no upload bucket: JetStream did not answer within 10 s"),
+        }
+
         let reports_tx = reports::start(core.clone());
         let token = &core.shutdown;
         let mut services = vec![

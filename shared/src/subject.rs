@@ -328,7 +328,7 @@ impl Subjects {
 
     /// The prefix as a bucket name may hold it (letters, digits, `-` and `_`: its dots
     /// become `_`), so that deployments with different prefixes on one NATS keep their
-    /// bundles apart.
+    /// bundles apart (but for prefixes that differ only in a `.` against a `_`).
     fn bucket_stem(&self) -> String {
         self.prefix.replace('.', "_")
     }
@@ -372,8 +372,9 @@ impl Subjects {
         let mut publish = vec![self.admin_all(), format!("{}.srv.*.admin.>", self.prefix)];
         let upload = self.upload_bucket();
         publish.extend(object_store_read(&upload));
+        // Not the stream's creation: whoever creates a stream chooses its sources and
+        // subjects, so servers create it (and recreate one configured otherwise).
         publish.extend([
-            format!("$JS.API.STREAM.CREATE.OBJ_{upload}"),
             format!("$JS.API.STREAM.PURGE.OBJ_{upload}"),
             format!("$O.{upload}.>"),
         ]);
@@ -505,21 +506,57 @@ mod tests {
                 .all(|s| !s.contains(".b."))
         );
         // They read their app's bucket only, and write no object store.
-        let buckets: Vec<&String> = p.publish.iter().filter(|s| s.contains("OBJ_")).collect();
-        assert!(!buckets.is_empty());
-        assert!(
-            buckets
-                .iter()
-                .all(|s| s.contains("OBJ_rota-containers-a") && !s.contains("PURGE")),
-            "{buckets:?}"
+        let jetstream: Vec<&str> = p
+            .publish
+            .iter()
+            .filter(|s| s.starts_with('$'))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            jetstream,
+            [
+                "$JS.API.STREAM.INFO.OBJ_rota-containers-a",
+                "$JS.API.DIRECT.GET.OBJ_rota-containers-a",
+                "$JS.API.DIRECT.GET.OBJ_rota-containers-a.>",
+                "$JS.API.STREAM.MSG.GET.OBJ_rota-containers-a",
+                "$JS.API.CONSUMER.CREATE.OBJ_rota-containers-a",
+                "$JS.API.CONSUMER.CREATE.OBJ_rota-containers-a.>",
+                "$JS.API.CONSUMER.DELETE.OBJ_rota-containers-a.>",
+                "$JS.FC.OBJ_rota-containers-a.>",
+            ]
         );
-        assert!(p.publish.iter().all(|s| !s.starts_with("$O.")), "{p:?}");
         // Workers send each other tasks and task reports, never what servers send.
         let to_workers: Vec<&String> = p.publish.iter().filter(|s| s.contains("wrk")).collect();
         assert_eq!(
             to_workers,
             vec!["rota.app.a.wrk.*.task", "rota.app.a.wrk.*.task_report"],
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn administrators_write_the_upload_bucket_but_never_create_it() {
+        let p = Subjects::default().admin_permissions();
+        let jetstream: Vec<&str> = p
+            .publish
+            .iter()
+            .filter(|s| s.starts_with('$'))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            jetstream,
+            [
+                "$JS.API.STREAM.INFO.OBJ_rota-container-uploads",
+                "$JS.API.DIRECT.GET.OBJ_rota-container-uploads",
+                "$JS.API.DIRECT.GET.OBJ_rota-container-uploads.>",
+                "$JS.API.STREAM.MSG.GET.OBJ_rota-container-uploads",
+                "$JS.API.CONSUMER.CREATE.OBJ_rota-container-uploads",
+                "$JS.API.CONSUMER.CREATE.OBJ_rota-container-uploads.>",
+                "$JS.API.CONSUMER.DELETE.OBJ_rota-container-uploads.>",
+                "$JS.FC.OBJ_rota-container-uploads.>",
+                "$JS.API.STREAM.PURGE.OBJ_rota-container-uploads",
+                "$O.rota-container-uploads.>",
+            ]
         );
     }
 

@@ -55,3 +55,12 @@ pub fn init_tracing() {
     // itself, which is exactly the state this function is meant to reach.
     drop(result);
 }
+
+/// A port of 127.0.0.1 nothing listens on now, for a process told where to listen (a worker's
+/// `/metrics`, a container's port). Another process may take it before it is used; tests
+/// that start many listeners should let them bind port 0 instead where they can.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -289,6 +289,9 @@ impl BundleCache {
             size: info.size,
         };
         let json = serde_json::to_vec(&record).map_err(|e| BundleError::Cache(e.to_string()))?;
+        // Under the leases' lock: the last run of a destroyed copy must not remove the
+        // directory between the record's write and the rename.
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::write(self.dir.join(format!("{}.json", info.sha256)), json)
             .map_err(cache_error)?;
         let path = self.entry(&info.sha256);
@@ -303,8 +306,26 @@ impl BundleCache {
                 return Err(cache_error(e));
             }
         }
+        drop(leases);
         self.evict(&info.sha256);
         Ok(path)
+    }
+
+    /// Removes what a worker that ended abruptly may have left: half-unpacked directories and
+    /// directories of bundles destroyed while a run used them. Called before the worker takes
+    /// work, when nothing runs from the cache.
+    pub(crate) fn sweep(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in dir.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let recorded = self.dir.join(format!("{name}.json")).is_file();
+            if is_dir && (name.starts_with(".tmp-") || !recorded) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// The bundles in the cache: (sha256, name, version, size, last use).
@@ -590,5 +611,24 @@ mod tests {
         assert!(root.join("run.sh").is_file(), "still there for its run");
         drop(lease);
         assert!(!root.exists(), "gone once its run ended");
+    }
+
+    #[test]
+    fn a_sweep_removes_what_an_abrupt_end_left() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let bytes = archive(&[
+            (MANIFEST_FILE, tar::EntryType::Regular, MANIFEST),
+            ("run.sh", tar::EntryType::Regular, b"1"),
+        ]);
+        let cache = BundleCache::new(dir.path().join("cache"), u64::MAX);
+        let kept = cache.put(&info(&bytes), &bytes).expect("a bundle");
+        let half = dir.path().join("cache").join(".tmp-half");
+        let destroyed = dir.path().join("cache").join("f".repeat(64));
+        for d in [&half, &destroyed] {
+            std::fs::create_dir_all(d.join("x")).expect("a leftover");
+        }
+        cache.sweep();
+        assert!(!half.exists() && !destroyed.exists());
+        assert!(kept.join("run.sh").is_file(), "a recorded bundle stays");
     }
 }

@@ -123,7 +123,11 @@ impl Worker {
             let containers = Arc::new(crate::containers::Containers::new(
                 Arc::clone(&link),
                 client.clone(),
-                crate::bundle::BundleCache::new(dir, config.container_cache_bytes),
+                {
+                    let cache = crate::bundle::BundleCache::new(dir, config.container_cache_bytes);
+                    cache.sweep();
+                    cache
+                },
                 http,
             ));
             if !registry.contains(rota_shared::container::CONTAINER_PROCESSOR) {
