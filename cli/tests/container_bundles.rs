@@ -28,6 +28,22 @@ async fn cli(d: &Deployment, args: &[&str]) -> (i32, String, String) {
     d.cli(rota(), args).await
 }
 
+/// The arguments of `rota container upload` of a bundle (a directory or a `.tar.gz`) to app
+/// `app`.
+fn upload_args<'a>(name: &'a str, version: &'a str, path: &'a str) -> [&'a str; 9] {
+    [
+        "container",
+        "upload",
+        "--app",
+        "app",
+        "--name",
+        name,
+        "--version",
+        version,
+        path,
+    ]
+}
+
 async fn ok(d: &Deployment, args: &[&str]) -> String {
     let (code, out, err) = cli(d, args).await;
     assert_eq!(code, 0, "rota {args:?} failed: {err}");
@@ -150,37 +166,9 @@ async fn an_uploaded_bundle_is_deployed_and_its_python_entry_runs() -> anyhow::R
     let Setup { d, dir, _workers } = setup().await?;
     let v1 = bundle(dir.path(), "1", None);
     let v1 = v1.display().to_string();
-    ok(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            &v1,
-        ],
-    )
-    .await;
+    ok(&d, &upload_args("demo", "1", &v1)).await;
     // A version is recorded once.
-    let (code, _, err) = cli(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            &v1,
-        ],
-    )
-    .await;
+    let (code, _, err) = cli(&d, &upload_args("demo", "1", &v1)).await;
     assert_ne!(code, 0);
     assert!(err.contains("exists already"), "{err}");
 
@@ -234,40 +222,12 @@ async fn a_running_instance_keeps_its_version_while_a_new_one_is_deployed() -> a
     let gate = dir.path().join("go");
     let v1 = bundle(dir.path(), "1", Some(&gate)).display().to_string();
     let v2 = bundle(dir.path(), "2", None).display().to_string();
-    ok(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            &v1,
-        ],
-    )
-    .await;
+    ok(&d, &upload_args("demo", "1", &v1)).await;
     let job = container_job(&d, "hello", "demo").await?;
     let first = run(&d, job, "a").await?;
     d.wait_status(first, InstanceStatus::Running, RUN_TIMEOUT)
         .await;
-    ok(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "demo",
-            "--version",
-            "2",
-            &v2,
-        ],
-    )
-    .await;
+    ok(&d, &upload_args("demo", "2", &v2)).await;
     let (_, out, _) = cli(
         &d,
         &["container", "deploy", "--app", "app", "demo", "--json"],
@@ -288,21 +248,7 @@ async fn a_running_instance_keeps_its_version_while_a_new_one_is_deployed() -> a
 async fn a_bundle_changed_in_the_object_store_is_refused() -> anyhow::Result<()> {
     let Setup { d, dir, _workers } = setup().await?;
     let v1 = bundle(dir.path(), "1", None).display().to_string();
-    ok(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            &v1,
-        ],
-    )
-    .await;
+    ok(&d, &upload_args("demo", "1", &v1)).await;
     // Someone with access to the object store swaps the bundle for one of the same size.
     let js = async_nats::jetstream::new(async_nats::connect(d.nats.url()).await?);
     let listed = d.admin.call(&ContainerList { app: "app".into() }).await?;
@@ -443,13 +389,16 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
         "downloaded once"
     );
 
-    // The same worker started again (same id, same state directory) uses its cache.
+    // The same worker started again (same id, same state directory) uses its cache, and
+    // sweeps away what its abrupt end left (a half-unpacked bundle here).
     workers
         .iter_mut()
         .find(|w| w.id() == "w1")
         .expect("w1 runs")
         .kill()
         .await;
+    let half = cache_dir(dir.path(), "w1").join(".tmp-half");
+    std::fs::create_dir_all(half.join("x"))?;
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let _again = start_worker(&d, dir.path(), "w1", true, Some(addr)).await?;
     let second = d.wait_terminal(run(&d, job, "b").await?, RUN_TIMEOUT).await;
@@ -459,6 +408,7 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
         checked + 1,
         "not downloaded again"
     );
+    assert!(!half.exists(), "the leftover was swept away");
     let scrape = rota_tests::scrape::Scrape::parse(
         &rota_observe::probe::get(addr, "/metrics", Duration::from_secs(5))
             .await?
@@ -506,21 +456,7 @@ async fn a_malicious_archive_is_refused_and_writes_nothing_outside() -> anyhow::
     let archive = dir.path().join("evil.tar.gz");
     std::fs::write(&archive, evil_archive("../../escape"))?;
     let archive = archive.display().to_string();
-    ok(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "evil",
-            "--version",
-            "1",
-            &archive,
-        ],
-    )
-    .await;
+    ok(&d, &upload_args("evil", "1", &archive)).await;
     let job = container_job(&d, "evil", "evil").await?;
     let info = d.wait_terminal(run(&d, job, "").await?, RUN_TIMEOUT).await;
     assert_eq!(info.instance.status, InstanceStatus::Failed, "{info:?}");
@@ -598,17 +534,7 @@ async fn uploads_need_an_admin_token_and_sharded_jobs_run_container_entries() ->
     // An operator of the app may run jobs, not change what code they run.
     let operator = d.token(Role::Operator, Some("app")).await?;
     let out = tokio::process::Command::new(rota())
-        .args([
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            &v1,
-        ])
+        .args(upload_args("demo", "1", &v1))
         .env("ROTA_NATS_URL", d.nats.url())
         .env("ROTA_TOKEN", operator.reveal())
         .env_remove("ROTA_CONFIG")
@@ -630,21 +556,7 @@ async fn uploads_need_an_admin_token_and_sharded_jobs_run_container_entries() ->
     );
 
     // Each item of a sharded job runs the entry, with its task on standard input.
-    ok(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            &v1,
-        ],
-    )
-    .await;
+    ok(&d, &upload_args("demo", "1", &v1)).await;
     let mut job = shell_job("app", "sharded", "");
     job.spec.processor = "container".into();
     job.spec.container = Some(ContainerJob {
@@ -686,6 +598,44 @@ async fn objects(d: &Deployment, bucket: &str) -> anyhow::Result<Vec<String>> {
 }
 
 const UPLOADS: &str = "rota-container-uploads";
+
+/// Writes, by hand, an upload `name` whose metadata describes `bundle` in two chunks, of which
+/// only `chunk` (if any) is stored, and returns the request that records it as `demo@version`.
+async fn crafted(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    chunk: Option<&[u8]>,
+    bundle: &[u8],
+    version: &str,
+) -> anyhow::Result<ContainerCreate> {
+    use base64::Engine;
+    use sha2::Digest;
+    let nuid = format!("crafted-{version}");
+    if let Some(chunk) = chunk {
+        js.publish(format!("$O.{UPLOADS}.C.{nuid}"), chunk.to_vec().into())
+            .await?
+            .await?;
+    }
+    let sha = sha2::Sha256::digest(bundle);
+    let meta = serde_json::json!({
+        "name": name,
+        "bucket": UPLOADS,
+        "nuid": nuid,
+        "size": bundle.len(),
+        "chunks": 2,
+        "digest": format!("SHA-256={}", base64::engine::general_purpose::URL_SAFE.encode(sha)),
+    });
+    let subject = format!(
+        "$O.{UPLOADS}.M.{}",
+        base64::engine::general_purpose::URL_SAFE.encode(name)
+    );
+    js.publish(subject, serde_json::to_vec(&meta)?.into())
+        .await?
+        .await?;
+    let mut create = create_from(UPLOADS, name, &sha256_hex(bundle), bundle.len() as u64);
+    create.version = version.to_owned();
+    Ok(create)
+}
 
 /// `container.create` with an upload, as the CLI sends it.
 fn create_from(bucket: &str, object: &str, sha256: &str, size: u64) -> ContainerCreate {
@@ -799,36 +749,57 @@ async fn the_server_records_only_an_upload_that_matches_and_moves_it_into_the_ap
     linked.version = "2".into();
     let e = refused(d.admin.call(&linked).await.expect_err("a link"));
     assert!(e.message.contains("link"), "{e:?}");
-    // An upload whose metadata names chunks that never come: the copy ends at its deadline
-    // and the request slot is free again.
-    let meta = serde_json::json!({
-        "name": "app/stalled",
-        "bucket": UPLOADS,
-        "nuid": "no-such-chunks",
-        "size": size,
-        "chunks": 1,
-        "digest": format!("SHA-256={}", {
-            use base64::Engine;
-            use sha2::Digest;
-            base64::engine::general_purpose::URL_SAFE.encode(sha2::Sha256::digest(&bytes))
-        }),
-    });
-    let subject = format!("$O.{UPLOADS}.M.{}", {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE.encode("app/stalled")
-    });
-    js.publish(subject, serde_json::to_vec(&meta)?.into())
-        .await?
-        .await?;
-    let mut stalled = create_from(UPLOADS, "app/stalled", &sha, size);
-    stalled.version = "3".into();
-    let e = refused(d.admin.call(&stalled).await.expect_err("no chunks"));
+    // Uploads whose metadata an administrator wrote by hand, naming chunks that are not
+    // there. Half of them: the copy ends at the read error and deletes what it wrote.
+    let e = refused(
+        d.admin
+            .call(
+                &crafted(
+                    &js,
+                    "app/half",
+                    Some(&bytes[..bytes.len() / 2]),
+                    &bytes,
+                    "3",
+                )
+                .await?,
+            )
+            .await
+            .expect_err("a chunk short"),
+    );
+    assert_eq!(e.code, rota_shared::ErrorCode::InvalidArgument, "{e:?}");
+    assert!(e.message.contains("not what was recorded"), "{e:?}");
+    // None at all: the copy waits for them until its deadline, then ends, and the request
+    // slot is free again.
+    let e = refused(
+        d.admin
+            .call(&crafted(&js, "app/stalled", None, &bytes, "4").await?)
+            .await
+            .expect_err("no chunks"),
+    );
     assert_eq!(e.code, rota_shared::ErrorCode::Unavailable, "{e:?}");
     assert!(e.message.contains("did not end within"), "{e:?}");
     assert_eq!(
         objects(&d, "rota-containers-app").await?,
         vec![object.clone()],
         "nothing but the recorded bundle is in the app's bucket"
+    );
+    // Nor are any chunks left of the refused copies: only the recorded bundle's.
+    let chunks = {
+        use futures::TryStreamExt;
+        js.get_stream("OBJ_rota-containers-app")
+            .await?
+            .info_with_subjects("$O.rota-containers-app.C.>")
+            .await?
+            .try_collect::<Vec<(String, usize)>>()
+            .await?
+    };
+    assert_eq!(
+        chunks
+            .iter()
+            .map(|(subject, _)| subject.as_str())
+            .collect::<Vec<_>>(),
+        [format!("$O.rota-containers-app.C.{}", target.nuid)],
+        "{chunks:?}"
     );
     // A second upload of the same version is refused, and its upload dropped too.
     uploads.put("app/again", &mut bytes.as_slice()).await?;
@@ -847,21 +818,7 @@ async fn the_server_records_only_an_upload_that_matches_and_moves_it_into_the_ap
 async fn a_destroyed_version_leaves_its_workers_the_listing_and_the_bucket() -> anyhow::Result<()> {
     let Setup { d, dir, _workers } = setup().await?;
     let v1 = bundle(dir.path(), "1", None).display().to_string();
-    ok(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            &v1,
-        ],
-    )
-    .await;
+    ok(&d, &upload_args("demo", "1", &v1)).await;
     // w3 does not run containers, and says so.
     let (_, deployed, _) = cli(
         &d,
@@ -927,7 +884,7 @@ async fn a_destroyed_version_leaves_its_workers_the_listing_and_the_bucket() -> 
         )
         .await;
         assert!(
-            !dir.path().join(w).join("containers").read_dir()?.any(|e| e
+            !cache_dir(dir.path(), w).read_dir()?.any(|e| e
                 .map(|e| e.file_name().to_string_lossy().ends_with(".json"))
                 .unwrap_or(false)),
             "{w}'s cache no longer records it"
@@ -956,6 +913,13 @@ async fn a_destroyed_version_leaves_its_workers_the_listing_and_the_bucket() -> 
     assert_ne!(code, 0);
     assert!(err.contains("demo@1"), "{err}");
     Ok(())
+}
+
+/// A worker's container cache, in its state directory.
+fn cache_dir(dir: &Path, worker: &str) -> PathBuf {
+    dir.join(worker)
+        .join("containers")
+        .join(format!("app-{worker}"))
 }
 
 /// Whether a worker's heartbeats list `demo` at `version`.
@@ -992,21 +956,7 @@ async fn a_timeout_or_a_stop_ends_every_process_of_a_container_entry() -> anyhow
         "cat > /dev/null\necho $$ > \"$ROTA_INSTANCE_PARAMS\"\nsleep 600 & sleep 600\n",
     )?;
     let root = root.display().to_string();
-    ok(
-        &d,
-        &[
-            "container",
-            "upload",
-            "--app",
-            "app",
-            "--name",
-            "sleeper",
-            "--version",
-            "1",
-            &root,
-        ],
-    )
-    .await;
+    ok(&d, &upload_args("sleeper", "1", &root)).await;
     let mut job = shell_job("app", "sleeper", "");
     job.spec.processor = "container".into();
     job.spec.container = Some(ContainerJob {
@@ -1069,6 +1019,13 @@ async fn a_server_recreates_an_upload_bucket_someone_else_configured() -> anyhow
     let config = stream.info().await?.config.clone();
     assert!(config.republish.is_none(), "{config:?}");
     assert_eq!(config.max_age, rota_shared::container::UPLOAD_MAX_AGE);
+    // A bucket servers made survives the next server's start, uploads and all.
+    js.get_object_store(UPLOADS)
+        .await?
+        .put("app/waiting", &mut &b"bytes"[..])
+        .await?;
+    d.start_server_with(d.server_config("s2")).await?;
+    assert_eq!(objects(&d, UPLOADS).await?, ["app/waiting"]);
     d.shutdown().await;
     Ok(())
 }

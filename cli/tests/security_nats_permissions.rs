@@ -100,45 +100,8 @@ async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
     );
 
     // App a's worker user, in an attacker's hands.
-    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut connection = Connection::new("attacker", "rota.inbox.app.a");
-    connection.on_event = Some({
-        let errors = errors.clone();
-        Arc::new(move |event: &async_nats::Event| {
-            if let async_nats::Event::ServerError(e) = event {
-                errors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(e.to_string());
-            }
-        })
-    });
-    let attacker = login(&url, &users, "rota-worker-a")
-        .connect(connection)
-        .await?;
-    let refused = |what: &'static str, subject: &'static str| {
-        let errors = errors.clone();
-        async move {
-            wait::until(
-                &format!("NATS to refuse the {what} of {subject}"),
-                Duration::from_secs(5),
-                || async {
-                    errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .any(|e| {
-                            let e = e.to_ascii_lowercase();
-                            e.contains("permissions violation")
-                                && e.contains(what)
-                                && e.contains(subject)
-                        })
-                        .then_some(())
-                },
-            )
-            .await
-        }
-    };
+    let (attacker, errors) = watched(&url, &users, "rota-worker-a", "rota.inbox.app.a").await?;
+    let refused = |what: &'static str, subject: &'static str| wait_refused(&errors, what, subject);
     // Another app's dispatches, discovery traffic, the servers' queue group, other replies.
     let mut b_dispatches = attacker
         .subscribe("rota.app.b.wrk.wb.dispatch".to_owned())
@@ -217,15 +180,10 @@ async fn watched(
     Ok((client, errors))
 }
 
-/// Publishes to `subject` and waits for NATS to refuse it.
-async fn publish_refused(
-    client: &async_nats::Client,
-    errors: &Arc<Mutex<Vec<String>>>,
-    subject: &str,
-) -> anyhow::Result<()> {
-    client.publish(subject.to_owned(), "{}".into()).await?;
+/// Waits for NATS to report that it refused the `what` (publish, subscription) of `subject`.
+async fn wait_refused(errors: &Arc<Mutex<Vec<String>>>, what: &str, subject: &str) {
     wait::until(
-        &format!("NATS to refuse the publish to {subject}"),
+        &format!("NATS to refuse the {what} of {subject}"),
         Duration::from_secs(5),
         || async {
             errors
@@ -235,13 +193,23 @@ async fn publish_refused(
                 .any(|e| {
                     let e = e.to_ascii_lowercase();
                     e.contains("permissions violation")
-                        && e.contains("publish")
+                        && e.contains(what)
                         && e.contains(&subject.to_ascii_lowercase())
                 })
                 .then_some(())
         },
     )
     .await;
+}
+
+/// Publishes to `subject` and waits for NATS to refuse it.
+async fn publish_refused(
+    client: &async_nats::Client,
+    errors: &Arc<Mutex<Vec<String>>>,
+    subject: &str,
+) -> anyhow::Result<()> {
+    client.publish(subject.to_owned(), "{}".into()).await?;
+    wait_refused(errors, "publish", subject).await;
     Ok(())
 }
 

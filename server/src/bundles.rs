@@ -18,6 +18,8 @@ use async_nats::jetstream::{self, object_store};
 use base64::Engine;
 use rota_shared::Subjects;
 use rota_shared::container::{ContainerSource, UPLOAD_MAX_AGE};
+use std::future::Future;
+
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Why an uploaded bundle could not be moved into its app's bucket.
@@ -81,9 +83,12 @@ pub async fn ensure_upload_bucket(
             return Ok(());
         }
         tracing::warn!(%stream, "the upload bucket is not configured as servers create it; recreating it");
-        js.delete_stream(&stream)
-            .await
-            .map_err(|e| AdoptError::Store(format!("delete {stream}: {e}")))?;
+        // Another server starting at the same moment may have deleted it first.
+        if let Err(e) = js.delete_stream(&stream).await
+            && js.get_stream(&stream).await.is_ok()
+        {
+            return Err(AdoptError::Store(format!("delete {stream}: {e}")));
+        }
     }
     js.create_object_store(object_store::Config {
         bucket: bucket.clone(),
@@ -103,12 +108,13 @@ pub async fn adopt(
     subjects: &Subjects,
     a: Adopt<'_>,
 ) -> Result<ContainerSource, AdoptError> {
-    let deadline = copy_deadline(a.size);
-    let result = match tokio::time::timeout(deadline, copy(client, subjects, &a)).await {
+    // The copy's own deadline ends its reading (so that what it wrote is deleted whole); this
+    // one is the backstop for a JetStream that stops answering altogether.
+    let backstop = copy_deadline(a.size) * 2 + Duration::from_secs(10);
+    let result = match tokio::time::timeout(backstop, copy(client, subjects, &a)).await {
         Ok(result) => result,
         Err(_) => Err(AdoptError::Store(format!(
-            "the copy of {:?} did not end within {deadline:?}",
-            a.upload
+            "JetStream did not answer within {backstop:?}"
         ))),
     };
     drop_upload(client, subjects, a.upload).await;
@@ -179,10 +185,12 @@ async fn copy(
         a.sha256,
         uuid::Uuid::new_v4().simple()
     );
-    // The copy ends at the first read error (the upload's own digest check, a lost chunk) as
-    // if the bytes had ended there: the object is then written whole, found short or wrong,
-    // and deleted, rather than leaving chunks no object names.
-    let mut reader = EndAtError::new(tokio::io::AsyncReadExt::take(staged, a.size + 1));
+    // The copy ends at the first read error (the upload's own digest check, a lost chunk) or
+    // at its deadline (chunks that never come) as if the bytes had ended there: the object is
+    // then written whole, found short or wrong, and deleted, rather than leaving chunks no
+    // object names.
+    let deadline = copy_deadline(a.size);
+    let mut reader = EndAtError::new(tokio::io::AsyncReadExt::take(staged, a.size + 1), deadline);
     let written = store
         .put(object.as_str(), &mut reader)
         .await
@@ -191,6 +199,16 @@ async fn copy(
     if written.size as u64 != a.size || digest.as_deref() != Some(a.sha256) {
         // Best effort: a copy nobody records is never fetched.
         let _ = store.delete(&object).await;
+        if reader
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return Err(AdoptError::Store(format!(
+                "the copy of {:?} did not end within {deadline:?}",
+                a.upload
+            )));
+        }
         let why = reader.error.map(|e| format!(" ({e})")).unwrap_or_default();
         return Err(AdoptError::Mismatch(format!(
             "{} bytes with sha256 {}, not {} bytes with sha256 {}{why}",
@@ -203,15 +221,21 @@ async fn copy(
     Ok(ContainerSource::ObjectStore { bucket, object })
 }
 
-/// A reader that ends at its inner reader's first error, and keeps the error.
+/// A reader that ends at its inner reader's first error or at a deadline, and keeps the error
+/// (`TimedOut` for the deadline).
 struct EndAtError<R> {
     inner: R,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     error: Option<std::io::Error>,
 }
 
 impl<R> EndAtError<R> {
-    fn new(inner: R) -> Self {
-        Self { inner, error: None }
+    fn new(inner: R, within: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(within)),
+            error: None,
+        }
     }
 }
 
@@ -222,6 +246,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for EndAtError<R> {
         buf: &mut ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         if self.error.is_some() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.error = Some(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the deadline passed",
+            ));
             return std::task::Poll::Ready(Ok(()));
         }
         match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
@@ -282,11 +313,25 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_a_copy_whose_bytes_never_come() {
+        use tokio::io::AsyncReadExt;
+        let (_writer, never) = tokio::io::duplex(16);
+        let mut reader = EndAtError::new((&b"abc"[..]).chain(never), Duration::from_secs(5));
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.expect("ends, no error");
+        assert_eq!(out, b"abc");
+        assert_eq!(
+            reader.error.map(|e| e.kind()),
+            Some(std::io::ErrorKind::TimedOut)
+        );
+    }
+
     #[tokio::test]
     async fn a_read_error_ends_the_copy_and_is_kept() {
         use tokio::io::AsyncReadExt;
         let failing = abc_then_error();
-        let mut reader = EndAtError::new(failing);
+        let mut reader = EndAtError::new(failing, Duration::from_secs(60));
         let mut out = Vec::new();
         reader.read_to_end(&mut out).await.expect("ends, no error");
         assert_eq!(out, b"abc");

@@ -305,17 +305,21 @@ impl Server {
 
         // Servers create the upload bucket, so that no administrator chooses its configuration.
         // Without JetStream there are no uploads, and everything else works.
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            crate::bundles::ensure_upload_bucket(&client, &core.subjects),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "no upload bucket: container uploads need JetStream")
-            }
-            Err(_) => tracing::warn!("no upload bucket: JetStream did not answer within 10 s"),
+        if let Err(why) = ensure_upload_bucket(&core).await {
+            tracing::warn!(%why, "no upload bucket yet: container uploads need JetStream; trying again every 30 s");
+            let core = core.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = core.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    }
+                    if ensure_upload_bucket(&core).await.is_ok() {
+                        tracing::info!("upload bucket created");
+                        return;
+                    }
+                }
+            });
         }
 
         let reports_tx = reports::start(core.clone());
@@ -394,6 +398,20 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), ServerError> {
         _ => Err(ServerError::Config(
             "NATS did not confirm the server's subscriptions within 10 s".to_owned(),
         )),
+    }
+}
+
+/// Creates the container upload bucket (`bundles::ensure_upload_bucket`), within 10 s.
+async fn ensure_upload_bucket(core: &Core) -> Result<(), String> {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::bundles::ensure_upload_bucket(core.transport.client(), &core.subjects),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("JetStream did not answer within 10 s".to_owned()),
     }
 }
 

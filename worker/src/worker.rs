@@ -117,7 +117,10 @@ impl Worker {
                 .unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("rota-{}-{worker_id}", config.app))
                 })
-                .join("containers");
+                // Its own directory: workers sharing a state directory must not sweep or
+                // evict each other's bundles.
+                .join("containers")
+                .join(format!("{}-{worker_id}", config.app));
             let http = crate::builtin::http_client()
                 .map_err(|e| WorkerError::InvalidConfig(format!("HTTP client: {e}")))?;
             let containers = Arc::new(crate::containers::Containers::new(
