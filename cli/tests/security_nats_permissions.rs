@@ -39,8 +39,15 @@ fn login(url: &str, users: &HashMap<String, String>, user: &str) -> NatsOptions 
     options
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
+/// A deployment whose nats-server runs the block `rota nats-config --app a --app b` printed:
+/// the administrators' and the server's users logged in, apps a and b created.
+struct Authorized {
+    d: Deployment,
+    users: HashMap<String, String>,
+    url: String,
+}
+
+async fn authorized() -> anyhow::Result<Authorized> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
         .args(["nats-config", "--app", "a", "--app", "b"])
         .env_remove("ROTA_PREFIX")
@@ -55,7 +62,6 @@ async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
     let block = String::from_utf8(out.stdout)?;
     let users = users(&block);
     assert_eq!(users.len(), 4, "{block}");
-
     let nats = NatsServer::start_with_config(&block, true)?;
     let url = nats.url();
     let mut d = Deployment::on(nats, login(&url, &users, "rota-admin")).await?;
@@ -64,6 +70,38 @@ async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
     d.start_server_with(server).await?;
     d.create_app("a").await?;
     d.create_app("b").await?;
+    Ok(Authorized { d, users, url })
+}
+
+/// Runs the CLI as the administrators' NATS user, with the deployment's admin token, and
+/// checks that it succeeds.
+async fn admin_cli(
+    url: &str,
+    users: &HashMap<String, String>,
+    token: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["--nats-user", "rota-admin", "--nats-password"])
+        .arg(&users["rota-admin"])
+        .args(args)
+        .env("ROTA_NATS_URL", url)
+        .env("ROTA_TOKEN", token)
+        .env_remove("ROTA_PREFIX")
+        .env_remove("ROTA_CONFIG")
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "rota {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
+    let Authorized { mut d, users, url } = authorized().await?;
     let mut wa = d.worker_config("a", "wa");
     wa.nats = login(&url, &users, "rota-worker-a");
     d.start_worker(wa, ProcessorRegistry::new()).await?;
@@ -78,26 +116,7 @@ async fn each_role_can_do_its_work_and_nothing_else() -> anyhow::Result<()> {
         assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
     }
     // The CLI works with the administrators' user.
-    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
-        .args([
-            "--nats-user",
-            "rota-admin",
-            "--nats-password",
-            &users["rota-admin"],
-            "job",
-            "list",
-        ])
-        .env("ROTA_NATS_URL", &url)
-        .env("ROTA_TOKEN", d.token.reveal())
-        .env_remove("ROTA_PREFIX")
-        .env_remove("ROTA_CONFIG")
-        .output()
-        .await?;
-    assert!(
-        cli.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
+    admin_cli(&url, &users, &d.token.reveal(), &["job", "list"]).await?;
 
     // App a's worker user, in an attacker's hands.
     let (attacker, errors) = watched(&url, &users, "rota-worker-a", "rota.inbox.app.a").await?;
@@ -220,23 +239,7 @@ async fn publish_refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers_only()
 -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
-        .args(["nats-config", "--app", "a", "--app", "b"])
-        .env_remove("ROTA_PREFIX")
-        .env_remove("ROTA_CONFIG")
-        .output()
-        .await?;
-    assert!(out.status.success());
-    let block = String::from_utf8(out.stdout)?;
-    let users = users(&block);
-    let nats = NatsServer::start_with_config(&block, true)?;
-    let url = nats.url();
-    let mut d = Deployment::on(nats, login(&url, &users, "rota-admin")).await?;
-    let mut server = d.server_config("s1");
-    server.nats = login(&url, &users, "rota-server");
-    d.start_server_with(server).await?;
-    d.create_app("a").await?;
-    d.create_app("b").await?;
+    let Authorized { mut d, users, url } = authorized().await?;
     let state = tempfile::tempdir()?;
     let mut wa = d.worker_config("a", "wa");
     wa.nats = login(&url, &users, "rota-worker-a");
@@ -251,12 +254,12 @@ async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers
         "[processors.hello]\ncommand = [\"sh\", \"run.sh\"]\n",
     )?;
     std::fs::write(bundle.join("run.sh"), "cat > /dev/null\necho from-bundle\n")?;
-    let upload = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
-        .args([
-            "--nats-user",
-            "rota-admin",
-            "--nats-password",
-            &users["rota-admin"],
+    let bundle = bundle.display().to_string();
+    admin_cli(
+        &url,
+        &users,
+        &d.token.reveal(),
+        &[
             "container",
             "upload",
             "--app",
@@ -265,19 +268,10 @@ async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers
             "demo",
             "--version",
             "1",
-        ])
-        .arg(&bundle)
-        .env("ROTA_NATS_URL", &url)
-        .env("ROTA_TOKEN", d.token.reveal())
-        .env_remove("ROTA_PREFIX")
-        .env_remove("ROTA_CONFIG")
-        .output()
-        .await?;
-    assert!(
-        upload.status.success(),
-        "{}",
-        String::from_utf8_lossy(&upload.stderr)
-    );
+            &bundle,
+        ],
+    )
+    .await?;
     let mut job = shell_job("a", "bundled", "");
     job.spec.processor = "container".into();
     job.spec.container = Some(rota_shared::container::ContainerJob {

@@ -143,50 +143,67 @@ pub(crate) fn accept(
     let tasks = std::mem::take(&mut batch.tasks);
     let run = {
         let mut runs = lock(&agent.task_runs.runs);
-        // A run that is ending (it was idle for long) takes no more tasks: a new one does.
-        if runs
+        // A run that has closed (idle for long, or ending) takes no more tasks: a new one
+        // does. Reserving and closing exclude each other, so a batch never lands in a run that
+        // is about to end and drop it.
+        let reused = runs
             .get(&key)
-            .is_some_and(|r| r.outbox.cancel.is_cancelled())
-        {
-            runs.remove(&key);
-        }
-        Arc::clone(runs.entry(key).or_insert_with(|| {
-            let capacity = agent.config.capacity as usize;
-            let outbox = Arc::new(Outbox::new(
-                Arc::clone(&agent.link),
-                agent.worker_id.clone(),
-                &batch,
-            ));
-            let run = Arc::new(Run {
-                agent: Arc::downgrade(agent),
-                processor,
-                job: batch,
-                can_map,
-                permits: Arc::new(Semaphore::new(capacity)),
-                running: Arc::clone(&agent.task_runs.running),
-                outbox,
-            });
-            tokio::spawn(supervise(Arc::clone(agent), key, Arc::clone(&run)));
-            info!(
-                instance = key.0,
-                attempt = key.1,
-                master = %run.job.master,
-                "running tasks for a master"
-            );
+            .filter(|r| r.outbox.reserve(tasks.len()))
+            .map(Arc::clone);
+        if let Some(run) = reused {
             run
-        }))
+        } else {
+            runs.remove(&key);
+            let run = new_run(agent, processor, batch, can_map, key);
+            run.outbox.reserve(tasks.len());
+            runs.insert(key, Arc::clone(&run));
+            run
+        }
     };
     let accepted = tasks.len() as u32;
     for task in tasks {
-        run.outbox.started();
         tokio::spawn(run_task(agent.worker_id.clone(), Arc::clone(&run), task));
     }
     accepted
 }
 
+/// A run of a master's tasks, with the loop that reports its results.
+fn new_run(
+    agent: &Arc<Agent>,
+    processor: Arc<dyn Processor>,
+    batch: TaskBatch,
+    can_map: bool,
+    key: (i64, i32),
+) -> Arc<Run> {
+    let capacity = agent.config.capacity as usize;
+    let outbox = Arc::new(Outbox::new(
+        Arc::clone(&agent.link),
+        agent.worker_id.clone(),
+        &batch,
+    ));
+    let run = Arc::new(Run {
+        agent: Arc::downgrade(agent),
+        processor,
+        job: batch,
+        can_map,
+        permits: Arc::new(Semaphore::new(capacity)),
+        running: Arc::clone(&agent.task_runs.running),
+        outbox,
+    });
+    tokio::spawn(supervise(Arc::clone(agent), key, Arc::clone(&run)));
+    info!(
+        instance = key.0,
+        attempt = key.1,
+        master = %run.job.master,
+        "running tasks for a master"
+    );
+    run
+}
+
 /// Sends the run's results until it ends, then forgets it.
 async fn supervise(agent: Arc<Agent>, key: (i64, i32), run: Arc<Run>) {
     Arc::clone(&run.outbox).flush_until_done().await;
+    lock(&run.outbox.state).closed = true;
     run.outbox.cancel.cancel();
     agent.task_runs.remove_if_same(key, &run);
     debug!(instance = key.0, attempt = key.1, "task run ended");
@@ -292,6 +309,31 @@ struct Pending {
     dropped_logs: u64,
     /// Tasks started and not yet reported.
     unfinished: usize,
+    /// The run takes no more tasks: it is ending.
+    closed: bool,
+}
+
+impl Pending {
+    /// Counts `tasks` more as started, unless the run has closed.
+    fn reserve(&mut self, tasks: usize) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.unfinished += tasks;
+        true
+    }
+
+    fn idle(&self) -> bool {
+        self.unfinished == 0 && self.results.is_empty() && self.logs.is_empty()
+    }
+
+    /// Closes the run if it is idle: from then on it takes no tasks.
+    fn close_if_idle(&mut self) -> bool {
+        if self.idle() {
+            self.closed = true;
+        }
+        self.closed
+    }
 }
 
 impl Outbox {
@@ -309,8 +351,9 @@ impl Outbox {
         }
     }
 
-    fn started(&self) {
-        lock(&self.state).unfinished += 1;
+    /// Counts a batch's tasks as started, unless the run has closed.
+    fn reserve(&self, tasks: usize) -> bool {
+        lock(&self.state).reserve(tasks)
     }
 
     fn push(&self, result: TaskResult) {
@@ -452,8 +495,7 @@ impl Outbox {
     }
 
     fn idle(&self) -> bool {
-        let state = lock(&self.state);
-        state.unfinished == 0 && state.results.is_empty() && state.logs.is_empty()
+        lock(&self.state).idle()
     }
 
     /// Sends the results as they come, and a heartbeat while tasks run, until the run is
@@ -501,7 +543,9 @@ impl Outbox {
             }
             if self.idle() {
                 let since = *idle_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= IDLE_END {
+                // Closed in the same step as the last idle check: a batch that arrives
+                // after it goes to a new run, never to this one as it ends.
+                if since.elapsed() >= IDLE_END && lock(&self.state).close_if_idle() {
                     return;
                 }
             } else {
@@ -537,6 +581,26 @@ pub(crate) fn chunks(payloads: Vec<String>) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_run_takes_no_tasks_and_only_an_idle_one_closes() {
+        let mut pending = Pending::default();
+        assert!(pending.reserve(3), "an open run takes tasks");
+        assert!(!pending.close_if_idle(), "three tasks are unfinished");
+        pending.unfinished = 0;
+        pending.logs.push(LogLine {
+            instance_id: 1,
+            attempt: 1,
+            ts_ms: 0,
+            level: rota_shared::message::LogLevel::Info,
+            text: "unsent".into(),
+        });
+        assert!(!pending.close_if_idle(), "a log line is still to be sent");
+        pending.logs.clear();
+        assert!(pending.close_if_idle());
+        assert!(!pending.reserve(1), "a closed run takes no tasks");
+        assert_eq!(pending.unfinished, 0);
+    }
 
     #[test]
     fn payloads_are_split_by_count_and_size() {
