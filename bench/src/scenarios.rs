@@ -733,43 +733,9 @@ pub async fn footprint(env: &Env) -> anyhow::Result<Value> {
     let mut stand = Stand::new(env.backend).await?;
     stand.start_server().await?;
     stand.admin.app_create(APP, SECRET).await?;
-    let mut child = tokio::process::Command::new(&env.rota_bin)
-        .args([
-            "worker",
-            "--app",
-            APP,
-            "--secret",
-            SECRET,
-            "--worker-id",
-            "idle",
-        ])
-        .env("ROTA_NATS_URL", stand.nats.url())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("start {}", env.rota_bin.display()))?;
+    let mut child = spawn_worker(env, &stand.nats.url(), "idle", &[])?;
     let pid = child.id().context("the worker exited at once")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let live = stand
-            .admin
-            .call(&WorkerList {
-                app: Some(APP.into()),
-                ..Default::default()
-            })
-            .await?
-            .items;
-        if live.iter().any(|w| w.worker_id == "idle") {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the worker did not join within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_live(&stand, &["idle".to_owned()]).await?;
     // Idle for a while (a heartbeat or two) before reading its memory.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let rss = memory_mb(pid, "VmRSS");
@@ -784,8 +750,13 @@ pub async fn footprint(env: &Env) -> anyhow::Result<Value> {
     }))
 }
 
-/// A `rota worker` process with the example processors, its output in the bench's log.
-fn spawn_demo_worker(env: &Env, nats: &str, id: &str) -> anyhow::Result<tokio::process::Child> {
+/// A `rota worker` process of the bench's app, with `extra` arguments; its output is dropped.
+fn spawn_worker(
+    env: &Env,
+    nats: &str,
+    id: &str,
+    extra: &[&str],
+) -> anyhow::Result<tokio::process::Child> {
     tokio::process::Command::new(&env.rota_bin)
         .args([
             "worker",
@@ -795,8 +766,8 @@ fn spawn_demo_worker(env: &Env, nats: &str, id: &str) -> anyhow::Result<tokio::p
             SECRET,
             "--worker-id",
             id,
-            "--demo-processors",
         ])
+        .args(extra)
         .env("ROTA_NATS_URL", nats)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -806,18 +777,8 @@ fn spawn_demo_worker(env: &Env, nats: &str, id: &str) -> anyhow::Result<tokio::p
         .with_context(|| format!("start {}", env.rota_bin.display()))
 }
 
-pub async fn mapreduce(env: &Env, tasks: u64, workers: usize) -> anyhow::Result<Value> {
-    let mut stand = Stand::new(env.backend).await?;
-    stand.start_server().await?;
-    stand.admin.app_create(APP, SECRET).await?;
-    let mut children = Vec::new();
-    let mut pids = HashMap::new();
-    for w in 0..workers {
-        let id = format!("w{w}");
-        let child = spawn_demo_worker(env, &stand.nats.url(), &id)?;
-        pids.insert(id, child.id().context("a worker exited at once")?);
-        children.push(child);
-    }
+/// Waits, at most 30 s, until the server lists every worker of `ids` as live.
+async fn wait_live(stand: &Stand, ids: &[String]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let live = stand
@@ -828,16 +789,36 @@ pub async fn mapreduce(env: &Env, tasks: u64, workers: usize) -> anyhow::Result<
             })
             .await?
             .items;
-        if live.len() == workers {
-            break;
+        let missing = ids
+            .iter()
+            .filter(|id| !live.iter().any(|w| &w.worker_id == *id))
+            .count();
+        if missing == 0 {
+            return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {} of {workers} workers joined within 30 s",
-            live.len()
+            "{missing} of {} workers did not join within 30 s",
+            ids.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+pub async fn mapreduce(env: &Env, tasks: u64, workers: usize) -> anyhow::Result<Value> {
+    let mut stand = Stand::new(env.backend).await?;
+    stand.start_server().await?;
+    stand.admin.app_create(APP, SECRET).await?;
+    let mut children = Vec::new();
+    let mut pids = HashMap::new();
+    for w in 0..workers {
+        let id = format!("w{w}");
+        let child = spawn_worker(env, &stand.nats.url(), &id, &["--demo-processors"])?;
+        pids.insert(id, child.id().context("a worker exited at once")?);
+        children.push(child);
+    }
+    let ids: Vec<String> = pids.keys().cloned().collect();
+    wait_live(&stand, &ids).await?;
     let mut job = shell_job(APP, "mapreduce", "");
     job.spec.processor = "demo-sum-squares".into();
     job.spec.execution = rota_shared::task::Execution::MapReduce;

@@ -18,19 +18,13 @@ struct Output {
 }
 
 async fn rota(d: &Deployment, args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rota"))
-        .args(args)
-        .env("ROTA_NATS_URL", d.nats.url())
-        .env("ROTA_TOKEN", d.token.reveal())
-        .env_remove("ROTA_CONFIG")
-        .env_remove("ROTA_PREFIX")
-        .output()
-        .await
-        .expect("the rota binary runs");
+    let (code, stdout, stderr) = d
+        .cli(std::path::Path::new(env!("CARGO_BIN_EXE_rota")), args)
+        .await;
     Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code,
+        stdout,
+        stderr,
     }
 }
 
