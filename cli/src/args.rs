@@ -151,7 +151,8 @@ pub enum ContainerCommand {
         /// The bundle's sha256 (with --url).
         #[arg(long)]
         sha256: Option<String>,
-        /// The bundle's size in bytes (with --url; asked of the URL when not given).
+        /// The bundle's size in bytes (with --url). Without it the CLI downloads the bundle
+        /// once, to learn its size and refuse a wrong --sha256 before anything is recorded.
         #[arg(long)]
         size: Option<u64>,
     },
@@ -170,7 +171,8 @@ pub enum ContainerCommand {
         #[arg(long)]
         version: Option<String>,
     },
-    /// Forget a version, and ask the live workers to drop it.
+    /// Forget a version, delete its bundle from the app's bucket, and ask the live workers to
+    /// drop it (a run using it keeps its files until it ends).
     #[command(disable_version_flag = true)]
     Destroy {
         #[arg(long)]
