@@ -254,6 +254,18 @@ async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers
         "[processors.hello]\ncommand = [\"sh\", \"run.sh\"]\n",
     )?;
     std::fs::write(bundle.join("run.sh"), "cat > /dev/null\necho from-bundle\n")?;
+    // Bytes that do not compress, so that the bundle spans several object store chunks
+    // (128 KiB each) and the worker reads each of them.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<u8> = (0..300 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::write(bundle.join("noise.bin"), noise)?;
     let bundle = bundle.display().to_string();
     admin_cli(
         &url,
@@ -283,6 +295,14 @@ async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers
     let done = d.wait_terminal(id, Duration::from_secs(30)).await;
     assert_eq!(done.instance.status, InstanceStatus::Succeeded, "{done:?}");
     assert_eq!(done.instance.result.as_deref(), Some("from-bundle"));
+    let listed = d
+        .admin
+        .call(&rota_shared::admin::ContainerList { app: "a".into() })
+        .await?;
+    assert!(
+        listed[0].container.size > 2 * 128 * 1024,
+        "the bundle spans several chunks: {listed:?}"
+    );
 
     // App a's worker user: no writes to its own bucket, no reads of b's or of uploads.
     let (worker_a, errors) = watched(&url, &users, "rota-worker-a", "rota.inbox.app.a").await?;
@@ -294,6 +314,8 @@ async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers
         "$JS.API.CONSUMER.CREATE.OBJ_rota-containers-b",
         "$JS.API.DIRECT.GET.OBJ_rota-containers-b",
         "$JS.API.STREAM.INFO.OBJ_rota-container-uploads",
+        // No consumers, even on its own bucket: it would choose where JetStream delivers.
+        "$JS.API.CONSUMER.CREATE.OBJ_rota-containers-a",
     ] {
         publish_refused(&worker_a, &errors, subject).await?;
     }
@@ -309,6 +331,7 @@ async fn container_buckets_are_read_by_their_apps_workers_and_written_by_servers
         "$JS.API.STREAM.CREATE.OBJ_rota-container-uploads",
         "$JS.API.STREAM.UPDATE.OBJ_rota-container-uploads",
         "$JS.API.STREAM.DELETE.OBJ_rota-container-uploads",
+        "$JS.API.CONSUMER.CREATE.OBJ_rota-container-uploads",
     ] {
         publish_refused(&admin, &errors, subject).await?;
     }

@@ -413,19 +413,16 @@ impl Subjects {
 }
 
 /// The JetStream API calls that read one object store bucket (`OBJ_{bucket}` is its stream):
-/// the stream's info, an object's metadata (direct or message get), and an ordered consumer
-/// over its chunks with flow control. Nothing here writes, purges or deletes the stream.
-fn object_store_read(bucket: &str) -> [String; 8] {
+/// the stream's info and single messages (an object's metadata, its chunks one by one). Not
+/// consumers: whoever creates a push consumer chooses the subject JetStream delivers it to,
+/// which NATS does not check against their permissions. Nothing here writes, purges or deletes.
+fn object_store_read(bucket: &str) -> [String; 4] {
     let stream = format!("OBJ_{bucket}");
     [
         format!("$JS.API.STREAM.INFO.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}.>"),
         format!("$JS.API.STREAM.MSG.GET.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
-        format!("$JS.FC.{stream}.>"),
     ]
 }
 
@@ -519,10 +516,6 @@ mod tests {
                 "$JS.API.DIRECT.GET.OBJ_rota-containers-a",
                 "$JS.API.DIRECT.GET.OBJ_rota-containers-a.>",
                 "$JS.API.STREAM.MSG.GET.OBJ_rota-containers-a",
-                "$JS.API.CONSUMER.CREATE.OBJ_rota-containers-a",
-                "$JS.API.CONSUMER.CREATE.OBJ_rota-containers-a.>",
-                "$JS.API.CONSUMER.DELETE.OBJ_rota-containers-a.>",
-                "$JS.FC.OBJ_rota-containers-a.>",
             ]
         );
         // Workers send each other tasks and task reports, never what servers send.
@@ -550,10 +543,6 @@ mod tests {
                 "$JS.API.DIRECT.GET.OBJ_rota-container-uploads",
                 "$JS.API.DIRECT.GET.OBJ_rota-container-uploads.>",
                 "$JS.API.STREAM.MSG.GET.OBJ_rota-container-uploads",
-                "$JS.API.CONSUMER.CREATE.OBJ_rota-container-uploads",
-                "$JS.API.CONSUMER.CREATE.OBJ_rota-container-uploads.>",
-                "$JS.API.CONSUMER.DELETE.OBJ_rota-container-uploads.>",
-                "$JS.FC.OBJ_rota-container-uploads.>",
                 "$JS.API.STREAM.PURGE.OBJ_rota-container-uploads",
                 "$O.rota-container-uploads.>",
             ]

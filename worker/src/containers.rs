@@ -11,7 +11,6 @@ use rota_shared::container::{
     ContainerInfo, ContainerRef, ContainerRequest, ContainerSource, MAX_BUNDLE_BYTES, Manifest,
 };
 use rota_shared::subject::ServerEndpoint;
-use tokio::io::AsyncReadExt;
 
 use crate::bundle::{BundleCache, BundleError, Lease, manifest};
 use crate::link::{CallError, Link, REQUEST_TIMEOUT};
@@ -148,31 +147,13 @@ impl Containers {
             )));
         }
         let limit = info.size + 1;
-        let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
         match &info.source {
             ContainerSource::ObjectStore { bucket, object } => {
-                let js = async_nats::jetstream::new(self.client.clone());
-                let store = js
-                    .get_object_store(bucket)
-                    .await
-                    .map_err(|e| BundleError::Download(format!("object store {bucket}: {e}")))?;
-                let reader = store
-                    .get(object)
-                    .await
-                    .map_err(|e| BundleError::Download(format!("object {object}: {e}")))?;
-                reader
-                    .take(limit)
-                    .read_to_end(&mut bytes)
-                    .await
-                    .map_err(|e| BundleError::Download(format!("object {object}: {e}")))?;
+                read_object(&self.client, bucket, object, limit).await
             }
-            ContainerSource::Url { url } => {
-                bytes = fetch_bundle_url(&self.http, url, limit)
-                    .await
-                    .map_err(BundleError::Download)?;
-            }
+            ContainerSource::Url { url } => fetch_bundle_url(&self.http, url, limit).await,
         }
-        Ok(bytes)
+        .map_err(BundleError::Download)
     }
 
     /// Drops a version from the cache (`container destroy`).
@@ -206,6 +187,53 @@ pub async fn fetch_bundle_url(
             bytes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
             break;
         }
+    }
+    Ok(bytes)
+}
+
+/// Reads an object of a bucket, at most `limit` bytes, with direct gets only: its metadata,
+/// then its chunks one by one by subject. No consumer is created, so a worker needs no right to
+/// create one (whoever creates a push consumer chooses where JetStream delivers it, unchecked
+/// by NATS permissions). A link is refused: the server records objects, never links.
+async fn read_object(
+    client: &async_nats::Client,
+    bucket: &str,
+    object: &str,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    let js = async_nats::jetstream::new(client.clone());
+    let store = js
+        .get_object_store(bucket)
+        .await
+        .map_err(|e| format!("object store {bucket}: {e}"))?;
+    let info = store
+        .info(object)
+        .await
+        .map_err(|e| format!("object {object}: {e}"))?;
+    if info.deleted {
+        return Err(format!("object {object} was deleted"));
+    }
+    if info.options.as_ref().is_some_and(|o| o.link.is_some()) {
+        return Err(format!("object {object} is a link"));
+    }
+    let stream = js
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .map_err(|e| format!("object store {bucket}: {e}"))?;
+    let subject = format!("$O.{bucket}.C.{}", info.nuid);
+    let mut bytes = Vec::new();
+    let mut next = None;
+    for _ in 0..info.chunks {
+        let chunk = stream
+            .direct_get_next_for_subject(subject.as_str(), next)
+            .await
+            .map_err(|e| format!("object {object}: {e}"))?;
+        bytes.extend_from_slice(&chunk.payload);
+        if bytes.len() as u64 >= limit {
+            bytes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            break;
+        }
+        next = Some(chunk.sequence + 1);
     }
     Ok(bytes)
 }
