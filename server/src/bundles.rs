@@ -72,14 +72,7 @@ pub async fn ensure_upload_bucket(
     let bucket = subjects.upload_bucket();
     let stream = format!("OBJ_{bucket}");
     if let Ok(existing) = js.get_stream(&stream).await {
-        let config = &existing.cached_info().config;
-        let expected = [format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")];
-        let sound = config.subjects == expected
-            && config.sources.as_ref().is_none_or(Vec::is_empty)
-            && config.mirror.is_none()
-            && config.republish.is_none()
-            && config.max_age == UPLOAD_MAX_AGE;
-        if sound {
+        if upload_bucket_is_sound(&existing.cached_info().config, &bucket) {
             return Ok(());
         }
         tracing::warn!(%stream, "the upload bucket is not configured as servers create it; recreating it");
@@ -99,6 +92,31 @@ pub async fn ensure_upload_bucket(
     .await
     .map_err(|e| AdoptError::Store(format!("create bucket {bucket}: {e}")))?;
     Ok(())
+}
+
+/// Whether an upload bucket's stream is configured as servers create it: its own subjects only,
+/// nothing copied in or out (sources, mirror, republish), the one-hour expiry, no limits, and
+/// deletes, purges and rollups allowed (else uploads could not be dropped or replaced). Servers
+/// own this bucket's configuration; one configured otherwise is recreated.
+fn upload_bucket_is_sound(config: &jetstream::stream::Config, bucket: &str) -> bool {
+    use jetstream::stream::{DiscardPolicy, RetentionPolicy};
+    let subjects = [format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")];
+    config.subjects == subjects
+        && config.sources.as_ref().is_none_or(Vec::is_empty)
+        && config.mirror.is_none()
+        && config.republish.is_none()
+        && config.max_age == UPLOAD_MAX_AGE
+        && config.retention == RetentionPolicy::Limits
+        && config.discard == DiscardPolicy::New
+        && config.max_bytes <= 0
+        && config.max_messages <= 0
+        && config.max_messages_per_subject <= 0
+        && config.max_message_size <= 0
+        && !config.sealed
+        && !config.deny_delete
+        && !config.deny_purge
+        && config.allow_rollup
+        && config.allow_direct
 }
 
 /// Copies the upload into the app's bucket and returns where it now is; drops the upload
@@ -302,6 +320,49 @@ mod tests {
         );
         assert_eq!(digest_hex(Some("MD5=abc")), None);
         assert_eq!(digest_hex(None), None);
+    }
+
+    #[test]
+    fn only_an_upload_bucket_configured_as_servers_create_it_is_sound() {
+        use jetstream::stream::{Config, DiscardPolicy, Republish};
+        // As `create_object_store` asks for it, with nats-server's -1 for "no limit".
+        let sound = Config {
+            name: "OBJ_up".into(),
+            subjects: vec!["$O.up.C.>".into(), "$O.up.M.>".into()],
+            max_age: UPLOAD_MAX_AGE,
+            discard: DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            max_bytes: -1,
+            max_messages: -1,
+            max_messages_per_subject: -1,
+            max_message_size: -1,
+            ..Default::default()
+        };
+        assert!(upload_bucket_is_sound(&sound, "up"));
+        type Change = (&'static str, fn(&mut Config));
+        let changes: [Change; 9] = [
+            ("other subjects", |c| c.subjects.push("rota.>".into())),
+            ("a republish", |c| {
+                c.republish = Some(Republish {
+                    source: "$O.up.C.>".into(),
+                    destination: "stolen.>".into(),
+                    headers_only: false,
+                })
+            }),
+            ("no expiry", |c| c.max_age = Duration::ZERO),
+            ("old messages dropped", |c| c.discard = DiscardPolicy::Old),
+            ("a size limit", |c| c.max_bytes = 1024),
+            ("sealed", |c| c.sealed = true),
+            ("no deletes", |c| c.deny_delete = true),
+            ("no purges", |c| c.deny_purge = true),
+            ("no rollups", |c| c.allow_rollup = false),
+        ];
+        for (what, change) in changes {
+            let mut config = sound.clone();
+            change(&mut config);
+            assert!(!upload_bucket_is_sound(&config, "up"), "{what}");
+        }
     }
 
     #[test]
