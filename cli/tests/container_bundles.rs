@@ -28,6 +28,11 @@ async fn cli(d: &Deployment, args: &[&str]) -> (i32, String, String) {
     d.cli(rota(), args).await
 }
 
+/// The versions of app `app`'s containers, as `container.list` answers.
+async fn listed(d: &Deployment) -> anyhow::Result<Vec<ContainerListing>> {
+    Ok(d.admin.call(&ContainerList { app: "app".into() }).await?)
+}
+
 /// The arguments of `rota container upload` of a bundle (a directory or a `.tar.gz`) to app
 /// `app`.
 fn upload_args<'a>(name: &'a str, version: &'a str, path: &'a str) -> [&'a str; 9] {
@@ -193,11 +198,7 @@ async fn an_uploaded_bundle_is_deployed_and_its_python_entry_runs() -> anyhow::R
     );
     // Both workers list it in their heartbeats.
     wait::until("both workers to list demo@1", RUN_TIMEOUT, || async {
-        let list = d
-            .admin
-            .call(&ContainerList { app: "app".into() })
-            .await
-            .ok()?;
+        let list = listed(&d).await.ok()?;
         let l = list.iter().find(|l| l.container.version == "1")?;
         (l.workers == ["w1", "w2"]).then_some(())
     })
@@ -251,7 +252,7 @@ async fn a_bundle_changed_in_the_object_store_is_refused() -> anyhow::Result<()>
     ok(&d, &upload_args("demo", "1", &v1)).await;
     // Someone with access to the object store swaps the bundle for one of the same size.
     let js = async_nats::jetstream::new(async_nats::connect(d.nats.url()).await?);
-    let listed = d.admin.call(&ContainerList { app: "app".into() }).await?;
+    let listed = listed(&d).await?;
     let rota_shared::container::ContainerSource::ObjectStore { bucket, object } =
         listed[0].container.source.clone()
     else {
@@ -360,16 +361,11 @@ async fn a_bundle_served_over_http_works_and_a_restarted_worker_reuses_its_cache
         err.contains(&format!("has sha256 {sha}, not {wrong}")),
         "{err}"
     );
-    assert!(
-        d.admin
-            .call(&ContainerList { app: "app".into() })
-            .await?
-            .is_empty()
-    );
+    assert!(listed(&d).await?.is_empty());
     let args = upload(&sha);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&d, &args).await;
-    let listed = d.admin.call(&ContainerList { app: "app".into() }).await?;
+    let listed = listed(&d).await?;
     assert_eq!(listed[0].container.size, bytes.len() as u64, "{listed:?}");
     let checked = served.load(Ordering::SeqCst);
     assert_eq!(checked, 2, "the CLI fetched it once per upload");
@@ -547,7 +543,7 @@ async fn uploads_need_an_admin_token_and_sharded_jobs_run_container_entries() ->
         err.contains("admin"),
         "the refusal names the role it needs: {err}"
     );
-    let listed = d.admin.call(&ContainerList { app: "app".into() }).await?;
+    let listed = listed(&d).await?;
     assert!(listed.is_empty(), "nothing was recorded: {listed:?}");
     assert_eq!(
         objects(&d, UPLOADS).await?,
@@ -705,13 +701,7 @@ async fn the_server_records_only_an_upload_that_matches_and_moves_it_into_the_ap
             .expect_err("no such upload"),
     );
     assert_eq!(e.code, rota_shared::ErrorCode::NotFound, "{e:?}");
-    assert!(
-        d.admin
-            .call(&ContainerList { app: "app".into() })
-            .await?
-            .is_empty(),
-        "nothing was recorded"
-    );
+    assert!(listed(&d).await?.is_empty(), "nothing was recorded");
     assert_eq!(
         objects(&d, "rota-containers-app").await?,
         Vec::<String>::new(),
@@ -864,13 +854,7 @@ async fn a_destroyed_version_leaves_its_workers_the_listing_and_the_bucket() -> 
             .all(|w| destroyed.workers.iter().any(|o| o.worker_id == *w && o.ok)),
         "{destroyed:?}"
     );
-    assert!(
-        d.admin
-            .call(&ContainerList { app: "app".into() })
-            .await?
-            .is_empty(),
-        "no longer listed"
-    );
+    assert!(listed(&d).await?.is_empty(), "no longer listed");
     assert_eq!(
         objects(&d, "rota-containers-app").await?,
         Vec::<String>::new(),

@@ -1261,7 +1261,7 @@ async fn container_create(
                 bundles::drop_upload(client, &core.subjects, &object).await;
                 return Err(exists());
             }
-            let adopted = bundles::adopt(
+            bundles::adopt(
                 client,
                 &core.subjects,
                 bundles::Adopt {
@@ -1273,18 +1273,8 @@ async fn container_create(
                     size: r.size,
                 },
             )
-            .await;
-            match adopted {
-                Ok(source) => source,
-                Err(e) => {
-                    let code = match e {
-                        bundles::AdoptError::Missing(_) => ErrorCode::NotFound,
-                        bundles::AdoptError::Mismatch(_) => ErrorCode::InvalidArgument,
-                        bundles::AdoptError::Store(_) => ErrorCode::Unavailable,
-                    };
-                    return Err(ErrorBody::new(code, e.to_string()));
-                }
-            }
+            .await
+            .map_err(|e| ErrorBody::new(e.code(), e.to_string()))?
         }
     };
     let info = rota_shared::container::ContainerInfo {
@@ -1303,7 +1293,7 @@ async fn container_create(
         .await
         .map_err(|e| match e {
             // Two uploads of one version at once: the first recorded wins. The loser's copy
-            // is named by its own digest, which nobody records, so it is never fetched.
+            // has a name of its own, which nobody records, so it is never fetched.
             StoreError::Conflict(_) => exists(),
             other => ErrorBody::from(other),
         })?;

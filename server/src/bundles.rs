@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store};
 use base64::Engine;
-use rota_shared::Subjects;
 use rota_shared::container::{ContainerSource, UPLOAD_MAX_AGE};
+use rota_shared::{ErrorCode, Subjects};
 use std::future::Future;
 
 use tokio::io::{AsyncRead, ReadBuf};
@@ -34,6 +34,17 @@ pub enum AdoptError {
     /// JetStream failed, or the copy did not end in time.
     #[error("object store: {0}")]
     Store(String),
+}
+
+impl AdoptError {
+    /// The code of the error reply that reports it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Missing(_) => ErrorCode::NotFound,
+            Self::Mismatch(_) => ErrorCode::InvalidArgument,
+            Self::Store(_) => ErrorCode::Unavailable,
+        }
+    }
 }
 
 /// What the bundle must be, and where it goes.

@@ -430,6 +430,15 @@ fn object_store_read(bucket: &str) -> [String; 4] {
 mod tests {
     use super::*;
 
+    /// What a role may publish to JetStream (and the object store).
+    fn jetstream_publish(p: &Permissions) -> Vec<&str> {
+        p.publish
+            .iter()
+            .filter(|s| s.starts_with('$'))
+            .map(String::as_str)
+            .collect()
+    }
+
     #[test]
     fn subjects_use_the_prefix_and_carry_the_app() {
         let s = Subjects::new("acme.rota").unwrap();
@@ -503,12 +512,7 @@ mod tests {
                 .all(|s| !s.contains(".b."))
         );
         // They read their app's bucket only, and write no object store.
-        let jetstream: Vec<&str> = p
-            .publish
-            .iter()
-            .filter(|s| s.starts_with('$'))
-            .map(String::as_str)
-            .collect();
+        let jetstream = jetstream_publish(&p);
         assert_eq!(
             jetstream,
             [
@@ -530,12 +534,7 @@ mod tests {
     #[test]
     fn administrators_write_the_upload_bucket_but_never_create_it() {
         let p = Subjects::default().admin_permissions();
-        let jetstream: Vec<&str> = p
-            .publish
-            .iter()
-            .filter(|s| s.starts_with('$'))
-            .map(String::as_str)
-            .collect();
+        let jetstream = jetstream_publish(&p);
         assert_eq!(
             jetstream,
             [
